@@ -1,0 +1,562 @@
+"""U-TAE: a U-Net whose skip connections are aggregated over time by a Lightweight Temporal Attention Encoder.
+
+Garnot & Landrieu, "Panoptic Segmentation of Satellite Image Time Series with Convolutional Temporal Attention
+Networks", ICCV 2021. The module and parameter names follow the official implementation, so that its checkpoints
+load with ``strict=True``; the computation follows its semantics exactly (see ``shared/reference/utae_official``):
+
+* The shared encoder (``in_conv`` then ``down_blocks``) sees each frame independently. Padded frames are not
+  convolved: only the real frames of the batch go through the encoder, and the padded ones are set to
+  ``pad_value`` at every level. Unlike the official code, no shape-probing pass on a dummy input is run.
+* ``temporal_encoder`` (L-TAE) runs at the lowest resolution on every pixel's sequence. Its ``in_norm`` is a
+  GroupNorm over (channels of a group x all T steps, padded ones included); the positional encoding is added
+  after ``inconv``; the scores of padded steps are set to -1000 before a float32 softmax.
+* Each skip connection is aggregated over time with the L-TAE attention, one head per channel group
+  (``att_group``): the attention is bilinearly upsampled (or average-pooled) to the skip's resolution.
+* The decoder uses BatchNorm; the output head ends with BatchNorm and ReLU, as in the official model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ConvLayer",
+    "ConvBlock",
+    "DownConvBlock",
+    "UpConvBlock",
+    "PositionalEncoder",
+    "MultiHeadAttention",
+    "LTAE2d",
+    "TemporalAggregator",
+    "UTAE",
+    "count_parameters",
+]
+
+#: Score given to padded time steps before the softmax (as in the official model): exp(-1000) is exactly 0.
+PAD_SCORE = -1000.0
+
+
+def _norm_layer(norm: str | None, channels: int, n_groups: int = 4) -> nn.Module | None:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(num_channels=channels, num_groups=n_groups)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels)
+    if norm is None or norm == "none":
+        return None
+    raise ValueError(f"norm must be 'batch', 'group', 'instance' or None, got {norm!r}")
+
+
+class ConvLayer(nn.Module):
+    """A stack of ``Conv2d -> norm -> ReLU`` layers, held in ``self.conv`` (an ``nn.Sequential``).
+
+    Args:
+        nkernels: channel widths ``[c_in, c_1, ..., c_out]``; one convolution per consecutive pair.
+        norm: ``"batch"``, ``"group"`` (4 groups), ``"instance"`` or None.
+        k, s, p: kernel size, stride and padding of every convolution.
+        padding_mode: spatial padding of the convolutions (the official model uses ``"reflect"``).
+        last_relu: whether the last convolution is followed by a ReLU.
+
+    Shapes: ``(N, c_in, H, W) -> (N, c_out, H', W')``.
+    """
+
+    def __init__(
+        self,
+        nkernels: Sequence[int],
+        norm: str | None = "batch",
+        k: int = 3,
+        s: int = 1,
+        p: int = 1,
+        n_groups: int = 4,
+        last_relu: bool = True,
+        padding_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(len(nkernels) - 1):
+            layers.append(
+                nn.Conv2d(nkernels[i], nkernels[i + 1], kernel_size=k, padding=p, stride=s, padding_mode=padding_mode)
+            )
+            norm_layer = _norm_layer(norm, nkernels[i + 1], n_groups)
+            if norm_layer is not None:
+                layers.append(norm_layer)
+            if last_relu or i < len(nkernels) - 2:
+                layers.append(nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class ConvBlock(nn.Module):
+    """A :class:`ConvLayer` of 3x3 convolutions, held in ``self.conv``. ``(N, c_in, H, W) -> (N, c_out, H, W)``."""
+
+    def __init__(
+        self,
+        nkernels: Sequence[int],
+        norm: str | None = "batch",
+        last_relu: bool = True,
+        padding_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        self.conv = ConvLayer(nkernels, norm=norm, last_relu=last_relu, padding_mode=padding_mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class DownConvBlock(nn.Module):
+    """Encoder stage: a strided convolution halves H and W, then a residual pair of 3x3 convolutions.
+
+    ``out = conv1(down(x)); out = out + conv2(out)``. Shapes: ``(N, d_in, H, W) -> (N, d_out, H/2, W/2)``.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        k: int,
+        s: int,
+        p: int,
+        norm: str | None = "batch",
+        padding_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        self.down = ConvLayer([d_in, d_in], norm=norm, k=k, s=s, p=p, padding_mode=padding_mode)
+        self.conv1 = ConvLayer([d_in, d_out], norm=norm, padding_mode=padding_mode)
+        self.conv2 = ConvLayer([d_out, d_out], norm=norm, padding_mode=padding_mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(self.down(x))
+        return out + self.conv2(out)
+
+
+class UpConvBlock(nn.Module):
+    """Decoder stage: a transposed convolution doubles H and W; the skip goes through a 1x1 convolution;
+    both are concatenated and go through a residual pair of 3x3 convolutions (BatchNorm throughout).
+
+    Shapes: ``x (B, d_in, h, w)``, ``skip (B, d_skip, 2h, 2w)`` -> ``(B, d_out, 2h, 2w)``.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        k: int,
+        s: int,
+        p: int,
+        norm: str | None = "batch",
+        d_skip: int | None = None,
+        padding_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        d = d_out if d_skip is None else d_skip
+        self.skip_conv = nn.Sequential(nn.Conv2d(d, d, kernel_size=1), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(d_in, d_out, kernel_size=k, stride=s, padding=p),
+            nn.BatchNorm2d(d_out),
+            nn.ReLU(inplace=True),
+        )
+        self.conv1 = ConvLayer([d_out + d, d_out], norm=norm, padding_mode=padding_mode)
+        self.conv2 = ConvLayer([d_out, d_out], norm=norm, padding_mode=padding_mode)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        out = torch.cat([self.up(x), self.skip_conv(skip)], dim=1)
+        out = self.conv1(out)
+        return out + self.conv2(out)
+
+
+class PositionalEncoder(nn.Module):
+    """Sinusoidal encoding of day offsets, ``d`` channels repeated ``repeat`` times.
+
+    Channel ``i`` of a block is ``sin(t / T^(2*(i//2)/d))`` for even ``i`` and ``cos(...)`` for odd ``i``.
+    Shapes: ``positions (B, T)`` -> ``(B, T, d * repeat)`` float32. It has no parameters and no buffers.
+    """
+
+    def __init__(self, d: int, T: int = 1000, repeat: int | None = None) -> None:
+        super().__init__()
+        self.d = d
+        self.T = T
+        self.repeat = repeat
+
+    def forward(self, positions: Tensor) -> Tensor:
+        exponent = 2 * torch.div(torch.arange(self.d, device=positions.device), 2, rounding_mode="floor") / self.d
+        denom = torch.pow(float(self.T), exponent.float())
+        table = positions.float()[:, :, None] / denom[None, None, :]
+        table = torch.stack([table[:, :, 0::2].sin(), table[:, :, 1::2].cos()], dim=-1).flatten(-2)
+        if self.repeat is not None:
+            table = table.repeat(1, 1, self.repeat)
+        return table
+
+
+class MultiHeadAttention(nn.Module):
+    """The L-TAE's attention: one learnt master query per head, keys from a linear layer, values = the
+    input split into ``n_head`` channel groups.
+
+    Args:
+        n_head: number of heads.
+        d_k: key and query width.
+        d_in: input width; must be divisible by ``n_head``.
+        attn_dropout: dropout on the attention weights.
+
+    Shapes: ``v (N, T, d_in)``, ``pad_mask (N, T)`` or broadcastable to it (True for padded steps) ->
+    ``out (N, n_head, d_in / n_head)``, ``attn (N, n_head, T)``.
+    """
+
+    def __init__(self, n_head: int, d_k: int, d_in: int, attn_dropout: float = 0.1) -> None:
+        super().__init__()
+        if d_in % n_head:
+            raise ValueError(f"d_in ({d_in}) must be divisible by n_head ({n_head})")
+        self.n_head = n_head
+        self.d_k = d_k
+        self.d_in = d_in
+        self.Q = nn.Parameter(torch.zeros(n_head, d_k))
+        nn.init.normal_(self.Q, mean=0.0, std=math.sqrt(2.0 / d_k))
+        self.fc1_k = nn.Linear(d_in, n_head * d_k)
+        nn.init.normal_(self.fc1_k.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
+        self.temperature = d_k**0.5
+        self.dropout = nn.Dropout(attn_dropout)
+
+    def forward(self, v: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n, t, _ = v.shape
+        keys = self.fc1_k(v).view(n, t, self.n_head, self.d_k)
+        scores = torch.einsum("ntgk,gk->ngt", keys, self.Q.to(keys.dtype))
+        # Softmax in float32, also under autocast: fp16 cannot hold the -1000 of padded steps exactly.
+        scores = scores.float() / self.temperature
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask, PAD_SCORE)
+        attn = self.dropout(torch.softmax(scores, dim=-1))
+        values = v.view(n, t, self.n_head, self.d_in // self.n_head)
+        out = torch.einsum("ngt,ntgc->ngc", attn.to(values.dtype), values)
+        return out, attn
+
+
+class LTAE2d(nn.Module):
+    """Lightweight Temporal Attention Encoder, applied to every pixel of a ``(B, T, C, h, w)`` feature map.
+
+    Args:
+        in_channels: input width C.
+        n_head, d_k: attention heads and key width.
+        mlp: widths of the MLP applied to the concatenated head outputs; ``mlp[0]`` must equal ``d_model``.
+        dropout: dropout after the MLP.
+        d_model: width the input is projected to by ``inconv`` (a 1x1 Conv1d).
+        T: period of the positional encoding.
+        return_att: also return the attention.
+        positional_encoding: add the sinusoidal encoding of the day offsets.
+
+    Shapes: ``x (B, T, C, h, w)``, ``batch_positions (B, T)``, ``pad_mask (B, T)`` ->
+    ``out (B, mlp[-1], h, w)`` and ``attn (n_head, B, T, h, w)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 128,
+        n_head: int = 16,
+        d_k: int = 4,
+        mlp: Sequence[int] = (256, 128),
+        dropout: float = 0.2,
+        d_model: int | None = 256,
+        T: int = 1000,
+        return_att: bool = False,
+        positional_encoding: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.mlp_widths = list(mlp)
+        self.return_att = return_att
+        self.n_head = n_head
+        if d_model is not None:
+            self.d_model = d_model
+            self.inconv = nn.Conv1d(in_channels, d_model, 1)
+        else:
+            self.d_model = in_channels
+            self.inconv = None
+        if self.mlp_widths[0] != self.d_model:
+            raise ValueError(f"mlp[0] ({self.mlp_widths[0]}) must equal d_model ({self.d_model})")
+        if positional_encoding:
+            self.positional_encoder = PositionalEncoder(self.d_model // n_head, T=T, repeat=n_head)
+        else:
+            self.positional_encoder = None
+        self.attention_heads = MultiHeadAttention(n_head=n_head, d_k=d_k, d_in=self.d_model)
+        self.in_norm = nn.GroupNorm(num_groups=n_head, num_channels=in_channels)
+        self.out_norm = nn.GroupNorm(num_groups=n_head, num_channels=self.mlp_widths[-1])
+        layers: list[nn.Module] = []
+        for i in range(len(self.mlp_widths) - 1):
+            layers += [
+                nn.Linear(self.mlp_widths[i], self.mlp_widths[i + 1]),
+                nn.BatchNorm1d(self.mlp_widths[i + 1]),
+                nn.ReLU(),
+            ]
+        self.mlp = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, batch_positions: Tensor | None = None, pad_mask: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        b, t, c, h, w = x.shape
+        # One sequence per pixel: (B*h*w, T, C), pixels in (b, h, w) order as in the official model.
+        out = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c)
+        # GroupNorm over (channels of a group) x (all T steps): it normalises a (N, C, T) view.
+        out = self.in_norm(out.transpose(1, 2)).transpose(1, 2)
+        if self.inconv is not None:
+            out = F.linear(out, self.inconv.weight.squeeze(-1), self.inconv.bias)
+        if self.positional_encoder is not None:
+            if batch_positions is None:
+                raise ValueError("batch_positions (B, T) is required when positional_encoding is on")
+            pe = self.positional_encoder(batch_positions).to(out.dtype)  # (B, T, d_model)
+            out = (out.view(b, h * w, t, self.d_model) + pe[:, None]).view(b * h * w, t, self.d_model)
+        mask = None
+        if pad_mask is not None:
+            mask = pad_mask[:, None, None, :].expand(b, h * w, 1, t).reshape(b * h * w, 1, t)
+        out, attn = self.attention_heads(out, pad_mask=mask)  # (N, n_head, d/n_head), (N, n_head, T)
+        out = self.dropout(self.mlp(out.reshape(b * h * w, self.d_model)))
+        out = self.out_norm(out)
+        out = out.view(b, h, w, -1).permute(0, 3, 1, 2)
+        attn = attn.view(b, h, w, self.n_head, t).permute(3, 0, 4, 1, 2)
+        if self.return_att:
+            return out, attn
+        return out
+
+
+class TemporalAggregator(nn.Module):
+    """Collapses the time axis of a skip connection with the L-TAE attention.
+
+    ``mode="att_group"``: the attention ``(n_head, B, T, h, w)`` is resized to the skip's resolution (bilinear
+    upsampling, align_corners False, or average pooling when the skip is not larger), zeroed on padded frames,
+    and each of the ``n_head`` channel groups of the skip is summed over T with its head's weights.
+    ``"att_mean"`` uses the mean attention over heads for all channels; ``"mean"`` averages the real frames.
+
+    Shapes: ``x (B, T, C, H, W)``, ``pad_mask (B, T)``, ``attn (n_head, B, T, h, w)`` -> ``(B, C, H, W)``.
+    """
+
+    def __init__(self, mode: str = "att_group") -> None:
+        super().__init__()
+        if mode not in ("att_group", "att_mean", "mean"):
+            raise ValueError(f"agg_mode must be 'att_group', 'att_mean' or 'mean', got {mode!r}")
+        self.mode = mode
+
+    @staticmethod
+    def _resize(attn: Tensor, size: tuple[int, int]) -> Tensor:
+        g, b, t, h, w = attn.shape
+        flat = attn.reshape(g * b, t, h, w)
+        if size[0] > h:
+            flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+        else:
+            flat = F.avg_pool2d(flat, kernel_size=w // size[1])
+        return flat.view(g, b, t, *flat.shape[-2:])
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None, attn: Tensor | None = None) -> Tensor:
+        b, t, c, hh, ww = x.shape
+        keep = None if pad_mask is None else (~pad_mask).to(x.dtype)  # (B, T)
+        if self.mode == "mean":
+            if keep is None:
+                return x.mean(dim=1)
+            return (x * keep[:, :, None, None, None]).sum(dim=1) / keep.sum(dim=1)[:, None, None, None]
+        if attn is None:
+            raise ValueError(f"agg_mode {self.mode!r} needs the L-TAE attention")
+        attn = self._resize(attn.to(x.dtype), (hh, ww))  # (G, B, T, H, W)
+        if keep is not None:
+            attn = attn * keep[None, :, :, None, None]
+        if self.mode == "att_mean":
+            weights = attn.mean(dim=0)  # (B, T, H, W)
+            return (x * weights[:, :, None]).sum(dim=1)
+        g = attn.shape[0]
+        groups = x.view(b, t, g, c // g, hh, ww)
+        weights = attn.permute(1, 2, 0, 3, 4)[:, :, :, None]  # (B, T, G, 1, H, W)
+        return (groups * weights).sum(dim=1).reshape(b, c, hh, ww)
+
+
+class UTAE(nn.Module):
+    """U-TAE for semantic segmentation of image time series.
+
+    The defaults are the official PASTIS configuration (1,087,260 trainable parameters).
+
+    Args:
+        input_dim: spectral bands C of the input.
+        encoder_widths: widths of ``in_conv`` and of each down block's output; ``len - 1`` down blocks.
+        decoder_widths: widths of the decoder stages; ``decoder_widths[-1]`` must equal ``encoder_widths[-1]``.
+        out_conv: widths of the output head; the last is the number of classes.
+        str_conv_k, str_conv_s, str_conv_p: kernel, stride and padding of the strided (down and up) convolutions.
+        agg_mode: skip aggregation, ``"att_group"``, ``"att_mean"`` or ``"mean"``.
+        encoder_norm: ``"group"`` (4 groups), ``"batch"``, ``"instance"`` or None; the decoder uses BatchNorm.
+        n_head, d_model, d_k: L-TAE heads, inner width and key width. Every encoder width must be divisible
+            by ``n_head`` (``att_group`` splits the channels of each skip into ``n_head`` groups).
+        pad_value: value of padded frames, in the input and at every encoder level.
+        padding_mode: spatial padding of the 2D convolutions.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 10,
+        encoder_widths: Sequence[int] = (64, 64, 64, 128),
+        decoder_widths: Sequence[int] = (32, 32, 64, 128),
+        out_conv: Sequence[int] = (32, 20),
+        str_conv_k: int = 4,
+        str_conv_s: int = 2,
+        str_conv_p: int = 1,
+        agg_mode: str = "att_group",
+        encoder_norm: str | None = "group",
+        n_head: int = 16,
+        d_model: int = 256,
+        d_k: int = 4,
+        pad_value: float = 0.0,
+        padding_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        encoder_widths, decoder_widths, out_conv = list(encoder_widths), list(decoder_widths), list(out_conv)
+        if len(encoder_widths) != len(decoder_widths):
+            raise ValueError(
+                f"encoder_widths and decoder_widths must have the same length, got {encoder_widths} and {decoder_widths}"
+            )
+        if encoder_widths[-1] != decoder_widths[-1]:
+            raise ValueError(
+                f"decoder_widths[-1] ({decoder_widths[-1]}) must equal encoder_widths[-1] ({encoder_widths[-1]})"
+            )
+        if agg_mode == "att_group" and any(w % n_head for w in encoder_widths):
+            raise ValueError(f"every encoder width {encoder_widths} must be divisible by n_head ({n_head})")
+        self.input_dim = input_dim
+        self.n_stages = len(encoder_widths)
+        self.encoder_widths = encoder_widths
+        self.decoder_widths = decoder_widths
+        self.n_classes = out_conv[-1]
+        self.pad_value = float(pad_value)
+        self.n_head = n_head
+
+        self.in_conv = ConvBlock(
+            [input_dim, encoder_widths[0], encoder_widths[0]], norm=encoder_norm, padding_mode=padding_mode
+        )
+        self.down_blocks = nn.ModuleList(
+            DownConvBlock(
+                encoder_widths[i],
+                encoder_widths[i + 1],
+                k=str_conv_k,
+                s=str_conv_s,
+                p=str_conv_p,
+                norm=encoder_norm,
+                padding_mode=padding_mode,
+            )
+            for i in range(self.n_stages - 1)
+        )
+        self.up_blocks = nn.ModuleList(
+            UpConvBlock(
+                decoder_widths[i],
+                decoder_widths[i - 1],
+                d_skip=encoder_widths[i - 1],
+                k=str_conv_k,
+                s=str_conv_s,
+                p=str_conv_p,
+                norm="batch",
+                padding_mode=padding_mode,
+            )
+            for i in range(self.n_stages - 1, 0, -1)
+        )
+        self.temporal_encoder = LTAE2d(
+            in_channels=encoder_widths[-1],
+            d_model=d_model,
+            n_head=n_head,
+            mlp=[d_model, encoder_widths[-1]],
+            return_att=True,
+            d_k=d_k,
+        )
+        self.temporal_aggregator = TemporalAggregator(mode=agg_mode)
+        self.out_conv = ConvBlock([decoder_widths[0], *out_conv], padding_mode=padding_mode)
+
+    @property
+    def downsampling(self) -> int:
+        """The factor by which the lowest resolution is smaller than the input: ``2 ** (n_stages - 1)``."""
+        return 2 ** (self.n_stages - 1)
+
+    def _check_inputs(self, x: Tensor, batch_positions: Tensor, pad_mask: Tensor | None) -> None:
+        if x.dim() != 5:
+            raise ValueError(f"x must be 5-D (B, T, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+        b, t, c, h, w = x.shape
+        if c != self.input_dim:
+            raise ValueError(f"x has {c} channels (dim 2 of (B, T, C, H, W)), expected input_dim={self.input_dim}")
+        if h % self.downsampling or w % self.downsampling:
+            raise ValueError(
+                f"H and W must be divisible by {self.downsampling} (2 ** {self.n_stages - 1} down blocks), got {h}x{w}"
+            )
+        if tuple(batch_positions.shape) != (b, t):
+            raise ValueError(
+                f"batch_positions must have shape (B, T) = {(b, t)}, got {tuple(batch_positions.shape)}"
+            )
+        if pad_mask is not None:
+            if tuple(pad_mask.shape) != (b, t):
+                raise ValueError(f"pad_mask must have shape (B, T) = {(b, t)}, got {tuple(pad_mask.shape)}")
+            if pad_mask.dtype != torch.bool:
+                raise ValueError(f"pad_mask must be a bool tensor (True for padded frames), got {pad_mask.dtype}")
+
+    def _encode(self, x: Tensor, pad_mask: Tensor) -> list[Tensor]:
+        """Run the shared encoder on the real frames only.
+
+        Shapes: ``x (B, T, C, H, W)``, ``pad_mask (B, T)`` -> one ``(B, T, C_i, H_i, W_i)`` map per level,
+        with padded frames equal to ``pad_value``.
+        """
+        b, t = x.shape[:2]
+        flat = x.reshape(b * t, *x.shape[2:])
+        # One host read of the (small) mask: the checks and the frame selection both need it.
+        pad_cpu = pad_mask.reshape(-1).cpu()
+        if bool(pad_cpu.view(b, t).all(dim=1).any()):
+            empty = pad_cpu.view(b, t).all(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs at least one real frame")
+        real_idx = None
+        if bool(pad_cpu.any()):
+            real_idx = (~pad_cpu).nonzero().flatten().to(x.device, non_blocking=True)
+            flat = flat.index_select(0, real_idx)
+        maps = []
+        out = self.in_conv(flat)
+        maps.append(out)
+        for block in self.down_blocks:
+            out = block(out)
+            maps.append(out)
+        if real_idx is None:
+            return [m.view(b, t, *m.shape[1:]) for m in maps]
+        filled = []
+        for m in maps:
+            full = m.new_full((b * t, *m.shape[1:]), self.pad_value)
+            filled.append(full.index_put((real_idx,), m).view(b, t, *m.shape[1:]))
+        return filled
+
+    def forward(
+        self,
+        x: Tensor,
+        batch_positions: Tensor,
+        pad_mask: Tensor | None = None,
+        return_att: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Segment a batch of image time series.
+
+        Args:
+            x: ``(B, T, C, H, W)`` float images; H and W divisible by ``2 ** (len(encoder_widths) - 1)``.
+            batch_positions: ``(B, T)`` day offsets of the frames.
+            pad_mask: ``(B, T)`` bool, True for padded frames. When None, a frame is padding when all its
+                values equal ``pad_value``, as in the official model.
+            return_att: also return the L-TAE attention.
+
+        Returns:
+            logits ``(B, n_classes, H, W)``, and the attention ``(n_head, B, T, H / 2**(n-1), W / 2**(n-1))``
+            when ``return_att`` is set.
+        """
+        self._check_inputs(x, batch_positions, pad_mask)
+        if pad_mask is None:
+            pad_mask = (x == self.pad_value).flatten(2).all(dim=2)
+        maps = self._encode(x, pad_mask)
+        out, att = self.temporal_encoder(maps[-1], batch_positions=batch_positions, pad_mask=pad_mask)
+        for i, up in enumerate(self.up_blocks):
+            skip = self.temporal_aggregator(maps[-(i + 2)], pad_mask=pad_mask, attn=att)
+            out = up(out, skip)
+        out = self.out_conv(out)
+        if return_att:
+            return out, att
+        return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
