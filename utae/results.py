@@ -1,0 +1,427 @@
+"""Atomic result files, and reading every run under ``results/runs`` into pandas DataFrames.
+
+Writing. Every writer puts the data in a temporary file in the destination's directory, flushes and
+fsyncs it, then ``os.replace``-s it onto the destination (atomic on POSIX and Windows): a reader sees
+the old file or the new one, never half of one, and a writer that fails (or is killed) midway leaves
+the previous file intact. Temporary files are named ``.<name>.<random>.tmp`` and are removed on failure.
+
+JSON. :func:`atomic_write_json` writes NaN and +-inf as ``null`` (JSON has no NaN), numpy scalars and
+arrays and torch tensors as plain numbers and lists, tuples as lists, paths as strings. The loaders read
+``null`` metric values back as NaN.
+
+Layout read by the loaders (one directory a run; ``<platform>`` is :func:`utae.platform.platform_id`)::
+
+    <root>/<platform>/<run_id>/config.json     RunConfig.to_dict()
+                               platform.json   utae.platform.platform_info(...)
+                               metrics.json    final metrics (written last: a run without it is unfinished)
+                               history.csv     one row an epoch
+
+Runs without ``metrics.json`` are unfinished and skipped. A corrupt JSON file raises a ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_save_npy",
+    "atomic_torch_save",
+    "atomic_write_csv",
+    "to_jsonable",
+    "read_json",
+    "finished_run_dirs",
+    "load_runs",
+    "load_test_noise",
+    "load_per_class_iou",
+    "load_histories",
+    "RUN_COLUMNS",
+    "TEST_NOISE_COLUMNS",
+    "PER_CLASS_COLUMNS",
+]
+
+PathLike = str | os.PathLike
+
+#: Columns of :func:`load_runs` that are always present (then ``cfg_*`` and ``plat_*`` columns).
+RUN_COLUMNS: tuple[str, ...] = (
+    "platform",
+    "run_id",
+    "run_dir",
+    "test_oa",
+    "test_miou",
+    "test_macro_f1",
+    "test_loss",
+    "val_oa",
+    "val_miou",
+    "train_oa",
+    "best_epoch",
+    "epochs_completed",
+    "n_train",
+    "n_val",
+    "n_test",
+    "sec_per_epoch",
+    "train_samples_per_s",
+    "eval_samples_per_s",
+    "peak_mem_mb",
+    "total_s",
+)
+TEST_NOISE_COLUMNS: tuple[str, ...] = ("platform", "run_id", "cfg_noise_std", "cfg_seed", "test_noise_std", "oa", "miou")
+PER_CLASS_COLUMNS: tuple[str, ...] = ("platform", "run_id", "cfg_noise_std", "cfg_seed", "class_id", "class_name", "iou")
+_HISTORY_KEYS: tuple[str, ...] = ("platform", "run_id")
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writers
+# --------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename on POSIX (best effort: not every OS/filesystem allows opening a directory)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` fills a binary temp file next to it, then os.replace."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path`` (parents created). Returns the path."""
+    return _atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Atomically write ``text`` to ``path`` (parents created). Returns the path."""
+    if not isinstance(text, str):
+        raise TypeError(f"{path}: text must be a str, got {type(text).__name__}")
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def to_jsonable(obj: Any, _where: str = "$") -> Any:
+    """A copy of ``obj`` made of JSON types only.
+
+    NaN/inf -> None; numpy scalars -> Python numbers; numpy arrays and torch tensors -> nested lists;
+    tuples/sets -> lists; Path -> str; dataclasses -> dicts. Anything else raises TypeError with its location.
+    """
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist(), _where)
+    if type(obj).__module__.startswith("torch") and hasattr(obj, "tolist"):
+        return to_jsonable(obj.detach().cpu().tolist(), _where)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj), _where)
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        for key, value in obj.items():
+            if isinstance(key, (np.integer, np.floating, np.bool_)):
+                key = key.item()
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise TypeError(f"cannot write a {type(key).__name__} key as JSON at {_where}")
+            out[key] = to_jsonable(value, f"{_where}.{key}")
+        return out
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj) if isinstance(obj, (set, frozenset)) else obj
+        return [to_jsonable(v, f"{_where}[{i}]") for i, v in enumerate(items)]
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON at {_where}")
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:
+    """Atomically write ``obj`` as JSON (see :func:`to_jsonable`); a non-serialisable object raises
+    TypeError naming the file, and the previous file (if any) stays as it was."""
+    try:
+        text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{path}: {exc}") from exc
+    return atomic_write_text(path, text)
+
+
+def atomic_save_npy(path: PathLike, arr: Any) -> Path:
+    """Atomically save an array as ``.npy`` (no pickling; object arrays are refused)."""
+    array = np.asarray(arr)
+    return _atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+
+
+def atomic_torch_save(path: PathLike, obj: Any) -> Path:
+    """Atomically ``torch.save`` ``obj`` (e.g. a checkpoint dict) to ``path``."""
+    import torch
+
+    return _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_write_csv(path: PathLike, frame: pd.DataFrame) -> Path:
+    """Atomically write a DataFrame as CSV, without the index."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{path}: expected a pandas DataFrame, got {type(frame).__name__}")
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_json(path: PathLike) -> Any:
+    """Read a JSON file; a missing file raises FileNotFoundError and a corrupt one ValueError, both naming it."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: no such JSON file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: cannot read JSON file ({exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: corrupt JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float:
+    """A metric value as float (None / missing -> NaN)."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _cell(value: Any) -> Any:
+    """A config/platform field as a DataFrame cell: lists -> tuples (hashable), dicts -> JSON text."""
+    if isinstance(value, list):
+        return tuple(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _prefixed(mapping: Any, prefix: str, file: Path) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(mapping).__name__}")
+    return {f"{prefix}{key}": _cell(value) for key, value in mapping.items()}
+
+
+def _check_root(root: PathLike) -> Path | None:
+    base = Path(root)
+    if not base.exists():
+        return None
+    if not base.is_dir():
+        raise ValueError(f"{base}: the runs root must be a directory (<root>/<platform>/<run_id>/)")
+    return base
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def finished_run_dirs(root: PathLike = "results/runs", include_unfinished: bool = False) -> Iterator[tuple[str, str, Path]]:
+    """Yield ``(platform, run_id, run_dir)`` for every run directory ``<root>/<platform>/<run_id>``
+    holding ``metrics.json`` (every run directory with ``include_unfinished``), sorted by platform then run id.
+    A missing root yields nothing."""
+    base = _check_root(root)
+    if base is None:
+        return
+    for platform_dir in _subdirs(base):
+        for run_dir in _subdirs(platform_dir):
+            if include_unfinished or (run_dir / "metrics.json").is_file():
+                yield platform_dir.name, run_dir.name, run_dir
+
+
+def _section(metrics: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
+    value = metrics.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: '{key}' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(config, platform, metrics)`` of a finished run; platform.json may be absent ({})."""
+    metrics_file = run_dir / "metrics.json"
+    metrics = read_json(metrics_file)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{metrics_file}: expected a JSON object, got {type(metrics).__name__}")
+    config = read_json(run_dir / "config.json")
+    plat_file = run_dir / "platform.json"
+    platform = read_json(plat_file) if plat_file.exists() else {}
+    return config, platform, metrics
+
+
+def _run_row(platform: str, run_id: str, run_dir: Path) -> dict[str, Any]:
+    config, plat, metrics = _read_run(run_dir)
+    file = run_dir / "metrics.json"
+    test, val, train = (_section(metrics, k, file) for k in ("test", "val", "train"))
+    timing = _section(metrics, "timing", file)
+    row: dict[str, Any] = {
+        "platform": platform,
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "test_oa": _num(test.get("oa")),
+        "test_miou": _num(test.get("miou")),
+        "test_macro_f1": _num(test.get("macro_f1")),
+        "test_loss": _num(test.get("loss")),
+        "val_oa": _num(val.get("oa")),
+        "val_miou": _num(val.get("miou")),
+        "train_oa": _num(train.get("oa")),
+        "best_epoch": _num(metrics.get("best_epoch")),
+        "epochs_completed": _num(metrics.get("epochs_completed")),
+        "n_train": _num(metrics.get("n_train")),
+        "n_val": _num(metrics.get("n_val")),
+        "n_test": _num(metrics.get("n_test")),
+        "sec_per_epoch": _num(timing.get("sec_per_epoch")),
+        "train_samples_per_s": _num(timing.get("train_samples_per_s")),
+        "eval_samples_per_s": _num(timing.get("eval_samples_per_s")),
+        "peak_mem_mb": _num(timing.get("peak_mem_mb")),
+        "total_s": _num(timing.get("total_s")),
+    }
+    row.update(_prefixed(config, "cfg_", run_dir / "config.json"))
+    row.update(_prefixed(plat, "plat_", run_dir / "platform.json"))
+    return row
+
+
+def load_runs(root: PathLike = "results/runs") -> pd.DataFrame:
+    """One row per finished run under ``root``.
+
+    Columns: :data:`RUN_COLUMNS` (platform, run_id, run_dir; test_oa, test_miou, test_macro_f1, test_loss;
+    val_oa, val_miou and train_oa at the best epoch; best_epoch, epochs_completed, n_train/n_val/n_test;
+    sec_per_epoch, train_samples_per_s, eval_samples_per_s, peak_mem_mb, total_s), then every
+    ``config.json`` field as ``cfg_<name>`` (lists as tuples, objects as JSON text) and every
+    ``platform.json`` field as ``plat_<name>``. Metric values that are null or missing are NaN.
+    With no finished run: an empty frame with the :data:`RUN_COLUMNS`.
+    """
+    rows = [_run_row(p, r, d) for p, r, d in finished_run_dirs(root)]
+    if not rows:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    frame = pd.DataFrame(rows)
+    extra = sorted(c for c in frame.columns if c not in RUN_COLUMNS)
+    cfg = [c for c in extra if c.startswith("cfg_")]
+    plat = [c for c in extra if c.startswith("plat_")]
+    return frame[list(RUN_COLUMNS) + cfg + plat]
+
+
+def load_test_noise(root: PathLike = "results/runs") -> pd.DataFrame:
+    """Long frame of test scores under test-time noise: one row per (finished run, test noise level).
+
+    Columns: platform, run_id, cfg_noise_std, cfg_seed, test_noise_std, oa, miou. The clean test set is
+    included as ``test_noise_std = 0.0`` (from ``metrics["test"]``) when ``test_noise`` has no level 0.
+    """
+    rows: list[dict[str, Any]] = []
+    for platform, run_id, run_dir in finished_run_dirs(root):
+        config, _, metrics = _read_run(run_dir)
+        file = run_dir / "metrics.json"
+        entries = metrics.get("test_noise") or []
+        if not isinstance(entries, list):
+            raise ValueError(f"{file}: 'test_noise' must be a list, got {type(entries).__name__}")
+        base = {
+            "platform": platform,
+            "run_id": run_id,
+            "cfg_noise_std": _num(config.get("noise_std")),
+            "cfg_seed": config.get("seed"),
+        }
+        levels = []
+        for entry in entries:
+            if not isinstance(entry, dict) or "std" not in entry:
+                raise ValueError(f"{file}: every 'test_noise' entry needs a 'std', got {entry!r}")
+            levels.append(_num(entry["std"]))
+            rows.append({**base, "test_noise_std": levels[-1], "oa": _num(entry.get("oa")), "miou": _num(entry.get("miou"))})
+        test = _section(metrics, "test", file)
+        if 0.0 not in levels and test:
+            rows.append({**base, "test_noise_std": 0.0, "oa": _num(test.get("oa")), "miou": _num(test.get("miou"))})
+    frame = pd.DataFrame(rows, columns=list(TEST_NOISE_COLUMNS))
+    return frame.sort_values(["platform", "run_id", "test_noise_std"], ignore_index=True) if rows else frame
+
+
+def load_per_class_iou(root: PathLike = "results/runs") -> pd.DataFrame:
+    """Long frame of the clean-test per-class IoU: one row per (finished run, class).
+
+    Columns: platform, run_id, cfg_noise_std, cfg_seed, class_id, class_name (``utae.classes.CLASS_NAMES``),
+    iou (NaN for the void class and for classes absent from both target and prediction).
+    """
+    from utae.classes import CLASS_NAMES
+
+    rows: list[dict[str, Any]] = []
+    for platform, run_id, run_dir in finished_run_dirs(root):
+        config, _, metrics = _read_run(run_dir)
+        file = run_dir / "metrics.json"
+        ious = _section(metrics, "test", file).get("iou") or []
+        if not isinstance(ious, list):
+            raise ValueError(f"{file}: 'test.iou' must be a list, got {type(ious).__name__}")
+        for class_id, value in enumerate(ious):
+            rows.append(
+                {
+                    "platform": platform,
+                    "run_id": run_id,
+                    "cfg_noise_std": _num(config.get("noise_std")),
+                    "cfg_seed": config.get("seed"),
+                    "class_id": class_id,
+                    "class_name": CLASS_NAMES[class_id] if class_id < len(CLASS_NAMES) else f"class {class_id}",
+                    "iou": _num(value),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(PER_CLASS_COLUMNS))
+
+
+def load_histories(root: PathLike = "results/runs", include_unfinished: bool = False) -> pd.DataFrame:
+    """Every run's ``history.csv`` stacked, with ``platform`` and ``run_id`` columns first.
+
+    Only finished runs unless ``include_unfinished``; runs without a history.csv are skipped. An unreadable
+    history.csv raises a ValueError naming it. With none: an empty frame with columns platform, run_id.
+    """
+    frames: list[pd.DataFrame] = []
+    for platform, run_id, run_dir in finished_run_dirs(root, include_unfinished=include_unfinished):
+        file = run_dir / "history.csv"
+        if not file.is_file():
+            continue
+        try:
+            history = pd.read_csv(file)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file}: unreadable history CSV ({exc})") from exc
+        history.insert(0, "run_id", run_id)
+        history.insert(0, "platform", platform)
+        frames.append(history)
+    if not frames:
+        return pd.DataFrame(columns=list(_HISTORY_KEYS))
+    return pd.concat(frames, ignore_index=True)
