@@ -1,0 +1,304 @@
+"""Benchmarks of U-TAE: training and eval throughput, peak memory, accuracy of fast modes, FLOP/s, loader speed.
+
+Run with ``make bench`` (or ``python -m benchmarks.bench [--quick] [--device cuda]``). It prints:
+
+1. A calibration block (two plain 3x3 convolutions, 10->64 with ReLU then 64->64, batch 24, 64x64, forward and
+   backward) and the ratio of the U-TAE training step and eval forward to it, at B=2, T=12, 64x64 in float32.
+   Ratios to a block measured in the same run make figures comparable across machines and machine load.
+2. A table with one row per (shape, amp, channels_last, compile): training and eval samples/s, peak memory,
+   max |delta logits| against the float32 eager forward on the same weights and batch, and the achieved FLOP/s
+   of the training step (FLOPs counted by ``torch.utils.flop_counter``) with its fraction of the device's peak.
+3. The loader's throughput with ``pad_collate`` (patches/s), against the training step of the same batch.
+
+The table is also written to ``results/bench/<platform>.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from utae.model import UTAE
+from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
+from utae.precision import autocast, resolve_amp
+from utae.results import atomic_write_csv
+
+#: Peak dense throughput (TFLOP/s) of known GPUs by name fragment: (float32, tf32, bf16/fp16 tensor cores).
+KNOWN_PEAKS_TFLOPS: dict[str, tuple[float, float, float]] = {
+    "h200": (67.0, 494.7, 989.4),
+    "h100": (67.0, 494.7, 989.4),
+    "a100": (19.5, 156.0, 312.0),
+    "a10g": (31.2, 62.5, 125.0),
+    "l4": (30.3, 60.0, 121.0),
+    "t4": (8.1, 8.1, 65.0),
+    "v100": (15.7, 15.7, 125.0),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A benchmark input: batch B, time steps T, square side H=W."""
+
+    name: str
+    b: int
+    t: int
+    size: int
+
+
+SMALL = Shape("B2-T12-64px", 2, 12, 64)
+PASTIS = Shape("B4-T43-128px (PASTIS)", 4, 43, 128)
+SYNTHETIC = Shape("B4-T25-32px (synthetic default)", 4, 25, 32)
+
+#: The small widths of the synthetic default sweep (params/default.yaml).
+SMALL_WIDTHS = dict(
+    encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20), n_head=4, d_model=64
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Best wall-clock seconds of ``fn`` over ``repeats`` runs, after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """A random batch: ``x (B, T, 10, H, W)``, positions ``(B, T)``, pad mask ``(B, T)``, target ``(B, H, W)``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape.b, shape.t, 10, shape.size, shape.size, generator=g)
+    positions = torch.sort(torch.randint(0, 365, (shape.b, shape.t), generator=g), dim=1).values
+    pad_mask = torch.zeros(shape.b, shape.t, dtype=torch.bool)
+    target = torch.randint(0, 20, (shape.b, shape.size, shape.size), generator=g)
+    return tuple(t.to(device) for t in (x, positions, pad_mask, target))
+
+
+def calibration_step(device: torch.device) -> Callable[[], None]:
+    """Two plain 3x3 convolutions (10->64, ReLU, 64->64), batch 24, 64x64, forward and backward, no norm."""
+    torch.manual_seed(0)
+    c1 = torch.nn.Conv2d(10, 64, 3, padding=1).to(device)
+    c2 = torch.nn.Conv2d(64, 64, 3, padding=1).to(device)
+    x = torch.randn(24, 10, 64, 64, device=device)
+
+    def step() -> None:
+        c1.zero_grad(set_to_none=True)
+        c2.zero_grad(set_to_none=True)
+        c2(F.relu(c1(x))).sum().backward()
+
+    return step
+
+
+@dataclass
+class Mode:
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+
+
+def build(widths: dict, mode: Mode, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = UTAE(**widths).to(device)
+    if mode.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train_step_fn(model, forward, optimizer, batch, amp_dtype, scaler, device) -> Callable[[], None]:
+    x, positions, pad_mask, target = batch
+
+    def step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp_dtype):
+            logits = forward(x, positions, pad_mask=pad_mask)
+        loss = F.cross_entropy(logits.float(), target)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    return step
+
+
+def eval_fn(model, forward, batch, amp_dtype, device) -> Callable[[], torch.Tensor]:
+    x, positions, pad_mask, _ = batch
+
+    def step() -> torch.Tensor:
+        model.eval()
+        with torch.inference_mode(), autocast(device, amp_dtype):
+            return forward(x, positions, pad_mask=pad_mask)
+
+    return step
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Measured dense matmul throughput (TFLOP/s) of ``n x n`` matrices in ``dtype``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = best_time(lambda: a @ b, device, repeats)
+    return 2 * n**3 / seconds / 1e12
+
+
+def known_peak_tflops(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    for key, (fp32, tf32, half) in KNOWN_PEAKS_TFLOPS.items():
+        if key in name:
+            if amp_dtype is not None:
+                return half
+            return tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32
+    return None
+
+
+def bench_mode(shape: Shape, widths: dict, mode: Mode, device: torch.device, repeats: int, reference: dict) -> dict:
+    """One row of the table. ``reference`` caches the float32 eager logits of the same weights and batch."""
+    amp_dtype, use_scaler = resolve_amp(mode.amp, device)
+    batch = make_batch(shape, device)
+    model = build(widths, mode, device)
+    if shape.name not in reference:  # float32 eager logits of the same weights on the same batch
+        ref_model = build(widths, Mode(), device)
+        ref_model.eval()
+        with torch.inference_mode():
+            reference[shape.name] = ref_model(batch[0], batch[1], pad_mask=batch[2]).float()
+        del ref_model
+    forward = torch.compile(model) if mode.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+
+    evaluate = eval_fn(model, forward, batch, amp_dtype, device)
+    with torch.no_grad():
+        delta = (evaluate().float() - reference[shape.name]).abs().max().item()
+    reset_peak_memory(device)
+    eval_s = best_time(evaluate, device, repeats)
+    train = train_step_fn(model, forward, optimizer, batch, amp_dtype, scaler, device)
+    train_s = best_time(train, device, repeats)
+    peak = peak_memory_mb(device)
+    with FlopCounterMode(display=False) as counter:
+        train_step_fn(model, model, optimizer, batch, amp_dtype, None, device)()
+    flops = counter.get_total_flops()
+    peak_tflops = known_peak_tflops(device, amp_dtype)
+    achieved = flops / train_s / 1e12
+    return {
+        "shape": shape.name,
+        "amp": mode.amp,
+        "channels_last": mode.channels_last,
+        "compile": mode.compile,
+        "train_samples_per_s": shape.b / train_s,
+        "eval_samples_per_s": shape.b / eval_s,
+        "train_step_ms": train_s * 1e3,
+        "eval_ms": eval_s * 1e3,
+        "peak_mem_mb": peak,
+        "max_abs_dlogits": delta,
+        "train_gflop": flops / 1e9,
+        "train_tflops": achieved,
+        "peak_tflops": peak_tflops,
+        "frac_of_peak": None if peak_tflops is None else achieved / peak_tflops,
+    }
+
+
+def modes_for(device: torch.device, quick: bool, try_compile: bool) -> list[Mode]:
+    amps = ["off", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    layouts = [False, True]
+    compiles = [False, True] if try_compile else [False]
+    modes = [Mode(a, cl, c) for a, cl, c in itertools.product(amps, layouts, compiles)]
+    if quick:
+        modes = [m for m in modes if not m.compile and (m.amp == "off" or m.channels_last)]
+    return modes
+
+
+def print_table(df: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(df.to_string(index=False))
+
+
+def run_calibration(device: torch.device, repeats: int) -> None:
+    """Print the calibration block, and the official-config step times at B=2, T=12, 64x64 against it."""
+    calib = best_time(calibration_step(device), device, repeats)
+    model = build({}, Mode(), device)
+    batch = make_batch(SMALL, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = best_time(train_step_fn(model, model, optimizer, batch, None, None, device), device, repeats)
+    evaluate = best_time(eval_fn(model, model, batch, None, device), device, repeats)
+    print(f"Calibration block (2 plain 3x3 convs, batch 24, 64x64, fwd+bwd): {calib * 1e3:.1f} ms")
+    print(
+        f"U-TAE official widths, B=2 T=12 64x64, float32: train step {train * 1e3:.1f} ms "
+        f"= {train / calib:.2f} x calibration (official implementation: about 4.3 x; target <= 2.15 x); "
+        f"eval forward {evaluate * 1e3:.1f} ms = {evaluate / calib:.2f} x (official: about 1.8 x; target <= 1.0 x)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats; skip PASTIS-size shapes on CPU")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (default 7, quick 3)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile modes")
+    parser.add_argument("--no-loader", action="store_true", help="skip the loader benchmark")
+    parser.add_argument("--out", default="results/bench", help="folder of the per-platform CSV")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    repeats = args.repeats or (3 if args.quick else 7)
+    torch.backends.cudnn.benchmark = True
+    platform = platform_id(device)
+    print(f"Device: {device} ({platform}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    run_calibration(device, repeats)
+
+    shapes: list[tuple[Shape, dict]] = [(SYNTHETIC, SMALL_WIDTHS), (SMALL, {})]
+    if not (args.quick and device.type == "cpu"):
+        shapes.append((PASTIS, {}))
+    reference: dict = {}
+    rows = []
+    for (shape, widths), mode in itertools.product(shapes, modes_for(device, args.quick, args.compile)):
+        try:
+            rows.append(bench_mode(shape, widths, mode, device, repeats, reference))
+        except Exception as err:  # a mode the platform lacks (e.g. no compiler) is reported, not fatal
+            print(f"  skipped {shape.name} {mode}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+    table = pd.DataFrame(rows)
+    table.insert(0, "platform", platform)
+    if device.type == "cuda":
+        for dtype, label in ((torch.float32, "float32"), (torch.bfloat16, "bf16")):
+            print(f"Measured matmul peak ({label}): {matmul_peak_tflops(device, dtype):.1f} TFLOP/s")
+    else:
+        print(f"Measured matmul peak (float32): {matmul_peak_tflops(device, torch.float32):.3f} TFLOP/s")
+    print()
+    print_table(table)
+    out = Path(args.out) / f"{platform}.csv"
+    atomic_write_csv(out, table)
+    print(f"\nWritten to {out}")
+
+    if not args.no_loader:
+        from benchmarks.bench_data import bench_loader
+
+        print("\nLoader (pad_collate):")
+        print_table(pd.DataFrame(bench_loader(args.quick)))
+
+
+if __name__ == "__main__":
+    main()
