@@ -81,4 +81,4 @@ def cmap() -> "ListedColormap":
     """
     from matplotlib.colors import ListedColormap
 
-    return ListedColormap(CLASS_COLORS, name="pastis", N=N_CLASSES)
+    return ListedColormap(CLASS_COLORS, name="pastis")

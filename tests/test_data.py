@@ -1,0 +1,470 @@
+"""Tests of utae.data: reading the PASTIS layout, errors on bad input, validate, pad_collate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utae.classes import CLASS_COLORS, CLASS_NAMES, N_CLASSES, VOID_LABEL, cmap
+from utae.data import (
+    FOLD_ROTATIONS,
+    PastisDataset,
+    PastisFormatError,
+    pad_collate,
+    validate,
+)
+from utae.synthetic import make_synthetic_pastis
+
+# ---------------------------------------------------------------------------------------------
+# A tiny PASTIS folder, written by hand with the real format's quirks:
+#  * dates-S2 stored as a JSON string for one patch, as a mapping for the others;
+#  * non-contiguous patch ids, listed out of numeric order;
+#  * int16 reflectance, uint8 (3, H, W) targets whose channels 1-2 hold unrelated values;
+#  * a patch with an acquisition before the reference date 2018-09-01.
+# ---------------------------------------------------------------------------------------------
+
+H = W = 4
+TINY = {  # id: (fold, dates YYYYMMDD)
+    20412: (5, [20180825, 20180910, 20190101]),
+    10000: (1, [20180917, 20181002, 20181201, 20190315]),
+    10007: (2, [20180920, 20181010]),
+}
+NORM = {f"Fold_{k}": {"mean": [100.0 * k + c for c in range(10)], "std": [10.0 + k + 2 * c for c in range(10)]}
+        for k in range(1, 6)}
+
+
+def tiny_raw(pid: int, t_len: int) -> np.ndarray:
+    """The int16 reflectance of a tiny patch: 1000*c + 100*t + 10*h + w + pid % 7."""
+    t, c, h, w = np.meshgrid(np.arange(t_len), np.arange(10), np.arange(H), np.arange(W), indexing="ij")
+    return (1000 * c + 100 * t + 10 * h + w + pid % 7).astype(np.int16)
+
+
+def tiny_labels(pid: int) -> np.ndarray:
+    return ((np.arange(H * W).reshape(H, W) + pid) % 20).astype(np.uint8)
+
+
+def write_tiny_pastis(root: Path) -> Path:
+    (root / "DATA_S2").mkdir(parents=True)
+    (root / "ANNOTATIONS").mkdir()
+    features = []
+    for pid, (fold, dates) in TINY.items():
+        mapping = {str(i): d for i, d in enumerate(dates)}
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [40, 0], [40, 40], [0, 40], [0, 0]]]},
+            "properties": {
+                "ID_PATCH": pid, "Fold": fold, "N_Parcel": 3, "Parcel_Cover": 0.5, "TILE": "t31tfj",
+                # the first patch keeps the dates as a JSON string, as some readers store them
+                "dates-S2": json.dumps(mapping) if pid == 20412 else mapping,
+            },
+        })
+        np.save(root / "DATA_S2" / f"S2_{pid}.npy", tiny_raw(pid, len(dates)))
+        target = np.stack([tiny_labels(pid), np.full((H, W), 200, np.uint8), np.zeros((H, W), np.uint8)])
+        np.save(root / "ANNOTATIONS" / f"TARGET_{pid}.npy", target)
+    (root / "metadata.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    (root / "NORM_S2_patch.json").write_text(json.dumps(NORM))
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_tiny_pastis(tmp_path / "PASTIS")
+
+
+def offsets(dates: list[int], ref: dt.date = dt.date(2018, 9, 1)) -> list[int]:
+    return [(dt.date(d // 10000, d // 100 % 100, d % 100) - ref).days for d in dates]
+
+
+def set_metadata(root: Path, pid: int, **props) -> None:
+    path = root / "metadata.geojson"
+    doc = json.loads(path.read_text())
+    for feat in doc["features"]:
+        if feat["properties"]["ID_PATCH"] == pid:
+            feat["properties"].update(props)
+    path.write_text(json.dumps(doc))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def test_classes() -> None:
+    assert len(CLASS_NAMES) == N_CLASSES == 20 and len(CLASS_COLORS) == 20
+    assert CLASS_NAMES[0] == "Background" and CLASS_NAMES[VOID_LABEL] == "Void label"
+    assert len(set(CLASS_COLORS)) == 20
+    assert cmap().N == 20
+
+
+def test_tiny_folder_reads_with_quirks(tiny: Path) -> None:
+    ds = PastisDataset(tiny, folds=None)
+    assert ds.ids == [20412, 10000, 10007]  # file order
+    assert ds.folds == (1, 2, 3, 4, 5)
+    # folds=None selects all five folds: their five statistics vectors are averaged
+    mean = np.mean([NORM[f"Fold_{k}"]["mean"] for k in range(1, 6)], axis=0)
+    std = np.mean([NORM[f"Fold_{k}"]["std"] for k in range(1, 6)], axis=0)
+    np.testing.assert_allclose(ds.mean, mean, rtol=1e-6)
+    np.testing.assert_allclose(ds.std, std, rtol=1e-6)
+    for i, pid in enumerate(ds.ids):
+        fold, dates = TINY[pid]
+        item = ds[i]
+        assert set(item) == {"image", "dates", "mask", "patch_id"}
+        assert item["patch_id"] == pid
+        assert item["image"].dtype == torch.float32 and item["image"].shape == (len(dates), 10, H, W)
+        assert item["dates"].dtype == torch.int64 and item["dates"].tolist() == offsets(dates)
+        assert item["mask"].dtype == torch.int64 and item["mask"].shape == (H, W)
+        np.testing.assert_array_equal(item["mask"].numpy(), tiny_labels(pid))
+        expected = (tiny_raw(pid, len(dates)).astype(np.float64) - mean[None, :, None, None]) / std[None, :, None, None]
+        np.testing.assert_allclose(item["image"].numpy(), expected, rtol=1e-5, atol=1e-4)
+    assert ds[0]["dates"][0].item() == -7  # 2018-08-25 is before the reference date
+
+
+def test_fold_selection_and_statistics(tiny: Path) -> None:
+    ds = PastisDataset(tiny, folds=[2])
+    assert ds.ids == [10007] and ds.folds == (2,)
+    np.testing.assert_allclose(ds.mean, NORM["Fold_2"]["mean"])
+    np.testing.assert_allclose(ds.std, NORM["Fold_2"]["std"])
+    ds15 = PastisDataset(tiny, folds=(5, 1))
+    assert ds15.ids == [20412, 10000]
+    np.testing.assert_allclose(ds15.mean, (np.array(NORM["Fold_1"]["mean"]) + NORM["Fold_5"]["mean"]) / 2)
+
+
+def test_norm_off_and_explicit_stats(tiny: Path) -> None:
+    raw = PastisDataset(tiny, folds=[1], norm=False)[0]["image"].numpy()
+    np.testing.assert_array_equal(raw, tiny_raw(10000, 4).astype(np.float32))
+    mean, std = np.arange(10) * 3.0, np.arange(1, 11) * 0.5
+    ds = PastisDataset(tiny, folds=[1], norm_stats=(mean, std))
+    np.testing.assert_allclose(ds.mean, mean)
+    np.testing.assert_allclose(ds.std, std)
+    np.testing.assert_allclose(ds[0]["image"].numpy(), (raw - mean[:, None, None]) / std[:, None, None], rtol=1e-5)
+
+
+def test_reference_date(tiny: Path) -> None:
+    ds = PastisDataset(tiny, folds=[1], reference_date="2018-09-17")
+    assert ds[0]["dates"].tolist() == offsets(TINY[10000][1], dt.date(2018, 9, 17))
+    assert ds[0]["dates"][0].item() == 0
+
+
+def test_mono_date_index(tiny: Path) -> None:
+    full = PastisDataset(tiny)
+    for md, t_index in ((0, lambda t: 0), (1, lambda t: 1), (-1, lambda t: t - 1)):
+        ds = PastisDataset(tiny, mono_date=md)
+        for i in range(len(ds)):
+            item, ref = ds[i], full[i]
+            k = t_index(ref["image"].shape[0])
+            assert item["image"].shape == (1, 10, H, W)
+            torch.testing.assert_close(item["image"][0], ref["image"][k])
+            assert item["dates"].tolist() == [ref["dates"][k].item()]
+
+
+def test_mono_date_string_takes_the_closest_date(tiny: Path) -> None:
+    # 10000 has 2018-09-17, 2018-10-02, 2018-12-01, 2019-03-15
+    ds = PastisDataset(tiny, folds=[1], mono_date="2018-11-05")  # 34 days after 10-02, 26 before 12-01
+    assert ds[0]["dates"].tolist() == offsets([20181201])
+    ds = PastisDataset(tiny, folds=[1], mono_date="2018-10-31")  # 29 days after 10-02, 31 before 12-01
+    assert ds[0]["dates"].tolist() == offsets([20181002])
+    ds = PastisDataset(tiny, folds=[1], mono_date="2018-09-25")  # 8 days after 09-17, 7 before 10-02
+    assert ds[0]["dates"].tolist() == offsets([20181002])
+    ds = PastisDataset(tiny, folds=[1], mono_date="2019-01-22")  # a tie: 52 days each way -> the earlier
+    assert ds[0]["dates"].tolist() == offsets([20181201])
+    ds = PastisDataset(tiny, folds=[1], mono_date="2030-01-01")
+    assert ds[0]["dates"].tolist() == offsets([20190315])
+    raw = tiny_raw(10000, 4)
+    np.testing.assert_array_equal(PastisDataset(tiny, folds=[1], norm=False, mono_date="2019-03-01")[0]["image"][0].numpy(),
+                                  raw[3].astype(np.float32))
+
+
+def test_mono_date_errors(tiny: Path) -> None:
+    with pytest.raises(ValueError, match=r"mono_date=2 is out of range for patch 10007, which has 2 dates"):
+        PastisDataset(tiny, mono_date=2)
+    with pytest.raises(ValueError, match="mono_date"):
+        PastisDataset(tiny, mono_date="the first of May")
+    with pytest.raises(ValueError, match="mono_date"):
+        PastisDataset(tiny, mono_date=1.5)
+
+
+def test_cache_keeps_items_in_memory(tiny: Path) -> None:
+    ds = PastisDataset(tiny, folds=[1], cache=True)
+    first = ds[0]
+    (tiny / "DATA_S2" / "S2_10000.npy").unlink()
+    again = ds[0]
+    torch.testing.assert_close(again["image"], first["image"])
+    assert again["patch_id"] == 10000
+    uncached = PastisDataset(tiny, folds=[2])
+    (tiny / "DATA_S2" / "S2_10007.npy").unlink()
+    with pytest.raises(FileNotFoundError):
+        uncached[0]
+
+
+def test_memory_mapped_read_touches_only_the_selected_frame(tiny: Path, monkeypatch) -> None:
+    seen = {}
+    real_load = np.load
+
+    def spy(path, *args, **kwargs):
+        seen[Path(path).name] = kwargs.get("mmap_mode")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    PastisDataset(tiny, folds=[1])[0]
+    assert seen == {"S2_10000.npy": "r", "TARGET_10000.npy": "r"}
+
+
+def test_negative_index_and_out_of_range(tiny: Path) -> None:
+    ds = PastisDataset(tiny)
+    assert ds[-1]["patch_id"] == ds.ids[-1]
+    with pytest.raises(IndexError):
+        ds[3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip from the generator
+# ---------------------------------------------------------------------------------------------
+
+
+def test_round_trip_from_generator(tmp_path: Path) -> None:
+    root = make_synthetic_pastis(tmp_path / "syn", n_patches=10, size=16, seed=3, t_range=(5, 9))
+    meta = json.loads((root / "metadata.geojson").read_text())
+    props = {f["properties"]["ID_PATCH"]: f["properties"] for f in meta["features"]}
+    # statistics recomputed here the official way: per fold, mean of per-patch means and stds
+    per_fold: dict[int, list] = {k: [] for k in range(1, 6)}
+    for pid, p in props.items():
+        raw = np.load(root / "DATA_S2" / f"S2_{pid}.npy").astype(np.float64)
+        per_fold[p["Fold"]].append((raw.mean(axis=(0, 2, 3)), raw.std(axis=(0, 2, 3))))
+    norm = json.loads((root / "NORM_S2_patch.json").read_text())
+    for k in range(1, 6):
+        np.testing.assert_allclose(norm[f"Fold_{k}"]["mean"], np.mean([m for m, _ in per_fold[k]], axis=0), rtol=1e-9)
+        np.testing.assert_allclose(norm[f"Fold_{k}"]["std"], np.mean([s for _, s in per_fold[k]], axis=0), rtol=1e-9)
+
+    ds = PastisDataset(root, folds=(1, 3))
+    mean = (np.array(norm["Fold_1"]["mean"]) + norm["Fold_3"]["mean"]) / 2
+    std = (np.array(norm["Fold_1"]["std"]) + norm["Fold_3"]["std"]) / 2
+    assert sorted(ds.ids) == sorted(pid for pid, p in props.items() if p["Fold"] in (1, 3))
+    assert len(ds) == 4
+    for i in range(len(ds)):
+        item = ds[i]
+        p = props[item["patch_id"]]
+        dates = [p["dates-S2"][str(j)] for j in range(len(p["dates-S2"]))]
+        assert 5 <= len(dates) <= 9
+        assert item["image"].shape == (len(dates), 10, 16, 16) and item["image"].dtype == torch.float32
+        assert item["dates"].tolist() == offsets(dates)
+        raw = np.load(root / "DATA_S2" / f"S2_{item['patch_id']}.npy")
+        assert raw.dtype == np.int16
+        expected = (raw - mean[None, :, None, None]) / std[None, :, None, None]
+        np.testing.assert_allclose(item["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
+        tgt = np.load(root / "ANNOTATIONS" / f"TARGET_{item['patch_id']}.npy")
+        assert tgt.dtype == np.uint8 and tgt.shape == (3, 16, 16)
+        np.testing.assert_array_equal(item["mask"].numpy(), tgt[0].astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# pad_collate and folds
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pad_collate(tiny: Path) -> None:
+    ds = PastisDataset(tiny)
+    items = [ds[i] for i in range(len(ds))]  # T = 3, 4, 2
+    batch = pad_collate(items, pad_value=-7.5)
+    assert set(batch) == {"image", "dates", "pad_mask", "mask", "patch_id"}
+    assert batch["image"].shape == (3, 4, 10, H, W) and batch["image"].dtype == torch.float32
+    assert batch["dates"].shape == (3, 4) and batch["dates"].dtype == torch.int64
+    assert batch["pad_mask"].dtype == torch.bool
+    assert batch["pad_mask"].tolist() == [[False] * 3 + [True], [False] * 4, [False] * 2 + [True] * 2]
+    assert batch["patch_id"].tolist() == ds.ids and batch["patch_id"].dtype == torch.int64
+    assert batch["mask"].shape == (3, H, W)
+    for b, item in enumerate(items):
+        t = item["image"].shape[0]
+        torch.testing.assert_close(batch["image"][b, :t], item["image"])
+        assert torch.all(batch["image"][b, t:] == -7.5)
+        assert batch["dates"][b, :t].tolist() == item["dates"].tolist()
+        assert torch.all(batch["dates"][b, t:] == 0)
+        torch.testing.assert_close(batch["mask"][b], item["mask"])
+
+
+def test_pad_collate_with_a_dataloader(tiny: Path) -> None:
+    loader = torch.utils.data.DataLoader(PastisDataset(tiny), batch_size=2, collate_fn=pad_collate)
+    shapes = [tuple(b["image"].shape) for b in loader]
+    assert shapes == [(2, 4, 10, H, W), (1, 2, 10, H, W)]
+
+
+def test_pad_collate_rejects_bad_batches() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        pad_collate([])
+    a = {"image": torch.zeros(2, 10, 4, 4), "dates": torch.arange(2), "mask": torch.zeros(4, 4), "patch_id": 1}
+    b = {"image": torch.zeros(3, 10, 5, 5), "dates": torch.arange(3), "mask": torch.zeros(5, 5), "patch_id": 2}
+    with pytest.raises(ValueError, match=r"item 1 'image' has shape \(3, 10, 5, 5\)"):
+        pad_collate([a, b])
+    c = dict(a, dates=torch.arange(5))
+    with pytest.raises(ValueError, match="'dates'"):
+        pad_collate([c])
+
+
+def test_fold_rotations() -> None:
+    assert len(FOLD_ROTATIONS) == 5
+    for k, (train, val, test) in enumerate(FOLD_ROTATIONS):
+        assert sorted(train + val + test) == [1, 2, 3, 4, 5]
+        assert test == ((k + 4) % 5 + 1,)
+    assert [r[2] for r in FOLD_ROTATIONS] == [(5,), (1,), (2,), (3,), (4,)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def _rewrite_image(root: Path, pid: int, arr: np.ndarray) -> None:
+    np.save(root / "DATA_S2" / f"S2_{pid}.npy", arr)
+
+
+def _rewrite_labels(root: Path, pid: int, value: int) -> None:
+    tgt = np.load(root / "ANNOTATIONS" / f"TARGET_{pid}.npy")
+    tgt[0, 1, 2] = value
+    np.save(root / "ANNOTATIONS" / f"TARGET_{pid}.npy", tgt)
+
+
+def _float_with(value: float):
+    def mutate(root: Path) -> None:
+        arr = tiny_raw(10007, 2).astype(np.float32)
+        arr[1, 3, 0, 0] = value
+        _rewrite_image(root, 10007, arr)
+    return mutate
+
+
+# Errors raised when the dataset is opened: (mutation, exception, pattern that the message matches).
+OPEN_ERRORS = {
+    "missing metadata": (lambda r: (r / "metadata.geojson").unlink(), FileNotFoundError, r"metadata\.geojson"),
+    "missing norm": (lambda r: (r / "NORM_S2_patch.json").unlink(), FileNotFoundError, r"NORM_S2_patch\.json"),
+    "missing image": (lambda r: (r / "DATA_S2" / "S2_10007.npy").unlink(), FileNotFoundError,
+                      r"patch 10007 .*S2_10007\.npy is missing"),
+    "missing target": (lambda r: (r / "ANNOTATIONS" / "TARGET_10000.npy").unlink(), FileNotFoundError,
+                       r"patch 10000 .*TARGET_10000\.npy is missing"),
+    "fold outside 1-5": (lambda r: set_metadata(r, 10007, Fold=6), PastisFormatError,
+                         r"patch 10007: 'Fold' must be an integer from 1 to 5, got 6"),
+    "bad dates string": (lambda r: set_metadata(r, 10000, **{"dates-S2": "{0: 2018"}), PastisFormatError,
+                         r"patch 10000: 'dates-S2' is a string that is not valid JSON"),
+    "bad date value": (lambda r: set_metadata(r, 10000, **{"dates-S2": {"0": 20181345}}), PastisFormatError,
+                       r"patch 10000: 'dates-S2'\[0\]: expected a date"),
+    "missing dates": (lambda r: set_metadata(r, 10000, **{"dates-S2": {}}), PastisFormatError,
+                      r"patch 10000: 'dates-S2' is empty"),
+    "metadata not json": (lambda r: (r / "metadata.geojson").write_text("{not json"), PastisFormatError,
+                          r"metadata\.geojson: not valid JSON"),
+    "norm with 9 bands": (lambda r: (r / "NORM_S2_patch.json").write_text(json.dumps(
+        dict(NORM, Fold_2={"mean": [0.0] * 9, "std": [1.0] * 9}))), PastisFormatError,
+        r"NORM_S2_patch\.json: 'Fold_2\.mean' must hold 10 values"),
+    "norm with zero std": (lambda r: (r / "NORM_S2_patch.json").write_text(json.dumps(
+        dict(NORM, Fold_1={"mean": [0.0] * 10, "std": [0.0] * 10}))), PastisFormatError,
+        r"'Fold_1\.std' must be > 0"),
+}
+
+# Errors raised when the item of patch 10007 (fold 2) is read.
+ITEM_ERRORS = {
+    "T differs from dates": (lambda r: _rewrite_image(r, 10007, tiny_raw(10007, 5)), PastisFormatError,
+                             r"S2_10007\.npy: holds T=5 dates but metadata\.geojson lists 2"),
+    "9 bands": (lambda r: _rewrite_image(r, 10007, tiny_raw(10007, 2)[:, :9]), PastisFormatError,
+                r"S2_10007\.npy: expected shape \(T, 10, H, W\).*got \(2, 9, 4, 4\)"),
+    "3-d image": (lambda r: _rewrite_image(r, 10007, tiny_raw(10007, 2)[0]), PastisFormatError,
+                  r"S2_10007\.npy: expected shape \(T, 10, H, W\)"),
+    "NaN": (_float_with(np.nan), PastisFormatError, r"S2_10007\.npy: holds NaN or inf"),
+    "inf": (_float_with(np.inf), PastisFormatError, r"S2_10007\.npy: holds NaN or inf"),
+    "label 20": (lambda r: _rewrite_labels(r, 10007, 20), PastisFormatError,
+                 r"TARGET_10007\.npy: semantic labels .* from 0 to 19, found values in \[\d+, 20\]"),
+    "label 255": (lambda r: _rewrite_labels(r, 10007, 255), PastisFormatError, r"TARGET_10007\.npy: .*255"),
+    "target size": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy", np.zeros((3, 5, 4), np.uint8)),
+                    PastisFormatError, r"TARGET_10007\.npy: spatial shape \(5, 4\) differs"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPEN_ERRORS))
+def test_bad_input_at_open_time(tiny: Path, case: str) -> None:
+    mutate, exc, pattern = OPEN_ERRORS[case]
+    mutate(tiny)
+    with pytest.raises(exc, match=pattern):
+        PastisDataset(tiny)
+
+
+@pytest.mark.parametrize("case", list(ITEM_ERRORS))
+def test_bad_input_at_item_time(tiny: Path, case: str) -> None:
+    mutate, exc, pattern = ITEM_ERRORS[case]
+    mutate(tiny)
+    ds = PastisDataset(tiny)  # opening stays cheap: shapes are checked on read
+    ds[ds.ids.index(10000)]  # other patches are fine
+    with pytest.raises(exc, match=pattern):
+        ds[ds.ids.index(10007)]
+
+
+def test_bad_arguments(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="PASTIS root not found: .*nowhere"):
+        PastisDataset(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="folds must be ints from 1 to 5"):
+        PastisDataset(tiny, folds=[0, 1])
+    with pytest.raises(ValueError, match="folds must be ints from 1 to 5"):
+        PastisDataset(tiny, folds=[6])
+    with pytest.raises(ValueError, match=r"no patch in folds \[3, 4\].*selection is empty"):
+        PastisDataset(tiny, folds=[3, 4])
+    with pytest.raises(ValueError, match="target must be 'semantic'"):
+        PastisDataset(tiny, target="instance")
+    with pytest.raises(ValueError, match="norm_stats: mean and std must each hold 10 values"):
+        PastisDataset(tiny, norm_stats=([0.0] * 9, [1.0] * 9))
+    with pytest.raises(ValueError, match="norm_stats"):
+        PastisDataset(tiny, norm_stats=([0.0] * 10, [0.0] * 10))
+    with pytest.raises(ValueError, match="reference_date"):
+        PastisDataset(tiny, reference_date="1st of September")
+
+
+def test_metadata_errors_are_all_reported_at_once(tiny: Path) -> None:
+    set_metadata(tiny, 10007, Fold=0)
+    set_metadata(tiny, 10000, **{"dates-S2": "nope"})
+    with pytest.raises(PastisFormatError, match=r"(?s)2 problems.*patch 10000.*patch 10007"):
+        PastisDataset(tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------
+
+
+def test_validate_clean_folder(tiny: Path) -> None:
+    assert validate(tiny) == []
+
+
+def test_validate_reports_every_problem(tiny: Path, tmp_path: Path) -> None:
+    _rewrite_image(tiny, 10007, tiny_raw(10007, 3))  # T mismatch
+    arr = tiny_raw(20412, 3).astype(np.float32)
+    arr[0, 0, 0, 0] = np.inf
+    _rewrite_image(tiny, 20412, arr[:, :8])  # 8 bands and an inf
+    _rewrite_labels(tiny, 10000, 42)  # label out of range
+    doc = json.loads((tiny / "metadata.geojson").read_text())
+    doc["features"].append({"type": "Feature", "geometry": None,
+                            "properties": {"ID_PATCH": 30001, "Fold": 9, "dates-S2": {"0": 20190101}}})
+    doc["features"].append({"type": "Feature", "geometry": None,
+                            "properties": {"ID_PATCH": 30002, "Fold": 3, "dates-S2": {"0": 20190101}}})
+    (tiny / "metadata.geojson").write_text(json.dumps(doc))
+    problems = validate(tiny)
+    text = "\n".join(problems)
+    expected = [
+        r"S2_10007\.npy: holds T=3 dates but metadata\.geojson lists 2",
+        r"S2_20412\.npy: expected 10 bands in axis 1, got 8",
+        r"S2_20412\.npy: holds NaN or inf",
+        r"TARGET_10000\.npy: semantic labels .*42",
+        r"patch 30001: 'Fold' must be an integer from 1 to 5, got 9",
+        r"patch 30002 .*S2_30002\.npy is missing",
+        r"patch 30002 .*TARGET_30002\.npy is missing",
+    ]
+    for pattern in expected:
+        assert any(re.search(pattern, p) for p in problems), f"{pattern!r} not in:\n{text}"
+    assert len(problems) == len(expected)
+
+
+def test_validate_missing_files(tmp_path: Path, tiny: Path) -> None:
+    assert validate(tmp_path / "absent") == [f"PASTIS root not found: {tmp_path / 'absent'} is not a directory"]
+    (tiny / "metadata.geojson").unlink()
+    (tiny / "NORM_S2_patch.json").unlink()
+    problems = validate(tiny)
+    assert len(problems) == 2
+    assert "metadata.geojson" in problems[0] and "NORM_S2_patch.json" in problems[1]
