@@ -500,6 +500,8 @@ class UTAE(nn.Module):
         """
         b, t = x.shape[:2]
         flat = x.reshape(b * t, *x.shape[2:])
+        if self.in_conv.conv.conv[0].weight.is_contiguous(memory_format=torch.channels_last):
+            flat = flat.contiguous(memory_format=torch.channels_last)
         # One host read of the (small) mask: the checks and the frame selection both need it.
         pad_cpu = pad_mask.reshape(-1).cpu()
         if bool(pad_cpu.view(b, t).all(dim=1).any()):

@@ -1,0 +1,94 @@
+"""Fast modes: bf16 autocast, channels_last, torch.compile, and the amp mode resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utae.model import UTAE
+from utae.precision import autocast, resolve_amp
+from utae.weights import load_official_weights
+
+CPU = torch.device("cpu")
+
+
+def _reference(reference_dir, case="case_medium"):
+    model = load_official_weights(UTAE(), reference_dir / "state_dict.npz").eval()
+    ref = np.load(reference_dir / f"{case}.npz")
+    return model, torch.from_numpy(ref["x"]), torch.from_numpy(ref["batch_positions"]), torch.from_numpy(ref["logits"])
+
+
+@pytest.mark.parametrize("case", ["case_small", "case_medium"])
+def test_bf16_autocast_on_cpu_stays_close_to_float32(reference_dir, case):
+    model, x, pos, expected = _reference(reference_dir, case)
+    dtype, scaler = resolve_amp("bf16", CPU)
+    assert dtype is torch.bfloat16 and not scaler
+    with torch.no_grad(), autocast(CPU, dtype):
+        logits, att = model(x, pos, return_att=True)
+    assert logits.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: logits up to ~4.7 may move by a few hundredths.
+    err = (logits.float() - expected).abs().max().item()
+    assert err < 0.15, err
+    assert (logits.float() - expected).abs().mean().item() < 0.02
+    # The attention is a float32 softmax; padded steps still get exactly zero.
+    assert att.dtype == torch.float32
+    torch.testing.assert_close(att.sum(dim=2), torch.ones_like(att.sum(dim=2)), atol=1e-5, rtol=0)
+
+
+def test_channels_last_gives_same_outputs(reference_dir):
+    model, x, pos, expected = _reference(reference_dir, "case_small")
+    with torch.no_grad():
+        plain = model(x, pos)
+        model = model.to(memory_format=torch.channels_last)
+        fast = model(x, pos)
+    assert (fast - plain).abs().max().item() < 1e-5
+    assert (fast - expected).abs().max().item() < 1e-4
+
+
+def test_channels_last_training_step_matches():
+    torch.manual_seed(0)
+    small = dict(encoder_widths=(8, 8, 8, 16), decoder_widths=(8, 8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+    a = UTAE(**small)
+    b = UTAE(**small).to(memory_format=torch.channels_last)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 10, 16, 16)
+    pos = torch.tensor([[1, 50, 90], [3, 40, 0]])
+    pad = torch.tensor([[False, False, False], [False, False, True]])
+    target = torch.randint(0, 20, (2, 16, 16))
+    for m in (a, b):
+        torch.manual_seed(1)  # the same dropout masks in both
+        torch.nn.functional.cross_entropy(m(x, pos, pad_mask=pad), target).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert (pa.grad - pb.grad).abs().max().item() < 1e-4, name
+
+
+def test_compile_matches_eager():
+    torch.manual_seed(0)
+    small = dict(encoder_widths=(8, 8, 8, 16), decoder_widths=(8, 8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+    model = UTAE(**small).eval()
+    x = torch.randn(1, 3, 10, 16, 16)
+    pos = torch.tensor([[1, 50, 90]])
+    with torch.no_grad():
+        eager = model(x, pos)
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            out = compiled(x, pos)
+    except Exception as err:  # the compiler toolchain is optional, never required
+        pytest.skip(f"torch.compile is not available on this platform: {type(err).__name__}: {err}")
+    assert (out - eager).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "amp, match",
+    [("fp16", "needs a CUDA GPU"), ("half", "amp must be one of"), ("", "amp must be one of")],
+)
+def test_unsupported_amp_mode_is_a_clear_error(amp, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_amp(amp, CPU)
+
+
+def test_auto_amp_falls_back_to_float32_on_cpu():
+    assert resolve_amp("auto", CPU) == (None, False)
+    assert resolve_amp("off", CPU) == (None, False)
