@@ -274,7 +274,8 @@ def _make_patch(rng: np.random.Generator, size: int, t_range: tuple[int, int], c
     image = np.clip(np.rint(img), 0, 20000).astype(np.int16)
 
     sem = np.where(edge, 0, sem_of_cell[cell]).astype(np.uint8)
-    parcel_cells = np.flatnonzero(sem_of_cell > 0)
+    visible = np.bincount(pix_cell.ravel(), minlength=k + 1)[:k] > 0  # some cells are all road
+    parcel_cells = np.flatnonzero((sem_of_cell > 0) & visible)
     inst_of_cell = np.zeros(k + 1, np.int64)
     inst_of_cell[parcel_cells] = np.arange(1, len(parcel_cells) + 1)
     inst = inst_of_cell[pix_cell] % 256
