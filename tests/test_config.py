@@ -1,0 +1,165 @@
+"""RunConfig validation, conversion, and the params/*.yaml presets."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utae.train import HARMLESS_FIELDS, RunConfig, _config_differences, load_config_file, resolve_amp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> str:
+    (tmp_path / "data").mkdir()
+    return str(tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("noise_std", -0.1),
+        ("noise_fraction", -0.01),
+        ("noise_fraction", 1.5),
+        ("device", "tpu"),
+        ("device", "cuda:x"),
+        ("epochs", 0),
+        ("epochs", -3),
+        ("fold", 0),
+        ("fold", 6),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("seed", -1),
+        ("amp", "fp8"),
+        ("noise_space", "log"),
+        ("test_noise_stds", (0.0, -1.0)),
+        ("test_noise_stds", ()),
+        ("train_limit", 0),
+        ("val_limit", 2.5),
+        ("num_workers", -1),
+        ("deterministic", "yes"),
+        ("encoder_widths", (16, 16, 16, 30)),  # 30 is not divisible by n_head=4
+        ("out_conv", (16, 19)),
+        ("decoder_widths", (16, 16, 32)),
+    ],
+)
+def test_every_rejection_names_the_field(root: str, field: str, value: object) -> None:
+    base = dict(dataset_root=root, n_head=4, encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32),
+                out_conv=(16, 20), d_model=32)
+    with pytest.raises(ValueError, match=field):
+        RunConfig(**{**base, field: value})
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_missing_dataset_root_is_rejected(value: object) -> None:
+    with pytest.raises(ValueError, match="dataset_root"):
+        RunConfig(dataset_root=value)
+
+
+def test_nonexistent_dataset_root_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dataset_root.*missing"):
+        RunConfig(dataset_root=str(tmp_path / "nope"))
+
+
+def test_unset_environment_variable_in_dataset_root(monkeypatch: pytest.MonkeyPatch, root: str) -> None:
+    monkeypatch.delenv("UTAE_TEST_UNSET_ROOT", raising=False)
+    with pytest.raises(ValueError, match="UTAE_TEST_UNSET_ROOT"):
+        RunConfig(dataset_root="${UTAE_TEST_UNSET_ROOT}")
+    monkeypatch.setenv("UTAE_TEST_ROOT", root)
+    assert RunConfig(dataset_root="${UTAE_TEST_ROOT}").dataset_root == root
+
+
+def test_fp16_on_cpu_is_rejected(root: str) -> None:
+    with pytest.raises(ValueError, match="amp"):
+        RunConfig(dataset_root=root, device="cpu", amp="fp16")
+    import torch
+
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_amp("fp16", torch.device("cpu"))
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    assert resolve_amp("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_amp("off", torch.device("cpu")) is None
+
+
+def test_roundtrip_and_coercion(root: str) -> None:
+    cfg = RunConfig(dataset_root=root, noise_std=1, test_noise_stds=[0, 1, 2], encoder_widths=[64, 64, 64, 128])
+    assert cfg.noise_std == 1.0 and isinstance(cfg.noise_std, float)
+    assert cfg.test_noise_stds == (0.0, 1.0, 2.0)
+    assert cfg.encoder_widths == (64, 64, 64, 128)
+    d = cfg.to_dict()
+    assert d["test_noise_stds"] == [0.0, 1.0, 2.0]
+    assert RunConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError, match="unknown RunConfig field.*'nois_std'"):
+        RunConfig.from_dict({**d, "nois_std": 1.0})
+    assert cfg.replace(seed=3).seed == 3
+
+
+def test_config_differences_ignore_harmless_fields(root: str) -> None:
+    cfg = RunConfig(dataset_root=root)
+    assert HARMLESS_FIELDS == {"progress", "num_workers", "out_dir"}
+    changed = cfg.replace(progress=False, num_workers=2, out_dir="/elsewhere")
+    assert _config_differences(cfg.to_dict(), changed) == []
+    diffs = _config_differences(cfg.to_dict(), cfg.replace(noise_std=1.0))
+    assert len(diffs) == 1 and diffs[0].startswith("noise_std")
+
+
+def _sweep_points(path: Path) -> tuple[dict, list[dict]]:
+    doc = yaml.safe_load(path.read_text())
+    assert set(doc) == {"name", "dataset_root", "grid", "fixed"}, path
+    keys = list(doc["grid"])
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(doc["grid"][k] for k in keys))]
+    return doc, points
+
+
+@pytest.mark.parametrize("name", ["default", "paper", "official"])
+def test_every_sweep_point_is_a_valid_run_config(name: str, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASTIS_ROOT", root)
+    doc, points = _sweep_points(REPO / "params" / f"{name}.yaml")
+    assert doc["name"] == name
+    configs = []
+    for point in points:
+        values = {**doc["fixed"], **point, "dataset_root": doc["dataset_root"]}
+        if name == "default":
+            values["dataset_root"] = root  # the synthetic data need not exist for this check
+        configs.append(RunConfig.from_dict(values))
+    assert len({(c.noise_std, c.seed, c.fold) for c in configs}) == len(points)
+
+
+def test_paper_preset_is_the_study_protocol(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASTIS_ROOT", root)
+    doc, points = _sweep_points(REPO / "params" / "paper.yaml")
+    assert doc["dataset_root"] == "${PASTIS_ROOT}"
+    cfg = RunConfig.from_dict({**doc["fixed"], **points[0], "dataset_root": doc["dataset_root"]})
+    assert (cfg.train_limit, cfg.val_limit, cfg.test_limit) == (100, 100, 100)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.noise_fraction) == (15, 2, 1e-3, 0.25)
+    assert 1.0 in doc["grid"]["noise_std"] and 0.0 in doc["grid"]["noise_std"]
+    assert len(doc["grid"]["seed"]) > 1
+    assert cfg.encoder_widths == (64, 64, 64, 128) and cfg.decoder_widths == (32, 32, 64, 128)
+
+
+def test_official_preset_is_the_five_fold_protocol(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASTIS_ROOT", root)
+    doc, points = _sweep_points(REPO / "params" / "official.yaml")
+    assert sorted(doc["grid"]["fold"]) == [1, 2, 3, 4, 5]
+    cfg = RunConfig.from_dict({**doc["fixed"], **points[0], "dataset_root": doc["dataset_root"]})
+    assert (cfg.epochs, cfg.batch_size, cfg.train_limit, cfg.test_limit) == (100, 4, None, None)
+
+
+def test_load_config_file_flat_and_sweep(tmp_path: Path, root: str) -> None:
+    flat = tmp_path / "run.yaml"
+    flat.write_text(f"dataset_root: {root}\nepochs: 3\nseed: 2\n")
+    cfg = load_config_file(flat, {"seed": 5})
+    assert (cfg.epochs, cfg.seed) == (3, 5)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"name: s\ndataset_root: {root}\ngrid:\n  noise_std: [0.0, 1.0]\nfixed:\n  epochs: 2\n")
+    with pytest.raises(ValueError, match="noise_std"):
+        load_config_file(sweep)
+    assert load_config_file(sweep, {"noise_std": 1.0}).noise_std == 1.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"dataset_root: {root}\nepoch: 3\n")
+    with pytest.raises(ValueError, match="epoch"):
+        load_config_file(bad)
