@@ -26,3 +26,46 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.bench --quick $(BENCH_ARGS)
+
+# --------------------------------------------------------------------------------------------------
+# The study: train_eval.ipynb executed with papermill once per sweep point, HTML reports, index.
+#   make reproduce                                            default sweep, synthetic data
+#   make reproduce SWEEP=params/paper.yaml PASTIS_ROOT=/path  real PASTIS
+#   make -j2 reproduce | make reproduce GPUS=0,1 -j2          points in parallel (threads / GPUs shared out)
+#   make report        re-render every report, compare.html and index.html (no training)
+#   make lab           JupyterLab on the repository
+#   make clean-results delete results/runs, results/reports and results/summary.csv (asks; YES=1 does not)
+# Finished points (metrics.json and report present) are skipped; interrupted ones resume from their checkpoint.
+SWEEP ?= params/default.yaml
+RESULTS ?= results
+SYNTH_ROOT ?= data/synthetic_pastis
+GPUS ?=
+PLATFORM ?=
+THREADS ?=
+TIMEOUT ?=
+VENV_DEP ?= $(STAMP)
+SWEEP_MK ?= build/sweep/$(subst /,_,$(RESULTS))-$(notdir $(basename $(SWEEP))).mk
+SWEEP_OPTS = --results $(RESULTS) --synthetic-root $(SYNTH_ROOT) $(if $(GPUS),--gpus $(GPUS)) \
+  $(if $(PLATFORM),--platform $(PLATFORM)) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(THREADS),--threads $(THREADS))
+ifdef PASTIS_ROOT
+export PASTIS_ROOT
+endif
+
+.PHONY: reproduce report lab clean-results
+
+reproduce: $(VENV_DEP)
+	$(PY) -m utae.sweep make-targets $(SWEEP) -o $(SWEEP_MK) $(strip $(SWEEP_OPTS))
+	$(MAKE) --no-print-directory -f $(SWEEP_MK) PY=$(PY) all
+
+report: $(VENV_DEP)
+	$(PY) -m utae.sweep report --results $(RESULTS)
+
+lab: $(VENV_DEP)
+	$(PY) -m jupyter lab --notebook-dir=.
+
+clean-results:
+	@if [ "$(YES)" != 1 ]; then \
+	  read -r -p "Delete $(RESULTS)/runs, $(RESULTS)/reports and $(RESULTS)/summary.csv? [y/N] " answer || answer=; \
+	  case "$$answer" in y|Y|yes) ;; *) echo "Nothing deleted (make clean-results YES=1 deletes without asking)."; exit 1;; esac; \
+	fi
+	rm -rf $(RESULTS)/runs $(RESULTS)/reports $(RESULTS)/summary.csv build/sweep
