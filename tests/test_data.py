@@ -287,6 +287,19 @@ def test_pad_collate(tiny: Path) -> None:
         torch.testing.assert_close(batch["mask"][b], item["mask"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_pad_collate_keeps_the_image_dtype(dtype: torch.dtype) -> None:
+    items = [{"image": torch.arange(t * 10 * 2 * 2, dtype=torch.float32).reshape(t, 10, 2, 2).to(dtype),
+              "dates": torch.arange(t) * 5, "mask": torch.zeros(2, 2, dtype=torch.int64), "patch_id": t}
+             for t in (1, 3)]
+    batch = pad_collate(items, pad_value=2.5)
+    assert batch["image"].dtype == dtype and batch["image"].shape == (2, 3, 10, 2, 2)
+    torch.testing.assert_close(batch["image"][1], items[1]["image"])
+    torch.testing.assert_close(batch["image"][0, :1], items[0]["image"])
+    assert torch.all(batch["image"][0, 1:] == 2.5)
+    assert batch["dates"].tolist() == [[0, 0, 0], [0, 5, 10]]
+
+
 def test_pad_collate_with_a_dataloader(tiny: Path) -> None:
     loader = torch.utils.data.DataLoader(PastisDataset(tiny), batch_size=2, collate_fn=pad_collate)
     shapes = [tuple(b["image"].shape) for b in loader]

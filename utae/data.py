@@ -501,11 +501,17 @@ class PastisDataset(Dataset):
         if mono is not None:
             raw = raw[mono : mono + 1]
             offsets = offsets[mono : mono + 1]
-        image = np.asarray(raw, dtype=np.float32)  # reads the (selected) frames from disk
+        # One pass reads the (selected) frames from the page cache and converts them. Arrays are
+        # allocated by numpy, which backs large ones with huge pages: much faster than fresh
+        # torch allocations, which page-fault on every 4 KiB.
+        image = np.empty(raw.shape, dtype=np.float32)
+        if self.norm:
+            np.subtract(raw, self._mean4, out=image, casting="unsafe")
+        else:
+            np.copyto(image, raw, casting="unsafe")
         if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(image).all():
             raise PastisFormatError(f"{ipath}: holds NaN or inf values; expected finite reflectance")
         if self.norm:
-            image -= self._mean4
             image *= self._inv_std4
 
         tpath = target_path(self.root, rec.patch_id)
@@ -549,6 +555,9 @@ class PastisDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
 def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> dict[str, torch.Tensor]:
     """Stack items of different lengths ``T`` by padding the time axis to the longest one.
 
@@ -580,13 +589,26 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> d
             )
         lengths.append(img.shape[0])
     bsz, tmax = len(batch), max(lengths)
-    image = torch.full((bsz, tmax, *chw), float(pad_value), dtype=first.dtype)
     dates = torch.zeros((bsz, tmax), dtype=torch.int64)
     pad_mask = torch.ones((bsz, tmax), dtype=torch.bool)
-    for i, (img, b, t) in enumerate(zip(images, batch, lengths)):
-        image[i, :t] = img
+    for i, (b, t) in enumerate(zip(batch, lengths)):
         dates[i, :t] = torch.as_tensor(b["dates"], dtype=torch.int64)
         pad_mask[i, :t] = False
+    np_dtype = _NUMPY_FLOATS.get(first.dtype)
+    if np_dtype is not None and all(
+        img.device.type == "cpu" and img.dtype == first.dtype and not img.requires_grad for img in images
+    ):
+        # numpy allocates large buffers on huge pages (see PastisDataset._load); each element is
+        # written once: the frames are copied and only the padded tail is filled.
+        buf = np.empty((bsz, tmax, *chw), dtype=np_dtype)
+        for i, (img, t) in enumerate(zip(images, lengths)):
+            buf[i, :t] = img.numpy()
+            buf[i, t:] = pad_value
+        image = torch.from_numpy(buf)
+    else:
+        image = torch.full((bsz, tmax, *chw), float(pad_value), dtype=first.dtype, device=first.device)
+        for i, (img, t) in enumerate(zip(images, lengths)):
+            image[i, :t] = img
     masks = [torch.as_tensor(b["mask"]) for b in batch]
     if any(m.shape != masks[0].shape for m in masks):
         raise ValueError(f"pad_collate: 'mask' shapes differ: {[tuple(m.shape) for m in masks]}")
