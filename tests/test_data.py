@@ -215,6 +215,14 @@ def test_memory_mapped_read_touches_only_the_selected_frame(tiny: Path, monkeypa
     assert seen == {"S2_10000.npy": "r", "TARGET_10000.npy": "r"}
 
 
+def test_float_targets_with_whole_labels_are_read(tiny: Path) -> None:
+    labels = tiny_labels(10007)
+    np.save(tiny / "ANNOTATIONS" / "TARGET_10007.npy", np.stack([labels, labels, labels]).astype(np.float32))
+    mask = PastisDataset(tiny, folds=[2])[0]["mask"]
+    assert mask.dtype == torch.int64
+    np.testing.assert_array_equal(mask.numpy(), labels)
+
+
 def test_negative_index_and_out_of_range(tiny: Path) -> None:
     ds = PastisDataset(tiny)
     assert ds[-1]["patch_id"] == ds.ids[-1]
@@ -388,6 +396,11 @@ ITEM_ERRORS = {
     "label 20": (lambda r: _rewrite_labels(r, 10007, 20), PastisFormatError,
                  r"TARGET_10007\.npy: semantic labels .* from 0 to 19, found values in \[\d+, 20\]"),
     "label 255": (lambda r: _rewrite_labels(r, 10007, 255), PastisFormatError, r"TARGET_10007\.npy: .*255"),
+    "fractional label": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy",
+                                           np.full((3, H, W), 2.5, np.float32)), PastisFormatError,
+                         r"TARGET_10007\.npy: semantic labels .* integers from 0 to 19"),
+    "NaN label": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy", np.full((3, H, W), np.nan)),
+                  PastisFormatError, r"TARGET_10007\.npy: semantic labels"),
     "target size": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy", np.zeros((3, 5, 4), np.uint8)),
                     PastisFormatError, r"TARGET_10007\.npy: spatial shape \(5, 4\) differs"),
 }

@@ -526,12 +526,13 @@ class PastisDataset(Dataset):
             raise PastisFormatError(
                 f"{tpath}: spatial shape {sem.shape} differs from the image's {image.shape[2:]} ({ipath.name})"
             )
-        if not np.issubdtype(sem.dtype, np.integer):
-            if not np.issubdtype(sem.dtype, np.floating):
-                raise PastisFormatError(f"{tpath}: expected integer class labels, got dtype {sem.dtype}")
-        mask = np.asarray(sem).astype(np.int64)
-        lo, hi = (int(mask.min()), int(mask.max())) if mask.size else (0, 0)
-        if lo < 0 or hi >= N_CLASSES or (sem.dtype.kind == "f" and not np.array_equal(mask, sem)):
+        sem = np.asarray(sem)
+        if sem.dtype.kind not in "iuf":
+            raise PastisFormatError(f"{tpath}: expected integer class labels, got dtype {sem.dtype}")
+        whole = sem.dtype.kind != "f" or bool(np.all(np.isfinite(sem)) and np.array_equal(sem, np.round(sem)))
+        if not sem.size or (whole and 0 <= sem.min() and sem.max() < N_CLASSES):
+            mask = sem.astype(np.int64)
+        else:
             raise PastisFormatError(
                 f"{tpath}: semantic labels (channel 0) must be integers from 0 to {N_CLASSES - 1}, "
                 f"found values in [{sem.min()}, {sem.max()}]"
