@@ -225,8 +225,7 @@ def confusion_heatmap(
         norm = np.where(support > 0, sub / np.where(support > 0, support, 1.0), np.nan)
     fig = Figure(figsize=(7.0, 6.0), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    cmap = ListedColormap(np.linspace([1.0, 1.0, 1.0], [0.03, 0.19, 0.42], 256))
-    cmap.set_bad("0.92")
+    cmap = ListedColormap(np.linspace([1.0, 1.0, 1.0], [0.03, 0.19, 0.42], 256)).with_extremes(bad="0.92")
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     if annotate:
         _annotate_heatmap(ax, norm, fmt="{:.2f}")

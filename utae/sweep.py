@@ -157,15 +157,18 @@ def notebook_parameters(notebook: str | os.PathLike[str] = TRAIN_NOTEBOOK) -> di
     notebook = Path(notebook)
     if not notebook.is_file():
         raise SweepError(f"notebook {notebook} not found")
-    params = papermill.inspect_notebook(str(notebook))
+    try:
+        params = papermill.inspect_notebook(str(notebook))
+    except (ValueError, OSError) as exc:
+        raise SweepError(f"cannot read the parameters cell of {notebook}: {exc}") from exc
     if not params:
         raise SweepError(f"{notebook} has no cell tagged 'parameters' (or it defines nothing)")
+    import ast
+
     out = {}
     for name, info in params.items():
         default = info.get("default")
         try:
-            import ast
-
             out[name] = ast.literal_eval(default) if isinstance(default, str) else default
         except (ValueError, SyntaxError):
             out[name] = default

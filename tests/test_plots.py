@@ -1,0 +1,305 @@
+"""Tests of the report figures (utae.plots) and tables and statistics (utae.report), on small frames."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from utae import plots, report
+from utae.classes import CLASS_COLORS, CLASS_NAMES
+
+
+def png_size(fig: Figure) -> tuple[int, int, int]:
+    """(width px, height px, bytes) of the figure saved as PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return width, height, len(data)
+
+
+def heat_axes(fig: Figure) -> list:
+    """Axes holding an image (heatmaps and maps), colour bars excluded."""
+    return [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+
+
+# --------------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def history() -> pd.DataFrame:
+    e = np.arange(1, 5)
+    return pd.DataFrame({"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "train_oa": 0.5 + 0.1 * e,
+                         "val_oa": 0.45 + 0.1 * e, "train_miou": 0.1 * e, "val_miou": 0.09 * e})
+
+
+def test_training_curves(history):
+    fig = plots.training_curves(history, best_epoch=3)
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert labels[:2] == ["train", "val"] and "best epoch (3)" in labels
+    np.testing.assert_allclose(fig.axes[2].get_lines()[1].get_ydata(), history["val_miou"])
+    width, height, nbytes = png_size(fig)
+    assert width == round(9.0 * plots.DEFAULT_DPI) and nbytes < 60_000
+    with pytest.raises(ValueError, match="val_miou"):
+        plots.training_curves(history.drop(columns="val_miou"))
+    with pytest.raises(ValueError, match="empty"):
+        plots.training_curves(history.iloc[:0])
+
+
+def test_per_class_iou_bars_colours_and_missing_classes():
+    iou = np.linspace(0.1, 0.9, 20)
+    iou[[5, 19]] = np.nan
+    fig = plots.per_class_iou(iou)
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert len(bars) == 19  # void left out
+    assert [t.get_text() for t in ax.get_xticklabels()] == CLASS_NAMES[:19]
+    np.testing.assert_allclose(bars[1].get_facecolor()[:3], plots.class_colors_rgb([CLASS_COLORS[1]])[0])
+    assert bars[5].get_height() == 0 and "n/a" in [t.get_text() for t in ax.texts]
+    assert any(f"{np.nanmean(iou[:19]):.3f}" in line.get_label() for line in ax.get_lines())
+    with pytest.raises(ValueError, match="20 values"):
+        plots.per_class_iou(iou[:10])
+    plots.per_class_iou([None] * 20)  # a run where nothing is defined still draws
+
+
+def test_class_colours_accept_hex_and_tuples():
+    rgb = plots.class_colors_rgb(["#ff0000", (0, 255, 0), (0.0, 0.0, 1.0)])
+    np.testing.assert_allclose(rgb, np.eye(3))
+
+
+def test_confusion_heatmap_is_row_normalised():
+    cm = np.zeros((20, 20), dtype=np.int64)
+    cm[1, 1], cm[1, 2], cm[2, 2], cm[19, 19] = 30, 10, 5, 100
+    fig = plots.confusion_heatmap(cm)
+    ax = heat_axes(fig)[0]
+    data = ax.images[0].get_array()
+    assert data.shape == (19, 19)
+    assert data[1, 1] == pytest.approx(0.75) and data[1, 2] == pytest.approx(0.25) and data[2, 2] == 1.0
+    assert np.ma.is_masked(data[3, 3])  # class absent from the targets: blank row
+    with pytest.raises(ValueError, match=r"\(20, 20\)"):
+        plots.confusion_heatmap(cm[:5, :5])
+
+
+def test_patch_grid_uses_class_colours_and_legend():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 3, (3, 16, 16))
+    pred = target.copy()
+    pred[:, :4] = 19
+    fig = plots.patch_grid(rng.random((3, 16, 16, 3)), target, pred, patch_ids=[10, 11, 12], max_patches=2)
+    maps = heat_axes(fig)
+    assert len(maps) == 6  # 2 patches x (RGB, truth, prediction)
+    assert maps[0].get_title() == "patch 10: RGB"
+    truth = maps[1].images[0]
+    np.testing.assert_allclose(truth.cmap(truth.norm(1))[:3], plots.class_colors_rgb([CLASS_COLORS[1]])[0])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["0 Background", "1 Meadow", "2 Soft winter wheat", "19 Void label"]
+    rgb_uint8 = (rng.random((1, 8, 8, 3)) * 255).astype(np.uint8)
+    plots.patch_grid(rgb_uint8, target[:1, :8, :8], pred[:1, :8, :8])
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        plots.patch_grid(rng.random((2, 16, 16)), target, pred)
+    with pytest.raises(ValueError, match="target"):
+        plots.patch_grid(rng.random((3, 16, 16, 3)), target[:, :8], pred)
+
+
+def test_test_noise_curve():
+    entries = [{"std": 1.0, "oa": 0.6, "miou": 0.3}, {"std": 0.0, "oa": 0.8, "miou": 0.5}]
+    fig = plots.test_noise_curve(entries, train_noise_std=0.5)
+    lines = fig.axes[0].get_lines()
+    np.testing.assert_allclose(lines[0].get_xdata(), [0.0, 1.0])  # sorted by std
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.5, 0.3])
+    with pytest.raises(ValueError, match="miou"):
+        plots.test_noise_curve([{"std": 0.0, "oa": 0.5}])
+
+
+# --------------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------------
+
+
+def make_runs(platform_shift: dict[str, float], levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), seed_sd=0.01,
+              rng_seed=0) -> pd.DataFrame:
+    """A load_runs-like frame: test mIoU falls with the noise level, plus a platform shift and seed noise."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for plat, shift in platform_shift.items():
+        for level in levels:
+            for seed in seeds:
+                m = 0.6 - 0.1 * level + shift + rng.normal(0, seed_sd)
+                rows.append({"platform": plat, "run_id": f"noise{level:g}-seed{seed}", "cfg_noise_std": level,
+                             "cfg_seed": seed, "cfg_dataset_root": "data/synthetic_pastis", "cfg_fold": 1,
+                             "test_miou": m, "test_oa": m + 0.2, "val_miou": m + 0.01, "train_oa": 0.8 - 0.05 * level,
+                             "sec_per_epoch": 2.0 if plat.startswith("cpu") else 0.2,
+                             "train_samples_per_s": 30.0, "eval_samples_per_s": 90.0, "peak_mem_mb": 500.0})
+    return pd.DataFrame(rows)
+
+
+def test_metric_vs_noise_means_per_platform():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.05})
+    fig = plots.metric_vs_noise(runs)
+    assert len(fig.axes) == 2
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["cpu-a", "cuda-b"]
+    expected = runs[runs.platform == "cuda-b"].groupby("cfg_noise_std")["test_miou"].mean().to_numpy()
+    np.testing.assert_allclose(lines[1].get_ydata(), expected)
+    with pytest.raises(ValueError, match="empty"):
+        plots.metric_vs_noise(runs.iloc[:0])
+
+
+def test_noise_matrix_and_per_class_heatmap_one_panel_per_platform():
+    test_noise = pd.DataFrame([{"platform": p, "run_id": f"r{s}", "cfg_noise_std": tr, "cfg_seed": s,
+                                "test_noise_std": te, "oa": 0.9, "miou": 0.5 + 0.1 * s - 0.1 * te + 0.05 * tr}
+                               for p in ("a", "b") for tr in (0.0, 1.0) for te in (0.0, 0.5, 2.0) for s in (0, 1)])
+    fig = plots.noise_matrix(test_noise)
+    panels = heat_axes(fig)
+    assert len(panels) == 2
+    values = panels[0].images[0].get_array()
+    assert values.shape == (2, 3)
+    assert values[1, 0] == pytest.approx(0.5 + 0.05 + 0.05)  # mean over the two seeds
+    per_class = pd.DataFrame([{"platform": p, "run_id": "r", "cfg_noise_std": tr, "cfg_seed": 0, "class_id": c,
+                               "class_name": CLASS_NAMES[c], "iou": np.nan if c in (7, 19) else 0.5}
+                              for p in ("a", "b") for tr in (0.0, 1.0) for c in range(20)])
+    fig = plots.per_class_heatmap(per_class)
+    panels = heat_axes(fig)
+    assert len(panels) == 2
+    data = panels[0].images[0].get_array()
+    assert data.shape == (19, 2) and np.ma.is_masked(data[7, 0]) and data[0, 0] == 0.5
+
+
+def test_timing_bars_and_seed_spread():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.0})
+    fig = plots.timing_bars(runs)
+    assert len(fig.axes) == 3
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths == [2.0, 0.2]
+    fig = plots.seed_spread(runs)
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(runs)
+    with pytest.raises(ValueError, match="timing"):
+        plots.timing_bars(runs[["platform", "test_miou"]])
+
+
+def test_platform_vs_seed_detects_a_real_platform_difference():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.2}, seeds=range(5), seed_sd=0.01)
+    table = report.platform_vs_seed(runs, n_permutations=300)
+    assert len(table) == 3 and (table["n_platforms"] == 2).all()
+    assert (table["platform_range"] > 0.15).all()
+    assert (table["range_over_seed_std"] > 5).all()
+    assert (table["p_perm"] < 0.05).all()
+    text = report.platform_vs_seed_text(table)
+    assert "At 3 configuration(s)" in text
+
+
+def test_platform_vs_seed_finds_nothing_when_platforms_agree():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.0}, seeds=range(4), seed_sd=0.05, rng_seed=3)
+    table = report.platform_vs_seed(runs, n_permutations=300)
+    assert (table["p_perm"] > 0.05).all()
+    assert "At no configuration" in report.platform_vs_seed_text(table)
+
+
+def test_platform_vs_seed_with_one_platform_reports_the_seed_spread_only():
+    runs = make_runs({"cpu-a": 0.0})
+    table = report.platform_vs_seed(runs)
+    assert table["p_perm"].isna().all() and table["platform_range"].isna().all()
+    expected = runs[runs.cfg_noise_std == 0.5]["test_miou"].std(ddof=1)
+    assert table.loc[table.cfg_noise_std == 0.5, "seed_std"].item() == pytest.approx(expected)
+    assert "only the spread between seeds" in report.platform_vs_seed_text(table)
+
+
+def test_study_summary_and_table_one():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.05})
+    summary = report.study_summary(runs)
+    assert len(summary) == 6 and (summary["n_runs"] == 3).all() and (summary["seeds"] == "0 1 2").all()
+    sub = runs[(runs.platform == "cpu-a") & (runs.cfg_noise_std == 1.0)]
+    row = summary[(summary.platform == "cpu-a") & (summary.cfg_noise_std == 1.0)].iloc[0]
+    assert row["test_miou_mean"] == pytest.approx(sub["test_miou"].mean())
+    assert row["test_miou_std"] == pytest.approx(sub["test_miou"].std(ddof=1))
+    table = report.table_one(runs)
+    assert list(table.index) == ["cpu-a", "cuda-b"]
+    assert table.columns.get_level_values(0).unique().tolist() == [
+        "without noise", "with noise (std 0.5)", "with noise (std 1)"]
+    cell = table.loc["cpu-a", ("without noise", "val IoU")]
+    m = runs[(runs.platform == "cpu-a") & (runs.cfg_noise_std == 0)]["val_miou"]
+    assert cell == f"{m.mean():.3f} ± {m.std(ddof=1):.3f} (n=3)"
+    counts = report.run_counts(runs)
+    assert counts.loc["cpu-a", "noise 0.5"] == 3
+
+
+def test_config_columns_split_other_settings():
+    runs = make_runs({"cpu-a": 0.0})
+    assert report.config_columns(runs) == ["cfg_noise_std"]
+    runs.loc[runs.cfg_seed == 0, "cfg_fold"] = 2
+    assert report.config_columns(runs) == ["cfg_noise_std", "cfg_fold"]
+    assert len(report.study_summary(runs)) == 6
+
+
+def test_bench_table_side_by_side(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for plat, speed in (("cpu-a", 10.0), ("cuda-b", 500.0)):
+        pd.DataFrame({"platform": plat, "shape": ["small", "large"], "amp": "off", "channels_last": False,
+                      "train_samples_per_s": [speed, speed / 4], "peak_mem_mb": 100.0}).to_csv(
+            bench / f"{plat}.csv", index=False)
+    tables = report.load_bench(bench)
+    assert list(tables) == ["cpu-a", "cuda-b"]
+    wide = report.bench_table(tables)
+    assert wide.loc[("small", "off", "False"), ("train_samples_per_s", "cuda-b")] == 500.0
+    assert wide.loc[("large", "off", "False"), ("train_samples_per_s", "cpu-a")] == 2.5
+    assert report.load_bench(tmp_path / "none") == {}
+    with pytest.raises(ValueError, match="no benchmark"):
+        report.bench_table({})
+
+
+# --------------------------------------------------------------------------------------------------
+# One run's tables, and the index page
+# --------------------------------------------------------------------------------------------------
+
+
+def test_run_tables():
+    table = report.config_table({"noise_std": 0.5, "encoder_widths": [16, 32], "run_id": None})
+    assert table.loc["noise_std", "value"] == "0.5" and table.loc["encoder_widths", "value"] == "(16, 32)"
+    metrics = {"train": {"oa": 0.9, "miou": 0.5, "loss": 0.3}, "val": {"oa": 0.8, "miou": 0.4, "loss": 0.4},
+               "test": {"oa": 0.7, "miou": 0.35, "loss": 0.5, "macro_f1": 0.45},
+               "timing": {"sec_per_epoch": 1.5, "peak_mem_mb": 300.0}, "best_epoch": 2}
+    head = report.headline_table(metrics)
+    assert head.loc["test", "mIoU"] == 0.35 and head.loc["train", "OA"] == 0.9
+    plat = report.platform_table({"device_name": "CPU X", "torch_threads": 1}, metrics)
+    assert plat.loc["device name", "value"] == "CPU X" and plat.loc["seconds per epoch", "value"] == "1.5"
+    with pytest.raises(TypeError):
+        report.config_table(3)
+
+
+def test_read_run_names_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        report.read_run(tmp_path)
+
+
+def test_index_links_every_report(tmp_path):
+    results = tmp_path / "results"
+    reports = results / "reports"
+    for plat, rid in (("cpu-a", "noise0-seed0"), ("cpu-a", "noise1-seed0"), ("cuda-b", "noise0-seed0")):
+        (reports / plat).mkdir(parents=True, exist_ok=True)
+        (reports / plat / f"{rid}.html").write_text("<html></html>")
+    run = results / "runs" / "cpu-a" / "noise1-seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test": {"miou": 0.4321, "oa": 0.8}, "timing": {"sec_per_epoch": 2}}))
+    (run / "config.json").write_text(json.dumps({"noise_std": 1.0, "seed": 0}))
+    (reports / "compare.html").write_text("<html></html>")
+    (results / "summary.csv").write_text("a\n")
+    page = report.write_index(results).read_text()
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert sorted(hrefs) == sorted(["compare.html", "../summary.csv", "cpu-a/noise0-seed0.html",
+                                    "cpu-a/noise1-seed0.html", "cuda-b/noise0-seed0.html"])
+    for href in hrefs:
+        assert (reports / href).resolve().is_file()
+    assert "0.432" in page

@@ -1,0 +1,279 @@
+"""Tests of utae.sweep: loading and validating sweep files, run ids, the generated makefile, skipping.
+
+Nothing here starts a kernel: notebook execution is tested in test_notebooks.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from utae import sweep as sw
+from utae.train import RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path: Path, doc: dict, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    return root
+
+
+def test_grid_times_fixed(tmp_path, data_root):
+    path = write_sweep(tmp_path, {
+        "name": "t", "dataset_root": str(data_root),
+        "fixed": {"epochs": 2, "test_noise_stds": [0.0, 1.0]},
+        "grid": {"noise_std": [0.0, 0.25, 1.0], "seed": [0, 1]},
+    })
+    s = sw.load_sweep(path)
+    assert [p.run_id for p in s.points] == [
+        "noise0-seed0", "noise0-seed1", "noise0.25-seed0", "noise0.25-seed1", "noise1-seed0", "noise1-seed1"]
+    p = s.point("noise0.25-seed1")
+    assert p.params == {"dataset_root": str(data_root), "epochs": 2, "test_noise_stds": [0.0, 1.0],
+                        "noise_std": 0.25, "seed": 1}
+    assert p.grid_values == {"noise_std": 0.25, "seed": 1}
+    assert s.name == "t" and s.timeout == sw.DEFAULT_TIMEOUT
+    with pytest.raises(sw.SweepError, match="noise0.25-seed2"):
+        s.point("noise0.25-seed2")
+
+
+def test_no_grid_is_one_point(tmp_path, data_root):
+    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "epochs": 1}))
+    assert [p.run_id for p in s.points] == ["run"]
+
+
+@pytest.mark.parametrize("section", ["grid", "fixed", "top"])
+def test_unknown_parameter_is_a_clear_error(tmp_path, data_root, section):
+    doc = {"dataset_root": str(data_root), "grid": {"seed": [0]}, "fixed": {"epochs": 1}}
+    if section == "grid":
+        doc["grid"]["noise_sdt"] = [0.0, 1.0]
+    elif section == "fixed":
+        doc["fixed"]["noise_sdt"] = 1.0
+    else:
+        doc["noise_sdt"] = 1.0
+    path = write_sweep(tmp_path, doc)
+    with pytest.raises(sw.SweepError) as info:
+        sw.load_sweep(path)
+    text = str(info.value)
+    assert "noise_sdt" in text and str(path) in text and "train_eval.ipynb" in text
+    assert "noise_std" in text  # the suggestion
+
+
+KERNELSPEC = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
+
+
+def test_parameter_unknown_to_the_notebook_fails_even_without_runconfig_check(tmp_path, data_root):
+    """Validation is against the notebook's parameters cell itself (papermill would only warn)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("dataset_root = ''\nepochs = 1", metadata={"tags": ["parameters"]})],
+        metadata=KERNELSPEC)
+    nb_path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, nb_path)
+    path = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1]}})
+    with pytest.raises(sw.SweepError, match="unknown parameter 'seed' in grid"):
+        sw.load_sweep(path, notebook=nb_path, check_run_config=False)
+
+
+def test_notebook_without_parameters_cell(tmp_path, data_root):
+    nb_path = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")], metadata=KERNELSPEC), nb_path)
+    path = write_sweep(tmp_path, {"dataset_root": str(data_root)})
+    with pytest.raises(sw.SweepError, match="parameters"):
+        sw.load_sweep(path, notebook=nb_path)
+
+
+def test_environment_variables(tmp_path, data_root):
+    path = write_sweep(tmp_path, {"dataset_root": "${MY_DATA}", "fixed": {"epochs": 1}})
+    s = sw.load_sweep(path, env={"MY_DATA": str(data_root)})
+    assert s.points[0].params["dataset_root"] == str(data_root)
+    with pytest.raises(sw.SweepError) as info:
+        sw.load_sweep(path, env={})
+    assert "MY_DATA" in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"fixed": {"out_dir": "x"}}, "set by the sweep"),
+    ({"grid": {"run_id": ["a", "b"]}}, "set by the sweep"),
+    ({"grid": {"seed": []}}, "non-empty list"),
+    ({"grid": {"seed": 3}}, "non-empty list"),
+    ({"grid": {"seed": [0]}, "fixed": {"seed": 1}}, "both fixed and in the grid"),
+    ({"epochs": 1, "fixed": {"epochs": 2}}, "both at the top level and in fixed"),
+    ({"grid": {"noise_std": [0.5, "0.5"]}}, "both get run_id"),
+    ({"timeout": -5}, "timeout"),
+    ({"fixed": [1, 2]}, "'fixed' must be a mapping"),
+])
+def test_bad_sweeps(tmp_path, data_root, doc, match):
+    path = write_sweep(tmp_path, {"dataset_root": str(data_root), **doc})
+    with pytest.raises(sw.SweepError, match=match):
+        sw.load_sweep(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(sw.SweepError, match="not found"):
+        sw.load_sweep(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: [unclosed\n")
+    with pytest.raises(sw.SweepError, match="bad.yaml"):
+        sw.load_sweep(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(sw.SweepError, match="mapping"):
+        sw.load_sweep(bad)
+
+
+def test_run_ids_are_filesystem_safe():
+    assert sw.run_id_for({}) == "run"
+    assert sw.run_id_for({"fold": 2, "noise_std": 1e-3, "seed": 0}) == "fold2-noise0.001-seed0"
+    assert sw.run_id_for({"noise_space": "raw", "noise_resample": True}) == "spaceraw-resample1"
+    assert sw.run_id_for({"encoder_widths": [16, 32]}) == "enc16_32"
+    rid = sw.run_id_for({"dataset_root": "/a b/c:d"})
+    assert "/" not in rid and " " not in rid and ":" not in rid
+
+
+def test_notebook_parameters_mirror_runconfig():
+    """The parameters cell of train_eval.ipynb has one variable per RunConfig field, with its default
+    (dataset_root excepted: the notebook points at the synthetic dataset), plus repo_url for Colab."""
+    params = sw.notebook_parameters(sw.TRAIN_NOTEBOOK)
+    fields = sw.run_config_fields()
+    assert set(params) == set(fields) | {"repo_url"}
+    for name, default in fields.items():
+        if name == "dataset_root":
+            continue
+        expected = tuple(default) if isinstance(default, (list, tuple)) else default
+        got = tuple(params[name]) if isinstance(params[name], (list, tuple)) else params[name]
+        assert got == expected, f"parameter {name}: notebook default {got!r} != RunConfig default {expected!r}"
+    assert [f.name for f in dataclasses.fields(RunConfig)] == [n for n in params if n != "repo_url"]
+
+
+@pytest.mark.parametrize("sweep_file", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
+    s = sw.load_sweep(sweep_file, env={"PASTIS_ROOT": str(tmp_path)})
+    assert s.points
+    for point in s.points:
+        params = dict(point.params)
+        root = Path(params["dataset_root"])
+        params["dataset_root"] = str(tmp_path)  # RunConfig checks that the folder exists
+        RunConfig.from_dict(params)
+        assert "/" not in point.run_id
+        if "PASTIS_ROOT" not in sweep_file.read_text():
+            assert not root.is_absolute()  # the synthetic sweep works from any clone
+
+
+def test_default_sweep_is_the_study_grid():
+    s = sw.load_sweep(REPO_ROOT / "params" / "default.yaml")
+    assert len(s.grid["noise_std"]) >= 5 and len(s.grid["seed"]) >= 3
+    assert Path(s.fixed["dataset_root"]) == Path("data/synthetic_pastis")
+
+
+def test_make_targets(tmp_path, data_root):
+    path = write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
+                                  "grid": {"noise_std": [0.0, 1.0], "seed": [0, 1, 2]}})
+    s = sw.load_sweep(path)
+    text = sw.make_targets(s, results=tmp_path / "res", gpus=["0", "1"], platform="plat-x")
+    for i, p in enumerate(s.points):
+        report = tmp_path / "res" / "reports" / "plat-x" / f"{p.run_id}.html"
+        assert f"{report}:\n" in text
+        assert f"{p.run_id} --platform plat-x --gpu {i % 2}\n" in text
+    assert f"all: {tmp_path / 'res' / 'reports' / 'index.html'}" in text
+    assert "utae.sweep compare" in text and "utae.sweep index" in text
+    assert "utae.synthetic" not in text  # the dataset exists
+
+
+def test_make_targets_dataset_rules(tmp_path):
+    synth = tmp_path / "synth"
+    path = write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0]}})
+    s = sw.load_sweep(path)
+    text = sw.make_targets(s, results=tmp_path / "res", platform="p", synthetic_root=synth)
+    assert f"{synth}/metadata.geojson:\n\t$(PY) -m utae.synthetic {synth}" in text
+    assert f"| {synth}/metadata.geojson" in text
+    with pytest.raises(sw.SweepError, match="PASTIS_ROOT"):
+        sw.make_targets(s, results=tmp_path / "res", platform="p", synthetic_root=tmp_path / "other")
+    with pytest.raises(sw.SweepError, match="makefile"):
+        sw.make_targets(s, results=tmp_path / "with space", platform="p", synthetic_root=synth)
+
+
+@pytest.mark.parametrize("flags, jobs", [("", 1), ("w", 1), (" -j2 --jobserver-auth=3,4", 2),
+                                         ("ks -j3 --jobserver-auth=3,4 -- FOO=1", 3), ("w -j", None),
+                                         (" -- X=-j4", 1)])
+def test_make_jobs(monkeypatch, flags, jobs):
+    monkeypatch.setenv("MAKEFLAGS", flags)
+    monkeypatch.setattr(sw.os, "cpu_count", lambda: 8)
+    assert sw._make_jobs() == (8 if jobs is None else jobs)
+
+
+def test_thread_env(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sw.os, "cpu_count", lambda: 4)
+    monkeypatch.setenv("MAKEFLAGS", " -j2")
+    assert sw._thread_env(None) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert sw._thread_env(3)["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("MAKEFLAGS", "")
+    assert sw._thread_env(None) == {}
+    monkeypatch.setenv("MAKEFLAGS", " -j2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert sw._thread_env(None) == {}  # the user's setting wins
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a finished point must not execute its notebook")
+
+
+def test_finished_point_is_skipped_without_a_kernel(tmp_path, data_root, monkeypatch):
+    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    run_dir, report = sw.point_paths(tmp_path / "res", "plat", "seed0")
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text("{}")
+    report.parent.mkdir(parents=True)
+    report.write_text("<html></html>")
+    monkeypatch.setattr(sw, "execute_notebook", _never)
+    assert sw.run_point(s, "seed0", results=tmp_path / "res", platform="plat", log=lambda m: None) == "skipped"
+    assert report.read_text() == "<html></html>"
+
+
+def test_finished_point_without_report_is_only_rendered(tmp_path, data_root, monkeypatch):
+    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    run_dir, report = sw.point_paths(tmp_path / "res", "plat", "seed0")
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text("{}")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A run"),
+                                         nbformat.v4.new_code_cell("secret_code()", outputs=[
+                                             nbformat.v4.new_output("stream", text="visible output")])])
+    nbformat.write(nb, run_dir / "run.ipynb")
+    monkeypatch.setattr(sw, "execute_notebook", _never)
+    assert sw.run_point(s, "seed0", results=tmp_path / "res", platform="plat", log=lambda m: None) == "rendered"
+    page = report.read_text()
+    assert "visible output" in page and "secret_code" not in page and "<title>A run</title>" in page
+    assert 'href="../index.html"' in page
+
+
+def test_bad_value_fails_before_any_kernel(tmp_path, data_root, monkeypatch):
+    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}))
+    monkeypatch.setattr(sw, "execute_notebook", _never)
+    with pytest.raises(sw.SweepError, match="fold"):
+        sw.run_point(s, "fold9", results=tmp_path / "res", platform="plat", log=lambda m: None)
+
+
+def test_cli_reports_errors(tmp_path, data_root, capsys):
+    path = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"sede": [0]}})
+    assert sw.main(["list", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter 'sede'" in err and str(path) in err
+    good = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1]}}, name="good.yaml")
+    assert sw.main(["list", str(good)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == ["seed0", "seed1"]
+    mk = tmp_path / "out.mk"
+    assert sw.main(["make-targets", str(good), "-o", str(mk), "--results", str(tmp_path / "r"),
+                    "--platform", "p"]) == 0
+    assert "seed1 --platform p" in mk.read_text()
