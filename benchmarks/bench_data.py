@@ -110,7 +110,8 @@ def bench_loader(quick: bool = False, device: str | torch.device = "auto", batch
     Columns: ``dataset``, ``patches``, ``gen_s`` (seconds to write the dataset), ``batch_size``,
     ``num_workers``, ``load_patches_per_s``, ``load_ms_per_batch``, ``model`` (``small`` or
     ``official`` widths), ``device``, ``train_ms_per_batch``, ``ratio`` (train / load time per
-    batch) and ``ok_10x`` (``ratio >= 10``). Full runs on machines with 4 or more cores add a row
+    batch) and ``ok_10x`` (``ratio >= 10``). The training step is the median of 5 (quick: 3) steps after
+    a warm-up step; the official widths on a CPU get a single step. Full runs on machines with 4 or more cores add a row
     with several loader workers per dataset. In quick mode on a CPU the official-width training step
     at PASTIS size (tens of seconds) is not timed: its columns are ``None``. Prints nothing.
     """
@@ -128,9 +129,9 @@ def bench_loader(quick: bool = False, device: str | torch.device = "auto", batch
             train_ms = None
             if not (quick and official and dev.type == "cpu"):
                 batch = pad_collate([ds[i] for i in range(min(batch_size, len(ds)))])
-                slow = dev.type == "cpu" and official  # tens of seconds per step
-                steps = 2 if slow else (3 if quick else 5)
-                train_ms = 1e3 * train_step_seconds(widths, batch, dev, steps=steps, warmup=1)
+                slow = dev.type == "cpu" and official  # about a minute per step on 2 cores
+                steps = 1 if slow else (3 if quick else 5)
+                train_ms = 1e3 * train_step_seconds(widths, batch, dev, steps=steps, warmup=0 if slow else 1)
             for workers in _worker_counts(num_workers, quick):
                 loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                     collate_fn=pad_collate, persistent_workers=workers > 0)
