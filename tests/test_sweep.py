@@ -184,10 +184,13 @@ def test_make_targets(tmp_path, data_root):
     for i, p in enumerate(s.points):
         report = tmp_path / "res" / "reports" / "plat-x" / f"{p.run_id}.html"
         assert f"{report}:\n" in text
-        assert f"{p.run_id} --platform plat-x --gpu {i % 2}\n" in text
+        assert f"{p.run_id} --platform plat-x --gpu {i % 2} --no-check\n" in text
     assert f"all: {tmp_path / 'res' / 'reports' / 'index.html'}" in text
     assert "utae.sweep compare" in text and "utae.sweep index" in text
     assert "utae.synthetic" not in text  # the dataset exists
+    bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [1, 7]}}, name="bad.yaml")
+    with pytest.raises(sw.SweepError, match="fold7.*fold"):  # every point is checked before make runs any
+        sw.make_targets(sw.load_sweep(bad), results=tmp_path / "res", platform="p")
 
 
 def test_make_targets_dataset_rules(tmp_path):
@@ -277,3 +280,5 @@ def test_cli_reports_errors(tmp_path, data_root, capsys):
     assert sw.main(["make-targets", str(good), "-o", str(mk), "--results", str(tmp_path / "r"),
                     "--platform", "p"]) == 0
     assert "seed1 --platform p" in mk.read_text()
+    assert sw.main(["make-targets", str(path), "-o", str(mk)]) == 2
+

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import io
 import json
 import math
 import os
@@ -47,6 +48,8 @@ __all__ = [
     "platform_vs_seed_text",
     "load_bench",
     "bench_table",
+    "figure_png",
+    "use_compact_figures",
     "render_notebook_html",
     "write_index",
 ]
@@ -480,6 +483,38 @@ pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.85em}
 .anchor-link{display:none}
 nav{font-size:.9em;margin-bottom:1em}
 """
+
+
+def figure_png(fig: Any, colors: int = 256) -> bytes:
+    """A matplotlib figure as a compact PNG: saved at the figure's dpi on white, cropped to its content,
+    then reduced to an adaptive palette of ``colors`` colours (plots have few colours; about a third of
+    the size of a full-colour PNG)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    if colors <= 0:
+        return buf.getvalue()
+    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    small = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    small.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def use_compact_figures(shell: Any = None, colors: int = 256) -> None:
+    """Show matplotlib figures in this IPython session as compact PNGs (:func:`figure_png`), so the
+    HTML reports that inline them stay small. Call it after ``%matplotlib inline``."""
+    from matplotlib.figure import Figure
+
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("use_compact_figures needs an IPython session (a notebook kernel)")
+    formatter = shell.display_formatter.formatters["image/png"]
+    formatter.for_type(Figure, lambda fig: figure_png(fig, colors=colors))
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -26,7 +26,7 @@ directory and its own report file, so points can run in parallel.
 Command line (``python -m utae.sweep ...``)::
 
     list SWEEP                      the points, one "run_id<TAB>parameters" a line
-    run SWEEP RUN_ID [--results R] [--platform P] [--gpu N] [--threads T] [--timeout S]
+    run SWEEP RUN_ID [--results R] [--platform P] [--gpu N] [--threads T] [--timeout S] [--no-check]
                                     execute one point (skipped when finished) and render its report
     make-targets SWEEP -o FILE [--results R] [--gpus 0,1] [--synthetic-root DIR] ...
                                     write the makefile that ``make reproduce`` runs
@@ -76,7 +76,7 @@ REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "train_eval.ipynb"
 COMPARE_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "compare.ipynb"
 KERNEL_NAME = "python3"
-DEFAULT_TIMEOUT = 3600
+DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long real-PASTIS training
 _META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid"})
 _SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
 _ID_PREFIX = {"noise_std": "noise", "noise_fraction": "frac", "noise_space": "space", "noise_resample": "resample",
@@ -416,6 +416,7 @@ def run_point(
     gpu: str | int | None = None,
     threads: int | None = None,
     timeout: int | None = None,
+    validate: bool = True,
     log: Any = print,
 ) -> str:
     """Run one point of ``sweep`` and render its report.
@@ -428,6 +429,8 @@ def run_point(
     Args:
         gpu: a GPU index: ``CUDA_VISIBLE_DEVICES`` for the kernel.
         threads: torch/OpenMP threads of the kernel (see :func:`_thread_env`).
+        validate: build the point's RunConfig first, so that a bad value fails before a kernel starts
+            (imports torch here; ``make reproduce`` validates every point once, in ``make-targets``).
 
     Returns:
         ``"skipped"``, ``"rendered"`` or ``"executed"``.
@@ -447,7 +450,8 @@ def run_point(
         log(f"[sweep] {platform}/{run_id}: report rendered ({report})")
         return "rendered"
     params = {**point.params, "out_dir": _from_repo(run_dir), "run_id": run_id, "progress": False}
-    _check_config(sweep, run_id, params)
+    if validate:
+        _check_config(sweep, run_id, params)
     env = _thread_env(threads)
     if gpu is not None and str(gpu) != "":
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -466,8 +470,9 @@ def _check_config(sweep: Sweep, run_id: str, params: Mapping[str, Any]) -> None:
     """Build the RunConfig of a point before starting a kernel, so that a bad value fails early and clearly."""
     from utae.train import RunConfig
 
+    fields = run_config_fields()
     try:
-        RunConfig.from_dict({k: v for k, v in params.items() if k in run_config_fields()})
+        RunConfig.from_dict({k: v for k, v in params.items() if k in fields})
     except (TypeError, ValueError) as exc:
         raise SweepError(f"{sweep.path}: point {run_id}: {exc}") from None
 
@@ -527,10 +532,13 @@ def make_targets(
     """The text of the makefile that ``make reproduce`` runs: one target per point (its report), the
     synthetic dataset when a point needs it, then the study report and the index.
 
+    Every point's RunConfig is built here, once, so a bad value stops ``make`` before any training
+    (the per-point ``run`` commands then skip that check and do not import torch).
     Point ``i`` runs on GPU ``gpus[i % len(gpus)]`` when ``gpus`` is given.
 
     Raises:
-        SweepError: when a point's ``dataset_root`` is missing and is not the synthetic root.
+        SweepError: when a point's ``dataset_root`` is missing and is not the synthetic root, or a
+            point's values are not a valid RunConfig.
     """
     results = Path(results)
     platforms: dict[str, str] = {}
@@ -555,18 +563,21 @@ def make_targets(
         _, report = point_paths(results, plat, point.run_id)
         order_only = ""
         root = point.params.get("dataset_root")
+        check = dict(point.params)
         if root is not None and not Path(str(root)).is_dir():
             if synth is not None and Path(str(root)).resolve() == synth:
                 stamp = f"{_mk(root)}/metadata.geojson"
                 data_rules[stamp] = f"{stamp}:\n\t$(PY) -m utae.synthetic {_mk(root)}\n"
                 order_only = f" | {stamp}"
+                check["dataset_root"] = str(REPO_ROOT)  # generated before the point runs
             else:
                 raise SweepError(f"{sweep.path}: point {point.run_id}: dataset_root {root!r} does not exist "
                                  "(for real PASTIS pass PASTIS_ROOT=/path/to/PASTIS)")
+        _check_config(sweep, point.run_id, check)
         gpu = f" --gpu {gpus[i % len(gpus)]}" if gpus else ""
         targets.append(_mk(report))
         rules.append(f"{_mk(report)}:{order_only}\n\t$(PY) -m utae.sweep run $(SWEEP_ARGS) {point.run_id} "
-                     f"--platform {plat}{gpu}\n")
+                     f"--platform {plat}{gpu} --no-check\n")
     reports = _mk(results / "reports")
     runs = _mk(results / "runs")
     lines += [
@@ -606,6 +617,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=None, help="GPU index for this point (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: CPUs / make -j)")
     p.add_argument("--timeout", type=int, default=None, help="execution timeout per cell, seconds")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the RunConfig check of the point (make-targets did it): no torch import here")
     p = sub.add_parser("make-targets", help="write the makefile of a sweep")
     p.add_argument("sweep")
     p.add_argument("-o", "--output", required=True)
@@ -636,9 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for p in sweep.points:
                 print(f"{p.run_id}\t{' '.join(f'{k}={v}' for k, v in p.params.items())}")
         elif args.command == "run":
-            sweep = load_sweep(args.sweep)
+            validate = not args.no_check
+            sweep = load_sweep(args.sweep, check_run_config=validate)
             run_point(sweep, args.run_id, results=args.results, platform=args.platform, gpu=args.gpu,
-                      threads=args.threads, timeout=args.timeout)
+                      threads=args.threads, timeout=args.timeout, validate=validate)
         elif args.command == "make-targets":
             sweep = load_sweep(args.sweep)
             gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
