@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 __all__ = ["DistContext", "dist_context", "init_process_group", "all_reduce_sum", "all_reduce_min", "barrier",
-           "ShardSampler"]
+           "broadcast_buffers", "ShardSampler"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,17 @@ def all_reduce_min(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process (a no-op with one process).
+
+    DDP broadcasts them before each training forward, but the last training step leaves each process with
+    statistics updated by its own batch; evaluating (and keeping best weights) needs one shared model.
+    """
+    if ctx.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def barrier(ctx: DistContext) -> None:

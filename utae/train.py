@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import itertools
+import io
 import logging
 import math
 import os
@@ -45,7 +44,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -57,6 +55,7 @@ from utae.distributed import (
     all_reduce_min,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     dist_context,
     init_process_group,
 )
@@ -65,7 +64,17 @@ from utae.model import UTAE
 from utae.noise import NOISE_SPACES, NoiseSpec, NoisyDataset, add_noise, normalized_std
 from utae.platform import peak_memory_mb, platform_id, platform_info, reset_peak_memory
 from utae.platform import resolve_device as _platform_device
-from utae.results import atomic_save_npy, atomic_torch_save, atomic_write_csv, atomic_write_json, read_json
+from utae.precision import AMP_MODES
+from utae.precision import autocast as _precision_autocast
+from utae.precision import resolve_amp as _resolve_amp
+from utae.results import (
+    atomic_save_npy,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    read_json,
+)
 
 __all__ = [
     "RunConfig",
@@ -93,7 +102,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16", "auto")
 #: Fields that may differ between a stored run's config.json and a new config for the same run directory.
 HARMLESS_FIELDS: frozenset[str] = frozenset({"progress", "num_workers", "out_dir"})
 #: Columns of history.csv, one row per epoch.
@@ -381,27 +389,11 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``RunConfig.amp`` on ``device`` (None: full float32).
+    """The autocast dtype of ``RunConfig.amp`` on ``device`` (None: full float32); see :mod:`utae.precision`.
 
-    ``"auto"`` picks bf16 on CUDA devices that support it, else fp16; on CPU, off. ``"fp16"`` needs CUDA,
-    ``"bf16"`` on CUDA needs a GPU that supports it (Ampere or newer).
+    ``"auto"`` picks bf16 on CUDA GPUs that support it, else fp16; on CPU, off (logged). ``"fp16"`` needs CUDA.
     """
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
-    cuda = device.type == "cuda"
-    if amp == "off":
-        return None
-    if amp == "auto":
-        chosen = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-        log.info("amp='auto' on %s: %s", device, "off" if chosen is None else str(chosen).replace("torch.", ""))
-        return chosen
-    if amp == "fp16":
-        if not cuda:
-            raise ValueError(f"amp='fp16' needs a CUDA device, but the run is on {device}; use 'bf16' or 'off'")
-        return torch.float16
-    if cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"amp='bf16' is not supported by {torch.cuda.get_device_name(device)}; use 'fp16' or 'off'")
-    return torch.bfloat16
+    return _resolve_amp(amp, device)[0]
 
 
 def _amp_name(dtype: torch.dtype | None) -> str:
@@ -598,12 +590,6 @@ def build_engine(config: RunConfig, device: torch.device, amp_dtype: torch.dtype
                   amp_dtype=amp_dtype, scaler=scaler, ctx=ctx)
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 def compute_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy summed over the non-void pixels, in float32, and the number of those pixels.
 
@@ -671,7 +657,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, *, epoch: int, progress:
     try:
         for step, batch in enumerate(loader, start=1):
             x, dates, pad_mask, target = _to_device(batch, device)
-            with _autocast(device, engine.amp_dtype):
+            with _precision_autocast(device, engine.amp_dtype):
                 logits = engine.model(x, batch_positions=dates, pad_mask=pad_mask)
             ce_sum, n_valid = compute_loss(logits, target)
             loss = ce_sum / n_valid.clamp(min=1)
@@ -745,15 +731,18 @@ def add_test_noise(image: torch.Tensor, pad_mask: torch.Tensor, patch_ids: torch
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, noise_std: float = 0.0,
              seed: int = 0, noise_space: str = "normalized", channel_std: Any = None,
-             amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None,
+             amp: str | torch.dtype | None = None, ctx: DistContext | None = None,
              progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, float]:
     """Evaluate ``model`` on every sample of ``loader`` (optionally with seeded test-time noise, see
     :func:`add_test_noise`), summed over processes in a multi-process run.
+
+    ``amp`` is a ``RunConfig.amp`` mode or an autocast dtype (None: float32).
 
     Returns:
         ``(cm, mean_loss)``: the ``(20, 20)`` int64 confusion matrix (rows = true) and the mean cross-entropy
         over the non-void pixels.
     """
+    amp_dtype = resolve_amp(amp, device) if isinstance(amp, str) else amp
     result = _evaluate(model, loader, device, noise_std=noise_std, seed=seed, noise_space=noise_space,
                        channel_std=channel_std, amp_dtype=amp_dtype, ctx=ctx or DistContext(),
                        progress=progress, desc=desc)
@@ -777,7 +766,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, noi
             image = add_test_noise(batch["image"], batch["pad_mask"], batch["patch_id"], noise_std, seed=seed,
                                    space=noise_space, channel_std=channel_std)
             x, dates, pad_mask, target = _to_device(batch, device, image=image)
-            with _autocast(device, amp_dtype):
+            with _precision_autocast(device, amp_dtype):
                 logits = model(x, batch_positions=dates, pad_mask=pad_mask)
             ce_sum, n_valid = compute_loss(logits, target)
             cm += confusion_matrix(logits.argmax(1), target, N_CLASSES)
@@ -842,6 +831,7 @@ def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epo
         _set_loader_epoch(train_loader, epoch, seed)
         reset_peak_memory(device)
         tr = train_one_epoch(engine, train_loader, epoch=epoch, progress=progress)
+        broadcast_buffers(engine.raw, ctx)
         va = _evaluate(engine.eval_model, val_loader, device, noise_std=0.0, seed=seed, noise_space="normalized",
                        channel_std=None, amp_dtype=engine.amp_dtype, ctx=ctx, progress=False, desc="val")
         tr_s, va_s = scores(tr.cm), scores(va.cm)
@@ -932,7 +922,7 @@ def predict_examples(model: nn.Module, dataset: Dataset, device: torch.device, *
     model.eval()
     batch = pad_collate(items)
     x, dates, pad_mask, target = _to_device(batch, device)
-    with _autocast(device, amp_dtype):
+    with _precision_autocast(device, amp_dtype):
         pred = model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1)
     model.train(was_training)
     return {"rgb": np.stack([rgb_composite(it["image"], mean, std) for it in items]),
@@ -981,21 +971,22 @@ def _explained_errors(config: RunConfig, device: torch.device) -> Iterator[None]
         raise
 
 
-def _timing(history: Sequence[Mapping[str, Any]], test: EpochResult, total_s: float,
-            peak_test: float) -> dict[str, float]:
+def _timing(history: Sequence[Mapping[str, Any]], test_seconds: float, peak_test: float) -> dict[str, float]:
+    """metrics.json "timing": means over the epochs (validation for the eval speed), the peak memory of the
+    whole run, and the total of the epochs and of the test evaluations (also over resumed sessions)."""
     hist = pd.DataFrame(history)
     return {
         "sec_per_epoch": float(hist["sec_epoch"].mean()),
         "train_samples_per_s": float(hist["train_samples_per_s"].mean()),
         "eval_samples_per_s": float(hist["eval_samples_per_s"].mean()),
         "peak_mem_mb": float(max(hist["peak_mem_mb"].max(), peak_test)),
-        "total_s": float(total_s),
+        "total_s": float(hist["sec_epoch"].sum() + test_seconds),
     }
 
 
 def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, channel_std: np.ndarray
               ) -> tuple[EpochResult, list[dict[str, Any]], float]:
-    """Clean test, then every test-time noise level; returns (clean result, test_noise entries, peak memory)."""
+    """Clean test, then every test-time noise level; returns (clean result, test_noise entries, seconds)."""
     results: dict[float, EpochResult] = {}
     for std in sorted({0.0, *config.test_noise_stds}):
         results[std] = _evaluate(engine.eval_model, loader, engine.device, noise_std=std, seed=config.seed,
@@ -1006,7 +997,7 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, channel_std
     for std in config.test_noise_stds:
         s = scores(results[std].cm)
         curve.append({"std": std, "oa": s["oa"], "miou": s["miou"], "iou": s["iou"]})
-    return results[0.0], curve, float(peak_memory_mb(engine.device))
+    return results[0.0], curve, sum(r.seconds for r in results.values())
 
 
 def run(config: RunConfig, *, max_epochs_this_call: int | None = None) -> dict[str, Any] | None:
@@ -1084,7 +1075,7 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
     """Test the best model and write confusion.npy, predictions.npz and (last) metrics.json."""
     engine.raw.load_state_dict(state.best_model)
     reset_peak_memory(engine.device)
-    test, curve, peak_test = _test_all(engine, test_loader, config, splits.std)
+    test, curve, test_seconds = _test_all(engine, test_loader, config, splits.std)
     best = state.history[state.best_epoch - 1]
     metrics = {
         "run_id": config.default_run_id(),
@@ -1095,8 +1086,7 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
         "val": state.best_val,
         "test": {**scores(test.cm), "loss": test.loss},
         "test_noise": curve,
-        "timing": _timing(state.history, test, sum(r["sec_epoch"] for r in state.history) + test.seconds,
-                          peak_test),
+        "timing": _timing(state.history, test_seconds, float(peak_memory_mb(engine.device))),
     }
     if engine.ctx.is_main:
         atomic_save_npy(out / "confusion.npy", test.cm.astype(np.int64))
@@ -1109,17 +1099,10 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
 
 
 def _atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """``np.savez_compressed`` to a temporary file in the same folder, then an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``np.savez_compressed`` written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # ==================================================================================================
