@@ -31,7 +31,9 @@ bench-quick: $(STAMP)
 # The study: train_eval.ipynb executed with papermill once per sweep point, HTML reports, index.
 #   make reproduce                                            default sweep, synthetic data
 #   make reproduce SWEEP=params/paper.yaml PASTIS_ROOT=/path  real PASTIS
-#   make -j2 reproduce | make reproduce GPUS=0,1 -j2          points in parallel (threads / GPUs shared out)
+#   make reproduce GPUS=0,1                                   spread the points over GPUs 0 and 1
+# Points run in parallel: one per CPU core with one torch thread each (CPU sweeps), or one per GPU of
+# GPUS (CUDA sweeps); make -jN or JOBS=N sets the number, JOBS=1 runs them one after the other.
 #   make report        re-render every report, compare.html and index.html (no training)
 #   make lab           JupyterLab on the repository
 #   make clean-results delete results/runs, results/reports and results/summary.csv (asks; YES=1 does not)
@@ -42,6 +44,7 @@ SYNTH_ROOT ?= data/synthetic_pastis
 GPUS ?=
 PLATFORM ?=
 THREADS ?=
+JOBS ?=
 TIMEOUT ?=
 VENV_DEP ?= $(STAMP)
 SWEEP_MK ?= build/sweep/$(subst /,_,$(RESULTS))-$(notdir $(basename $(SWEEP))).mk
@@ -55,7 +58,8 @@ endif
 
 reproduce: $(VENV_DEP)
 	$(PY) -m utae.sweep make-targets $(SWEEP) -o $(SWEEP_MK) $(strip $(SWEEP_OPTS))
-	$(MAKE) --no-print-directory -f $(SWEEP_MK) PY=$(PY) all
+	$(MAKE) --no-print-directory -f $(SWEEP_MK) PY=$(PY) \
+	  $(if $(JOBS),-j$(JOBS),$(if $(filter -j%,$(MAKEFLAGS)),,AUTO_JOBS=1)) all
 
 report: $(VENV_DEP)
 	$(PY) -m utae.sweep report --results $(RESULTS)

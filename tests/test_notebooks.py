@@ -1,6 +1,6 @@
 """End-to-end: `make reproduce` on a tiny sweep executes both notebooks with papermill, in a temporary folder.
 
-One session-scoped study (a tiny synthetic dataset, two sweep points of one epoch each, ``make -j2``) is
+One session-scoped study (a tiny synthetic dataset, two sweep points of one epoch each) is
 built once and shared with tests/test_report_browser.py (see :func:`build_study`). The tests check the
 executed notebooks, the run files, the HTML reports, the index, and that a second `make reproduce` skips
 finished points and resumes an interrupted one.
@@ -58,7 +58,7 @@ def build_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not data.is_dir():
         make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
     (study / "tiny.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "dataset_root": str(data)}, sort_keys=False))
-    proc = make(study, "-j2", "reproduce")
+    proc = make(study, "reproduce")  # points in parallel by default (one a core, one torch thread each)
     marker.write_text(proc.stdout)
     return study
 

@@ -206,6 +206,18 @@ def test_make_targets_dataset_rules(tmp_path):
         sw.make_targets(s, results=tmp_path / "with space", platform="p", synthetic_root=synth)
 
 
+def test_default_jobs(tmp_path, data_root, monkeypatch):
+    path = write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
+                                  "grid": {"seed": [0, 1, 2, 3, 4]}})
+    s = sw.load_sweep(path)
+    monkeypatch.setattr(sw.os, "cpu_count", lambda: 4)
+    assert sw.default_jobs(s) == 4  # one a core
+    monkeypatch.setattr(sw.os, "cpu_count", lambda: 16)
+    assert sw.default_jobs(s) == 5  # never more than the points
+    text = sw.make_targets(s, results=tmp_path / "res", platform="p")
+    assert "DEFAULT_JOBS := 5\nifeq ($(AUTO_JOBS),1)\nMAKEFLAGS += -j$(DEFAULT_JOBS)\nendif" in text
+
+
 @pytest.mark.parametrize("flags, jobs", [("", 1), ("w", 1), (" -j2 --jobserver-auth=3,4", 2),
                                          ("ks -j3 --jobserver-auth=3,4 -- FOO=1", 3), ("w -j", None),
                                          (" -- X=-j4", 1)])

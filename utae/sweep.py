@@ -67,6 +67,7 @@ __all__ = [
     "run_point",
     "run_compare",
     "render_reports",
+    "default_jobs",
     "make_targets",
     "main",
 ]
@@ -520,6 +521,22 @@ def _mk(path: str | os.PathLike[str]) -> str:
     return text
 
 
+def default_jobs(sweep: Sweep, gpus: Sequence[str] = ()) -> int:
+    """How many points ``make reproduce`` runs at a time when not told: one per GPU of ``gpus`` (or one)
+    when a point runs on an accelerator, else one per CPU core (each kernel then gets one torch thread),
+    at most the number of points."""
+    from utae.platform import resolve_device
+
+    on_accelerator = False
+    for device in {str(p.params.get("device", "auto")) for p in sweep.points}:
+        try:
+            on_accelerator = on_accelerator or resolve_device(device).type != "cpu"
+        except ValueError:
+            on_accelerator = True  # a CUDA device this machine lacks: the point will say so when it runs
+    jobs = max(1, len(gpus)) if on_accelerator else (os.cpu_count() or 1)
+    return max(1, min(jobs, len(sweep.points)))
+
+
 def make_targets(
     sweep: Sweep,
     results: str | os.PathLike[str] = "results",
@@ -580,7 +597,15 @@ def make_targets(
                      f"--platform {plat}{gpu} --no-check\n")
     reports = _mk(results / "reports")
     runs = _mk(results / "runs")
+    jobs = default_jobs(sweep, gpus)
     lines += [
+        f"# Points run in parallel by default: {jobs} at a time (one a GPU on CUDA; one a CPU core, with one",
+        "# torch thread each, on CPU). An explicit make -jN or JOBS=N wins.",
+        f"DEFAULT_JOBS := {jobs}",
+        "ifeq ($(AUTO_JOBS),1)",
+        "MAKEFLAGS += -j$(DEFAULT_JOBS)",
+        "endif",
+        "",
         "POINTS := \\\n  " + " \\\n  ".join(targets),
         "",
         ".PHONY: all points",
