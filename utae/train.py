@@ -18,10 +18,22 @@ with the void class (19) weighted 0, metrics from an int64 confusion matrix with
 (:mod:`utae.metrics`). The Gaussian-noise augmentation of the study (:mod:`utae.noise`) is applied on the fly
 and seeded; the data files are never modified.
 
+Command line (also the way to train on several GPUs of one machine with DistributedDataParallel)::
+
+    python -m utae.train --config params/default.yaml --set noise_std=1.0 --set seed=0 --set out_dir=results/x
+    torchrun --nproc_per_node=4 -m utae.train --config params/paper.yaml --set noise_std=1.0 --set seed=0
+
 Global torch settings. :func:`run` switches deterministic algorithms on or off (and ``cudnn.benchmark``,
 ``CUBLAS_WORKSPACE_CONFIG``) for its duration and restores the previous values when it returns. It seeds the
 global python, numpy and torch RNGs (the model's dropout draws from torch's) and leaves them as training left
 them. It does not change the number of torch threads.
+
+Determinism. On the CPU, ``deterministic=True`` runs are bit-for-bit reproducible, also across a resume. On
+CUDA, U-TAE's reflect padding and bilinear upsampling have no deterministic backward kernels, so with
+``deterministic=True`` (``warn_only=False``) the first training step stops with an error that names the
+setting: use ``deterministic=False`` there. In a multi-process run each process draws its own dropout masks
+and the checkpoint holds the RNG states of rank 0 only: a resumed multi-process run is not bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -110,7 +122,7 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb",
 )
 CHECKPOINT_FORMAT = 1
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _TEST_NOISE_STREAM = 7  # keeps test-time noise independent of the training noise streams of utae.noise
 
 
@@ -288,7 +300,7 @@ class RunConfig:
 
     def _check_choices(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r} (unknown device)")
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r} (unknown device)")
         if self.noise_space not in NOISE_SPACES:
             raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {self.noise_space!r}")
         if self.amp not in AMP_MODES:
@@ -1000,7 +1012,7 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, channel_std
     return results[0.0], curve, sum(r.seconds for r in results.values())
 
 
-def run(config: RunConfig, *, max_epochs_this_call: int | None = None) -> dict[str, Any] | None:
+def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | None = None) -> dict[str, Any] | None:
     """Train, select, test and write the run directory of ``config`` (see the module docstring).
 
     A finished run (its metrics.json exists) returns its stored metrics at once; an interrupted one resumes
@@ -1011,8 +1023,10 @@ def run(config: RunConfig, *, max_epochs_this_call: int | None = None) -> dict[s
     Returns:
         The metrics.json dict, or None when stopped early by ``max_epochs_this_call``.
     """
+    if isinstance(config, Mapping):
+        config = RunConfig.from_dict(config)
     if not isinstance(config, RunConfig):
-        raise TypeError(f"config must be a RunConfig, got {type(config).__name__} (use RunConfig.from_dict)")
+        raise TypeError(f"config must be a RunConfig or a mapping of its fields, got {type(config).__name__}")
     ctx = dist_context()
     device = resolve_device(config.device, ctx)
     amp_dtype = resolve_amp(config.amp, device)
