@@ -1144,7 +1144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override a field (the value is parsed as YAML); repeatable")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config_file(args.config, _parse_set(args.overrides))
+    try:
+        config = load_config_file(args.config, _parse_set(args.overrides))
+    except ValueError as exc:
+        parser.error(str(exc))
     metrics = run(config)
     if metrics is not None and dist_context().is_main:
         print(f"{metrics['run_id']}: best epoch {metrics['best_epoch']}, test OA {metrics['test']['oa']:.4f}, "
