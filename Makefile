@@ -72,4 +72,4 @@ clean-results:
 	  read -r -p "Delete $(RESULTS)/runs, $(RESULTS)/reports and $(RESULTS)/summary.csv? [y/N] " answer || answer=; \
 	  case "$$answer" in y|Y|yes) ;; *) echo "Nothing deleted (make clean-results YES=1 deletes without asking)."; exit 1;; esac; \
 	fi
-	rm -rf $(RESULTS)/runs $(RESULTS)/reports $(RESULTS)/summary.csv build/sweep
+	rm -rf $(RESULTS)/runs $(RESULTS)/reports $(RESULTS)/summary.csv

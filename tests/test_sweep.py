@@ -6,6 +6,8 @@ Nothing here starts a kernel: notebook execution is tested in test_notebooks.py.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -294,3 +296,29 @@ def test_cli_reports_errors(tmp_path, data_root, capsys):
     assert "seed1 --platform p" in mk.read_text()
     assert sw.main(["make-targets", str(path), "-o", str(mk)]) == 2
 
+
+
+def _make(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", "--no-print-directory", *args, "VENV_DEP="], cwd=REPO_ROOT, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_clean_results_asks_first(tmp_path):
+    results = tmp_path / "results"
+    for rel in ("runs/p/r/metrics.json", "reports/index.html", "summary.csv", "bench/p.csv"):
+        (results / rel).parent.mkdir(parents=True, exist_ok=True)
+        (results / rel).write_text("x")
+    proc = _make("clean-results", f"RESULTS={results}", stdin="n\n")
+    assert proc.returncode != 0 and "Nothing deleted" in proc.stdout
+    assert (results / "runs/p/r/metrics.json").is_file()
+    proc = _make("clean-results", f"RESULTS={results}", stdin="")  # no terminal, no answer: nothing deleted
+    assert proc.returncode != 0 and (results / "summary.csv").is_file()
+    proc = _make("clean-results", f"RESULTS={results}", stdin="y\n")
+    assert proc.returncode == 0 and not (results / "runs").exists()
+    (results / "runs").mkdir()
+    proc = _make("clean-results", f"RESULTS={results}", "YES=1")
+    assert proc.returncode == 0
+    assert not (results / "runs").exists() and not (results / "reports").exists()
+    assert not (results / "summary.csv").exists()
+    assert (results / "bench/p.csv").is_file()  # benchmark tables are not runs
