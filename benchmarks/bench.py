@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import SMALL_WIDTHS, time_fn, train_step_fn
 from utae.model import UTAE
 from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
 from utae.precision import autocast, resolve_amp
@@ -58,31 +57,6 @@ class Shape:
 SMALL = Shape("B2-T12-64px", 2, 12, 64)
 PASTIS = Shape("B4-T43-128px (PASTIS)", 4, 43, 128)
 SYNTHETIC = Shape("B4-T25-32px (synthetic default)", 4, 25, 32)
-
-#: The small widths of the synthetic default sweep (params/default.yaml).
-SMALL_WIDTHS = dict(
-    encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20), n_head=4, d_model=64
-)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Best wall-clock seconds of ``fn`` over ``repeats`` runs, after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
 
 def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """A random batch: ``x (B, T, 10, H, W)``, positions ``(B, T)``, pad mask ``(B, T)``, target ``(B, H, W)``."""
@@ -124,28 +98,16 @@ def build(widths: dict, mode: Mode, device: torch.device, seed: int = 0) -> torc
     return model
 
 
-def train_step_fn(model, forward, optimizer, batch, amp_dtype, scaler, device) -> Callable[[], None]:
-    x, positions, pad_mask, target = batch
-
-    def step() -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp_dtype):
-            logits = forward(x, positions, pad_mask=pad_mask)
-        loss = F.cross_entropy(logits.float(), target)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-
-    return step
-
-
-def eval_fn(model, forward, batch, amp_dtype, device) -> Callable[[], torch.Tensor]:
+def eval_fn(
+    model: torch.nn.Module,
+    batch: tuple[torch.Tensor, ...],
+    device: torch.device,
+    forward: Callable[..., torch.Tensor] | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> Callable[[], torch.Tensor]:
+    """One eval forward of ``batch`` (as in :func:`benchmarks.common.train_step_fn`), returning the logits."""
     x, positions, pad_mask, _ = batch
+    forward = model if forward is None else forward
 
     def step() -> torch.Tensor:
         model.eval()
@@ -159,7 +121,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
     """Measured dense matmul throughput (TFLOP/s) of ``n x n`` matrices in ``dtype``."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = best_time(lambda: a @ b, device, repeats)
+    seconds = time_fn(lambda: a @ b, device, repeats)
     return 2 * n**3 / seconds / 1e12
 
 
@@ -175,8 +137,11 @@ def known_peak_tflops(device: torch.device, amp_dtype: torch.dtype | None) -> fl
     return None
 
 
-def bench_mode(shape: Shape, widths: dict, mode: Mode, device: torch.device, repeats: int, reference: dict) -> dict:
-    """One row of the table. ``reference`` caches the float32 eager logits of the same weights and batch."""
+def bench_mode(
+    shape: Shape, widths: dict, mode: Mode, device: torch.device, repeats: int, reference: dict, matmul_peaks: dict
+) -> dict:
+    """One row of the table. ``reference`` caches the float32 eager logits of the same weights and batch;
+    ``matmul_peaks`` maps an autocast dtype (None for float32) to the measured matmul TFLOP/s."""
     amp_dtype, use_scaler = resolve_amp(mode.amp, device)
     batch = make_batch(shape, device)
     model = build(widths, mode, device)
@@ -190,16 +155,16 @@ def bench_mode(shape: Shape, widths: dict, mode: Mode, device: torch.device, rep
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
 
-    evaluate = eval_fn(model, forward, batch, amp_dtype, device)
+    evaluate = eval_fn(model, batch, device, forward, amp_dtype)
     with torch.no_grad():
         delta = (evaluate().float() - reference[shape.name]).abs().max().item()
     reset_peak_memory(device)
-    eval_s = best_time(evaluate, device, repeats)
-    train = train_step_fn(model, forward, optimizer, batch, amp_dtype, scaler, device)
-    train_s = best_time(train, device, repeats)
+    eval_s = time_fn(evaluate, device, repeats)
+    train = train_step_fn(model, optimizer, batch, device, forward, amp_dtype, scaler)
+    train_s = time_fn(train, device, repeats)
     peak = peak_memory_mb(device)
     with FlopCounterMode(display=False) as counter:
-        train_step_fn(model, model, optimizer, batch, amp_dtype, None, device)()
+        train_step_fn(model, optimizer, batch, device, amp_dtype=amp_dtype)()
     flops = counter.get_total_flops()
     peak_tflops = known_peak_tflops(device, amp_dtype)
     achieved = flops / train_s / 1e12
@@ -218,6 +183,8 @@ def bench_mode(shape: Shape, widths: dict, mode: Mode, device: torch.device, rep
         "train_tflops": achieved,
         "peak_tflops": peak_tflops,
         "frac_of_peak": None if peak_tflops is None else achieved / peak_tflops,
+        "matmul_tflops": matmul_peaks.get(amp_dtype),
+        "frac_of_matmul": achieved / matmul_peaks[amp_dtype] if matmul_peaks.get(amp_dtype) else None,
     }
 
 
@@ -236,20 +203,39 @@ def print_table(df: pd.DataFrame) -> None:
         print(df.to_string(index=False))
 
 
-def run_calibration(device: torch.device, repeats: int) -> None:
-    """Print the calibration block, and the official-config step times at B=2, T=12, 64x64 against it."""
-    calib = best_time(calibration_step(device), device, repeats)
-    model = build({}, Mode(), device)
+def run_calibration(device: torch.device, repeats: int) -> dict[str, float]:
+    """Print the calibration block, and the official-config step times at B=2, T=12, 64x64 against it.
+
+    The block and the steps are timed in turns, each keeping its best time, so that a change in machine
+    load during the run affects all of them alike. Returns the ratios.
+    """
     batch = make_batch(SMALL, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train = best_time(train_step_fn(model, model, optimizer, batch, None, None, device), device, repeats)
-    evaluate = best_time(eval_fn(model, model, batch, None, device), device, repeats)
+    fns: dict[str, Callable[[], object]] = {"calibration": calibration_step(device)}
+    for mode in (Mode(), Mode(channels_last=True), Mode(amp="bf16", channels_last=True)):
+        try:
+            amp_dtype, _ = resolve_amp(mode.amp, device)
+        except ValueError:  # no bf16 on this GPU
+            continue
+        model = build({}, mode, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        label = ("channels_last" if mode.channels_last else "contiguous") + ("" if amp_dtype is None else " bf16")
+        fns[f"train {label}"] = train_step_fn(model, optimizer, batch, device, amp_dtype=amp_dtype)
+        fns[f"eval {label}"] = eval_fn(model, batch, device, amp_dtype=amp_dtype)
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(max(repeats, 5)):
+        for name, fn in fns.items():
+            best[name] = min(best[name], time_fn(fn, device, repeats=1, warmup=0))
+    calib = best.pop("calibration")
     print(f"Calibration block (2 plain 3x3 convs, batch 24, 64x64, fwd+bwd): {calib * 1e3:.1f} ms")
-    print(
-        f"U-TAE official widths, B=2 T=12 64x64, float32: train step {train * 1e3:.1f} ms "
-        f"= {train / calib:.2f} x calibration (official implementation: about 4.3 x; target <= 2.15 x); "
-        f"eval forward {evaluate * 1e3:.1f} ms = {evaluate / calib:.2f} x (official: about 1.8 x; target <= 1.0 x)"
-    )
+    print("U-TAE official widths, B=2 T=12 64x64, as multiples of the calibration block (float32 unless bf16)")
+    print("(official implementation: train step about 4.3 x, eval forward about 1.8 x; targets <= 2.15 x and <= 1.0 x):")
+    ratios = {}
+    for name, seconds in best.items():
+        ratios[name] = seconds / calib
+        print(f"  {name:<24} {seconds * 1e3:8.1f} ms  {seconds / calib:5.2f} x")
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,20 +259,20 @@ def main(argv: list[str] | None = None) -> None:
     shapes: list[tuple[Shape, dict]] = [(SYNTHETIC, SMALL_WIDTHS), (SMALL, {})]
     if not (args.quick and device.type == "cpu"):
         shapes.append((PASTIS, {}))
+    matmul_peaks: dict = {}
+    for dtype in (None, torch.bfloat16) + ((torch.float16,) if device.type == "cuda" else ()):
+        matmul_peaks[dtype] = matmul_peak_tflops(device, dtype or torch.float32)
+        label = str(dtype or torch.float32).replace("torch.", "")
+        print(f"Measured matmul peak ({label}, 2048x2048): {matmul_peaks[dtype]:.3f} TFLOP/s")
     reference: dict = {}
     rows = []
     for (shape, widths), mode in itertools.product(shapes, modes_for(device, args.quick, args.compile)):
         try:
-            rows.append(bench_mode(shape, widths, mode, device, repeats, reference))
+            rows.append(bench_mode(shape, widths, mode, device, repeats, reference, matmul_peaks))
         except Exception as err:  # a mode the platform lacks (e.g. no compiler) is reported, not fatal
             print(f"  skipped {shape.name} {mode}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
     table = pd.DataFrame(rows)
     table.insert(0, "platform", platform)
-    if device.type == "cuda":
-        for dtype, label in ((torch.float32, "float32"), (torch.bfloat16, "bf16")):
-            print(f"Measured matmul peak ({label}): {matmul_peak_tflops(device, dtype):.1f} TFLOP/s")
-    else:
-        print(f"Measured matmul peak (float32): {matmul_peak_tflops(device, torch.float32):.3f} TFLOP/s")
     print()
     print_table(table)
     out = Path(args.out) / f"{platform}.csv"

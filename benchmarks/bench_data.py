@@ -18,32 +18,23 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from utae.classes import VOID_LABEL
+from benchmarks.common import SMALL_WIDTHS, time_fn, train_step_fn
 from utae.data import PastisDataset, pad_collate
+from utae.model import UTAE
 from utae.platform import resolve_device
 from utae.synthetic import make_synthetic_pastis
 
 #: widths of the default sweep (params/default.yaml), used on the synthetic set
-SMALL_WIDTHS: dict = dict(encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20),
-                          n_head=4, d_model=64, d_k=4)
-
 #: (name, generator arguments, model widths, (patches in quick mode, patches in full mode))
 DATASETS: list[tuple[str, dict, dict | None, tuple[int, int]]] = [
     ("synthetic default 32px T20-30", dict(size=32, t_range=(20, 30)), SMALL_WIDTHS, (60, 300)),
     ("PASTIS size 128px T38-61", dict(size=128, t_range=(38, 61)), {}, (8, 16)),
 ]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def loader_epoch_seconds(loader: DataLoader, epochs: int) -> float:
@@ -59,36 +50,12 @@ def loader_epoch_seconds(loader: DataLoader, epochs: int) -> float:
 
 def train_step_seconds(widths: dict, batch: dict, device: torch.device, steps: int, warmup: int = 1) -> float:
     """Median seconds of a U-TAE training step (forward, cross-entropy, backward, Adam) on ``batch``."""
-    from utae.model import UTAE
-
     torch.manual_seed(0)
-    model = UTAE(**widths).to(device).train()
+    model = UTAE(**widths).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = batch["image"].to(device)
-    positions = batch["dates"].to(device)
-    pad_mask = batch["pad_mask"].to(device)
-    target = batch["mask"].to(device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x, positions, pad_mask=pad_mask)
-        F.cross_entropy(logits, target, ignore_index=VOID_LABEL).backward()
-        optimizer.step()
-
-    return _median_time(step, device, steps, warmup)
-
-
-def _median_time(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    tensors = tuple(batch[k].to(device) for k in ("image", "dates", "pad_mask", "mask"))
+    step = train_step_fn(model, optimizer, tensors, device)
+    return time_fn(step, device, steps, warmup, reduce=statistics.median)
 
 
 def _worker_counts(num_workers: int, quick: bool) -> list[int]:

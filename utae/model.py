@@ -367,7 +367,8 @@ class TemporalAggregator(nn.Module):
             weights = attn.mean(dim=0)  # (B, T, H, W)
             return (x * weights[:, :, None]).sum(dim=1)
         g = attn.shape[0]
-        groups = x.view(b, t, g, c // g, hh, ww)
+        # The weighted sum vectorises over H*W: a channels-last skip is cheaper to copy than to broadcast over.
+        groups = x.contiguous().view(b, t, g, c // g, hh, ww)
         weights = attn.permute(1, 2, 0, 3, 4)[:, :, :, None]  # (B, T, G, 1, H, W)
         return (groups * weights).sum(dim=1).reshape(b, c, hh, ww)
 

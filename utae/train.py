@@ -29,10 +29,11 @@ global python, numpy and torch RNGs (the model's dropout draws from torch's) and
 them. It does not change the number of torch threads.
 
 Determinism. On the CPU, ``deterministic=True`` runs are bit-for-bit reproducible, also across a resume. On
-CUDA, U-TAE's reflect padding and bilinear upsampling have no deterministic backward kernels, so with
-``deterministic=True`` (``warn_only=False``) the first training step stops with an error that names the
-setting: use ``deterministic=False`` there. In a multi-process run each process draws its own dropout masks
-and the checkpoint holds the RNG states of rank 0 only: a resumed multi-process run is not bit-identical to an
+CUDA, U-TAE's reflect padding and bilinear upsampling have no deterministic backward kernels: there
+``deterministic=True`` switches on every deterministic algorithm that exists (``warn_only=True``), logs that
+those two stay non-deterministic, and ``platform.json`` records it. In a multi-process run each process draws
+its own dropout masks and the checkpoint holds the RNG states of rank 0 only: a resumed multi-process run is not
+bit-identical to an uninterrupted one.
 uninterrupted one.
 """
 
@@ -413,16 +414,24 @@ def _amp_name(dtype: torch.dtype | None) -> str:
 
 
 @contextlib.contextmanager
-def torch_settings(deterministic: bool) -> Iterator[None]:
-    """Deterministic algorithms (``warn_only=False``, ``cudnn.benchmark`` off, ``CUBLAS_WORKSPACE_CONFIG``)
-    or fast ones (``cudnn.benchmark`` on) for the duration of the block; the previous settings come back after."""
+def torch_settings(deterministic: bool, device: torch.device | None = None) -> Iterator[None]:
+    """Deterministic algorithms (``cudnn.benchmark`` off, ``CUBLAS_WORKSPACE_CONFIG`` set) or fast ones
+    (``cudnn.benchmark`` on) for the duration of the block; the previous settings come back after.
+
+    On the CPU every operation of U-TAE has a deterministic kernel, so any other is an error
+    (``warn_only=False``). On CUDA, reflect padding and bilinear upsampling have none: ``warn_only=True``
+    keeps the run going with every deterministic kernel that exists, and says so."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     try:
         if deterministic:
+            warn_only = device is not None and device.type == "cuda"
+            if warn_only:
+                log.warning("deterministic=True on %s: reflect padding and bilinear upsampling have no "
+                            "deterministic CUDA backward; every other kernel is deterministic", device)
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         else:
@@ -1036,7 +1045,7 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
         return read_json(out / "metrics.json")
     created_group = init_process_group(ctx, device)
     try:
-        with torch_settings(config.deterministic), _explained_errors(config, device):
+        with torch_settings(config.deterministic, device), _explained_errors(config, device):
             return _run(config, ctx, device, amp_dtype, out, max_epochs_this_call)
     finally:
         if created_group:
@@ -1050,7 +1059,9 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config.to_dict())
         extra = {"amp": _amp_name(amp_dtype), "amp_requested": config.amp, "channels_last": config.channels_last,
-                 "compile": config.compile, "world_size": ctx.world_size, "num_workers": config.num_workers}
+                 "compile": config.compile, "world_size": ctx.world_size, "num_workers": config.num_workers,
+                 # On CUDA a few kernels have no deterministic version (see torch_settings).
+                 "deterministic_warn_only": config.deterministic and device.type == "cuda"}
         atomic_write_json(out / "platform.json", platform_info(device, config.deterministic, extra=extra))
     seed_everything(config.seed)
     splits = make_datasets(config)

@@ -1,0 +1,78 @@
+"""What the benchmarks share: timing with device synchronisation, and the U-TAE training step they time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from utae.classes import VOID_LABEL
+from utae.precision import autocast
+
+#: The small widths of the synthetic default sweep (params/default.yaml).
+SMALL_WIDTHS: dict = dict(
+    encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20), n_head=4, d_model=64
+)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 2,
+    reduce: Callable[[list[float]], float] = min,
+) -> float:
+    """Seconds of ``fn`` over ``repeats`` timed runs after ``warmup`` untimed ones, reduced by ``reduce``
+    (``min`` by default: the least disturbed run; ``statistics.median`` for a typical one)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return reduce(times)
+
+
+def train_step_fn(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, ...],
+    device: torch.device,
+    forward: Callable[..., torch.Tensor] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Callable[[], None]:
+    """One training step (forward, float32 cross-entropy with void ignored, backward, optimizer step).
+
+    ``batch`` is ``(x (B, T, C, H, W), positions (B, T), pad_mask (B, T), target (B, H, W))`` on ``device``;
+    ``forward`` defaults to ``model`` (pass a compiled model to time it).
+    """
+    x, positions, pad_mask, target = batch
+    forward = model if forward is None else forward
+
+    def step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp_dtype):
+            logits = forward(x, positions, pad_mask=pad_mask)
+        loss = F.cross_entropy(logits.float(), target, ignore_index=VOID_LABEL)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    return step
