@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import math
 from pathlib import Path
@@ -277,3 +278,15 @@ def test_written_json_is_plain_json(runs_root: Path) -> None:
     text = (runs_root / "cpu-amd-epyc" / "std0.0_seed0" / "metrics.json").read_text()
     json.loads(text)  # strict JSON, no NaN tokens
     assert "NaN" not in text
+
+
+def test_atomic_writes_make_ordinary_file_modes(tmp_path):
+    import stat
+
+    from utae.results import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "m.json", {"a": 1})
+    mode = stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -98,6 +98,16 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _file_mode() -> int:
+    """The mode of a newly created file under the process umask (0644 with the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` atomically: ``write(fh)`` fills a binary temp file next to it, then os.replace."""
     dest = Path(path)
@@ -105,6 +115,7 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; results are ordinary files
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
