@@ -92,3 +92,38 @@ def test_unsupported_amp_mode_is_a_clear_error(amp, match):
 def test_auto_amp_falls_back_to_float32_on_cpu():
     assert resolve_amp("auto", CPU) == (None, False)
     assert resolve_amp("off", CPU) == (None, False)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A short float32 run on a learnable synthetic set (about 10 s on one thread)."""
+    from utae.synthetic import make_synthetic_pastis
+    from utae.train import RunConfig, run
+
+    root = make_synthetic_pastis(tmp_path_factory.mktemp("amp") / "pastis", n_patches=100, size=32, t_range=(8, 12), seed=1)
+    config = RunConfig(
+        dataset_root=str(root), out_dir=str(tmp_path_factory.mktemp("amp_run") / "off"), epochs=10, batch_size=4,
+        seed=0, device="cpu", encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20),
+        n_head=4, d_model=64, test_noise_stds=(0.0,), n_examples=0, progress=False,
+    )
+    return config, run(config)
+
+
+def test_bf16_changes_the_test_miou_of_a_short_run_by_under_one_point(short_run):
+    from utae.metrics import scores
+    from utae.train import build_model, evaluate, make_datasets, make_loader
+
+    config, metrics = short_run
+    test = make_datasets(config).test
+    model = build_model(config)
+    model.load_state_dict(torch.load(f"{config.out_dir}/checkpoint.pt", map_location="cpu", weights_only=False)["best_model"])
+    loader = make_loader(test, batch_size=4, train=False, seed=0, device=CPU)
+    fp32 = scores(evaluate(model, loader, CPU, amp=None)[0])
+    bf16 = scores(evaluate(model, loader, CPU, amp="bf16")[0])
+    assert fp32["miou"] == pytest.approx(metrics["test"]["miou"], abs=1e-9)  # the run's own test figure
+    # The model has learnt something, so the comparison means something: OA above the background share.
+    targets = np.concatenate([test[i]["mask"].numpy().ravel() for i in range(len(test))])
+    targets = targets[targets != 19]
+    assert fp32["oa"] > (targets == 0).mean() + 0.1
+    assert abs(bf16["miou"] - fp32["miou"]) < 0.01, (fp32["miou"], bf16["miou"])
+    assert abs(bf16["oa"] - fp32["oa"]) < 0.01
