@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from utae.results import atomic_write_text, read_json
 
 __all__ = [
     "RunFiles",
@@ -100,26 +101,10 @@ def run_config(namespace: Mapping[str, Any]) -> Any:
 
 
 def run_dir(config: Any) -> Path:
-    """The run directory of a RunConfig: ``config.out_dir``, or ``results/runs/<platform>/<run_id>``
-    when it is None (the default of :func:`utae.train.run`)."""
-    if config.out_dir:
-        return Path(config.out_dir)
-    from utae.platform import platform_id, resolve_device
+    """The run directory of a RunConfig (see :func:`utae.train.run_dir`)."""
+    from utae.train import run_dir as _run_dir
 
-    return Path("results") / "runs" / platform_id(resolve_device(config.device)) / config.default_run_id()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        from utae.results import read_json
-    except ImportError:  # pragma: no cover - utae.results is part of the package
-        read_json = None
-    if read_json is not None:
-        return read_json(path)
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:  # pragma: no cover
-        raise ValueError(f"cannot read {path}: {exc}") from exc
+    return _run_dir(config)
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> RunFiles:
@@ -139,9 +124,9 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunFiles:
             predictions = {key: npz[key] for key in npz.files}
     return RunFiles(
         run_dir=run_dir,
-        config=_read_json(run_dir / "config.json"),
-        platform=_read_json(run_dir / "platform.json"),
-        metrics=_read_json(run_dir / "metrics.json"),
+        config=read_json(run_dir / "config.json"),
+        platform=read_json(run_dir / "platform.json"),
+        metrics=read_json(run_dir / "metrics.json"),
         history=pd.read_csv(run_dir / "history.csv"),
         confusion=np.load(run_dir / "confusion.npy"),
         predictions=predictions,
@@ -517,21 +502,6 @@ def use_compact_figures(shell: Any = None, colors: int = 256) -> None:
     formatter.for_type(Figure, lambda fig: figure_png(fig, colors=colors))
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    try:
-        from utae.results import atomic_write_text
-    except ImportError:  # pragma: no cover - utae.results is part of the package
-        atomic_write_text = None
-    if atomic_write_text is not None:
-        atomic_write_text(path, text)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)  # pragma: no cover
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # pragma: no cover
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:  # pragma: no cover
-        fh.write(text)
-    os.replace(tmp, path)  # pragma: no cover
-
-
 def _page(title: str, body: str, nav: str = "") -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
@@ -580,7 +550,7 @@ def render_notebook_html(
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
     nav = f'<nav><a href="{html.escape(index_href)}">&larr; all reports</a></nav>\n' if index_href else ""
-    _atomic_text(html_path, _page(title or _notebook_title(nb, notebook.stem), body, nav))
+    atomic_write_text(html_path, _page(title or _notebook_title(nb, notebook.stem), body, nav))
     return html_path
 
 
@@ -642,5 +612,5 @@ def write_index(results_dir: str | os.PathLike[str] = "results", title: str = "U
     if n_reports == 0:
         parts.append("<p>No run reports yet.</p>")
     out = reports / "index.html"
-    _atomic_text(out, _page(title, "\n".join(parts)))
+    atomic_write_text(out, _page(title, "\n".join(parts)))
     return out

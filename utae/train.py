@@ -102,6 +102,7 @@ __all__ = [
     "build_engine",
     "resolve_device",
     "resolve_amp",
+    "run_dir",
     "compute_loss",
     "add_test_noise",
     "train_one_epoch",
@@ -956,9 +957,12 @@ def predict_examples(model: nn.Module, dataset: Dataset, device: torch.device, *
 # ==================================================================================================
 
 
-def _out_dir(config: RunConfig, device: torch.device) -> Path:
+def run_dir(config: RunConfig, device: torch.device | None = None) -> Path:
+    """The run directory of ``config``: ``config.out_dir``, or ``results/runs/<platform>/<run_id>`` when it is
+    None (``<platform>`` of ``device``, by default the device that ``config.device`` resolves to)."""
     if config.out_dir is not None:
         return Path(config.out_dir)
+    device = resolve_device(config.device) if device is None else device
     return Path("results") / "runs" / platform_id(device) / config.default_run_id()
 
 
@@ -1039,7 +1043,7 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
     ctx = dist_context()
     device = resolve_device(config.device, ctx)
     amp_dtype = resolve_amp(config.amp, device)
-    out = _out_dir(config, device)
+    out = run_dir(config, device)
     _check_run_dir(out, config)
     if (out / "metrics.json").exists():
         return read_json(out / "metrics.json")
