@@ -493,18 +493,17 @@ class UTAE(nn.Module):
             if pad_mask.dtype != torch.bool:
                 raise ValueError(f"pad_mask must be a bool tensor (True for padded frames), got {pad_mask.dtype}")
 
-    def _encode(self, x: Tensor, pad_mask: Tensor) -> list[Tensor]:
+    def _encode(self, x: Tensor, pad_cpu: Tensor) -> list[Tensor]:
         """Run the shared encoder on the real frames only.
 
-        Shapes: ``x (B, T, C, H, W)``, ``pad_mask (B, T)`` -> one ``(B, T, C_i, H_i, W_i)`` map per level,
-        with padded frames equal to ``pad_value``.
+        Shapes: ``x (B, T, C, H, W)``, ``pad_cpu (B, T)`` on the CPU -> one ``(B, T, C_i, H_i, W_i)`` map per
+        level, with padded frames equal to ``pad_value``.
         """
         b, t = x.shape[:2]
         flat = x.reshape(b * t, *x.shape[2:])
         if self.in_conv.conv.conv[0].weight.is_contiguous(memory_format=torch.channels_last):
             flat = flat.contiguous(memory_format=torch.channels_last)
-        # One host read of the (small) mask: the checks and the frame selection both need it.
-        pad_cpu = pad_mask.reshape(-1).cpu()
+        pad_cpu = pad_cpu.reshape(-1)
         if bool(pad_cpu.view(b, t).all(dim=1).any()):
             empty = pad_cpu.view(b, t).all(dim=1).nonzero().flatten().tolist()
             raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs at least one real frame")
@@ -539,7 +538,9 @@ class UTAE(nn.Module):
             x: ``(B, T, C, H, W)`` float images; H and W divisible by ``2 ** (len(encoder_widths) - 1)``.
             batch_positions: ``(B, T)`` day offsets of the frames.
             pad_mask: ``(B, T)`` bool, True for padded frames. When None, a frame is padding when all its
-                values equal ``pad_value``, as in the official model.
+                values equal ``pad_value``, as in the official model. The frame selection reads the mask on
+                the host: a CPU mask with a GPU ``x`` (as :func:`utae.data.pad_collate` makes it) saves a
+                device-to-host synchronisation.
             return_att: also return the L-TAE attention.
 
         Returns:
@@ -549,7 +550,9 @@ class UTAE(nn.Module):
         self._check_inputs(x, batch_positions, pad_mask)
         if pad_mask is None:
             pad_mask = (x == self.pad_value).flatten(2).all(dim=2)
-        maps = self._encode(x, pad_mask)
+        pad_cpu = pad_mask.cpu()  # no copy when the mask is already on the host
+        pad_mask = pad_mask.to(x.device, non_blocking=True)
+        maps = self._encode(x, pad_cpu)
         out, att = self.temporal_encoder(maps[-1], batch_positions=batch_positions, pad_mask=pad_mask)
         for i, up in enumerate(self.up_blocks):
             skip = self.temporal_aggregator(maps[-(i + 2)], pad_mask=pad_mask, attn=att)

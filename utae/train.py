@@ -627,10 +627,13 @@ def compute_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
 
 def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device,
                image: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """Move a pad_collate batch once: ``(x (B,T,C,H,W), dates (B,T), pad_mask (B,T), target (B,H,W))``."""
+    """Move a pad_collate batch once: ``(x (B,T,C,H,W), dates (B,T), pad_mask (B,T), target (B,H,W))``.
+
+    The pad mask stays on the host: U-TAE selects the real frames from it there, and moves its own copy to the
+    device without a synchronisation."""
     nb = device.type == "cuda"
     x = (batch["image"] if image is None else image).to(device, non_blocking=nb)
-    return (x, batch["dates"].to(device, non_blocking=nb), batch["pad_mask"].to(device, non_blocking=nb),
+    return (x, batch["dates"].to(device, non_blocking=nb), batch["pad_mask"],
             batch["mask"].to(device, non_blocking=nb))
 
 
