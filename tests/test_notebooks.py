@@ -74,8 +74,17 @@ def run_dirs(study: Path) -> list[Path]:
 
 
 def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
-            for o in c.outputs if o.output_type == "error"]
+    """Errors, and warnings printed to stderr (a reader of the HTML report would see them)."""
+    problems = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for o in c.outputs:
+            if o.output_type == "error":
+                problems.append(f"{o.get('ename')}: {o.get('evalue')}")
+            elif o.output_type == "stream" and o.get("name") == "stderr" and "Warning" in o.get("text", ""):
+                problems.append(o["text"][:300])
+    return problems
 
 
 def test_every_point_ran_once_into_its_platform_folder(study):
