@@ -504,8 +504,9 @@ class UTAE(nn.Module):
         if self.in_conv.conv.conv[0].weight.is_contiguous(memory_format=torch.channels_last):
             flat = flat.contiguous(memory_format=torch.channels_last)
         pad_cpu = pad_cpu.reshape(-1)
-        if bool(pad_cpu.view(b, t).all(dim=1).any()):
-            empty = pad_cpu.view(b, t).all(dim=1).nonzero().flatten().tolist()
+        all_padded = pad_cpu.view(b, t).all(dim=1)
+        if bool(all_padded.any()):
+            empty = all_padded.nonzero().flatten().tolist()
             raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs at least one real frame")
         real_idx = None
         if bool(pad_cpu.any()):
