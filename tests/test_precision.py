@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from utae.model import UTAE
-from utae.precision import autocast, resolve_amp
+from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.weights import load_official_weights
 
 CPU = torch.device("cpu")
@@ -87,6 +87,51 @@ def test_compile_matches_eager():
 def test_unsupported_amp_mode_is_a_clear_error(amp, match):
     with pytest.raises(ValueError, match=match):
         resolve_amp(amp, CPU)
+
+
+@pytest.mark.parametrize("amp, match", [("fp16", "needs a CUDA GPU"), ("tf32", "needs an Ampere or newer CUDA GPU")])
+def test_gpu_only_modes_name_the_mode_on_cpu(amp, match):
+    with pytest.raises(ValueError, match=f"amp='{amp}' {match}"):
+        resolve_amp(amp, CPU)
+
+
+def _fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> torch.device:
+    """Make ``torch.cuda`` report one GPU ``name`` of ``capability`` (the mode choice reads only these)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    return torch.device("cuda", 0)
+
+
+def test_mode_choice_on_a_t4_class_gpu(monkeypatch, caplog):
+    gpu = _fake_gpu(monkeypatch, "Tesla T4", (7, 5))
+    with caplog.at_level("INFO", logger="utae.precision"):
+        assert resolve_amp("auto", gpu) == (torch.float16, True)
+    assert "using fp16" in caplog.text  # the choice of auto is logged
+    assert resolve_amp("fp16", gpu) == (torch.float16, True)
+    assert resolve_amp("off", gpu) == (None, False)
+    with pytest.raises(ValueError, match="Tesla T4 lacks bfloat16: use amp='fp16'"):
+        resolve_amp("bf16", gpu)
+    with pytest.raises(ValueError, match="Tesla T4 has no TensorFloat-32"):
+        resolve_amp("tf32", gpu)
+
+
+def test_mode_choice_on_an_ampere_or_hopper_gpu(monkeypatch):
+    gpu = _fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    assert resolve_amp("auto", gpu) == (torch.bfloat16, False)
+    assert resolve_amp("bf16", gpu) == (torch.bfloat16, False)
+    assert resolve_amp("fp16", gpu) == (torch.float16, True)
+    assert resolve_amp("tf32", gpu) == (None, False)
+    assert tf32_enabled("tf32") and not any(tf32_enabled(m) for m in ("off", "bf16", "fp16", "auto"))
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_float32_math_sets_both_tf32_flags_and_restores_them(tf32):
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with float32_math(tf32):
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_auto_amp_falls_back_to_float32_on_cpu():

@@ -310,6 +310,46 @@ def test_bf16_autocast_trains_on_cpu(tiny_root: str, tmp_path: Path) -> None:
     assert math.isfinite(result.loss) and result.cm.sum() == 2 * SIZE * SIZE
 
 
+def test_fp16_grad_scaler_path_skips_overflowing_steps_and_checkpoints_its_scale(tiny_root: str,
+                                                                                  tmp_path: Path) -> None:
+    # fp16 is a CUDA mode for users; the CPU has float16 autocast too, which exercises the same scaler code.
+    cpu = torch.device("cpu")
+    cfg = tiny_config(tiny_root, tmp_path, train_limit=2)
+    torch.manual_seed(0)
+    engine = build_engine(cfg, cpu, torch.float16)
+    assert isinstance(engine.scaler, torch.amp.GradScaler) and engine.scaler.is_enabled()
+    loader = make_loader(make_datasets(cfg).train, batch_size=2, train=True, seed=0, device=cpu)
+    before = {k: v.detach().clone() for k, v in engine.raw.named_parameters()}  # not the BatchNorm statistics
+
+    # A scale of 2**60 overflows float16 gradients: the scaler must skip the step and halve the scale.
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)
+    result = train_one_epoch(engine, loader, epoch=1)
+    assert math.isfinite(result.loss)
+    assert engine.scaler.get_scale() == 2.0**59
+    assert all(torch.equal(before[k], v) for k, v in engine.raw.named_parameters()), "an overflowing step was applied"
+
+    # With a workable scale the step is applied, and the scale travels with the checkpoint.
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    train_one_epoch(engine, loader, epoch=2)
+    assert engine.scaler.get_scale() == 2.0**8
+    assert any(not torch.equal(before[k], v) for k, v in engine.raw.named_parameters())
+    state = train_mod.TrainState(epoch=2, history=[])
+    torch.save(train_mod._checkpoint(engine, state, cfg), tmp_path / "ckpt.pt")
+    fresh = build_engine(cfg, cpu, torch.float16)
+    assert fresh.scaler.get_scale() != 2.0**8
+    train_mod._load_checkpoint(tmp_path / "ckpt.pt", fresh)
+    assert fresh.scaler.get_scale() == 2.0**8
+
+
+def test_tf32_is_a_gpu_mode_and_off_means_ieee_float32(tiny_root: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="amp='tf32' needs an Ampere"):
+        tiny_config(tiny_root, tmp_path, amp="tf32")
+    out = tmp_path / "off"
+    run(tiny_config(tiny_root, out, epochs=1, test_noise_stds=(0.0,), n_examples=0))
+    platform = read_json(out / "platform.json")
+    assert platform["amp"] == "off" and platform["float32_math"] == "ieee"
+
+
 def test_torch_settings_are_restored() -> None:
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     with torch_settings(True):

@@ -1,8 +1,12 @@
-"""Mixed-precision modes: which autocast dtype a device supports, and the autocast context.
+"""Numerical precision modes: which modes a device supports, the autocast context and the float32 math.
 
 Modes (``RunConfig.amp``):
 
-* ``"off"``: float32 everywhere.
+* ``"off"``: float32 everywhere, in IEEE float32 arithmetic: TensorFloat-32 is switched off for cuDNN
+  convolutions and cuBLAS matmuls (PyTorch's default lets convolutions use it on Ampere and newer GPUs), so
+  that a float32 run means the same arithmetic on every device of the hardware comparison.
+* ``"tf32"``: float32 tensors, TensorFloat-32 tensor cores for convolutions and matmuls (10-bit mantissa);
+  CUDA GPUs of compute capability 8.0 and newer.
 * ``"bf16"``: autocast to bfloat16; CUDA GPUs of compute capability 8.0 and newer (Ampere, Hopper), and CPUs.
 * ``"fp16"``: autocast to float16 with a gradient scaler; CUDA only (the mode for T4-class GPUs).
 * ``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; off on the CPU, where bf16 autocast
@@ -15,25 +19,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
-__all__ = ["AMP_MODES", "resolve_amp", "autocast"]
+__all__ = ["AMP_MODES", "resolve_amp", "autocast", "float32_math", "tf32_enabled"]
 
-AMP_MODES = ("off", "bf16", "fp16", "auto")
+AMP_MODES = ("off", "tf32", "bf16", "fp16", "auto")
 log = logging.getLogger(__name__)
 
 
-def _cuda_bf16(device: torch.device) -> bool:
+def _cuda_ampere(device: torch.device) -> bool:
+    """Compute capability 8.0 or newer: bfloat16 and TensorFloat-32 tensor cores."""
     return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """The autocast dtype (None for float32) and whether a gradient scaler is needed.
+    """The autocast dtype (None for float32, ``"off"`` and ``"tf32"``) and whether a gradient scaler is needed.
 
     Raises:
-        ValueError (naming ``amp``): an unknown mode, or a mode the device lacks (fp16 on the CPU,
-            bf16 on a GPU older than Ampere).
+        ValueError (naming ``amp``): an unknown mode, or a mode the device lacks (fp16 or tf32 on the CPU,
+            bf16 or tf32 on a GPU older than Ampere).
     """
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
@@ -42,7 +48,7 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
         return None, False
     if amp == "auto":
         if kind == "cuda":
-            choice = "bf16" if _cuda_bf16(device) else "fp16"
+            choice = "bf16" if _cuda_ampere(device) else "fp16"
         else:
             choice = "off"
         log.info("amp='auto' on %s: using %s", device, choice)
@@ -51,13 +57,38 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
         if kind != "cuda":
             raise ValueError(f"amp='fp16' needs a CUDA GPU, got device {device}; use amp='bf16' or 'off' on {kind}")
         return torch.float16, True
+    if amp == "tf32":
+        if kind != "cuda":
+            raise ValueError(f"amp='tf32' needs an Ampere or newer CUDA GPU, got device {device}; use amp='off'")
+        if not _cuda_ampere(device):
+            name = torch.cuda.get_device_name(device)
+            raise ValueError(f"amp='tf32' needs an Ampere or newer GPU; {name} has no TensorFloat-32: use amp='off'")
+        return None, False
     # bf16
-    if kind == "cuda" and not _cuda_bf16(device):
+    if kind == "cuda" and not _cuda_ampere(device):
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"amp='bf16' needs an Ampere or newer GPU; {name} lacks bfloat16: use amp='fp16'")
     if kind not in ("cuda", "cpu"):
         raise ValueError(f"amp='bf16' is supported on CUDA and CPU devices, not on {kind}")
     return torch.bfloat16, False
+
+
+def tf32_enabled(amp: str) -> bool:
+    """Whether ``amp`` lets float32 convolutions and matmuls use TensorFloat-32 (only ``"tf32"`` does)."""
+    return amp == "tf32"
+
+
+@contextlib.contextmanager
+def float32_math(tf32: bool) -> Iterator[None]:
+    """Switch TensorFloat-32 on or off for cuDNN convolutions and cuBLAS matmuls for the duration of the block
+    (the previous settings come back after). Float32 operations on the CPU are IEEE either way."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -79,6 +79,7 @@ from utae.platform import peak_memory_mb, platform_id, platform_info, reset_peak
 from utae.platform import resolve_device as _platform_device
 from utae.precision import AMP_MODES
 from utae.precision import autocast as _precision_autocast
+from utae.precision import float32_math, tf32_enabled
 from utae.precision import resolve_amp as _resolve_amp
 from utae.results import (
     atomic_save_npy,
@@ -163,7 +164,8 @@ class RunConfig:
         test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
         train_limit, val_limit, test_limit: size of a seeded random subset of each split (None: all).
         deterministic: deterministic algorithms (``warn_only=False``); False turns ``cudnn.benchmark`` on.
-        amp: ``"off"``, ``"bf16"``, ``"fp16"`` (CUDA only, with a grad scaler) or ``"auto"``.
+        amp: ``"off"`` (IEEE float32, no TensorFloat-32), ``"tf32"`` (Ampere+ GPUs), ``"bf16"``, ``"fp16"``
+            (CUDA only, with a grad scaler) or ``"auto"``; see :mod:`utae.precision`.
         channels_last, compile: channels-last memory format; ``torch.compile``.
         num_workers: DataLoader worker processes.
         out_dir: the run directory (None: ``results/runs/<platform>/<run_id>``).
@@ -310,6 +312,9 @@ class RunConfig:
         if self.amp == "fp16" and self.device == "cpu":
             raise ValueError("amp='fp16' needs a CUDA device (float16 autocast with a grad scaler); "
                              "use amp='bf16' or 'off' on device='cpu'")
+        if self.amp == "tf32" and self.device == "cpu":
+            raise ValueError("amp='tf32' needs an Ampere or newer CUDA GPU (TensorFloat-32 tensor cores); "
+                             "use amp='off' on device='cpu'")
 
     def _check_flags(self) -> None:
         for name in ("noise_resample", "deterministic", "channels_last", "compile", "progress"):
@@ -410,7 +415,9 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return _resolve_amp(amp, device)[0]
 
 
-def _amp_name(dtype: torch.dtype | None) -> str:
+def _amp_name(dtype: torch.dtype | None, tf32: bool = False) -> str:
+    if dtype is None and tf32:
+        return "tf32"
     return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
@@ -607,7 +614,7 @@ def build_engine(config: RunConfig, device: torch.device, amp_dtype: torch.dtype
             raise RuntimeError(f"compile=True: torch.compile failed ({type(exc).__name__}: {exc}); "
                                "set compile=False") from exc
     optimizer = torch.optim.Adam(raw.parameters(), lr=config.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return Engine(raw=raw, model=model, eval_model=eval_model, optimizer=optimizer, device=device,
                   amp_dtype=amp_dtype, scaler=scaler, ctx=ctx)
 
@@ -761,16 +768,19 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, nois
     """Evaluate ``model`` on every sample of ``loader`` (optionally with seeded test-time noise, see
     :func:`add_test_noise`), summed over processes in a multi-process run.
 
-    ``amp`` is a ``RunConfig.amp`` mode or an autocast dtype (None: float32).
+    ``amp`` is a ``RunConfig.amp`` mode (which also sets the float32 math, see :func:`utae.precision.float32_math`)
+    or an autocast dtype (None: float32, under the current TensorFloat-32 settings).
 
     Returns:
         ``(cm, mean_loss)``: the ``(20, 20)`` int64 confusion matrix (rows = true) and the mean cross-entropy
         over the non-void pixels.
     """
     amp_dtype = resolve_amp(amp, device) if isinstance(amp, str) else amp
-    result = _evaluate(model, loader, device, noise_std=noise_std, seed=seed, noise_space=noise_space,
-                       channel_std=channel_std, amp_dtype=amp_dtype, ctx=ctx or DistContext(),
-                       progress=progress, desc=desc)
+    math_mode = float32_math(tf32_enabled(amp)) if isinstance(amp, str) else contextlib.nullcontext()
+    with math_mode:
+        result = _evaluate(model, loader, device, noise_std=noise_std, seed=seed, noise_space=noise_space,
+                           channel_std=channel_std, amp_dtype=amp_dtype, ctx=ctx or DistContext(),
+                           progress=progress, desc=desc)
     return result.cm, result.loss
 
 
@@ -1052,7 +1062,8 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
         return read_json(out / "metrics.json")
     created_group = init_process_group(ctx, device)
     try:
-        with torch_settings(config.deterministic, device), _explained_errors(config, device):
+        with torch_settings(config.deterministic, device), float32_math(tf32_enabled(config.amp)), \
+                _explained_errors(config, device):
             return _run(config, ctx, device, amp_dtype, out, max_epochs_this_call)
     finally:
         if created_group:
@@ -1065,7 +1076,9 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config.to_dict())
-        extra = {"amp": _amp_name(amp_dtype), "amp_requested": config.amp, "channels_last": config.channels_last,
+        tf32 = tf32_enabled(config.amp)
+        extra = {"amp": _amp_name(amp_dtype, tf32), "amp_requested": config.amp,
+                 "float32_math": "tf32" if tf32 else "ieee", "channels_last": config.channels_last,
                  "compile": config.compile, "world_size": ctx.world_size, "num_workers": config.num_workers,
                  # On CUDA a few kernels have no deterministic version (see torch_settings).
                  "deterministic_warn_only": config.deterministic and device.type == "cuda"}
