@@ -8,6 +8,9 @@ Run with ``make bench`` (or ``python -m benchmarks.bench [--quick] [--device cud
 2. A table with one row per (shape, amp, channels_last, compile): training and eval samples/s, peak memory,
    max |delta logits| against the float32 eager forward on the same weights and batch, and the achieved FLOP/s
    of the training step (FLOPs counted by ``torch.utils.flop_counter``) with its fraction of the device's peak.
+   "float32" means IEEE float32 (``amp="off"``: no TensorFloat-32); ``amp="tf32"`` rows (Ampere and newer GPUs)
+   show what TensorFloat-32 tensor cores give, and the speed-up column compares every row with the
+   ``amp="off"``, contiguous, eager row of the same shape.
 3. The loader's throughput with ``pad_collate`` (patches/s), against the training step of the same batch.
 
 The table is also written to ``results/bench/<platform>.csv``.
@@ -29,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import SMALL_WIDTHS, time_fn, train_step_fn
 from utae.model import UTAE
 from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
-from utae.precision import autocast, resolve_amp
+from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.results import atomic_write_csv
 
 #: Peak dense throughput (TFLOP/s) of known GPUs by name fragment: (float32, tf32, bf16/fp16 tensor cores).
@@ -125,39 +128,49 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
     return 2 * n**3 / seconds / 1e12
 
 
-def known_peak_tflops(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
+def known_peak_tflops(device: torch.device, amp: str) -> float | None:
+    """The spec-sheet dense peak of the arithmetic that ``amp`` uses on a known GPU (None elsewhere)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device).lower()
     for key, (fp32, tf32, half) in KNOWN_PEAKS_TFLOPS.items():
         if key in name:
-            if amp_dtype is not None:
-                return half
-            return tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32
+            return {"off": fp32, "tf32": tf32}.get(amp, half)
     return None
+
+
+#: The matmul dtype whose measured peak each amp mode is compared with (tf32: float32 with TF32 on).
+MATMUL_DTYPES = {"off": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bench_mode(
     shape: Shape, widths: dict, mode: Mode, device: torch.device, repeats: int, reference: dict, matmul_peaks: dict
 ) -> dict:
-    """One row of the table. ``reference`` caches the float32 eager logits of the same weights and batch;
-    ``matmul_peaks`` maps an autocast dtype (None for float32) to the measured matmul TFLOP/s."""
+    """One row of the table. ``reference`` caches the IEEE float32 eager logits of the same weights and batch;
+    ``matmul_peaks`` maps an amp mode to the measured matmul TFLOP/s of its arithmetic."""
     amp_dtype, use_scaler = resolve_amp(mode.amp, device)
     batch = make_batch(shape, device)
-    model = build(widths, mode, device)
     if shape.name not in reference:  # float32 eager logits of the same weights on the same batch
         ref_model = build(widths, Mode(), device)
         ref_model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_math(False):
             reference[shape.name] = ref_model(batch[0], batch[1], pad_mask=batch[2]).float()
         del ref_model
+    with float32_math(tf32_enabled(mode.amp)):
+        return _bench_mode(shape, mode, device, repeats, batch, build(widths, mode, device), amp_dtype, use_scaler,
+                           reference[shape.name], matmul_peaks)
+
+
+def _bench_mode(shape: Shape, mode: Mode, device: torch.device, repeats: int, batch: tuple[torch.Tensor, ...],
+                model: torch.nn.Module, amp_dtype: torch.dtype | None, use_scaler: bool, reference: torch.Tensor,
+                matmul_peaks: dict) -> dict:
     forward = torch.compile(model) if mode.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
 
     evaluate = eval_fn(model, batch, device, forward, amp_dtype)
     with torch.no_grad():
-        delta = (evaluate().float() - reference[shape.name]).abs().max().item()
+        delta = (evaluate().float() - reference).abs().max().item()
     reset_peak_memory(device)
     eval_s = time_fn(evaluate, device, repeats)
     train = train_step_fn(model, optimizer, batch, device, forward, amp_dtype, scaler)
@@ -166,7 +179,7 @@ def bench_mode(
     with FlopCounterMode(display=False) as counter:
         train_step_fn(model, optimizer, batch, device, amp_dtype=amp_dtype)()
     flops = counter.get_total_flops()
-    peak_tflops = known_peak_tflops(device, amp_dtype)
+    peak_tflops = known_peak_tflops(device, mode.amp)
     achieved = flops / train_s / 1e12
     return {
         "shape": shape.name,
@@ -183,19 +196,53 @@ def bench_mode(
         "train_tflops": achieved,
         "peak_tflops": peak_tflops,
         "frac_of_peak": None if peak_tflops is None else achieved / peak_tflops,
-        "matmul_tflops": matmul_peaks.get(amp_dtype),
-        "frac_of_matmul": achieved / matmul_peaks[amp_dtype] if matmul_peaks.get(amp_dtype) else None,
+        "matmul_tflops": matmul_peaks.get(mode.amp),
+        "frac_of_matmul": achieved / matmul_peaks[mode.amp] if matmul_peaks.get(mode.amp) else None,
     }
 
 
+def supported_amps(device: torch.device) -> list[str]:
+    """The amp modes (other than ``auto``) that ``device`` supports."""
+    amps = []
+    for amp in ("off", "tf32", "bf16", "fp16"):
+        try:
+            resolve_amp(amp, device)
+        except ValueError:
+            continue
+        amps.append(amp)
+    return amps
+
+
 def modes_for(device: torch.device, quick: bool, try_compile: bool) -> list[Mode]:
-    amps = ["off", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    amps = supported_amps(device)
     layouts = [False, True]
     compiles = [False, True] if try_compile else [False]
     modes = [Mode(a, cl, c) for a, cl, c in itertools.product(amps, layouts, compiles)]
     if quick:
         modes = [m for m in modes if not m.compile and (m.amp == "off" or m.channels_last)]
     return modes
+
+
+def add_speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``train_speedup`` and ``eval_speedup``: samples/s over those of the IEEE float32, contiguous, eager
+    row of the same shape (NaN where that row is missing)."""
+    base = table[(table["amp"] == "off") & ~table["channels_last"].astype(bool) & ~table["compile"].astype(bool)]
+    base = base.set_index("shape")
+    out = table.copy()
+    for kind in ("train", "eval"):
+        ref = out["shape"].map(base[f"{kind}_samples_per_s"])
+        out[f"{kind}_speedup"] = out[f"{kind}_samples_per_s"] / ref
+    return out
+
+
+def print_best_speedups(table: pd.DataFrame) -> None:
+    """One line per shape: the fastest training mode and its speed-up over the float32 eager path."""
+    print("\nFastest training mode per shape, against IEEE float32 eager (contiguous, no compile):")
+    for shape, rows in table.groupby("shape", sort=False):
+        best = rows.loc[rows["train_samples_per_s"].idxmax()]
+        print(f"  {shape}: amp={best['amp']}, channels_last={bool(best['channels_last'])}, "
+              f"compile={bool(best['compile'])}: {best['train_samples_per_s']:.2f} samples/s, "
+              f"{best['train_speedup']:.2f} x")
 
 
 def print_table(df: pd.DataFrame) -> None:
@@ -254,16 +301,17 @@ def main(argv: list[str] | None = None) -> None:
     platform = platform_id(device)
     print(f"Device: {device} ({platform}), torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    run_calibration(device, repeats)
+    with float32_math(False):
+        run_calibration(device, repeats)
 
     shapes: list[tuple[Shape, dict]] = [(SYNTHETIC, SMALL_WIDTHS), (SMALL, {})]
     if not (args.quick and device.type == "cpu"):
         shapes.append((PASTIS, {}))
     matmul_peaks: dict = {}
-    for dtype in (None, torch.bfloat16) + ((torch.float16,) if device.type == "cuda" else ()):
-        matmul_peaks[dtype] = matmul_peak_tflops(device, dtype or torch.float32)
-        label = str(dtype or torch.float32).replace("torch.", "")
-        print(f"Measured matmul peak ({label}, 2048x2048): {matmul_peaks[dtype]:.3f} TFLOP/s")
+    for amp in supported_amps(device):
+        with float32_math(tf32_enabled(amp)):
+            matmul_peaks[amp] = matmul_peak_tflops(device, MATMUL_DTYPES[amp])
+        print(f"Measured matmul peak (amp={amp}, 2048x2048): {matmul_peaks[amp]:.3f} TFLOP/s")
     reference: dict = {}
     rows = []
     for (shape, widths), mode in itertools.product(shapes, modes_for(device, args.quick, args.compile)):
@@ -271,10 +319,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(bench_mode(shape, widths, mode, device, repeats, reference, matmul_peaks))
         except Exception as err:  # a mode the platform lacks (e.g. no compiler) is reported, not fatal
             print(f"  skipped {shape.name} {mode}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
-    table = pd.DataFrame(rows)
+    table = add_speedups(pd.DataFrame(rows))
     table.insert(0, "platform", platform)
     print()
     print_table(table)
+    print_best_speedups(table)
     out = Path(args.out) / f"{platform}.csv"
     atomic_write_csv(out, table)
     print(f"\nWritten to {out}")

@@ -1,0 +1,74 @@
+"""The benchmark's table logic (not its timings): modes per device, accuracy column, speed-ups, known peaks."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks.bench import (
+    KNOWN_PEAKS_TFLOPS,
+    Mode,
+    Shape,
+    add_speedups,
+    bench_mode,
+    known_peak_tflops,
+    modes_for,
+    supported_amps,
+)
+
+CPU = torch.device("cpu")
+TINY_SHAPE = Shape("tiny", 1, 3, 16)
+TINY_WIDTHS = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+
+
+def test_cpu_modes_are_float32_and_bf16_only():
+    assert supported_amps(CPU) == ["off", "bf16"]
+    modes = modes_for(CPU, quick=False, try_compile=True)
+    assert {m.amp for m in modes} == {"off", "bf16"}
+    assert len(modes) == 2 * 2 * 2  # amp x channels_last x compile
+    assert all(not m.compile for m in modes_for(CPU, quick=True, try_compile=True))
+
+
+def test_rows_report_the_accuracy_and_flops_of_each_mode():
+    reference: dict = {}
+    peaks = {"off": 1.0, "bf16": 1.0}
+    off = bench_mode(TINY_SHAPE, TINY_WIDTHS, Mode(), CPU, 1, reference, peaks)
+    fast = bench_mode(TINY_SHAPE, TINY_WIDTHS, Mode("bf16", channels_last=True), CPU, 1, reference, peaks)
+    # The float32 eager row is the reference itself; bf16 moves the logits, but not by much.
+    assert off["max_abs_dlogits"] < 1e-6
+    assert 0 < fast["max_abs_dlogits"] < 0.5
+    assert off["train_gflop"] > 0 and off["train_gflop"] == pytest.approx(fast["train_gflop"], rel=1e-6)
+    assert off["peak_tflops"] is None and off["frac_of_peak"] is None  # no spec-sheet peak for a CPU
+    assert off["frac_of_matmul"] == pytest.approx(off["train_tflops"])
+
+
+def test_speedups_are_against_the_float32_contiguous_eager_row_of_the_same_shape():
+    rows = pd.DataFrame([
+        {"shape": "a", "amp": "off", "channels_last": False, "compile": False, "train_samples_per_s": 2.0,
+         "eval_samples_per_s": 10.0},
+        {"shape": "a", "amp": "bf16", "channels_last": True, "compile": False, "train_samples_per_s": 7.0,
+         "eval_samples_per_s": 15.0},
+        {"shape": "b", "amp": "off", "channels_last": False, "compile": False, "train_samples_per_s": 1.0,
+         "eval_samples_per_s": 4.0},
+        {"shape": "b", "amp": "off", "channels_last": True, "compile": True, "train_samples_per_s": 3.0,
+         "eval_samples_per_s": 2.0},
+        {"shape": "c", "amp": "bf16", "channels_last": False, "compile": False, "train_samples_per_s": 3.0,
+         "eval_samples_per_s": 2.0},
+    ])
+    out = add_speedups(rows)
+    assert out["train_speedup"].tolist()[:4] == [1.0, 3.5, 1.0, 3.0]
+    assert out["eval_speedup"].tolist()[:4] == [1.0, 1.5, 1.0, 0.5]
+    assert math.isnan(out["train_speedup"].iloc[4])  # shape c has no float32 baseline
+
+
+def test_known_gpu_peaks_follow_the_mode(monkeypatch):
+    assert known_peak_tflops(CPU, "off") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    gpu = torch.device("cuda", 0)
+    fp32, tf32, half = KNOWN_PEAKS_TFLOPS["h100"]
+    assert [known_peak_tflops(gpu, amp) for amp in ("off", "tf32", "bf16", "fp16")] == [fp32, tf32, half, half]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    assert known_peak_tflops(gpu, "bf16") is None
