@@ -234,6 +234,24 @@ def test_study_summary_and_table_one():
     assert counts.loc["cpu-a", "noise 0.5"] == 3
 
 
+def test_platform_settings_say_how_each_platform_computed():
+    runs = pd.DataFrame({
+        "platform": ["cpu-x", "cpu-x", "cuda-h100", "cuda-h100"],
+        "plat_device_name": ["X", "X", "NVIDIA H100", "NVIDIA H100"],
+        "plat_amp": ["off", "off", "bf16", "off"],
+        "plat_float32_math": [np.nan, np.nan, "ieee", "tf32"],
+        "plat_deterministic": [True, True, False, False],
+    })
+    table = report.platform_settings(runs)
+    assert table.loc["cpu-x"].to_dict() == {"runs": 2, "device": "X", "amp": "off", "float32 math": "",
+                                            "deterministic": "True"}
+    assert table.loc["cuda-h100", "amp"] == "bf16, off"  # runs that differ list every value
+    assert table.loc["cuda-h100", "float32 math"] == "ieee, tf32"
+    assert table.loc["cuda-h100", "deterministic"] == "False"
+    with pytest.raises(ValueError, match="no runs"):
+        report.platform_settings(runs.iloc[:0])
+
+
 def test_config_columns_split_other_settings():
     runs = make_runs({"cpu-a": 0.0})
     assert report.config_columns(runs) == ["cfg_noise_std"]

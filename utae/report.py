@@ -43,6 +43,7 @@ __all__ = [
     "platform_table",
     "config_columns",
     "run_counts",
+    "platform_settings",
     "study_summary",
     "table_one",
     "platform_vs_seed",
@@ -231,6 +232,32 @@ def run_counts(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+#: ``platform.json`` fields that say how each platform's runs computed: hardware, software, precision, determinism.
+_SETTINGS = (("plat_device_name", "device"), ("plat_torch_version", "torch"), ("plat_cuda_version", "CUDA"),
+             ("plat_amp", "amp"), ("plat_float32_math", "float32 math"), ("plat_deterministic", "deterministic"),
+             ("plat_deterministic_warn_only", "deterministic (warn only)"), ("plat_channels_last", "channels last"),
+             ("plat_compile", "compile"), ("plat_world_size", "processes"), ("plat_torch_threads", "torch threads"))
+
+
+def platform_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per platform: its device, software, and the precision and determinism settings its runs used
+    (``platform.json``). Where runs of a platform differ, the cell lists every value; a field that no run
+    recorded is left empty. ``deterministic`` False means ``cudnn.benchmark`` picked the fastest kernels."""
+    if len(runs) == 0:
+        raise ValueError("platform_settings: no runs")
+
+    def values(series: pd.Series) -> str:
+        seen = sorted({_cell(v) for v in series if isinstance(v, (list, tuple)) or not pd.isna(v)})
+        return ", ".join(seen)
+
+    present = [(col, label) for col, label in _SETTINGS if col in runs.columns]
+    grouped = runs.groupby("platform")
+    out = grouped.size().rename("runs").to_frame()
+    for col, label in present:
+        out[label] = grouped[col].agg(values)
+    return out
+
+
 def study_summary(runs: pd.DataFrame, metrics: Sequence[str] = _STUDY_METRICS) -> pd.DataFrame:
     """One row per (platform, configuration): the number of runs, the seeds, and the mean and std
     over seeds of each metric (columns ``<metric>_mean``, ``<metric>_std``). This is ``summary.csv``.
@@ -409,7 +436,7 @@ def load_bench(bench_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-_BENCH_VALUES = ("train_samples_per_s", "eval_samples_per_s", "train_step_ms", "eval_ms", "peak_mem_mb", "train_tflops")
+_BENCH_VALUES = ("train_samples_per_s", "train_speedup", "eval_samples_per_s", "train_step_ms", "eval_ms", "peak_mem_mb", "train_tflops")
 
 
 def bench_table(tables: Mapping[str, pd.DataFrame], values: Sequence[str] | None = None) -> pd.DataFrame:
