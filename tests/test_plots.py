@@ -241,10 +241,13 @@ def test_platform_settings_say_how_each_platform_computed():
         "plat_amp": ["off", "off", "bf16", "off"],
         "plat_float32_math": [np.nan, np.nan, "ieee", "tf32"],
         "plat_deterministic": [True, True, False, False],
+        "plat_device_kind": ["cpu", "cpu", "cuda", "cuda"],
     })
     table = report.platform_settings(runs)
-    assert table.loc["cpu-x"].to_dict() == {"runs": 2, "device": "X", "amp": "off", "float32 math": "",
-                                            "deterministic": "True"}
+    assert table.loc["cpu-x"].to_dict() == {"runs": 2, "device": "X", "amp": "off", "float32 math": "ieee",
+                                            "deterministic": "True"}  # float32 on a CPU is IEEE
+    unknown = report.platform_settings(runs.assign(plat_float32_math=np.nan))
+    assert unknown.loc["cuda-h100", "float32 math"] == ""  # not recorded: unknown on a GPU
     assert table.loc["cuda-h100", "amp"] == "bf16, off"  # runs that differ list every value
     assert table.loc["cuda-h100", "float32 math"] == "ieee, tf32"
     assert table.loc["cuda-h100", "deterministic"] == "False"

@@ -242,7 +242,8 @@ _SETTINGS = (("plat_device_name", "device"), ("plat_torch_version", "torch"), ("
 def platform_settings(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per platform: its device, software, and the precision and determinism settings its runs used
     (``platform.json``). Where runs of a platform differ, the cell lists every value; a field that no run
-    recorded is left empty. ``deterministic`` False means ``cudnn.benchmark`` picked the fastest kernels."""
+    recorded is left empty (but float32 math on a CPU is always IEEE). ``deterministic`` False means
+    ``cudnn.benchmark`` picked the fastest kernels."""
     if len(runs) == 0:
         raise ValueError("platform_settings: no runs")
 
@@ -250,6 +251,10 @@ def platform_settings(runs: pd.DataFrame) -> pd.DataFrame:
         seen = sorted({_cell(v) for v in series if isinstance(v, (list, tuple)) or not pd.isna(v)})
         return ", ".join(seen)
 
+    if "plat_device_kind" in runs.columns:  # float32 on a CPU is IEEE (runs older than the field lack it)
+        recorded = runs.get("plat_float32_math", pd.Series(None, index=runs.index, dtype=object))
+        on_gpu = runs["plat_device_kind"] != "cpu"
+        runs = runs.assign(plat_float32_math=recorded.where(recorded.notna() | on_gpu, "ieee"))
     present = [(col, label) for col, label in _SETTINGS if col in runs.columns]
     grouped = runs.groupby("platform")
     out = grouped.size().rename("runs").to_frame()
@@ -436,7 +441,8 @@ def load_bench(bench_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-_BENCH_VALUES = ("train_samples_per_s", "train_speedup", "eval_samples_per_s", "train_step_ms", "eval_ms", "peak_mem_mb", "train_tflops")
+_BENCH_VALUES = ("train_samples_per_s", "train_speedup", "eval_samples_per_s", "train_step_ms", "eval_ms",
+                 "peak_mem_mb", "train_tflops")
 
 
 def bench_table(tables: Mapping[str, pd.DataFrame], values: Sequence[str] | None = None) -> pd.DataFrame:
