@@ -357,3 +357,21 @@ def test_torch_settings_are_restored() -> None:
     with torch_settings(False):
         assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+def test_cli_stops_after_the_epochs_asked_and_resumes(tiny_root: str, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    out = tmp_path / "cli"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_root, out, epochs=2, train_limit=2, test_noise_stds=(0.0,),
+                                               n_examples=0).to_dict()))
+    with pytest.raises(SystemExit):
+        train_mod.main(["--config", str(path), "--max-epochs-this-call", "0"])
+    assert "--max-epochs-this-call must be at least 1, got 0" in capsys.readouterr().err
+    assert train_mod.main(["--config", str(path), "--max-epochs-this-call", "1"]) == 0
+    assert "stopped after 1 epoch(s)" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "history.csv")) == 1 and not (out / "metrics.json").exists()
+    assert train_mod.main(["--config", str(path)]) == 0
+    assert "best epoch" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "history.csv")) == 2

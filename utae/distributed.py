@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 __all__ = ["DistContext", "dist_context", "init_process_group", "all_reduce_sum", "all_reduce_min", "barrier",
-           "broadcast_buffers", "ShardSampler"]
+           "broadcast_buffers", "gather_objects", "ShardSampler"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,15 @@ def all_reduce_min(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
+
+
+def gather_objects(obj: object, ctx: DistContext) -> list[object]:
+    """Every process's ``obj`` (picklable), in rank order, on every process (``[obj]`` with one process)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:

@@ -70,6 +70,7 @@ from utae.distributed import (
     barrier,
     broadcast_buffers,
     dist_context,
+    gather_objects,
     init_process_group,
 )
 from utae.metrics import confusion_matrix, scores
@@ -898,13 +899,17 @@ def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epo
 # ==================================================================================================
 
 
-def _checkpoint(engine: Engine, state: TrainState, config: RunConfig) -> dict[str, Any]:
+def _checkpoint(engine: Engine, state: TrainState, config: RunConfig,
+                rng_states: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The checkpoint dict. ``rng_states``: every process's RNG states in rank order (see
+    :func:`utae.distributed.gather_objects`); by default this process's alone."""
+    rng_states = list(rng_states) if rng_states is not None else [_rng_state()]
     return {
         "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": state.epoch,
         "model": engine.raw.state_dict(), "optimizer": engine.optimizer.state_dict(),
         "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
         "best_epoch": state.best_epoch, "best_score": state.best_score, "best_model": state.best_model,
-        "best_val": state.best_val, "history": state.history, "rng": _rng_state(),
+        "best_val": state.best_val, "history": state.history, "rng": rng_states[0], "rng_per_rank": rng_states,
     }
 
 
@@ -922,7 +927,11 @@ def _load_checkpoint(path: Path, engine: Engine) -> TrainState:
     engine.optimizer.load_state_dict(ckpt["optimizer"])
     if engine.scaler is not None and ckpt.get("scaler") is not None:
         engine.scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ckpt["rng"])
+    # Each process takes back its own RNG states (dropout masks differ between processes); a checkpoint
+    # written by another number of processes gives every process rank 0's.
+    per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+    same_world = len(per_rank) == engine.ctx.world_size
+    _set_rng_state(per_rank[engine.ctx.rank] if same_world else per_rank[0])
     return TrainState(epoch=ckpt["epoch"], best_epoch=ckpt["best_epoch"], best_score=ckpt["best_score"],
                       best_model=ckpt["best_model"], best_val=ckpt["best_val"], history=list(ckpt["history"]))
 
@@ -1101,8 +1110,9 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
         log.info("%s: resuming after epoch %d of %d", out, state.epoch, config.epochs)
 
     def save(st: TrainState) -> None:
+        rng_states = gather_objects(_rng_state(), ctx)  # every process takes part
         if ctx.is_main:
-            atomic_torch_save(ckpt_path, _checkpoint(engine, st, config))
+            atomic_torch_save(ckpt_path, _checkpoint(engine, st, config, rng_states))
             atomic_write_csv(out / "history.csv", pd.DataFrame(st.history, columns=list(HISTORY_COLUMNS)))
         barrier(ctx)
 
@@ -1173,13 +1183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML file: RunConfig fields, or a sweep (pin grid keys with --set)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field (the value is parsed as YAML); repeatable")
+    parser.add_argument("--max-epochs-this-call", type=int, default=None, metavar="N",
+                        help="stop after N epochs of this call, with the checkpoint written; run again to resume")
     args = parser.parse_args(argv)
+    if args.max_epochs_this_call is not None and args.max_epochs_this_call < 1:
+        parser.error(f"--max-epochs-this-call must be at least 1, got {args.max_epochs_this_call}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = load_config_file(args.config, _parse_set(args.overrides))
     except ValueError as exc:
         parser.error(str(exc))
-    metrics = run(config)
+    metrics = run(config, max_epochs_this_call=args.max_epochs_this_call)
+    if metrics is None and dist_context().is_main:
+        print(f"stopped after {args.max_epochs_this_call} epoch(s) of this call; run the same command to resume")
     if metrics is not None and dist_context().is_main:
         print(f"{metrics['run_id']}: best epoch {metrics['best_epoch']}, test OA {metrics['test']['oa']:.4f}, "
               f"test mIoU {metrics['test']['miou']:.4f}")
