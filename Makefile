@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test bench bench-quick
+.PHONY: venv test bench bench-quick bench-runs
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.bench --quick $(BENCH_ARGS)
+
+# A short training run per precision mode of the device: test mIoU against float32, throughput.
+bench-runs: $(STAMP)
+	$(PY) -m benchmarks.bench_runs $(BENCH_ARGS)
 
 # --------------------------------------------------------------------------------------------------
 # The study: train_eval.ipynb executed with papermill once per sweep point, HTML reports, index.

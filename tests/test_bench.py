@@ -72,3 +72,17 @@ def test_known_gpu_peaks_follow_the_mode(monkeypatch):
     assert [known_peak_tflops(gpu, amp) for amp in ("off", "tf32", "bf16", "fp16")] == [fp32, tf32, half, half]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert known_peak_tflops(gpu, "bf16") is None
+
+
+def test_mode_runs_compare_each_mode_with_the_float32_run(tmp_path):
+    from benchmarks.bench_runs import mode_runs
+    from utae.synthetic import make_synthetic_pastis
+
+    root = make_synthetic_pastis(tmp_path / "pastis", n_patches=15, size=16, t_range=(3, 4), seed=2)
+    tiny = dict(epochs=1, **TINY_WIDTHS, d_k=4)
+    table = mode_runs(root, tmp_path / "runs", "cpu", ["off", "bf16"], settings=tiny)
+    assert table["amp"].tolist() == ["off", "bf16"]  # as platform.json recorded them
+    assert table["float32_math"].tolist() == ["ieee", "ieee"]
+    assert table.loc[0, "d_miou_points"] == 0 and table.loc[0, "train_speedup"] == 1
+    assert table.loc[1, "d_miou_points"] == pytest.approx(100 * (table.loc[1, "test_miou"] - table.loc[0, "test_miou"]))
+    assert ((table["test_miou"] >= 0) & (table["test_miou"] <= 1)).all()

@@ -12,7 +12,8 @@ Modes (``RunConfig.amp``):
 * ``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; off on the CPU, where bf16 autocast
   is rarely faster than float32.
 
-The L-TAE softmax and the loss stay in float32 under autocast (see :mod:`utae.model` and :mod:`utae.train`).
+The L-TAE (softmax included) and the loss stay in float32 under autocast (see :mod:`utae.model` and
+:mod:`utae.train`).
 """
 
 from __future__ import annotations
