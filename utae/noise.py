@@ -34,6 +34,7 @@ __all__ = [
     "add_noise",
     "noise_batch",
     "normalized_std",
+    "seeded_generator",
     "select_noisy",
     "NoiseSpec",
     "NoisyDataset",
@@ -279,7 +280,7 @@ def select_noisy(n_items: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n_items, size=k, replace=False))
 
 
-def _torch_generator(*key: int) -> torch.Generator:
+def seeded_generator(*key: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from the integer tuple ``key`` (well mixed by SeedSequence)."""
     state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
@@ -335,8 +336,8 @@ class NoisyDataset(torch.utils.data.Dataset):
     def generator_for(self, index: int) -> torch.Generator:
         """The CPU generator of the noise of item ``index`` at the current epoch."""
         if self.spec.resample:
-            return _torch_generator(self.spec.seed, _RESAMPLE_STREAM, index, self.epoch)
-        return _torch_generator(self.spec.seed, _FIXED_STREAM, index)
+            return seeded_generator(self.spec.seed, _RESAMPLE_STREAM, index, self.epoch)
+        return seeded_generator(self.spec.seed, _FIXED_STREAM, index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)

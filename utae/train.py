@@ -75,7 +75,7 @@ from utae.distributed import (
 )
 from utae.metrics import confusion_matrix, scores
 from utae.model import UTAE
-from utae.noise import NOISE_SPACES, NoiseSpec, NoisyDataset, add_noise, normalized_std
+from utae.noise import NOISE_SPACES, NoiseSpec, NoisyDataset, add_noise, normalized_std, seeded_generator
 from utae.platform import peak_memory_mb, platform_id, platform_info, reset_peak_memory
 from utae.platform import resolve_device as _platform_device
 from utae.precision import AMP_MODES
@@ -310,12 +310,8 @@ class RunConfig:
             raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {self.noise_space!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.amp == "fp16" and self.device == "cpu":
-            raise ValueError("amp='fp16' needs a CUDA device (float16 autocast with a grad scaler); "
-                             "use amp='bf16' or 'off' on device='cpu'")
-        if self.amp == "tf32" and self.device == "cpu":
-            raise ValueError("amp='tf32' needs an Ampere or newer CUDA GPU (TensorFloat-32 tensor cores); "
-                             "use amp='off' on device='cpu'")
+        if self.device == "cpu" and self.amp != "auto":  # GPU-only modes fail here already ("auto" never fails;
+            _resolve_amp(self.amp, torch.device("cpu"))  # a GPU's own modes are known at run time)
 
     def _check_flags(self) -> None:
         for name in ("noise_resample", "deterministic", "channels_last", "compile", "progress"):
@@ -716,7 +712,6 @@ def train_one_epoch(engine: Engine, loader: DataLoader, *, epoch: int, progress:
                 bar.set_postfix(loss=f"{float(loss_sum) / max(int(n_pix), 1):.4f}", miou=f"{_miou(cm):.3f}")
     finally:
         bar.close()
-    _raise_if_nonfinite(first_bad, epoch, ctx)
     return _reduce(cm, loss_sum, n_pix, n_samples, _sync_time(device) - start, ctx)
 
 
@@ -739,9 +734,7 @@ def _reduce(cm: torch.Tensor, loss_sum: torch.Tensor, n_pix: torch.Tensor, n_sam
 
 
 def _test_generator(seed: int, patch_id: int, std: float) -> torch.Generator:
-    key = [int(seed), _TEST_NOISE_STREAM, int(patch_id), int(round(std * 1_000_000))]
-    state = np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return seeded_generator(int(seed), _TEST_NOISE_STREAM, int(patch_id), int(round(std * 1_000_000)))
 
 
 def add_test_noise(image: torch.Tensor, pad_mask: torch.Tensor, patch_ids: torch.Tensor, std: float, *,
