@@ -407,10 +407,7 @@ class PastisDataset(Dataset):
         self.reference_date = parse_date(reference_date, "reference_date")
         self.cache = bool(cache)
 
-        problems: list[str] = []
-        records = _metadata_records(self.root, problems)
-        if problems:
-            raise PastisFormatError(_join(problems))
+        records = read_metadata(self.root)
         self.records: list[PatchRecord] = [r for r in records if r.fold in self.folds]
         if not self.records:
             raise ValueError(

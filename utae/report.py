@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
-import json
 import math
 import os
 import re
@@ -627,9 +626,9 @@ def write_index(results_dir: str | os.PathLike[str] = "results", title: str = "U
             cells = ["", "", "", "", ""]
             if metrics_path.is_file():
                 try:
-                    m = json.loads(metrics_path.read_text())
+                    m = read_json(metrics_path)
                     cfg_path = metrics_path.with_name("config.json")
-                    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+                    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
                 except (OSError, ValueError):
                     m, cfg = {}, {}
                 cells = [_cell(cfg.get("noise_std", "")), _cell(cfg.get("seed", "")),
