@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import SMALL_WIDTHS, time_fn, train_step_fn
+from benchmarks.common import SMALL_WIDTHS, print_table, time_fn, train_step_fn
 from utae.model import UTAE
 from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
 from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
@@ -62,13 +62,14 @@ PASTIS = Shape("B4-T43-128px (PASTIS)", 4, 43, 128)
 SYNTHETIC = Shape("B4-T25-32px (synthetic default)", 4, 25, 32)
 
 def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """A random batch: ``x (B, T, 10, H, W)``, positions ``(B, T)``, pad mask ``(B, T)``, target ``(B, H, W)``."""
+    """A random batch: ``x (B, T, 10, H, W)``, positions ``(B, T)``, pad mask ``(B, T)``, target ``(B, H, W)``,
+    on ``device`` but for the pad mask, which stays on the host as in training (see :func:`utae.train._to_device`)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape.b, shape.t, 10, shape.size, shape.size, generator=g)
     positions = torch.sort(torch.randint(0, 365, (shape.b, shape.t), generator=g), dim=1).values
     pad_mask = torch.zeros(shape.b, shape.t, dtype=torch.bool)
     target = torch.randint(0, 20, (shape.b, shape.size, shape.size), generator=g)
-    return tuple(t.to(device) for t in (x, positions, pad_mask, target))
+    return x.to(device), positions.to(device), pad_mask, target.to(device)
 
 
 def calibration_step(device: torch.device) -> Callable[[], None]:
@@ -156,49 +157,43 @@ def bench_mode(
         with torch.inference_mode(), float32_math(False):
             reference[shape.name] = ref_model(batch[0], batch[1], pad_mask=batch[2]).float()
         del ref_model
-    with float32_math(tf32_enabled(mode.amp)):
-        return _bench_mode(shape, mode, device, repeats, batch, build(widths, mode, device), amp_dtype, use_scaler,
-                           reference[shape.name], matmul_peaks)
+    with float32_math(tf32_enabled(mode.amp)):  # the arithmetic of the mode, for the timings below
+        model = build(widths, mode, device)
+        forward = torch.compile(model) if mode.compile else model
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler(device.type) if use_scaler else None
 
-
-def _bench_mode(shape: Shape, mode: Mode, device: torch.device, repeats: int, batch: tuple[torch.Tensor, ...],
-                model: torch.nn.Module, amp_dtype: torch.dtype | None, use_scaler: bool, reference: torch.Tensor,
-                matmul_peaks: dict) -> dict:
-    forward = torch.compile(model) if mode.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-
-    evaluate = eval_fn(model, batch, device, forward, amp_dtype)
-    with torch.no_grad():
-        delta = (evaluate().float() - reference).abs().max().item()
-    reset_peak_memory(device)
-    eval_s = time_fn(evaluate, device, repeats)
-    train = train_step_fn(model, optimizer, batch, device, forward, amp_dtype, scaler)
-    train_s = time_fn(train, device, repeats)
-    peak = peak_memory_mb(device)
-    with FlopCounterMode(display=False) as counter:
-        train_step_fn(model, optimizer, batch, device, amp_dtype=amp_dtype)()
-    flops = counter.get_total_flops()
-    peak_tflops = known_peak_tflops(device, mode.amp)
-    achieved = flops / train_s / 1e12
-    return {
-        "shape": shape.name,
-        "amp": mode.amp,
-        "channels_last": mode.channels_last,
-        "compile": mode.compile,
-        "train_samples_per_s": shape.b / train_s,
-        "eval_samples_per_s": shape.b / eval_s,
-        "train_step_ms": train_s * 1e3,
-        "eval_ms": eval_s * 1e3,
-        "peak_mem_mb": peak,
-        "max_abs_dlogits": delta,
-        "train_gflop": flops / 1e9,
-        "train_tflops": achieved,
-        "peak_tflops": peak_tflops,
-        "frac_of_peak": None if peak_tflops is None else achieved / peak_tflops,
-        "matmul_tflops": matmul_peaks.get(mode.amp),
-        "frac_of_matmul": achieved / matmul_peaks[mode.amp] if matmul_peaks.get(mode.amp) else None,
-    }
+        evaluate = eval_fn(model, batch, device, forward, amp_dtype)
+        with torch.no_grad():
+            delta = (evaluate().float() - reference[shape.name]).abs().max().item()
+        reset_peak_memory(device)
+        eval_s = time_fn(evaluate, device, repeats)
+        train = train_step_fn(model, optimizer, batch, device, forward, amp_dtype, scaler)
+        train_s = time_fn(train, device, repeats)
+        peak = peak_memory_mb(device)
+        with FlopCounterMode(display=False) as counter:
+            train_step_fn(model, optimizer, batch, device, amp_dtype=amp_dtype)()
+        flops = counter.get_total_flops()
+        peak_tflops = known_peak_tflops(device, mode.amp)
+        achieved = flops / train_s / 1e12
+        return {
+            "shape": shape.name,
+            "amp": mode.amp,
+            "channels_last": mode.channels_last,
+            "compile": mode.compile,
+            "train_samples_per_s": shape.b / train_s,
+            "eval_samples_per_s": shape.b / eval_s,
+            "train_step_ms": train_s * 1e3,
+            "eval_ms": eval_s * 1e3,
+            "peak_mem_mb": peak,
+            "max_abs_dlogits": delta,
+            "train_gflop": flops / 1e9,
+            "train_tflops": achieved,
+            "peak_tflops": peak_tflops,
+            "frac_of_peak": None if peak_tflops is None else achieved / peak_tflops,
+            "matmul_tflops": matmul_peaks.get(mode.amp),
+            "frac_of_matmul": achieved / matmul_peaks[mode.amp] if matmul_peaks.get(mode.amp) else None,
+        }
 
 
 def supported_amps(device: torch.device) -> list[str]:
@@ -243,11 +238,6 @@ def print_best_speedups(table: pd.DataFrame) -> None:
         print(f"  {shape}: amp={best['amp']}, channels_last={bool(best['channels_last'])}, "
               f"compile={bool(best['compile'])}: {best['train_samples_per_s']:.2f} samples/s, "
               f"{best['train_speedup']:.2f} x")
-
-
-def print_table(df: pd.DataFrame) -> None:
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        print(df.to_string(index=False))
 
 
 def run_calibration(device: torch.device, repeats: int) -> dict[str, float]:

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.bench import print_table, supported_amps
+from benchmarks.bench import supported_amps
+from benchmarks.common import SMALL_WIDTHS, print_table
 from utae.platform import platform_id, resolve_device
 from utae.results import read_json
 from utae.synthetic import make_synthetic_pastis
 from utae.train import RunConfig, run
 
 #: The short run: the default sweep's small widths on 100 patches of 32x32 (about 10 s per mode on one CPU core).
-RUN: dict = dict(epochs=10, batch_size=4, seed=0, encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32),
-                 out_conv=(16, 20), n_head=4, d_model=64, test_noise_stds=(0.0,), n_examples=0, progress=False)
+RUN: dict = dict(epochs=10, batch_size=4, seed=0, **SMALL_WIDTHS, test_noise_stds=(0.0,), n_examples=0, progress=False)
 
 
 def mode_runs(root: Path, out: Path, device: str, amps: list[str], channels_last: bool = False,

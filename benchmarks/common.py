@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from utae.classes import VOID_LABEL
 from utae.precision import autocast
+from utae.train import compute_loss
 
 #: The small widths of the synthetic default sweep (params/default.yaml).
 SMALL_WIDTHS: dict = dict(
@@ -44,6 +44,12 @@ def time_fn(
     return reduce(times)
 
 
+def print_table(df: pd.DataFrame) -> None:
+    """Print a benchmark table in full, 4 significant digits."""
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(df.to_string(index=False))
+
+
 def train_step_fn(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -53,9 +59,11 @@ def train_step_fn(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Callable[[], None]:
-    """One training step (forward, float32 cross-entropy with void ignored, backward, optimizer step).
+    """One training step as :func:`utae.train.train_one_epoch` takes it (forward, the float32 cross-entropy of
+    :func:`utae.train.compute_loss` with void ignored, backward, optimizer step).
 
-    ``batch`` is ``(x (B, T, C, H, W), positions (B, T), pad_mask (B, T), target (B, H, W))`` on ``device``;
+    ``batch`` is ``(x (B, T, C, H, W), positions (B, T), pad_mask (B, T), target (B, H, W))`` on ``device``,
+    except the pad mask, which stays on the host as in training;
     ``forward`` defaults to ``model`` (pass a compiled model to time it).
     """
     x, positions, pad_mask, target = batch
@@ -66,7 +74,8 @@ def train_step_fn(
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp_dtype):
             logits = forward(x, positions, pad_mask=pad_mask)
-        loss = F.cross_entropy(logits.float(), target, ignore_index=VOID_LABEL)
+        ce_sum, n_valid = compute_loss(logits, target)  # the training engine's loss
+        loss = ce_sum / n_valid.clamp(min=1)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
