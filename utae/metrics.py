@@ -106,19 +106,15 @@ def _confusion_matrix_torch(pred: torch.Tensor, target: torch.Tensor, n: int) ->
     p = pred.reshape(-1).to(torch.int64)
     t = target.reshape(-1).to(torch.int64)
     device = p.device
-    if device.type == "cpu":
-        for name, v in (("pred", p), ("target", t)):
-            if v.numel():
-                _check_range_host(name, int(v.min()), int(v.max()), n)
-        idx = t * n + p
-        return torch.bincount(idx, minlength=n * n).reshape(n, n)
     if device.type == "cuda" and hasattr(torch, "_assert_async"):
         ok = ((p >= 0) & (p < n) & (t >= 0) & (t < n)).all()
         torch._assert_async(ok, f"confusion_matrix: pred/target labels must lie in [0, {n})")
-    elif p.numel():
-        # Other accelerators (e.g. mps): no async assertion available, check on the host.
-        _check_range_host("pred", int(p.min()), int(p.max()), n)
-        _check_range_host("target", int(t.min()), int(t.max()), n)
+    else:  # CPU, and accelerators without an async assertion (e.g. mps): check on the host
+        for name, v in (("pred", p), ("target", t)):
+            if v.numel():
+                _check_range_host(name, int(v.min()), int(v.max()), n)
+    if device.type == "cpu":
+        return torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
     idx = (t * n + p).clamp_(0, n * n - 1)  # clamping keeps the scatter in bounds if the assert is pending
     cm = torch.zeros(n * n, dtype=torch.int64, device=device)
     cm.scatter_add_(0, idx, torch.ones_like(idx))
