@@ -524,16 +524,10 @@ class PastisDataset(Dataset):
                 f"{tpath}: spatial shape {sem.shape} differs from the image's {image.shape[2:]} ({ipath.name})"
             )
         sem = np.asarray(sem)
-        if sem.dtype.kind not in "iuf":
-            raise PastisFormatError(f"{tpath}: expected integer class labels, got dtype {sem.dtype}")
-        whole = sem.dtype.kind != "f" or bool(np.all(np.isfinite(sem)) and np.array_equal(sem, np.round(sem)))
-        if not sem.size or (whole and 0 <= sem.min() and sem.max() < N_CLASSES):
-            mask = sem.astype(np.int64)
-        else:
-            raise PastisFormatError(
-                f"{tpath}: semantic labels (channel 0) must be integers from 0 to {N_CLASSES - 1}, "
-                f"found values in [{sem.min()}, {sem.max()}]"
-            )
+        problem = _label_problem(sem, tpath)
+        if problem:
+            raise PastisFormatError(problem)
+        mask = sem.astype(np.int64)
         return {
             "image": torch.from_numpy(image),
             "dates": torch.from_numpy(np.array(offsets, dtype=np.int64)),
@@ -667,17 +661,21 @@ def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> Non
     sem = np.asarray(tgt[0] if tgt.ndim == 3 else tgt)
     if hw is not None and sem.shape != hw:
         problems.append(f"{tpath}: spatial shape {sem.shape} differs from the image's {hw}")
-    if sem.size and (
-        not np.issubdtype(sem.dtype, np.number)
-        or not np.all(np.isfinite(sem))
-        or sem.min() < 0
-        or sem.max() >= N_CLASSES
-        or (sem.dtype.kind == "f" and not np.array_equal(sem, np.round(sem)))
-    ):
-        problems.append(
-            f"{tpath}: semantic labels (channel 0) must be integers from 0 to {N_CLASSES - 1}, "
-            f"found values in [{sem.min()}, {sem.max()}]"
-        )
+    problem = _label_problem(sem, tpath)
+    if problem:
+        problems.append(problem)
+
+
+def _label_problem(sem: np.ndarray, tpath: Path) -> str | None:
+    """What is wrong with the semantic labels ``sem`` (channel 0 of ``tpath``), or None: the one rule of the
+    loader and :func:`validate` (integer, or float holding whole numbers, from 0 to 19)."""
+    if sem.dtype.kind not in "iuf":
+        return f"{tpath}: expected integer class labels, got dtype {sem.dtype}"
+    whole = sem.dtype.kind != "f" or bool(np.all(np.isfinite(sem)) and np.array_equal(sem, np.round(sem)))
+    if not sem.size or (whole and 0 <= sem.min() and sem.max() < N_CLASSES):
+        return None
+    return (f"{tpath}: semantic labels (channel 0) must be integers from 0 to {N_CLASSES - 1}, "
+            f"found values in [{sem.min()}, {sem.max()}]")
 
 
 def validate(root: str | Path) -> list[str]:
