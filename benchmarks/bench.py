@@ -63,7 +63,7 @@ SYNTHETIC = Shape("B4-T25-32px (synthetic default)", 4, 25, 32)
 
 def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """A random batch: ``x (B, T, 10, H, W)``, positions ``(B, T)``, pad mask ``(B, T)``, target ``(B, H, W)``,
-    on ``device`` but for the pad mask, which stays on the host as in training (see :func:`utae.train._to_device`)."""
+    on ``device`` but for the pad mask, which stays on the host as in training (see :func:`utae.engine.to_device`)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape.b, shape.t, 10, shape.size, shape.size, generator=g)
     positions = torch.sort(torch.randint(0, 365, (shape.b, shape.t), generator=g), dim=1).values

@@ -28,7 +28,7 @@ from utae.data import PastisDataset, pad_collate
 from utae.model import UTAE
 from utae.platform import resolve_device
 from utae.synthetic import make_synthetic_pastis
-from utae.train import _to_device
+from utae.engine import to_device
 
 #: widths of the default sweep (params/default.yaml), used on the synthetic set
 #: (name, generator arguments, model widths, (patches in quick mode, patches in full mode))
@@ -54,7 +54,7 @@ def train_step_seconds(widths: dict, batch: dict, device: torch.device, steps: i
     torch.manual_seed(0)
     model = UTAE(**widths).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    tensors = _to_device(batch, device)  # as training moves a batch (the pad mask stays on the host)
+    tensors = to_device(batch, device)  # as training moves a batch (the pad mask stays on the host)
     step = train_step_fn(model, optimizer, tensors, device)
     return time_fn(step, device, steps, warmup, reduce=statistics.median)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utae.train import HARMLESS_FIELDS, RunConfig, _config_differences, load_config_file, resolve_amp
+from utae.config import HARMLESS_FIELDS, RunConfig, config_differences, load_config_file
+from utae.precision import resolve_amp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,9 +81,9 @@ def test_fp16_on_cpu_is_rejected(root: str) -> None:
 
     with pytest.raises(ValueError, match="fp16"):
         resolve_amp("fp16", torch.device("cpu"))
-    assert resolve_amp("auto", torch.device("cpu")) is None
-    assert resolve_amp("bf16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_amp("off", torch.device("cpu")) is None
+    assert resolve_amp("auto", torch.device("cpu"))[0] is None
+    assert resolve_amp("bf16", torch.device("cpu"))[0] == torch.bfloat16
+    assert resolve_amp("off", torch.device("cpu"))[0] is None
 
 
 def test_roundtrip_and_coercion(root: str) -> None:
@@ -102,8 +103,8 @@ def test_config_differences_ignore_harmless_fields(root: str) -> None:
     cfg = RunConfig(dataset_root=root)
     assert HARMLESS_FIELDS == {"progress", "num_workers", "out_dir"}
     changed = cfg.replace(progress=False, num_workers=2, out_dir="/elsewhere")
-    assert _config_differences(cfg.to_dict(), changed) == []
-    diffs = _config_differences(cfg.to_dict(), cfg.replace(noise_std=1.0))
+    assert config_differences(cfg.to_dict(), changed) == []
+    diffs = config_differences(cfg.to_dict(), cfg.replace(noise_std=1.0))
     assert len(diffs) == 1 and diffs[0].startswith("noise_std")
 
 

@@ -19,7 +19,9 @@ import torch
 from utae.metrics import scores
 from utae.results import read_json
 from utae.synthetic import make_synthetic_pastis
-from utae.train import RunConfig, build_model, evaluate, make_datasets, make_loader
+from utae.config import RunConfig
+from utae.engine import build_model, evaluate
+from utae.loaders import make_datasets, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +72,7 @@ def test_two_process_gloo_run_equals_single_process_evaluation(ddp_run) -> None:
     assert cm_ddp.sum() == 3 * 16 * 16  # the 2 shards (1 and 2 patches) hold every test patch once
 
     # Single process, same best weights, same samples.
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     model = build_model(cfg)
     model.load_state_dict(ckpt["best_model"])
     splits = make_datasets(cfg)
@@ -95,7 +97,7 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_one(ddp_run, tmp_pat
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert "stopped after 1 epoch(s)" in first.stdout
     assert not (out / "metrics.json").exists() and len(pd.read_csv(out / "history.csv")) == 1
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert len(ckpt["rng_per_rank"]) == 2
     assert not torch.equal(ckpt["rng_per_rank"][0]["torch"], ckpt["rng_per_rank"][1]["torch"])
 
@@ -104,8 +106,8 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_one(ddp_run, tmp_pat
     timing = ["sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv").drop(columns=timing),
                                   pd.read_csv(ref_out / "history.csv").drop(columns=timing))
-    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-    ref = torch.load(ref_out / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    ref = torch.load(ref_out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(final[k], ref[k]) for k in ref), "the resumed weights differ from the uninterrupted run's"
     strip = lambda m: {k: v for k, v in m.items() if k != "timing"}  # noqa: E731
     assert strip(read_json(out / "metrics.json")) == strip(read_json(ref_out / "metrics.json"))

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-import utae.train as train_mod
+import utae.engine as engine_mod
+from utae.config import RunConfig
 from utae.results import read_json
+from utae.run import run
 from utae.synthetic import make_synthetic_pastis
-from utae.train import RunConfig, run
 
 TINY = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
             d_k=4, batch_size=2, device="cpu", progress=False, deterministic=True, epochs=3,
@@ -48,8 +49,8 @@ def _assert_same_run(out: Path, ref_out: Path, metrics: dict, ref_metrics: dict)
     assert strip(metrics) == strip(ref_metrics)
     hist, ref_hist = pd.read_csv(out / "history.csv"), pd.read_csv(ref_out / "history.csv")
     pd.testing.assert_frame_equal(hist.drop(columns=TIMING), ref_hist.drop(columns=TIMING))
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-    ref_ckpt = torch.load(ref_out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ref_ckpt = torch.load(ref_out / "checkpoint.pt", map_location="cpu", weights_only=True)
     for key, value in ref_ckpt["model"].items():
         assert torch.equal(ckpt["model"][key], value), key
 
@@ -59,7 +60,7 @@ def test_stop_after_epoch_1_then_resume(root: str, reference, tmp_path: Path) ->
     cfg = RunConfig(dataset_root=root, out_dir=str(tmp_path / "run"), **TINY)
     assert run(cfg, max_epochs_this_call=1) is None
     assert not (tmp_path / "run" / "metrics.json").exists()
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1
     _scramble_global_rngs()
     metrics = run(cfg)
@@ -70,7 +71,7 @@ def test_stop_after_epoch_1_then_resume(root: str, reference, tmp_path: Path) ->
 def test_killed_in_the_middle_of_epoch_2_then_resume(root: str, reference, tmp_path: Path, monkeypatch) -> None:
     ref_metrics, ref_out = reference
     cfg = RunConfig(dataset_root=root, out_dir=str(tmp_path / "run"), **TINY)
-    real_step = train_mod.train_one_epoch
+    real_step = engine_mod.train_one_epoch
 
     def killed_in_epoch_2(engine, loader, *, epoch, **kw):
         if epoch == 2:
@@ -78,11 +79,11 @@ def test_killed_in_the_middle_of_epoch_2_then_resume(root: str, reference, tmp_p
             raise KeyboardInterrupt
         return real_step(engine, loader, epoch=epoch, **kw)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", killed_in_epoch_2)
+    monkeypatch.setattr(engine_mod, "train_one_epoch", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
-    monkeypatch.setattr(train_mod, "train_one_epoch", real_step)
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(engine_mod, "train_one_epoch", real_step)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     _scramble_global_rngs()
     metrics = run(cfg)
     _assert_same_run(tmp_path / "run", ref_out, metrics, ref_metrics)

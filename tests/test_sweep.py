@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from utae import sweep as sw
-from utae.train import RunConfig
+from utae import config as cfg_mod
+from utae.config import RunConfig
+from utae.results import report_path, run_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,20 +41,20 @@ def test_grid_times_fixed(tmp_path, data_root):
         "fixed": {"epochs": 2, "test_noise_stds": [0.0, 1.0]},
         "grid": {"noise_std": [0.0, 0.25, 1.0], "seed": [0, 1]},
     })
-    s = sw.load_sweep(path)
+    s = cfg_mod.load_sweep(path)
     assert [p.run_id for p in s.points] == [
         "noise0-seed0", "noise0-seed1", "noise0.25-seed0", "noise0.25-seed1", "noise1-seed0", "noise1-seed1"]
     p = s.point("noise0.25-seed1")
     assert p.params == {"dataset_root": str(data_root), "epochs": 2, "test_noise_stds": [0.0, 1.0],
                         "noise_std": 0.25, "seed": 1}
     assert p.grid_values == {"noise_std": 0.25, "seed": 1}
-    assert s.name == "t" and s.timeout == sw.DEFAULT_TIMEOUT
-    with pytest.raises(sw.SweepError, match="noise0.25-seed2"):
+    assert s.name == "t" and s.timeout == cfg_mod.DEFAULT_TIMEOUT
+    with pytest.raises(cfg_mod.SweepError, match="noise0.25-seed2"):
         s.point("noise0.25-seed2")
 
 
 def test_no_grid_is_one_point(tmp_path, data_root):
-    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "epochs": 1}))
+    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "epochs": 1}))
     assert [p.run_id for p in s.points] == ["run"]
 
 
@@ -66,8 +68,8 @@ def test_unknown_parameter_is_a_clear_error(tmp_path, data_root, section):
     else:
         doc["noise_sdt"] = 1.0
     path = write_sweep(tmp_path, doc)
-    with pytest.raises(sw.SweepError) as info:
-        sw.load_sweep(path)
+    with pytest.raises(cfg_mod.SweepError) as info:
+        cfg_mod.load_sweep(path)
     text = str(info.value)
     assert "noise_sdt" in text and str(path) in text and "train_eval.ipynb" in text
     assert "noise_std" in text  # the suggestion
@@ -84,24 +86,24 @@ def test_parameter_unknown_to_the_notebook_fails_even_without_runconfig_check(tm
     nb_path = tmp_path / "nb.ipynb"
     nbformat.write(nb, nb_path)
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1]}})
-    with pytest.raises(sw.SweepError, match="unknown parameter 'seed' in grid"):
-        sw.load_sweep(path, notebook=nb_path, check_run_config=False)
+    with pytest.raises(cfg_mod.SweepError, match="unknown parameter 'seed' in grid"):
+        cfg_mod.load_sweep(path, notebook=nb_path, check_run_config=False)
 
 
 def test_notebook_without_parameters_cell(tmp_path, data_root):
     nb_path = tmp_path / "nb.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")], metadata=KERNELSPEC), nb_path)
     path = write_sweep(tmp_path, {"dataset_root": str(data_root)})
-    with pytest.raises(sw.SweepError, match="parameters"):
-        sw.load_sweep(path, notebook=nb_path)
+    with pytest.raises(cfg_mod.SweepError, match="parameters"):
+        cfg_mod.load_sweep(path, notebook=nb_path)
 
 
 def test_environment_variables(tmp_path, data_root):
     path = write_sweep(tmp_path, {"dataset_root": "${MY_DATA}", "fixed": {"epochs": 1}})
-    s = sw.load_sweep(path, env={"MY_DATA": str(data_root)})
+    s = cfg_mod.load_sweep(path, env={"MY_DATA": str(data_root)})
     assert s.points[0].params["dataset_root"] == str(data_root)
-    with pytest.raises(sw.SweepError) as info:
-        sw.load_sweep(path, env={})
+    with pytest.raises(cfg_mod.SweepError) as info:
+        cfg_mod.load_sweep(path, env={})
     assert "MY_DATA" in str(info.value) and str(path) in str(info.value)
 
 
@@ -118,36 +120,36 @@ def test_environment_variables(tmp_path, data_root):
 ])
 def test_bad_sweeps(tmp_path, data_root, doc, match):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), **doc})
-    with pytest.raises(sw.SweepError, match=match):
-        sw.load_sweep(path)
+    with pytest.raises(cfg_mod.SweepError, match=match):
+        cfg_mod.load_sweep(path)
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(sw.SweepError, match="not found"):
-        sw.load_sweep(tmp_path / "missing.yaml")
+    with pytest.raises(cfg_mod.SweepError, match="not found"):
+        cfg_mod.load_sweep(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: [unclosed\n")
-    with pytest.raises(sw.SweepError, match="bad.yaml"):
-        sw.load_sweep(bad)
+    with pytest.raises(cfg_mod.SweepError, match="bad.yaml"):
+        cfg_mod.load_sweep(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(sw.SweepError, match="mapping"):
-        sw.load_sweep(bad)
+    with pytest.raises(cfg_mod.SweepError, match="mapping"):
+        cfg_mod.load_sweep(bad)
 
 
 def test_run_ids_are_filesystem_safe():
-    assert sw.run_id_for({}) == "run"
-    assert sw.run_id_for({"fold": 2, "noise_std": 1e-3, "seed": 0}) == "fold2-noise0.001-seed0"
-    assert sw.run_id_for({"noise_space": "raw", "noise_resample": True}) == "spaceraw-resample1"
-    assert sw.run_id_for({"encoder_widths": [16, 32]}) == "enc16_32"
-    rid = sw.run_id_for({"dataset_root": "/a b/c:d"})
+    assert cfg_mod.run_id_for({}) == "run"
+    assert cfg_mod.run_id_for({"fold": 2, "noise_std": 1e-3, "seed": 0}) == "fold2-noise0.001-seed0"
+    assert cfg_mod.run_id_for({"noise_space": "raw", "noise_resample": True}) == "spaceraw-resample1"
+    assert cfg_mod.run_id_for({"encoder_widths": [16, 32]}) == "enc16_32"
+    rid = cfg_mod.run_id_for({"dataset_root": "/a b/c:d"})
     assert "/" not in rid and " " not in rid and ":" not in rid
 
 
 def test_notebook_parameters_mirror_runconfig():
     """The parameters cell of train_eval.ipynb has one variable per RunConfig field, with its default
     (dataset_root excepted: the notebook points at the synthetic dataset), plus repo_url for Colab."""
-    params = sw.notebook_parameters(sw.TRAIN_NOTEBOOK)
-    fields = sw.run_config_fields()
+    params = cfg_mod.notebook_parameters(cfg_mod.TRAIN_NOTEBOOK)
+    fields = cfg_mod.run_config_fields()
     assert set(params) == set(fields) | {"repo_url"}
     for name, default in fields.items():
         if name == "dataset_root":
@@ -160,7 +162,7 @@ def test_notebook_parameters_mirror_runconfig():
 
 @pytest.mark.parametrize("sweep_file", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
-    s = sw.load_sweep(sweep_file, env={"PASTIS_ROOT": str(tmp_path)})
+    s = cfg_mod.load_sweep(sweep_file, env={"PASTIS_ROOT": str(tmp_path)})
     assert s.points
     for point in s.points:
         params = dict(point.params)
@@ -173,7 +175,7 @@ def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
 
 
 def test_default_sweep_is_the_study_grid():
-    s = sw.load_sweep(REPO_ROOT / "params" / "default.yaml")
+    s = cfg_mod.load_sweep(REPO_ROOT / "params" / "default.yaml")
     assert len(s.grid["noise_std"]) >= 5 and len(s.grid["seed"]) >= 3
     assert Path(s.fixed["dataset_root"]) == Path("data/synthetic_pastis")
 
@@ -181,7 +183,7 @@ def test_default_sweep_is_the_study_grid():
 def test_make_targets(tmp_path, data_root):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
                                   "grid": {"noise_std": [0.0, 1.0], "seed": [0, 1, 2]}})
-    s = sw.load_sweep(path)
+    s = cfg_mod.load_sweep(path)
     text = sw.make_targets(s, results=tmp_path / "res", gpus=["0", "1"], platform="plat-x")
     for i, p in enumerate(s.points):
         report = tmp_path / "res" / "reports" / "plat-x" / f"{p.run_id}.html"
@@ -191,27 +193,27 @@ def test_make_targets(tmp_path, data_root):
     assert "utae.sweep compare" in text and "utae.sweep index" in text
     assert "utae.synthetic" not in text  # the dataset exists
     bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [1, 7]}}, name="bad.yaml")
-    with pytest.raises(sw.SweepError, match="fold7.*fold"):  # every point is checked before make runs any
-        sw.make_targets(sw.load_sweep(bad), results=tmp_path / "res", platform="p")
+    with pytest.raises(cfg_mod.SweepError, match="fold7.*fold"):  # every point is checked before make runs any
+        sw.make_targets(cfg_mod.load_sweep(bad), results=tmp_path / "res", platform="p")
 
 
 def test_make_targets_dataset_rules(tmp_path):
     synth = tmp_path / "synth"
     path = write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0]}})
-    s = sw.load_sweep(path)
+    s = cfg_mod.load_sweep(path)
     text = sw.make_targets(s, results=tmp_path / "res", platform="p", synthetic_root=synth)
     assert f"{synth}/metadata.geojson:\n\t$(PY) -m utae.synthetic {synth}" in text
     assert f"| {synth}/metadata.geojson" in text
-    with pytest.raises(sw.SweepError, match="PASTIS_ROOT"):
+    with pytest.raises(cfg_mod.SweepError, match="PASTIS_ROOT"):
         sw.make_targets(s, results=tmp_path / "res", platform="p", synthetic_root=tmp_path / "other")
-    with pytest.raises(sw.SweepError, match="makefile"):
+    with pytest.raises(cfg_mod.SweepError, match="makefile"):
         sw.make_targets(s, results=tmp_path / "with space", platform="p", synthetic_root=synth)
 
 
 def test_default_jobs(tmp_path, data_root, monkeypatch):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
                                   "grid": {"seed": [0, 1, 2, 3, 4]}})
-    s = sw.load_sweep(path)
+    s = cfg_mod.load_sweep(path)
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 4)
     assert sw.default_jobs(s) == 4  # one a core
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 16)
@@ -247,8 +249,8 @@ def _never(*args, **kwargs):
 
 
 def test_finished_point_is_skipped_without_a_kernel(tmp_path, data_root, monkeypatch):
-    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
-    run_dir, report = sw.point_paths(tmp_path / "res", "plat", "seed0")
+    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    run_dir, report = (run_path(tmp_path / "res", "plat", "seed0"), report_path(tmp_path / "res", "plat", "seed0"))
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text("{}")
     report.parent.mkdir(parents=True)
@@ -259,8 +261,8 @@ def test_finished_point_is_skipped_without_a_kernel(tmp_path, data_root, monkeyp
 
 
 def test_finished_point_without_report_is_only_rendered(tmp_path, data_root, monkeypatch):
-    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
-    run_dir, report = sw.point_paths(tmp_path / "res", "plat", "seed0")
+    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    run_dir, report = (run_path(tmp_path / "res", "plat", "seed0"), report_path(tmp_path / "res", "plat", "seed0"))
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text("{}")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A run"),
@@ -275,9 +277,9 @@ def test_finished_point_without_report_is_only_rendered(tmp_path, data_root, mon
 
 
 def test_bad_value_fails_before_any_kernel(tmp_path, data_root, monkeypatch):
-    s = sw.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}))
+    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}))
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    with pytest.raises(sw.SweepError, match="fold"):
+    with pytest.raises(cfg_mod.SweepError, match="fold"):
         sw.run_point(s, "fold9", results=tmp_path / "res", platform="plat", log=lambda m: None)
 
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import utae.engine as engine_mod
+import utae.run as run_mod
 import utae.train as train_mod
 from utae.classes import VOID_LABEL
 from utae.data import PastisDataset, pad_collate
@@ -20,21 +22,13 @@ from utae.metrics import SCORE_KEYS
 from utae.noise import NoisyDataset
 from utae.results import read_json
 from utae.synthetic import make_synthetic_pastis
-from utae.train import (
-    HISTORY_COLUMNS,
-    NonFiniteLossError,
-    RunConfig,
-    add_test_noise,
-    build_engine,
-    compute_loss,
-    evaluate,
-    is_better,
-    make_datasets,
-    make_loader,
-    run,
-    torch_settings,
-    train_one_epoch,
-)
+from utae.checkpoint import TrainState, checkpoint_dict, read_checkpoint, restore
+from utae.config import RunConfig
+from utae.engine import NonFiniteLossError, build_engine, compute_loss, evaluate, is_better, train_one_epoch
+from utae.loaders import make_datasets, make_loader
+from utae.noise import add_test_noise
+from utae.precision import torch_settings
+from utae.run import HISTORY_COLUMNS, run
 
 SIZE = 16
 TINY = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
@@ -112,7 +106,7 @@ def test_run_writes_every_file_with_valid_values(finished_run) -> None:
     assert metrics == read_json(out / "metrics.json")
     assert set(metrics) == {"run_id", "best_epoch", "epochs_completed", "n_train", "n_val", "n_test", "train",
                             "val", "test", "test_noise", "timing"}
-    assert metrics["run_id"] == "fold1_noise1_seed0"
+    assert metrics["run_id"] == "fold1-noise1-seed0"  # one run-id rule (utae.config.run_id_for)
     assert metrics["best_epoch"] in (1, 2) and metrics["epochs_completed"] == 2
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (9, 3, 3)
     best = hist.iloc[metrics["best_epoch"] - 1]
@@ -150,9 +144,9 @@ def test_run_writes_every_file_with_valid_values(finished_run) -> None:
     test_ids = PastisDataset(cfg.dataset_root, folds=(5,)).ids
     assert set(pred["patch_id"].tolist()) <= set(test_ids)
 
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["best_epoch"] == metrics["best_epoch"]
-    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert set(ckpt["rng_per_rank"][0]) >= {"python", "numpy", "torch"}
     assert len(ckpt["history"]) == 2 and ckpt["best_model"] is not None and ckpt["optimizer"]["state"]
 
 
@@ -162,8 +156,8 @@ def test_finished_run_returns_stored_metrics_without_training(finished_run, monk
     def boom(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", boom)
-    monkeypatch.setattr(train_mod, "make_datasets", boom)
+    monkeypatch.setattr(engine_mod, "train_one_epoch", boom)
+    monkeypatch.setattr(run_mod, "make_datasets", boom)
     assert run(cfg) == metrics
     assert run(cfg.replace(progress=False, num_workers=1)) == metrics  # harmless fields may differ
 
@@ -280,7 +274,7 @@ def test_shard_sampler_covers_every_sample() -> None:
 def test_nonfinite_loss_names_epoch_and_batch_and_keeps_checkpoint(tiny_root: str, tmp_path: Path,
                                                                   monkeypatch) -> None:
     cfg = tiny_config(tiny_root, tmp_path / "nan", epochs=3, train_limit=4)
-    real = train_mod.compute_loss
+    real = engine_mod.compute_loss
     calls = {"n": 0}
 
     def poisoned(logits, target):
@@ -291,10 +285,10 @@ def test_nonfinite_loss_names_epoch_and_batch_and_keeps_checkpoint(tiny_root: st
                 loss_sum = loss_sum * float("nan")
         return loss_sum, n
 
-    monkeypatch.setattr(train_mod, "compute_loss", poisoned)
+    monkeypatch.setattr(engine_mod, "compute_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match="epoch 2, batch 2"):
         run(cfg)
-    ckpt = torch.load(tmp_path / "nan" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "nan" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "nan" / "metrics.json").exists()
@@ -333,11 +327,12 @@ def test_fp16_grad_scaler_path_skips_overflowing_steps_and_checkpoints_its_scale
     train_one_epoch(engine, loader, epoch=2)
     assert engine.scaler.get_scale() == 2.0**8
     assert any(not torch.equal(before[k], v) for k, v in engine.raw.named_parameters())
-    state = train_mod.TrainState(epoch=2, history=[])
-    torch.save(train_mod._checkpoint(engine, state, cfg), tmp_path / "ckpt.pt")
+    state = TrainState(epoch=2, history=[])
+    torch.save(checkpoint_dict(engine.raw, engine.optimizer, state, cfg.to_dict(), scaler=engine.scaler),
+               tmp_path / "ckpt.pt")
     fresh = build_engine(cfg, cpu, torch.float16)
     assert fresh.scaler.get_scale() != 2.0**8
-    train_mod._load_checkpoint(tmp_path / "ckpt.pt", fresh)
+    restore(read_checkpoint(tmp_path / "ckpt.pt"), fresh.raw, fresh.optimizer, scaler=fresh.scaler)
     assert fresh.scaler.get_scale() == 2.0**8
 
 

@@ -2,7 +2,8 @@
 
 * :func:`add_noise` is the functional core: N(0, std) added to every non-padded frame of an image
   time series, padded frames returned bit-for-bit unchanged, the input never modified.
-* :func:`noise_batch` is the same on a padded batch ``(B, T, C, H, W)``, for test-time noise.
+* :func:`add_test_noise` is the test-time noise of a padded batch ``(B, T, C, H, W)``: the noise of a
+  patch depends only on ``(seed, patch_id, std)``, whatever the batch, the processes or the device.
 * :class:`NoiseSpec` describes the training augmentation: how strong (``std``), on which fraction of
   the training samples, in which space (the normalised model input, or raw reflectance x 10,000),
   fixed per sample or redrawn each epoch, and the seed.
@@ -33,6 +34,7 @@ __all__ = [
     "NOISE_SPACES",
     "add_noise",
     "noise_batch",
+    "add_test_noise",
     "normalized_std",
     "seeded_generator",
     "select_noisy",
@@ -46,6 +48,7 @@ NOISE_SPACES: tuple[str, ...] = ("normalized", "raw")
 _SELECT_STREAM = 1
 _FIXED_STREAM = 2
 _RESAMPLE_STREAM = 3
+_TEST_STREAM = 7  # keeps test-time noise independent of the training noise streams
 
 StdLike = float | Sequence[float] | np.ndarray | torch.Tensor
 ImageLike = torch.Tensor | np.ndarray
@@ -284,6 +287,27 @@ def seeded_generator(*key: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from the integer tuple ``key`` (well mixed by SeedSequence)."""
     state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def _test_generator(seed: int, patch_id: int, std: float) -> torch.Generator:
+    return seeded_generator(int(seed), _TEST_STREAM, int(patch_id), int(round(std * 1_000_000)))
+
+
+def add_test_noise(image: torch.Tensor, pad_mask: torch.Tensor, patch_ids: torch.Tensor, std: float, *,
+                   seed: int, space: str = "normalized", channel_std: Any = None) -> torch.Tensor:
+    """Test-time noise on a padded CPU batch ``image`` ``(B, T, C, H, W)`` (``pad_mask`` ``(B, T)``,
+    ``patch_ids`` ``(B,)``): a new batch with N(0, std) on every real frame; padded frames are untouched.
+
+    The noise of a patch depends only on ``(seed, patch_id, std)``: the same for the same run seed whatever
+    the batch size, the number of processes or the device. ``space="raw"`` takes ``std`` in reflectance x
+    10,000 units (needs ``channel_std``, the ``(C,)`` normalisation std).
+    """
+    if std == 0:
+        return image
+    std_n = normalized_std(std, space, channel_std)
+    ids = patch_ids.tolist()
+    return torch.stack([add_noise(image[i], std_n, pad_mask[i], generator=_test_generator(seed, pid, std))
+                        for i, pid in enumerate(ids)])
 
 
 class NoisyDataset(torch.utils.data.Dataset):

@@ -1,4 +1,5 @@
-"""Numerical precision modes: which modes a device supports, the autocast context and the float32 math.
+"""Numerical precision and torch's global settings: the amp modes a device supports, the autocast context,
+the float32 math, and deterministic algorithms (:func:`torch_settings`).
 
 Modes (``RunConfig.amp``):
 
@@ -13,18 +14,19 @@ Modes (``RunConfig.amp``):
   is rarely faster than float32.
 
 The L-TAE (softmax included) and the loss stay in float32 under autocast (see :mod:`utae.model` and
-:mod:`utae.train`).
+:mod:`utae.engine`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["AMP_MODES", "resolve_amp", "autocast", "float32_math", "tf32_enabled"]
+__all__ = ["AMP_MODES", "resolve_amp", "amp_name", "autocast", "float32_math", "tf32_enabled", "torch_settings"]
 
 AMP_MODES = ("off", "tf32", "bf16", "fp16", "auto")
 log = logging.getLogger(__name__)
@@ -97,3 +99,46 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def amp_name(dtype: torch.dtype | None, tf32: bool = False) -> str:
+    """The mode name of an autocast dtype as recorded in ``platform.json``: ``off``, ``tf32``, ``bf16``, ``fp16``."""
+    if dtype is None and tf32:
+        return "tf32"
+    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+@contextlib.contextmanager
+def torch_settings(deterministic: bool, device: torch.device | None = None) -> Iterator[None]:
+    """Deterministic algorithms (``cudnn.benchmark`` off, ``CUBLAS_WORKSPACE_CONFIG`` set) or fast ones
+    (``cudnn.benchmark`` on) for the duration of the block; the previous settings come back after.
+
+    On the CPU every operation of U-TAE has a deterministic kernel, so any other is an error
+    (``warn_only=False``). On CUDA, reflect padding and bilinear upsampling have none: ``warn_only=True``
+    keeps the run going with every deterministic kernel that exists, and says so."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if deterministic:
+            warn_only = device is not None and device.type == "cuda"
+            if warn_only:
+                log.warning("deterministic=True on %s: reflect padding and bilinear upsampling have no "
+                            "deterministic CUDA backward; every other kernel is deterministic", device)
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        else:
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.deterministic = False
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+

@@ -1,8 +1,5 @@
 """Report helpers: the tables of the notebooks, the study statistics, HTML rendering and the index page.
 
-One run (``notebooks/train_eval.ipynb``):
-    :func:`read_run` loads a run directory; :func:`config_table`, :func:`headline_table` and
-    :func:`platform_table` are the tables the notebook displays.
 The study (``notebooks/compare.ipynb``), on the DataFrames of :mod:`utae.results`:
     :func:`study_summary` (written to ``results/summary.csv``), :func:`table_one` (train accuracy and
     val IoU without and with noise, per platform), :func:`platform_vs_seed` and
@@ -33,13 +30,7 @@ import pandas as pd
 from utae.results import atomic_write_text, read_json
 
 __all__ = [
-    "RunFiles",
-    "run_config",
-    "run_dir",
-    "read_run",
-    "config_table",
-    "headline_table",
-    "platform_table",
+    "format_value",
     "config_columns",
     "run_counts",
     "platform_settings",
@@ -55,139 +46,13 @@ __all__ = [
     "write_index",
 ]
 
-# --------------------------------------------------------------------------------------------------
-# One run
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class RunFiles:
-    """The files of one run directory, loaded.
-
-    Attributes:
-        run_dir: the directory.
-        config: ``config.json``; platform: ``platform.json``; metrics: ``metrics.json``.
-        history: ``history.csv`` (one row an epoch).
-        confusion: ``confusion.npy``, ``(n_classes, n_classes)`` int64 counts of the clean test set.
-        predictions: ``predictions.npz`` as a dict (``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred``
-            ``(N, H, W)``, ``patch_id`` ``(N,)``), or None when the run wrote none.
-    """
-
-    run_dir: Path
-    config: dict[str, Any]
-    platform: dict[str, Any]
-    metrics: dict[str, Any]
-    history: pd.DataFrame
-    confusion: np.ndarray
-    predictions: dict[str, np.ndarray] | None
-
-
-def run_config(namespace: Mapping[str, Any]) -> Any:
-    """Build the :class:`utae.train.RunConfig` of a notebook from its parameters.
-
-    Args:
-        namespace: the notebook's variables (``globals()``), holding one variable per RunConfig field.
-
-    Raises:
-        ValueError: naming the fields that the namespace lacks, or RunConfig's own validation error.
-    """
-    from utae.train import RunConfig
-
-    names = [f.name for f in dataclasses.fields(RunConfig)]
-    missing = [n for n in names if n not in namespace]
-    if missing:
-        raise ValueError(f"the parameters cell lacks RunConfig field(s) {missing}")
-    return RunConfig.from_dict({n: namespace[n] for n in names})
-
-
-def run_dir(config: Any) -> Path:
-    """The run directory of a RunConfig (see :func:`utae.train.run_dir`)."""
-    from utae.train import run_dir as _run_dir
-
-    return _run_dir(config)
-
-
-def read_run(run_dir: str | os.PathLike[str]) -> RunFiles:
-    """Load the files of a finished run directory (see :class:`RunFiles`).
-
-    Raises:
-        FileNotFoundError: naming the run directory and the missing file.
-    """
-    run_dir = Path(run_dir)
-    required = ("config.json", "platform.json", "metrics.json", "history.csv", "confusion.npy")
-    missing = [name for name in required if not (run_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)} (is the run finished?)")
-    predictions = None
-    if (run_dir / "predictions.npz").is_file():
-        with np.load(run_dir / "predictions.npz") as npz:
-            predictions = {key: npz[key] for key in npz.files}
-    return RunFiles(
-        run_dir=run_dir,
-        config=read_json(run_dir / "config.json"),
-        platform=read_json(run_dir / "platform.json"),
-        metrics=read_json(run_dir / "metrics.json"),
-        history=pd.read_csv(run_dir / "history.csv"),
-        confusion=np.load(run_dir / "confusion.npy"),
-        predictions=predictions,
-    )
-
-
-def _cell(value: Any) -> str:
-    """A config value as short text for a table (lists as ``(a, b)``, floats with %g)."""
+def format_value(value: Any) -> str:
+    """A config or platform value as short text for a table (lists as ``(a, b)``, floats with %g)."""
     if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_cell(v) for v in value) + ")"
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def config_table(config: Any) -> pd.DataFrame:
-    """The parameters of a run as a two-column table (``parameter``, ``value``), in field order.
-
-    Args:
-        config: a dataclass (``RunConfig``), an object with ``to_dict()``, or a mapping.
-    """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        items = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    elif hasattr(config, "to_dict"):
-        items = dict(config.to_dict())
-    elif isinstance(config, Mapping):
-        items = dict(config)
-    else:
-        raise TypeError(f"config_table: expected a dataclass or a mapping, got {type(config).__name__}")
-    return pd.DataFrame({"parameter": list(items), "value": [_cell(v) for v in items.values()]}).set_index("parameter")
-
-
-def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """The headline scores of ``metrics.json``: rows train / val / test, columns OA, mIoU, macro F1, loss.
-
-    Train scores are those of the best epoch on the training set as seen during training (with
-    its noise); val at the best epoch; test of the best-epoch weights on the clean test set.
-    """
-    rows = {}
-    for split in ("train", "val", "test"):
-        part = metrics.get(split) or {}
-        rows[split] = {"OA": part.get("oa"), "mIoU": part.get("miou"), "macro F1": part.get("macro_f1"),
-                       "loss": part.get("loss")}
-    table = pd.DataFrame.from_dict(rows, orient="index").astype(float)
-    return table.dropna(axis=1, how="all")
-
-
-def platform_table(platform: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """The platform (``platform.json``) and the timing of ``metrics.json`` as one two-column table."""
-    rows: dict[str, Any] = {}
-    for key, value in platform.items():
-        rows[key.replace("_", " ")] = "" if value is None else _cell(value)
-    timing = (metrics or {}).get("timing") or {}
-    labels = {"sec_per_epoch": "seconds per epoch", "train_samples_per_s": "train samples/s",
-              "eval_samples_per_s": "eval samples/s", "peak_mem_mb": "peak memory (MiB)", "total_s": "total seconds"}
-    for key, value in timing.items():
-        rows[labels.get(key, key.replace("_", " "))] = "" if value is None else f"{float(value):.4g}"
-    for key in ("epochs_completed", "best_epoch", "n_train", "n_val", "n_test"):
-        if metrics and key in metrics:
-            rows[key.replace("_", " ")] = _cell(metrics[key])
-    return pd.DataFrame({"item": list(rows), "value": list(rows.values())}).set_index("item")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +112,7 @@ def platform_settings(runs: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("platform_settings: no runs")
 
     def values(series: pd.Series) -> str:
-        seen = sorted({_cell(v) for v in series if isinstance(v, (list, tuple)) or not pd.isna(v)})
+        seen = sorted({format_value(v) for v in series if isinstance(v, (list, tuple)) or not pd.isna(v)})
         return ", ".join(seen)
 
     if "plat_device_kind" in runs.columns:  # float32 on a CPU is IEEE (runs older than the field lack it)
@@ -631,7 +496,7 @@ def write_index(results_dir: str | os.PathLike[str] = "results", title: str = "U
                     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
                 except (OSError, ValueError):
                     m, cfg = {}, {}
-                cells = [_cell(cfg.get("noise_std", "")), _cell(cfg.get("seed", "")),
+                cells = [format_value(cfg.get("noise_std", "")), format_value(cfg.get("seed", "")),
                          _fmt((m.get("test") or {}).get("miou")), _fmt((m.get("test") or {}).get("oa")),
                          _fmt((m.get("timing") or {}).get("sec_per_epoch"), 2)]
             href = f"{plat_dir.name}/{page.name}"

@@ -23,18 +23,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
+    "run_path",
+    "report_path",
+    "RunFiles",
+    "read_run",
+    "atomic_savez",
     "atomic_write_text",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -121,9 +128,13 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous version is kept" if dest.exists() else "nothing was written"
+            raise OSError(exc.errno, f"{dest}: disk full ({exc.strerror}); {kept}. Free some space and run "
+                          "again: the run resumes from its last checkpoint") from exc
         raise
     _fsync_dir(dest.parent)
     return dest
@@ -196,10 +207,20 @@ def atomic_save_npy(path: PathLike, arr: Any) -> Path:
 
 
 def atomic_torch_save(path: PathLike, obj: Any) -> Path:
-    """Atomically ``torch.save`` ``obj`` (e.g. a checkpoint dict) to ``path``."""
+    """Atomically ``torch.save`` ``obj`` (e.g. a checkpoint dict) to ``path``. The bytes are made in memory
+    first, so that a failing write (a full disk) is an OSError that names the file."""
     import torch
 
-    return _atomic_write(path, lambda fh: torch.save(obj, fh))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_savez(path: PathLike, arrays: Mapping[str, Any]) -> Path:
+    """Atomically ``np.savez_compressed`` the named arrays to ``path`` (no pickling)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_csv(path: PathLike, frame: pd.DataFrame) -> Path:
@@ -227,6 +248,69 @@ def read_json(path: PathLike) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
+# One run: where it lives, its files
+# --------------------------------------------------------------------------------------------------
+
+
+def run_path(results: str | os.PathLike[str], platform: str, run_id: str) -> Path:
+    """The run directory of ``run_id`` on ``platform``: ``<results>/runs/<platform>/<run_id>``."""
+    return Path(results) / "runs" / platform / run_id
+
+
+def report_path(results: str | os.PathLike[str], platform: str, run_id: str) -> Path:
+    """The HTML report of a run: ``<results>/reports/<platform>/<run_id>.html``."""
+    return Path(results) / "reports" / platform / f"{run_id}.html"
+
+
+@dataclasses.dataclass
+class RunFiles:
+    """The files of one run directory, loaded.
+
+    Attributes:
+        run_dir: the directory.
+        config: ``config.json``; platform: ``platform.json``; metrics: ``metrics.json``.
+        history: ``history.csv`` (one row an epoch).
+        confusion: ``confusion.npy``, ``(n_classes, n_classes)`` int64 counts of the clean test set.
+        predictions: ``predictions.npz`` as a dict (``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred``
+            ``(N, H, W)``, ``patch_id`` ``(N,)``), or None when the run wrote none.
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    platform: dict[str, Any]
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    confusion: np.ndarray
+    predictions: dict[str, np.ndarray] | None
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> RunFiles:
+    """Load the files of a finished run directory (see :class:`RunFiles`).
+
+    Raises:
+        FileNotFoundError: naming the run directory and the missing file.
+    """
+    run_dir = Path(run_dir)
+    required = ("config.json", "platform.json", "metrics.json", "history.csv", "confusion.npy")
+    missing = [name for name in required if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)} (is the run finished?)")
+    predictions = None
+    if (run_dir / "predictions.npz").is_file():
+        with np.load(run_dir / "predictions.npz") as npz:
+            predictions = {key: npz[key] for key in npz.files}
+    return RunFiles(
+        run_dir=run_dir,
+        config=read_json(run_dir / "config.json"),
+        platform=read_json(run_dir / "platform.json"),
+        metrics=read_json(run_dir / "metrics.json"),
+        history=pd.read_csv(run_dir / "history.csv"),
+        confusion=np.load(run_dir / "confusion.npy"),
+        predictions=predictions,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Loaders
 # --------------------------------------------------------------------------------------------------
 
@@ -241,10 +325,10 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def _cell(value: Any) -> Any:
+def _frame_cell(value: Any) -> Any:
     """A config/platform field as a DataFrame cell: lists -> tuples (hashable), dicts -> JSON text."""
     if isinstance(value, list):
-        return tuple(_cell(v) for v in value)
+        return tuple(_frame_cell(v) for v in value)
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return value
@@ -253,7 +337,7 @@ def _cell(value: Any) -> Any:
 def _prefixed(mapping: Any, prefix: str, file: Path) -> dict[str, Any]:
     if not isinstance(mapping, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(mapping).__name__}")
-    return {f"{prefix}{key}": _cell(value) for key, value in mapping.items()}
+    return {f"{prefix}{key}": _frame_cell(value) for key, value in mapping.items()}
 
 
 def _check_root(root: PathLike) -> Path | None:

@@ -49,20 +49,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from utae.config import (
+    COMPARE_NOTEBOOK,
+    DEFAULT_TIMEOUT,
+    REPO_ROOT,
+    Sweep,
+    SweepError,
+    load_sweep,
+    run_config_fields,
+)
+from utae.results import report_path, run_path
+
 __all__ = [
-    "SweepError",
-    "SweepPoint",
-    "Sweep",
-    "REPO_ROOT",
-    "TRAIN_NOTEBOOK",
-    "COMPARE_NOTEBOOK",
-    "expand_env",
-    "notebook_parameters",
-    "run_config_fields",
-    "run_id_for",
-    "load_sweep",
     "detect_platform",
-    "point_paths",
     "execute_notebook",
     "run_point",
     "run_compare",
@@ -72,236 +71,7 @@ __all__ = [
     "main",
 ]
 
-REPO_ROOT: Path = Path(__file__).resolve().parent.parent
-"""The repository root: notebooks run with it as their working directory."""
-TRAIN_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "train_eval.ipynb"
-COMPARE_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "compare.ipynb"
 KERNEL_NAME = "python3"
-DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long real-PASTIS training
-_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid"})
-_SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
-_ID_PREFIX = {"noise_std": "noise", "noise_fraction": "frac", "noise_space": "space", "noise_resample": "resample",
-              "batch_size": "bs", "encoder_widths": "enc", "decoder_widths": "dec"}
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class SweepError(ValueError):
-    """A sweep file or a sweep point that cannot be used; the message names the file and the key."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepPoint:
-    """One run of a sweep: its ``run_id`` and the notebook parameters (RunConfig fields, no out_dir)."""
-
-    run_id: str
-    params: dict[str, Any]
-    grid_values: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-    """A loaded sweep file (see the module docstring)."""
-
-    path: Path
-    name: str
-    description: str
-    notebook: Path
-    timeout: int
-    fixed: dict[str, Any]
-    grid: dict[str, list[Any]]
-    points: tuple[SweepPoint, ...]
-
-    def point(self, run_id: str) -> SweepPoint:
-        """The point named ``run_id``; a SweepError lists the known ids otherwise."""
-        for p in self.points:
-            if p.run_id == run_id:
-                return p
-        close = difflib.get_close_matches(run_id, [p.run_id for p in self.points], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SweepError(f"{self.path}: no point {run_id!r}{hint}; points: {', '.join(p.run_id for p in self.points)}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading and validating
-# --------------------------------------------------------------------------------------------------
-
-
-def expand_env(value: Any, env: Mapping[str, str], source: str | os.PathLike[str]) -> Any:
-    """``value`` with every ``${VAR}`` in its strings replaced from ``env`` (recursing into lists and dicts).
-
-    Raises:
-        SweepError: naming the variable and ``source`` when a variable is unset or empty.
-    """
-    if isinstance(value, str):
-        def repl(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if not env.get(name):
-                raise SweepError(f"{source}: environment variable {name} is not set (used in {value!r}); "
-                                 f"set it, e.g. `make reproduce SWEEP={source} {name}=/path/to/data`")
-            return env[name]
-        return _ENV_RE.sub(repl, value)
-    if isinstance(value, list):
-        return [expand_env(v, env, source) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_env(v, env, source) for k, v in value.items()}
-    return value
-
-
-def notebook_parameters(notebook: str | os.PathLike[str] = TRAIN_NOTEBOOK) -> dict[str, Any]:
-    """The parameters defined by the cell tagged ``parameters`` of ``notebook``, with their defaults.
-
-    Raises:
-        SweepError: when the notebook is missing or has no parameters cell.
-    """
-    import papermill
-
-    notebook = Path(notebook)
-    if not notebook.is_file():
-        raise SweepError(f"notebook {notebook} not found")
-    try:
-        params = papermill.inspect_notebook(str(notebook))
-    except (ValueError, OSError) as exc:
-        raise SweepError(f"cannot read the parameters cell of {notebook}: {exc}") from exc
-    if not params:
-        raise SweepError(f"{notebook} has no cell tagged 'parameters' (or it defines nothing)")
-    import ast
-
-    out = {}
-    for name, info in params.items():
-        default = info.get("default")
-        try:
-            out[name] = ast.literal_eval(default) if isinstance(default, str) else default
-        except (ValueError, SyntaxError):
-            out[name] = default
-    return out
-
-
-def run_config_fields() -> dict[str, Any]:
-    """The fields of :class:`utae.train.RunConfig` with their defaults (tuples for sequences)."""
-    from utae.train import RunConfig
-
-    out = {}
-    for f in dataclasses.fields(RunConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-        else:
-            out[f.name] = None
-    return out
-
-
-def _id_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "_".join(_id_value(v) for v in value)
-    return re.sub(r"[^A-Za-z0-9.+]+", "_", str(value)).strip("_") or "none"
-
-
-def run_id_for(grid_values: Mapping[str, Any]) -> str:
-    """A filesystem-safe run id from the grid values, in order: ``{"noise_std": 0.5, "seed": 1}`` ->
-    ``"noise0.5-seed1"``; no grid -> ``"run"``."""
-    parts = [f"{_ID_PREFIX.get(k, k.replace('_', ''))}{_id_value(v)}" for k, v in grid_values.items()]
-    return "-".join(parts) or "run"
-
-
-def _unknown_key_error(path: Path, section: str, key: str, valid: Sequence[str], notebook: Path) -> SweepError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return SweepError(f"{path}: unknown parameter {key!r} in {section}: the parameters cell of {notebook} "
-                      f"(and RunConfig) define no such name.{hint} Valid names: {', '.join(sorted(valid))}")
-
-
-def load_sweep(
-    path: str | os.PathLike[str],
-    env: Mapping[str, str] | None = None,
-    notebook: str | os.PathLike[str] | None = None,
-    check_run_config: bool = True,
-) -> Sweep:
-    """Read, expand and validate a sweep file (see the module docstring).
-
-    Args:
-        path: the YAML file.
-        env: the environment for ``${VAR}`` (default ``os.environ``).
-        notebook: the run notebook whose parameters cell the keys are checked against (default the
-            sweep's ``notebook`` key, else ``notebooks/train_eval.ipynb``).
-        check_run_config: also check the keys against :class:`utae.train.RunConfig` (imports torch).
-
-    Raises:
-        SweepError: unreadable file, unknown or misplaced key, empty grid list, duplicate run ids,
-            unset environment variable; the message names the file and the key.
-    """
-    import yaml
-
-    path = Path(path)
-    env = os.environ if env is None else env
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"sweep file {path} not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise SweepError(f"{path}: a sweep file must be a YAML mapping (fixed:, grid:), got {type(doc).__name__}")
-    nb_path = Path(notebook) if notebook is not None else Path(doc.get("notebook") or TRAIN_NOTEBOOK)
-    if not nb_path.is_absolute() and not nb_path.is_file():
-        nb_path = REPO_ROOT / nb_path
-    nb_params = notebook_parameters(nb_path)
-    valid = set(nb_params)
-    if check_run_config:
-        valid &= set(run_config_fields())
-
-    fixed_raw = doc.get("fixed") or {}
-    grid_raw = doc.get("grid") or {}
-    if not isinstance(fixed_raw, dict):
-        raise SweepError(f"{path}: 'fixed' must be a mapping of parameter: value, got {type(fixed_raw).__name__}")
-    if not isinstance(grid_raw, dict):
-        raise SweepError(f"{path}: 'grid' must be a mapping of parameter: [values], got {type(grid_raw).__name__}")
-    fixed: dict[str, Any] = {}
-    for key, value in doc.items():  # top-level RunConfig fields are fixed values
-        if key in _META_KEYS:
-            continue
-        if key not in valid:
-            raise _unknown_key_error(path, "the top level", str(key), sorted(valid | _META_KEYS), nb_path)
-        fixed[key] = value
-    for key, value in fixed_raw.items():
-        if key not in valid:
-            raise _unknown_key_error(path, "fixed", str(key), sorted(valid), nb_path)
-        if key in fixed:
-            raise SweepError(f"{path}: {key!r} is given both at the top level and in fixed")
-        fixed[key] = value
-    grid: dict[str, list[Any]] = {}
-    for key, values in grid_raw.items():
-        if key not in valid:
-            raise _unknown_key_error(path, "grid", str(key), sorted(valid), nb_path)
-        if key in fixed:
-            raise SweepError(f"{path}: {key!r} is both fixed and in the grid; keep one")
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
-        grid[key] = values
-    for key in _SET_BY_SWEEP:
-        if key in fixed or key in grid:
-            raise SweepError(f"{path}: {key!r} is set by the sweep (results/runs/<platform>/<run_id>); remove it")
-    fixed = expand_env(fixed, env, path)
-    grid = expand_env(grid, env, path)
-
-    timeout = doc.get("timeout", DEFAULT_TIMEOUT)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
-    points = []
-    seen: dict[str, dict[str, Any]] = {}
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo))
-        run_id = run_id_for(values)
-        if run_id in seen:
-            raise SweepError(f"{path}: grid points {seen[run_id]} and {values} both get run_id {run_id!r}")
-        seen[run_id] = values
-        points.append(SweepPoint(run_id=run_id, params={**fixed, **values}, grid_values=values))
-    return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
-                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,13 +87,6 @@ def detect_platform(device: str = "auto") -> str:
         return platform_id(resolve_device(device))
     except ValueError as exc:
         raise SweepError(f"device {device!r}: {exc}") from exc
-
-
-def point_paths(results: str | os.PathLike[str], platform: str, run_id: str) -> tuple[Path, Path]:
-    """``(run_dir, report_html)`` of a point: ``<results>/runs/<platform>/<run_id>`` and
-    ``<results>/reports/<platform>/<run_id>.html``."""
-    results = Path(results)
-    return results / "runs" / platform / run_id, results / "reports" / platform / f"{run_id}.html"
 
 
 def _from_repo(path: Path) -> str:
@@ -439,7 +202,7 @@ def run_point(
     point = sweep.point(run_id)
     if platform is None:
         platform = detect_platform(str(point.params.get("device", "auto")))
-    run_dir, report = point_paths(results, platform, run_id)
+    run_dir, report = run_path(results, platform, run_id), report_path(results, platform, run_id)
     executed = run_dir / "run.ipynb"
     if (run_dir / "metrics.json").is_file() and report.is_file():
         log(f"[sweep] {platform}/{run_id}: finished, skipped")
@@ -469,7 +232,7 @@ def run_point(
 
 def _check_config(sweep: Sweep, run_id: str, params: Mapping[str, Any]) -> None:
     """Build the RunConfig of a point before starting a kernel, so that a bad value fails early and clearly."""
-    from utae.train import RunConfig
+    from utae.config import RunConfig
 
     fields = run_config_fields()
     try:
@@ -502,7 +265,7 @@ def render_reports(results: str | os.PathLike[str] = "results", force: bool = Fa
     done = []
     for executed in sorted((results / "runs").glob("*/*/run.ipynb")):
         run_dir = executed.parent
-        report = point_paths(results, run_dir.parent.name, run_dir.name)[1]
+        report = report_path(results, run_dir.parent.name, run_dir.name)
         if force or not report.is_file() or report.stat().st_mtime < executed.stat().st_mtime:
             done.append(render_notebook_html(executed, report, index_href="../index.html"))
     log(f"[sweep] {len(done)} run report(s) rendered")
@@ -577,7 +340,7 @@ def make_targets(
             if device not in platforms:
                 platforms[device] = detect_platform(device)
             plat = platforms[device]
-        _, report = point_paths(results, plat, point.run_id)
+        report = report_path(results, plat, point.run_id)
         order_only = ""
         root = point.params.get("dataset_root")
         check = dict(point.params)

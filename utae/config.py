@@ -1,0 +1,592 @@
+"""The configuration of a run (:class:`RunConfig`) and the one reader of ``params/*.yaml``.
+
+A run is defined by one validated dataclass, :class:`RunConfig` (one field per parameter of
+``notebooks/train_eval.ipynb``). Files are read by one reader, :func:`load_sweep`; :func:`load_config_file`
+(the command line's ``--config``) is one point of a sweep. A sweep file is a YAML mapping::
+
+    name: default                  # optional label (default: the file's stem)
+    description: ...               # optional
+    dataset_root: ${PASTIS_ROOT}   # any RunConfig field at the top level is a fixed value
+    fixed:                         # fixed values of RunConfig fields, the same for every point
+      epochs: 8
+      test_noise_stds: [0.0, 0.5, 1.0]
+    grid:                          # lists of values; the points are their Cartesian product
+      noise_std: [0.0, 0.25, 0.5]
+      seed: [0, 1, 2]
+    timeout: 3600                  # optional: papermill's execution timeout per cell, in seconds
+
+A file with neither ``fixed`` nor ``grid`` is a single run: every top-level key is a field. ``${VAR}`` in a
+string is replaced by the environment variable ``VAR`` (an unset one is an error that names it and the file).
+Every key of ``fixed`` and ``grid`` must be a parameter of the parameters cell of the sweep's notebook and a
+RunConfig field; ``out_dir`` and ``run_id`` are set by the sweep. Numbers are read as people type them:
+``1e-3`` is a float (plain YAML 1.1 reads it as a string).
+
+Run ids have one rule, :func:`run_id_for`: the grid values in grid order, e.g. ``noise0.5-seed1``; a run
+outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import itertools
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from utae.checks import is_int, is_number
+from utae.classes import N_CLASSES
+
+__all__ = [
+    "RunConfig",
+    "HARMLESS_FIELDS",
+    "LR_SCHEDULES",
+    "config_differences",
+    "read_yaml",
+    "SweepError",
+    "SweepPoint",
+    "Sweep",
+    "REPO_ROOT",
+    "TRAIN_NOTEBOOK",
+    "COMPARE_NOTEBOOK",
+    "expand_env",
+    "notebook_parameters",
+    "run_config_fields",
+    "run_id_for",
+    "load_sweep",
+    "load_config_file",
+]
+
+REPO_ROOT: Path = Path(__file__).resolve().parent.parent
+"""The repository root: notebooks run with it as their working directory."""
+TRAIN_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "train_eval.ipynb"
+COMPARE_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "compare.ipynb"
+DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long real-PASTIS training
+#: Fields that may differ between a stored run's config.json and a new config for the same run directory.
+HARMLESS_FIELDS: frozenset[str] = frozenset({"progress", "num_workers", "out_dir"})
+#: The learning-rate schedules of ``RunConfig.lr_schedule`` (see :func:`utae.engine.make_scheduler`).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "onecycle")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid"})
+_SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
+_ID_PREFIX = {"noise_std": "noise", "noise_fraction": "frac", "noise_space": "space", "noise_resample": "resample",
+              "batch_size": "bs", "encoder_widths": "enc", "decoder_widths": "dec"}
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# --------------------------------------------------------------------------------------------------
+# RunConfig
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; validated on creation (a ``ValueError`` names the bad field).
+
+    Attributes:
+        dataset_root: PASTIS-format dataset folder (required; ``$VAR`` / ``${VAR}`` are expanded).
+        fold: fold rotation 1 to 5 (``utae.data.FOLD_ROTATIONS[fold - 1]`` = train, val, test folds).
+        epochs, batch_size, lr, seed: training length, batch size, Adam learning rate, seed of everything
+            (weights, shuffling, subsets, noise).
+        lr_schedule, lr_warmup: the per-batch learning-rate schedule: ``"constant"``, ``"cosine"`` (linear
+            warm-up over the ``lr_warmup`` fraction of the steps, then cosine decay to 0) or ``"onecycle"``
+            (``torch.optim.lr_scheduler.OneCycleLR`` peaking at ``lr`` after ``lr_warmup``; 0 means 0.3).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        encoder_widths, decoder_widths, out_conv, n_head, d_model, d_k: the U-TAE widths (``out_conv[-1]``
+            is the number of classes, 20).
+        noise_std, noise_fraction, noise_space, noise_resample: the training noise: N(0, noise_std) on a
+            seeded ``noise_fraction`` of the training samples, in the ``"normalized"`` input or in ``"raw"``
+            reflectance x 10,000 units, the same every epoch or fresh each epoch.
+        test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
+        train_limit, val_limit, test_limit: size of a seeded random subset of each split (None: all).
+        deterministic: deterministic algorithms (``warn_only=False``); False turns ``cudnn.benchmark`` on.
+        amp: ``"off"`` (IEEE float32, no TensorFloat-32), ``"tf32"`` (Ampere+ GPUs), ``"bf16"``, ``"fp16"``
+            (CUDA only, with a grad scaler) or ``"auto"``; see :mod:`utae.precision`.
+        channels_last, compile: channels-last memory format; ``torch.compile``.
+        num_workers: DataLoader worker processes.
+        out_dir: the run directory (None: ``results/runs/<platform>/<run_id>``).
+        progress: tqdm progress bars.
+        run_id: label of the run (None: derived from fold, noise_std and seed).
+        n_examples: number of test patches saved in predictions.npz.
+    """
+
+    dataset_root: str | None = None
+    fold: int = 1
+    epochs: int = 15
+    batch_size: int = 2
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_warmup: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    encoder_widths: tuple[int, ...] = (64, 64, 64, 128)
+    decoder_widths: tuple[int, ...] = (32, 32, 64, 128)
+    out_conv: tuple[int, ...] = (32, 20)
+    n_head: int = 16
+    d_model: int = 256
+    d_k: int = 4
+    noise_std: float = 0.0
+    noise_fraction: float = 0.25
+    noise_space: str = "normalized"
+    noise_resample: bool = False
+    test_noise_stds: tuple[float, ...] = (0.0,)
+    train_limit: int | None = None
+    val_limit: int | None = None
+    test_limit: int | None = None
+    deterministic: bool = True
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 0
+    out_dir: str | None = None
+    progress: bool = True
+    run_id: str | None = None
+    n_examples: int = 4
+
+    # -- validation --------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self._check_dataset_root()
+        self._check_ints()
+        self._check_floats()
+        self._check_widths()
+        self._check_choices()
+        self._check_flags()
+        for name in ("out_dir", "run_id"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, os.PathLike):
+                    value = os.fspath(value)
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+                setattr(self, name, value)
+        if self.run_id is not None and ("/" in self.run_id or "\\" in self.run_id):
+            raise ValueError(f"run_id must not contain a path separator, got {self.run_id!r}")
+
+    def _check_dataset_root(self) -> None:
+        root = self.dataset_root
+        if root is None or (isinstance(root, str) and not root.strip()):
+            raise ValueError("dataset_root is missing: give the folder of a PASTIS-format dataset")
+        if not isinstance(root, (str, os.PathLike)):
+            raise ValueError(f"dataset_root must be a path, got {type(root).__name__} {root!r}")
+        expanded = os.path.expanduser(os.path.expandvars(os.fspath(root)))
+        unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+        if unset:
+            raise ValueError(f"dataset_root {os.fspath(root)!r} uses environment variable(s) {unset} that are not set")
+        if not Path(expanded).is_dir():
+            raise ValueError(f"dataset_root {expanded!r} is missing: no such directory")
+        self.dataset_root = expanded
+
+    def _check_ints(self) -> None:
+        bounds = {"fold": (1, 5), "epochs": (1, None), "batch_size": (1, None), "seed": (0, None),
+                  "n_head": (1, None), "d_model": (1, None), "d_k": (1, None), "num_workers": (0, None),
+                  "n_examples": (0, None)}
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if not is_int(value):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+            if value < lo or (hi is not None and value > hi):
+                span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+                raise ValueError(f"{name} must be {span}, got {value}")
+            setattr(self, name, int(value))
+        for name in ("train_limit", "val_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None:
+                if not is_int(value) or value < 1:
+                    raise ValueError(f"{name} must be None (the whole split) or an int >= 1, got {value!r}")
+                setattr(self, name, int(value))
+
+    def _check_floats(self) -> None:
+        for name in ("lr", "lr_warmup", "noise_std", "noise_fraction"):
+            value = getattr(self, name)
+            if not is_number(value) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            setattr(self, name, float(value))
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.lr_warmup < 1.0:
+            raise ValueError(f"lr_warmup must lie in [0, 1) (a fraction of the training steps), got {self.lr_warmup}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0 (a standard deviation), got {self.noise_std}")
+        if not 0.0 <= self.noise_fraction <= 1.0:
+            raise ValueError(f"noise_fraction must lie in [0, 1], got {self.noise_fraction}")
+        stds = self.test_noise_stds
+        if is_number(stds):
+            stds = (stds,)
+        if isinstance(stds, (str, bytes)) or not isinstance(stds, Sequence) or len(stds) == 0:
+            raise ValueError(f"test_noise_stds must be a non-empty list of numbers >= 0, got {self.test_noise_stds!r}")
+        for s in stds:
+            if not is_number(s) or not math.isfinite(s) or s < 0:
+                raise ValueError(f"test_noise_stds must hold finite numbers >= 0, got {s!r} in {self.test_noise_stds!r}")
+        self.test_noise_stds = tuple(float(s) for s in stds)
+        if len(set(self.test_noise_stds)) != len(self.test_noise_stds):
+            raise ValueError(f"test_noise_stds has duplicates: {self.test_noise_stds}")
+
+    def _check_widths(self) -> None:
+        for name in ("encoder_widths", "decoder_widths", "out_conv"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+                raise ValueError(f"{name} must be a non-empty list of ints, got {value!r}")
+            if not all(is_int(v) and v >= 1 for v in value):
+                raise ValueError(f"{name} must hold ints >= 1, got {value!r}")
+            setattr(self, name, tuple(int(v) for v in value))
+        if len(self.encoder_widths) < 2:
+            raise ValueError(f"encoder_widths needs at least 2 stages, got {self.encoder_widths}")
+        if len(self.decoder_widths) != len(self.encoder_widths):
+            raise ValueError(f"decoder_widths {self.decoder_widths} must have as many stages as encoder_widths "
+                             f"{self.encoder_widths}")
+        if self.decoder_widths[-1] != self.encoder_widths[-1]:
+            raise ValueError(f"decoder_widths[-1] ({self.decoder_widths[-1]}) must equal encoder_widths[-1] "
+                             f"({self.encoder_widths[-1]})")
+        if len(self.out_conv) != 2 or self.out_conv[-1] != N_CLASSES:
+            raise ValueError(f"out_conv must be (hidden width, {N_CLASSES}), got {self.out_conv}")
+        if any(w % self.n_head for w in self.encoder_widths):
+            raise ValueError(f"n_head ({self.n_head}) must divide every encoder width {self.encoder_widths}")
+
+    def _check_choices(self) -> None:
+        # Imported here: reading a sweep file needs no torch (each point of `make reproduce` starts faster).
+        import torch
+
+        from utae.noise import NOISE_SPACES
+        from utae.precision import AMP_MODES, resolve_amp
+
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r} (unknown device)")
+        if self.noise_space not in NOISE_SPACES:
+            raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {self.noise_space!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.device == "cpu" and self.amp != "auto":  # GPU-only modes fail here already ("auto" never fails;
+            resolve_amp(self.amp, torch.device("cpu"))  # a GPU's own modes are known at run time)
+
+    def _check_flags(self) -> None:
+        for name in ("noise_resample", "deterministic", "channels_last", "compile", "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            setattr(self, name, bool(value))
+
+    # -- conversion --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        """Build from a mapping of field values; an unknown key raises a ValueError that names it."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a run config must be a mapping of field values, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown RunConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A validated copy with some fields changed."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def default_run_id(self) -> str:
+        """``run_id`` if set, else :func:`run_id_for` of fold, noise_std and seed (``fold1-noise0.5-seed0``)."""
+        return self.run_id or run_id_for({"fold": self.fold, "noise_std": self.noise_std, "seed": self.seed})
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "RunConfig":
+        """Build the RunConfig of a notebook from its parameters (``globals()``, one variable per field).
+
+        Raises:
+            ValueError: naming the fields that the namespace lacks, or RunConfig's own validation error.
+        """
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in namespace]
+        if missing:
+            raise ValueError(f"the parameters cell lacks RunConfig field(s) {missing}")
+        return cls.from_dict({n: namespace[n] for n in names})
+
+
+def config_differences(stored: Mapping[str, Any], config: RunConfig) -> list[str]:
+    """The non-harmless fields whose values differ between a stored config.json and ``config``."""
+    try:
+        stored_cfg = RunConfig.from_dict(stored).to_dict()
+    except (TypeError, ValueError):
+        stored_cfg = dict(stored)
+    new = config.to_dict()
+    keys = sorted((set(stored_cfg) | set(new)) - HARMLESS_FIELDS)
+    return [f"{k}: stored {stored_cfg.get(k, '<absent>')!r} != new {new.get(k, '<absent>')!r}"
+            for k in keys if stored_cfg.get(k, "<absent>") != new.get(k, "<absent>")]
+
+# --------------------------------------------------------------------------------------------------
+# YAML: one loader for sweep files and --set values
+# --------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (no python objects) that also reads ``1e-3`` and ``1E5`` as floats: YAML 1.1
+    needs a dot in the mantissa (``1.0e-3``), which is not how people type numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text safely (no code runs), reading ``1e-3`` as a float."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweep files
+# --------------------------------------------------------------------------------------------------
+
+
+class SweepError(ValueError):
+    """A sweep file or a sweep point that cannot be used; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep: its ``run_id`` and the notebook parameters (RunConfig fields, no out_dir)."""
+
+    run_id: str
+    params: dict[str, Any]
+    grid_values: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A loaded sweep file (see the module docstring)."""
+
+    path: Path
+    name: str
+    description: str
+    notebook: Path
+    timeout: int
+    fixed: dict[str, Any]
+    grid: dict[str, list[Any]]
+    points: tuple[SweepPoint, ...]
+
+    def point(self, run_id: str) -> SweepPoint:
+        """The point named ``run_id``; a SweepError lists the known ids otherwise."""
+        for p in self.points:
+            if p.run_id == run_id:
+                return p
+        close = difflib.get_close_matches(run_id, [p.run_id for p in self.points], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SweepError(f"{self.path}: no point {run_id!r}{hint}; points: {', '.join(p.run_id for p in self.points)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validating
+# --------------------------------------------------------------------------------------------------
+
+
+def expand_env(value: Any, env: Mapping[str, str], source: str | os.PathLike[str]) -> Any:
+    """``value`` with every ``${VAR}`` in its strings replaced from ``env`` (recursing into lists and dicts).
+
+    Raises:
+        SweepError: naming the variable and ``source`` when a variable is unset or empty.
+    """
+    if isinstance(value, str):
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not env.get(name):
+                raise SweepError(f"{source}: environment variable {name} is not set (used in {value!r}); "
+                                 f"set it, e.g. `make reproduce SWEEP={source} {name}=/path/to/data`")
+            return env[name]
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, list):
+        return [expand_env(v, env, source) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, source) for k, v in value.items()}
+    return value
+
+
+def notebook_parameters(notebook: str | os.PathLike[str] = TRAIN_NOTEBOOK) -> dict[str, Any]:
+    """The parameters defined by the cell tagged ``parameters`` of ``notebook``, with their defaults.
+
+    Raises:
+        SweepError: when the notebook is missing or has no parameters cell.
+    """
+    import papermill  # imported here: it is slow to import, and only sweeps need it
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise SweepError(f"notebook {notebook} not found")
+    try:
+        params = papermill.inspect_notebook(str(notebook))
+    except (ValueError, OSError) as exc:
+        raise SweepError(f"cannot read the parameters cell of {notebook}: {exc}") from exc
+    if not params:
+        raise SweepError(f"{notebook} has no cell tagged 'parameters' (or it defines nothing)")
+    out = {}
+    for name, info in params.items():
+        default = info.get("default")
+        try:
+            out[name] = ast.literal_eval(default) if isinstance(default, str) else default
+        except (ValueError, SyntaxError):
+            out[name] = default
+    return out
+
+
+def run_config_fields() -> dict[str, Any]:
+    """The fields of :class:`utae.train.RunConfig` with their defaults (tuples for sequences)."""
+    out = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+        else:
+            out[f.name] = None
+    return out
+
+
+def _id_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "_".join(_id_value(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9.+]+", "_", str(value)).strip("_") or "none"
+
+
+def run_id_for(grid_values: Mapping[str, Any]) -> str:
+    """A filesystem-safe run id from the grid values, in order: ``{"noise_std": 0.5, "seed": 1}`` ->
+    ``"noise0.5-seed1"``; no grid -> ``"run"``."""
+    parts = [f"{_ID_PREFIX.get(k, k.replace('_', ''))}{_id_value(v)}" for k, v in grid_values.items()]
+    return "-".join(parts) or "run"
+
+
+def _unknown_key_error(path: Path, section: str, key: str, valid: Sequence[str], notebook: Path) -> SweepError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return SweepError(f"{path}: unknown parameter {key!r} in {section}: the parameters cell of {notebook} "
+                      f"(and RunConfig) define no such name.{hint} Valid names: {', '.join(sorted(valid))}")
+
+
+def load_sweep(
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    notebook: str | os.PathLike[str] | None = None,
+    check_run_config: bool = True,
+) -> Sweep:
+    """Read, expand and validate a sweep file (see the module docstring).
+
+    Args:
+        path: the YAML file.
+        env: the environment for ``${VAR}`` (default ``os.environ``).
+        notebook: the run notebook whose parameters cell the keys are checked against (default the
+            sweep's ``notebook`` key, else ``notebooks/train_eval.ipynb``).
+        check_run_config: also check the keys against :class:`utae.train.RunConfig` (imports torch).
+
+    Raises:
+        SweepError: unreadable file, unknown or misplaced key, empty grid list, duplicate run ids,
+            unset environment variable; the message names the file and the key.
+    """
+    path = Path(path)
+    env = os.environ if env is None else env
+    try:
+        doc = read_yaml(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"sweep file {path} not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise SweepError(f"{path}: a sweep file must be a YAML mapping (fixed:, grid:), got {type(doc).__name__}")
+    nb_path = Path(notebook) if notebook is not None else Path(doc.get("notebook") or TRAIN_NOTEBOOK)
+    if not nb_path.is_absolute() and not nb_path.is_file():
+        nb_path = REPO_ROOT / nb_path
+    nb_params = notebook_parameters(nb_path)
+    valid = set(nb_params)
+    if check_run_config:
+        valid &= set(run_config_fields())
+
+    fixed_raw = doc.get("fixed") or {}
+    grid_raw = doc.get("grid") or {}
+    if not isinstance(fixed_raw, dict):
+        raise SweepError(f"{path}: 'fixed' must be a mapping of parameter: value, got {type(fixed_raw).__name__}")
+    if not isinstance(grid_raw, dict):
+        raise SweepError(f"{path}: 'grid' must be a mapping of parameter: [values], got {type(grid_raw).__name__}")
+    fixed: dict[str, Any] = {}
+    for key, value in doc.items():  # top-level RunConfig fields are fixed values
+        if key in _META_KEYS:
+            continue
+        if key not in valid:
+            raise _unknown_key_error(path, "the top level", str(key), sorted(valid | _META_KEYS), nb_path)
+        fixed[key] = value
+    for key, value in fixed_raw.items():
+        if key not in valid:
+            raise _unknown_key_error(path, "fixed", str(key), sorted(valid), nb_path)
+        if key in fixed:
+            raise SweepError(f"{path}: {key!r} is given both at the top level and in fixed")
+        fixed[key] = value
+    grid: dict[str, list[Any]] = {}
+    for key, values in grid_raw.items():
+        if key not in valid:
+            raise _unknown_key_error(path, "grid", str(key), sorted(valid), nb_path)
+        if key in fixed:
+            raise SweepError(f"{path}: {key!r} is both fixed and in the grid; keep one")
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
+        grid[key] = values
+    single_run = "fixed" not in doc and "grid" not in doc  # a file of one run may name its out_dir and run_id
+    for key in () if single_run else _SET_BY_SWEEP:
+        if key in fixed or key in grid:
+            raise SweepError(f"{path}: {key!r} is set by the sweep (results/runs/<platform>/<run_id>); remove it")
+    fixed = expand_env(fixed, env, path)
+    grid = expand_env(grid, env, path)
+
+    timeout = doc.get("timeout", DEFAULT_TIMEOUT)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+        raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
+    points = []
+    seen: dict[str, dict[str, Any]] = {}
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        run_id = run_id_for(values)
+        if run_id in seen:
+            raise SweepError(f"{path}: grid points {seen[run_id]} and {values} both get run_id {run_id!r}")
+        seen[run_id] = values
+        points.append(SweepPoint(run_id=run_id, params={**fixed, **values}, grid_values=values))
+    return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
+                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points))
+
+
+
+def load_config_file(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """The RunConfig of one point of a sweep file (or of a single-run file), read by :func:`load_sweep`.
+
+    ``overrides`` (the command line's ``--set``) must pin every grid key, and may override any field.
+
+    Raises:
+        SweepError: naming the file and the key (see :func:`load_sweep`), or the grid keys not pinned.
+        ValueError: the point is not a valid RunConfig (the message names the field).
+    """
+    sweep = load_sweep(path)
+    overrides = dict(overrides or {})
+    known = set(run_config_fields())
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SweepError(f"--set: unknown RunConfig field(s) {unknown}; known fields: {sorted(known)}")
+    missing = [k for k in sweep.grid if k not in overrides]
+    if missing:
+        raise SweepError(f"{path} is a sweep: choose its grid point with --set {missing[0]}=... "
+                         f"for every grid key {list(sweep.grid)} (missing {missing})")
+    return RunConfig.from_dict({**sweep.fixed, **overrides})

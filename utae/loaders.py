@@ -1,0 +1,102 @@
+"""The datasets and loaders of a run: the fold rotation's three splits, seeded subsets, the training noise,
+and loaders that shard over processes and shuffle from ``(seed, epoch)`` alone.
+
+:func:`make_datasets` builds :class:`Splits` from a :class:`utae.config.RunConfig`; :func:`make_loader` wraps a
+split in a DataLoader whose batches are :func:`utae.data.pad_collate` dicts (``image`` ``(B, T, C, H, W)``,
+``dates`` ``(B, T)``, ``pad_mask`` ``(B, T)``, ``mask`` ``(B, H, W)``, ``patch_id`` ``(B,)``);
+:func:`set_loader_epoch` makes an epoch's order, worker seeds and resampled noise depend only on
+``(seed, epoch)``, so that a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from utae.config import RunConfig
+from utae.data import FOLD_ROTATIONS, PastisDataset, pad_collate
+from utae.distributed import DistContext, ShardSampler
+from utae.noise import NoiseSpec, NoisyDataset
+
+__all__ = ["Splits", "make_datasets", "make_loader", "set_loader_epoch"]
+
+
+@dataclass
+class Splits:
+    """The three datasets of a run and the normalisation they share (the training folds' statistics)."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def _limit(dataset: Dataset, limit: int | None, seed: int, name: str, stream: int) -> Dataset:
+    """A seeded random subset of ``limit`` items (in dataset order), or the dataset itself."""
+    n = len(dataset)
+    if limit is None or limit == n:
+        return dataset
+    if limit > n:
+        raise ValueError(f"{name}={limit} but the split has only {n} patches")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0DE, stream]))
+    return Subset(dataset, sorted(rng.choice(n, size=limit, replace=False).tolist()))
+
+
+def make_datasets(config: RunConfig) -> Splits:
+    """Train, val and test datasets of ``config.fold``'s rotation, limited to seeded subsets, with the training
+    noise wrapped around the training set. All three are normalised with the training folds' statistics."""
+    train_folds, val_folds, test_folds = FOLD_ROTATIONS[config.fold - 1]
+    train = PastisDataset(config.dataset_root, folds=train_folds)
+    stats = (train.mean, train.std)
+    val = PastisDataset(config.dataset_root, folds=val_folds, norm_stats=stats)
+    test = PastisDataset(config.dataset_root, folds=test_folds, norm_stats=stats)
+    train_sub = _limit(train, config.train_limit, config.seed, "train_limit", 0)
+    if config.noise_std > 0 and config.noise_fraction > 0:
+        spec = NoiseSpec(std=config.noise_std, fraction=config.noise_fraction, space=config.noise_space,
+                         resample=config.noise_resample, seed=config.seed)
+        train_sub = NoisyDataset(train_sub, spec, channel_std=train.std)
+    return Splits(train=train_sub,
+                  val=_limit(val, config.val_limit, config.seed, "val_limit", 1),
+                  test=_limit(test, config.test_limit, config.seed, "test_limit", 2),
+                  mean=np.asarray(train.mean), std=np.asarray(train.std))
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed python and numpy in a DataLoader worker from its torch seed (set per worker by the loader)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int, device: torch.device,
+                num_workers: int = 0, ctx: DistContext | None = None, persistent: bool = True) -> DataLoader:
+    """A DataLoader over this process's share of ``dataset`` (see :class:`utae.distributed.ShardSampler`).
+
+    Training shuffles each epoch from ``(seed, epoch)``; evaluation keeps every sample (no ``drop_last``).
+    Batches are :func:`utae.data.pad_collate` dicts. ``pin_memory`` on CUDA; workers are persistent when
+    there are any and ``persistent`` is True.
+    """
+    ctx = ctx or DistContext()
+    sampler = ShardSampler(len(dataset), shuffle=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=pad_collate, drop_last=False,
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0 and persistent, worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Make the epoch's order, worker seeds and (resampled) training noise depend only on ``(seed, epoch)``."""
+    if isinstance(loader.sampler, ShardSampler):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
+

@@ -1,0 +1,390 @@
+"""A run: from a :class:`utae.config.RunConfig` to a finished run directory, with resume.
+
+:func:`run` trains U-TAE on one fold rotation of a PASTIS-format dataset (:mod:`utae.engine`), keeps the epoch
+with the best validation mIoU (a tie goes to the later epoch), tests that model on the clean test set and at
+every test-time noise level, and writes its run directory:
+
+* ``config.json``: the :class:`RunConfig`; ``platform.json``: software and hardware (:mod:`utae.platform`);
+* ``history.csv``: one row per epoch (:data:`HISTORY_COLUMNS`), rewritten after every epoch;
+* ``checkpoint.pt``: after every epoch (:mod:`utae.checkpoint`), so that a killed run resumes from its last
+  complete epoch;
+* ``confusion.npy``: the clean test confusion matrix, ``(20, 20)`` int64, rows = true class;
+* ``predictions.npz``: a few test patches for maps: ``rgb`` ``(N, H, W, 3)`` in [0, 1], ``target`` and
+  ``pred`` ``(N, H, W)``, ``patch_id`` ``(N,)``;
+* ``metrics.json``: written last, it marks a finished run; starting a finished run again returns it at once.
+
+Paths. One rule places every run (:func:`utae.results.run_path`): ``<results>/runs/<platform>/<run_id>``; a
+config without ``out_dir`` runs into ``results/runs/<this machine's platform>/<config.default_run_id()>``.
+
+Safety. Every file is written atomically (:mod:`utae.results`). A run directory is locked while a process
+works in it (a second process fails at once, naming the holder). A directory that holds another run's
+config, or a checkpoint of another run, is refused; a directory whose run never finished an epoch takes the
+new config. Global torch settings (deterministic algorithms, the float32 math) hold for the duration of
+:func:`run` and are restored after (:func:`utae.precision.torch_settings`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from utae.checkpoint import TrainState, checkpoint_dict, read_checkpoint, restore, rng_state, seed_everything
+from utae.config import RunConfig, config_differences
+from utae.data import pad_collate
+from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
+from utae.engine import Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
+from utae.loaders import Splits, make_datasets, make_loader
+from utae.metrics import scores
+from utae.platform import peak_memory_mb, platform_id, platform_info, reset_peak_memory
+from utae.platform import resolve_device as _platform_device
+from utae.precision import amp_name, autocast, float32_math, resolve_amp, tf32_enabled, torch_settings
+from utae.results import (
+    atomic_save_npy,
+    atomic_savez,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    read_json,
+    run_path,
+)
+
+__all__ = [
+    "HISTORY_COLUMNS",
+    "RunDirError",
+    "run_dir",
+    "resolve_device",
+    "lock_run_dir",
+    "predict_examples",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+#: Columns of history.csv, one row per epoch (``lr``: the learning rate at the start of the epoch).
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "epoch", "train_loss", "train_oa", "train_miou", "val_loss", "val_oa", "val_miou", "lr",
+    "sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb",
+)
+LOCK_FILE = ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that this run cannot use: in use by another process, or holding another run."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths and devices
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """The torch device of ``RunConfig.device`` (see :func:`utae.platform.resolve_device`), with an explicit
+    CUDA index; in a multi-process CUDA run, ``cuda:LOCAL_RANK``."""
+    ctx = ctx or DistContext()
+    device = _platform_device(name)
+    if device.type != "cuda":
+        return device
+    index = ctx.local_rank if ctx.enabled else (device.index if device.index is not None else torch.cuda.current_device())
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r}: there is no CUDA device {index} ({torch.cuda.device_count()} visible)")
+    return torch.device("cuda", index)
+
+
+def run_dir(config: RunConfig, device: torch.device | None = None) -> Path:
+    """The run directory of ``config``: ``config.out_dir``, or :func:`run_path` under ``results`` for this
+    machine's platform (of ``device``, by default the device that ``config.device`` resolves to)."""
+    if config.out_dir is not None:
+        return Path(config.out_dir)
+    device = resolve_device(config.device) if device is None else device
+    return run_path("results", platform_id(device), config.default_run_id())
+
+
+# --------------------------------------------------------------------------------------------------
+# The run directory: lock, config checks
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lock_run_dir(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory ``out`` (its ``.lock`` file) for the block.
+
+    Raises:
+        RunDirError: another process holds it; the message names the directory and that process.
+    """
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(f"{out} is in use by another process (pid {holder}, lock {path}): wait for it to "
+                              "finish, or give this run another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _check_run_dir(out: Path, config: RunConfig) -> None:
+    """A run directory that holds another run's config.json is an error (runs are never mixed), unless that
+    run never finished an epoch (no checkpoint, no metrics): then the new config replaces it."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    diffs = config_differences(read_json(path), config)
+    if not diffs:
+        return
+    if not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists():
+        log.info("%s: the run there never finished an epoch; its config is replaced (%s)", out, "; ".join(diffs))
+        return
+    raise RunDirError(f"{path} belongs to a different run; differing fields: {'; '.join(diffs)}. "
+                      "Use another out_dir (or delete that run directory) to start this config.")
+
+
+def _check_checkpoint_config(path: Path, ckpt: Mapping[str, Any], config: RunConfig) -> None:
+    """A checkpoint written by another run (another lr, say) is never resumed. ``dataset_root`` may differ:
+    a run folder moved to another machine sees its data elsewhere."""
+    diffs = [d for d in config_differences(ckpt["config"], config) if not d.startswith("dataset_root:")]
+    if diffs:
+        raise RunDirError(f"{path} is the checkpoint of a different run; differing fields: {'; '.join(diffs)}. "
+                          "Delete it to start this run from scratch.")
+
+
+@contextlib.contextmanager
+def _explained_errors(config: RunConfig, device: torch.device) -> Iterator[None]:
+    """Turn the cryptic failures of deterministic mode and torch.compile into errors that name the setting."""
+    try:
+        yield
+    except NonFiniteLossError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        module = type(exc).__module__
+        if config.compile and (module.startswith("torch._dynamo") or module.startswith("torch._inductor")):
+            raise RuntimeError(f"compile=True: torch.compile failed on {device} ({type(exc).__name__}: "
+                               f"{text.splitlines()[0] if text else ''}); set compile=False") from exc
+        if config.deterministic and "does not have a deterministic implementation" in text:
+            raise RuntimeError(f"deterministic=True: an operation of this run has no deterministic implementation "
+                               f"on {device} ({text.splitlines()[0]}); set deterministic=False on this device") from exc
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions for maps
+# --------------------------------------------------------------------------------------------------
+
+
+def rgb_composite(image: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The B4, B3, B2 (red, green, blue) composite of the middle frame of a normalised ``(T, 10, H, W)`` image,
+    de-normalised and contrast-stretched (2nd to 98th percentile) -> ``(H, W, 3)`` float32 in [0, 1]."""
+    rgb_bands = [2, 1, 0]  # PASTIS band order: B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12
+    frame = image[image.shape[0] // 2].detach().cpu().numpy()[rgb_bands].astype(np.float64)
+    raw = frame * np.asarray(std, dtype=np.float64)[rgb_bands, None, None] + \
+        np.asarray(mean, dtype=np.float64)[rgb_bands, None, None]
+    lo, hi = np.percentile(raw, [2, 98])
+    out = np.clip((raw - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    return out.transpose(1, 2, 0).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_examples(model: nn.Module, dataset: Dataset, device: torch.device, *, n: int, mean: np.ndarray,
+                     std: np.ndarray, amp_dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
+    """Predictions on the first ``n`` items of ``dataset``: ``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred``
+    ``(N, H, W)`` int64, ``patch_id`` ``(N,)`` int64."""
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    if not items:
+        return {"rgb": np.zeros((0, 0, 0, 3), np.float32), "target": np.zeros((0, 0, 0), np.int64),
+                "pred": np.zeros((0, 0, 0), np.int64), "patch_id": np.zeros((0,), np.int64)}
+    was_training = model.training
+    model.eval()
+    batch = pad_collate(items)
+    x, dates, pad_mask, target = to_device(batch, device)
+    with autocast(device, amp_dtype):
+        pred = model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1)
+    model.train(was_training)
+    return {"rgb": np.stack([rgb_composite(it["image"], mean, std) for it in items]),
+            "target": target.cpu().numpy().astype(np.int64), "pred": pred.cpu().numpy().astype(np.int64),
+            "patch_id": batch["patch_id"].numpy().astype(np.int64)}
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | None = None) -> dict[str, Any] | None:
+    """Train, select, test and write the run directory of ``config`` (see the module docstring).
+
+    A finished run (its metrics.json exists) returns its stored metrics at once; an interrupted one resumes
+    from checkpoint.pt. ``max_epochs_this_call`` stops after that many epochs of this call and returns None
+    (the run is then unfinished; call again to resume). In a torchrun multi-process run, every process calls
+    this; only rank 0 writes files (and holds the lock).
+
+    Returns:
+        The metrics.json dict, or None when stopped early by ``max_epochs_this_call``.
+
+    Raises:
+        RunDirError: the run directory is in use, or holds another run's config or checkpoint.
+    """
+    if isinstance(config, Mapping):
+        config = RunConfig.from_dict(config)
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig or a mapping of its fields, got {type(config).__name__}")
+    ctx = dist_context()
+    device = resolve_device(config.device, ctx)
+    amp_dtype = resolve_amp(config.amp, device)[0]
+    out = run_dir(config, device)
+    with lock_run_dir(out) if ctx.is_main else contextlib.nullcontext():
+        _check_run_dir(out, config)
+        if (out / "metrics.json").exists():
+            return read_json(out / "metrics.json")
+        created_group = init_process_group(ctx, device)
+        try:
+            with torch_settings(config.deterministic, device), float32_math(tf32_enabled(config.amp)), \
+                    _explained_errors(config, device):
+                return _run(config, ctx, device, amp_dtype, out, max_epochs_this_call)
+        finally:
+            if created_group:
+                torch.distributed.destroy_process_group()
+
+
+def _platform_record(config: RunConfig, device: torch.device, amp_dtype: torch.dtype | None,
+                     ctx: DistContext) -> dict[str, Any]:
+    tf32 = tf32_enabled(config.amp)
+    extra = {"amp": amp_name(amp_dtype, tf32), "amp_requested": config.amp,
+             "float32_math": "tf32" if tf32 else "ieee", "channels_last": config.channels_last,
+             "compile": config.compile, "world_size": ctx.world_size, "num_workers": config.num_workers,
+             # On CUDA a few kernels have no deterministic version (see torch_settings).
+             "deterministic_warn_only": config.deterministic and device.type == "cuda"}
+    return platform_info(device, config.deterministic, extra=extra)
+
+
+def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: torch.dtype | None, out: Path,
+         max_epochs_this_call: int | None) -> dict[str, Any] | None:
+    barrier(ctx)  # every process has checked the run directory before rank 0 writes to it
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ckpt is not None:
+        _check_checkpoint_config(ckpt_path, ckpt, config)
+    if ctx.is_main:
+        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "platform.json", _platform_record(config, device, amp_dtype, ctx))
+    seed_everything(config.seed)
+    splits = make_datasets(config)
+    loader_kw = dict(batch_size=config.batch_size, seed=config.seed, device=device,
+                     num_workers=config.num_workers, ctx=ctx)
+    # Fresh training noise each epoch must reach the workers, so they are rebuilt each epoch then.
+    persistent_train = not (config.noise_resample and config.noise_std > 0)
+    train_loader = make_loader(splits.train, train=True, persistent=persistent_train, **loader_kw)
+    val_loader = make_loader(splits.val, train=False, **loader_kw)
+    test_loader = make_loader(splits.test, train=False, **loader_kw)
+    engine = build_engine(config, device, amp_dtype, ctx, steps_per_epoch=len(train_loader))
+    if ctx.enabled:
+        torch.manual_seed(config.seed + 1000 * ctx.rank)  # different dropout masks in each process
+    state = TrainState()
+    if ckpt is not None:
+        state = restore(ckpt, engine.raw, engine.optimizer, scaler=engine.scaler, scheduler=engine.scheduler,
+                        rank=ctx.rank, world_size=ctx.world_size)
+        if ctx.is_main:
+            log.info("%s: resuming after epoch %d of %d", out, state.epoch, config.epochs)
+    del ckpt
+
+    def save(st: TrainState) -> None:
+        rng_states = gather_objects(rng_state(), ctx)  # every process takes part
+        if ctx.is_main:
+            atomic_torch_save(ckpt_path, checkpoint_dict(engine.raw, engine.optimizer, st, config.to_dict(),
+                                                         scaler=engine.scaler, scheduler=engine.scheduler,
+                                                         rng_states=rng_states))
+            _write_history(out, st.history)
+        barrier(ctx)
+
+    if ctx.is_main and state.history:
+        _write_history(out, state.history)
+    state = fit(engine, train_loader, val_loader, epochs=config.epochs, seed=config.seed, state=state,
+                progress=config.progress, on_epoch_end=save, max_epochs_this_call=max_epochs_this_call)
+    if state.epoch < config.epochs:
+        return None
+    return _finish(config, engine, state, splits, test_loader, out)
+
+
+def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    atomic_write_csv(out / "history.csv", pd.DataFrame(list(history)).reindex(columns=list(HISTORY_COLUMNS)))
+
+
+def _timing(history: Sequence[Mapping[str, Any]], test_seconds: float, peak_test: float) -> dict[str, float]:
+    """metrics.json "timing": means over the epochs (validation for the eval speed), the peak memory of the
+    whole run, and the total of the epochs and of the test evaluations (also over resumed sessions)."""
+    hist = pd.DataFrame(history)
+    return {
+        "sec_per_epoch": float(hist["sec_epoch"].mean()),
+        "train_samples_per_s": float(hist["train_samples_per_s"].mean()),
+        "eval_samples_per_s": float(hist["eval_samples_per_s"].mean()),
+        "peak_mem_mb": float(max(hist["peak_mem_mb"].max(), peak_test)),
+        "total_s": float(hist["sec_epoch"].sum() + test_seconds),
+    }
+
+
+def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, channel_std: np.ndarray
+              ) -> tuple[EpochResult, list[dict[str, Any]], float]:
+    """Clean test, then every test-time noise level; returns (clean result, test_noise entries, seconds)."""
+    results: dict[float, EpochResult] = {}
+    for std in sorted({0.0, *config.test_noise_stds}):
+        results[std] = evaluate_epoch(engine.eval_model, loader, engine.device, noise_std=std, seed=config.seed,
+                                      noise_space=config.noise_space, channel_std=channel_std,
+                                      amp_dtype=engine.amp_dtype, ctx=engine.ctx, progress=config.progress,
+                                      desc=f"test (noise {std:g})")
+    curve = []
+    for std in config.test_noise_stds:
+        s = scores(results[std].cm)
+        curve.append({"std": std, "oa": s["oa"], "miou": s["miou"], "iou": s["iou"]})
+    return results[0.0], curve, sum(r.seconds for r in results.values())
+
+
+def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits, test_loader: DataLoader,
+            out: Path) -> dict[str, Any]:
+    """Test the best model and write confusion.npy, predictions.npz and (last) metrics.json."""
+    engine.raw.load_state_dict(state.best_model)
+    reset_peak_memory(engine.device)
+    test, curve, test_seconds = _test_all(engine, test_loader, config, splits.std)
+    best = state.history[state.best_epoch - 1]
+    metrics = {
+        "run_id": config.default_run_id(),
+        "best_epoch": state.best_epoch,
+        "epochs_completed": state.epoch,
+        "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+        "train": {"oa": best["train_oa"], "miou": best["train_miou"], "loss": best["train_loss"]},
+        "val": state.best_val,
+        "test": {**scores(test.cm), "loss": test.loss},
+        "test_noise": curve,
+        "timing": _timing(state.history, test_seconds, float(peak_memory_mb(engine.device))),
+    }
+    if engine.ctx.is_main:
+        atomic_save_npy(out / "confusion.npy", test.cm.astype(np.int64))
+        examples = predict_examples(engine.eval_model, splits.test, engine.device, n=config.n_examples,
+                                    mean=splits.mean, std=splits.std, amp_dtype=engine.amp_dtype)
+        atomic_savez(out / "predictions.npz", examples)
+        atomic_write_json(out / "metrics.json", metrics)
+    barrier(engine.ctx)
+    return read_json(out / "metrics.json")
