@@ -330,10 +330,17 @@ def config_differences(stored: Mapping[str, Any], config: RunConfig) -> list[str
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader (no python objects) that also reads ``1e-3`` and ``1E5`` as floats: YAML 1.1
-    needs a dot in the mantissa (``1.0e-3``), which is not how people type numbers."""
+    """PyYAML's safe loader (no python objects), with YAML 1.2's reading of plain words: ``1e-3`` and ``1E5``
+    are floats (YAML 1.1 needs a dot in the mantissa), and only ``true``/``false`` are booleans (YAML 1.1 also
+    reads ``off``, ``on``, ``yes`` and ``no`` as booleans, so ``amp: off`` would not be the string "off")."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "OtherMachineError",
+    "check_same_machine",
     "resolve_device",
     "MachineSources",
     "MachineIdentity",
@@ -702,6 +704,31 @@ def describe_record(record: Mapping[str, Any]) -> str:
     except ValueError:
         parts.append("fingerprint invalid")
     return f"{name} ({', '.join(str(p) for p in parts if p)})"
+
+
+class OtherMachineError(ValueError):
+    """Runs of another machine (another fingerprint) where this machine would skip or resume them."""
+
+
+def check_same_machine(record: Mapping[str, Any], device: str | torch.device, where: str | os.PathLike[str]) -> None:
+    """Refuse to skip or resume the run of ``where`` (its ``platform.json`` is ``record``) unless it was made by
+    a machine that computes like this one (equal fingerprints).
+
+    Raises:
+        OtherMachineError: naming both machines and how to proceed. A record written before fingerprints
+            existed counts as another machine: nothing proves it comes from this one.
+    """
+    here = machine_identity(device)
+    theirs = record_fingerprint(record)
+    if theirs == here.fingerprint:
+        return
+    mine = f"{here.fingerprint_fields.get('device_name')} ({here.platform_id}, fingerprint {here.fingerprint})"
+    why = "it predates platform fingerprints" if theirs is None else "its fingerprint differs"
+    raise OtherMachineError(
+        f"{where} was made on {describe_record(record)}, not on this machine, {mine}: {why}, so it is neither "
+        "skipped nor resumed here. To run this sweep on this machine too, give its runs their own platform folder "
+        "(make reproduce PLATFORM=<name>, or python -m utae.sweep ... --platform <name>); to check that this "
+        "machine reproduces those runs, use make verify.")
 
 
 def same_machine_kind(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:

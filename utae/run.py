@@ -46,7 +46,7 @@ from utae.distributed import DistContext, barrier, dist_context, gather_objects,
 from utae.engine import Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
 from utae.loaders import Splits, make_datasets, make_loader
 from utae.metrics import scores
-from utae.platform import peak_memory_mb, platform_id, platform_info, reset_peak_memory
+from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
 from utae.platform import resolve_device as _platform_device
 from utae.precision import amp_name, autocast, float32_math, resolve_amp, tf32_enabled, torch_settings
 from utae.results import (
@@ -247,6 +247,8 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
 
     Raises:
         RunDirError: the run directory is in use, or holds another run's config or checkpoint.
+        utae.platform.OtherMachineError: the run there was started on another kind of machine (it is neither
+            returned nor resumed).
     """
     if isinstance(config, Mapping):
         config = RunConfig.from_dict(config)
@@ -258,6 +260,9 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
     out = run_dir(config, device)
     with lock_run_dir(out) if ctx.is_main else contextlib.nullcontext():
         _check_run_dir(out, config)
+        started = (out / "metrics.json").exists() or (out / "checkpoint.pt").exists()
+        if started and (out / "platform.json").exists():
+            check_same_machine(read_json(out / "platform.json"), device, out)
         if (out / "metrics.json").exists():
             return read_json(out / "metrics.json")
         created_group = init_process_group(ctx, device)
