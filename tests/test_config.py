@@ -164,3 +164,57 @@ def test_load_config_file_flat_and_sweep(tmp_path: Path, root: str) -> None:
     bad.write_text(f"dataset_root: {root}\nepoch: 3\n")
     with pytest.raises(ValueError, match="epoch"):
         load_config_file(bad)
+
+
+def test_norm_stats_and_init_weights_defaults_keep_old_configs_valid(root: str) -> None:
+    cfg = RunConfig(dataset_root=root)
+    assert (cfg.norm_stats, cfg.init_weights) == ("train_folds", None)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("norm_stats", "init_weights")}  # a config.json of before
+    assert config_differences(old, cfg) == []
+    assert config_differences(old, cfg.replace(norm_stats="own_folds")) == [
+        "norm_stats: stored 'train_folds' != new 'own_folds'"]
+    with pytest.raises(ValueError, match="norm_stats must be one of"):
+        RunConfig(dataset_root=root, norm_stats="test_folds")
+
+
+def test_epochs_zero_needs_init_weights(root: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0: .* needs init_weights"):
+        RunConfig(dataset_root=root, epochs=0)
+    weights = tmp_path / "model.pth.tar"
+    weights.write_bytes(b"")  # the config checks that the file exists; reading it is the run's job
+    assert RunConfig(dataset_root=root, epochs=0, init_weights=str(weights)).epochs == 0
+    with pytest.raises(ValueError, match="epochs"):
+        RunConfig(dataset_root=root, epochs=-1, init_weights=str(weights))
+
+
+@pytest.mark.parametrize("name", ["pretrained", "finetune"])
+def test_pretrained_presets_use_each_folds_weights(name: str, root: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "UTAE_PASTIS"
+    for k in range(1, 6):
+        (weights / f"Fold_{k}").mkdir(parents=True)
+        (weights / f"Fold_{k}" / "model.pth.tar").write_bytes(b"")
+    monkeypatch.setenv("PASTIS_ROOT", root)
+    monkeypatch.setenv("UTAE_WEIGHTS", str(weights))
+    doc, points = _sweep_points(REPO / "params" / f"{name}.yaml")
+    assert doc["name"] == name and doc["dataset_root"] == "${PASTIS_ROOT}"
+    assert sorted(doc["grid"]["fold"]) == [1, 2, 3, 4, 5]
+    configs = [RunConfig.from_dict({**doc["fixed"], **point, "dataset_root": doc["dataset_root"]}) for point in points]
+    for cfg in configs:
+        assert cfg.init_weights_path() == weights / f"Fold_{cfg.fold}" / "model.pth.tar"
+        assert cfg.norm_stats == "own_folds"
+        assert (cfg.encoder_widths, cfg.decoder_widths, cfg.out_conv) == ((64, 64, 64, 128), (32, 32, 64, 128), (32, 20))
+        assert (cfg.n_head, cfg.d_model, cfg.d_k) == (16, 256, 4)
+        assert cfg.test_noise_stds[0] == 0.0 and max(cfg.test_noise_stds) == 3.0
+    if name == "pretrained":
+        assert {cfg.epochs for cfg in configs} == {0}
+    else:
+        assert {cfg.epochs for cfg in configs} == {5} and {cfg.lr for cfg in configs} == {1e-4}
+        assert sorted({cfg.noise_std for cfg in configs}) == [0.5, 1.0, 2.0]
+    assert len({(c.fold, c.noise_std) for c in configs}) == len(points)
+
+
+def test_official_preset_normalises_like_the_official_code(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASTIS_ROOT", root)
+    doc, points = _sweep_points(REPO / "params" / "official.yaml")
+    assert RunConfig.from_dict({**doc["fixed"], **points[0], "dataset_root": doc["dataset_root"]}).norm_stats == "own_folds"

@@ -49,6 +49,8 @@ __all__ = [
     "RunConfig",
     "HARMLESS_FIELDS",
     "LR_SCHEDULES",
+    "NORM_STATS",
+    "FOLD_PLACEHOLDER",
     "config_differences",
     "read_yaml",
     "SweepError",
@@ -74,6 +76,10 @@ DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long rea
 HARMLESS_FIELDS: frozenset[str] = frozenset({"progress", "num_workers", "out_dir"})
 #: The learning-rate schedules of ``RunConfig.lr_schedule`` (see :func:`utae.engine.make_scheduler`).
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "onecycle")
+#: The normalisation statistics of ``RunConfig.norm_stats`` (see :func:`utae.loaders.make_datasets`).
+NORM_STATS: tuple[str, ...] = ("train_folds", "own_folds")
+#: The placeholder of ``RunConfig.init_weights`` that is replaced by the run's fold.
+FOLD_PLACEHOLDER = "{fold}"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid"})
 _SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
@@ -95,7 +101,15 @@ class RunConfig:
         dataset_root: PASTIS-format dataset folder (required; ``$VAR`` / ``${VAR}`` are expanded).
         fold: fold rotation 1 to 5 (``utae.data.FOLD_ROTATIONS[fold - 1]`` = train, val, test folds).
         epochs, batch_size, lr, seed: training length, batch size, Adam learning rate, seed of everything
-            (weights, shuffling, subsets, noise).
+            (weights, shuffling, subsets, noise). ``epochs`` 0 (only with ``init_weights``) evaluates the
+            given weights without training.
+        init_weights: None (random initial weights), or the file of the initial weights: official U-TAE
+            weights (``Fold_k/model.pth.tar`` or a ``.npz`` state dict) or a run checkpoint of this tool
+            (``checkpoint.pt``: the weights of its best epoch). ``$VAR`` / ``${VAR}`` and ``~`` are expanded
+            here; ``{fold}`` stays in the field and is replaced by ``fold`` when the file is used
+            (:meth:`init_weights_path`), so that :meth:`replace` of the fold picks that fold's weights.
+            The file must exist (a directory is an error). The architecture must match the weights'
+            (see :func:`utae.weights.load_init_weights`).
         lr_schedule, lr_warmup: the per-batch learning-rate schedule: ``"constant"``, ``"cosine"`` (linear
             warm-up over the ``lr_warmup`` fraction of the steps, then cosine decay to 0) or ``"onecycle"``
             (``torch.optim.lr_scheduler.OneCycleLR`` peaking at ``lr`` after ``lr_warmup``; 0 means 0.3).
@@ -107,6 +121,10 @@ class RunConfig:
             reflectance x 10,000 units, the same every epoch or fresh each epoch.
         test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
         train_limit, val_limit, test_limit: size of a seeded random subset of each split (None: all).
+        norm_stats: the statistics each split is normalised with: ``"train_folds"`` (all three splits with the
+            training folds' NORM_S2_patch.json statistics) or ``"own_folds"`` (each split with its own folds'
+            statistics, as the official code's ``PASTIS_Dataset(folds=...)`` does). Test-time noise in
+            ``"raw"`` units uses the test split's std.
         deterministic: deterministic algorithms (``warn_only=False``); False turns ``cudnn.benchmark`` on.
         amp: ``"off"`` (IEEE float32, no TensorFloat-32), ``"tf32"`` (Ampere+ GPUs), ``"bf16"``, ``"fp16"``
             (CUDA only, with a grad scaler) or ``"auto"``; see :mod:`utae.precision`.
@@ -121,6 +139,7 @@ class RunConfig:
     dataset_root: str | None = None
     fold: int = 1
     epochs: int = 15
+    init_weights: str | None = None
     batch_size: int = 2
     lr: float = 1e-3
     lr_schedule: str = "constant"
@@ -141,6 +160,7 @@ class RunConfig:
     train_limit: int | None = None
     val_limit: int | None = None
     test_limit: int | None = None
+    norm_stats: str = "train_folds"
     deterministic: bool = True
     amp: str = "off"
     channels_last: bool = False
@@ -159,6 +179,7 @@ class RunConfig:
         self._check_widths()
         self._check_choices()
         self._check_flags()
+        self._check_init_weights()
         for name in ("out_dir", "run_id"):
             value = getattr(self, name)
             if value is not None:
@@ -185,7 +206,7 @@ class RunConfig:
         self.dataset_root = expanded
 
     def _check_ints(self) -> None:
-        bounds = {"fold": (1, 5), "epochs": (1, None), "batch_size": (1, None), "seed": (0, None),
+        bounds = {"fold": (1, 5), "epochs": (0, None), "batch_size": (1, None), "seed": (0, None),
                   "n_head": (1, None), "d_model": (1, None), "d_k": (1, None), "num_workers": (0, None),
                   "n_examples": (0, None)}
         for name, (lo, hi) in bounds.items():
@@ -196,6 +217,10 @@ class RunConfig:
                 span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
                 raise ValueError(f"{name} must be {span}, got {value}")
             setattr(self, name, int(value))
+        if self.epochs == 0 and self.init_weights is None:
+            raise ValueError("epochs must be >= 1, got 0: epochs 0 evaluates given weights without training, so it "
+                             "needs init_weights (e.g. init_weights: ${UTAE_WEIGHTS}/Fold_{fold}/model.pth.tar); "
+                             "set epochs >= 1 to train")
         for name in ("train_limit", "val_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None:
@@ -263,6 +288,8 @@ class RunConfig:
             raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {self.noise_space!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.norm_stats not in NORM_STATS:
+            raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {self.norm_stats!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.device == "cpu" and self.amp != "auto":  # GPU-only modes fail here already ("auto" never fails;
@@ -274,6 +301,37 @@ class RunConfig:
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
             setattr(self, name, bool(value))
+
+    def _check_init_weights(self) -> None:
+        value = self.init_weights
+        if value is None:
+            return
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"init_weights must be None or the path of a weights file, got {value!r}")
+        expanded = os.path.expanduser(os.path.expandvars(value))
+        unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+        if unset:
+            raise ValueError(f"init_weights {value!r} uses environment variable(s) {unset} that are not set")
+        self.init_weights = expanded
+        path = self.init_weights_path()
+        assert path is not None
+        where = f"init_weights (fold {self.fold})"
+        if path.is_dir():
+            fold_dir = re.fullmatch(r"Fold_\d+", path.name) is not None
+            base = path.parent if fold_dir else path
+            raise ValueError(f"{where} points at a directory, {path}; give the file, e.g. "
+                             f"{base / 'Fold_{fold}' / 'model.pth.tar'}")
+        if not path.is_file():
+            template = f" (from {expanded!r})" if FOLD_PLACEHOLDER in expanded else ""
+            raise ValueError(f"{where}: no such file {path}{template}")
+
+    def init_weights_path(self) -> Path | None:
+        """The file of ``init_weights`` for this run's fold (``{fold}`` replaced), or None without one."""
+        if self.init_weights is None:
+            return None
+        return Path(self.init_weights.replace(FOLD_PLACEHOLDER, str(self.fold)))
 
     # -- conversion --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -27,13 +27,27 @@ __all__ = ["Splits", "make_datasets", "make_loader", "set_loader_epoch"]
 
 @dataclass
 class Splits:
-    """The three datasets of a run and the normalisation they share (the training folds' statistics)."""
+    """The three datasets of a run and their normalisation statistics, each ``(10,)`` float32.
+
+    ``mean`` and ``std`` are the training folds' statistics (the training noise in raw units uses ``std``).
+    ``test_mean`` and ``test_std`` are those the test split is normalised with: the same arrays with
+    ``norm_stats="train_folds"``, the test fold's own with ``"own_folds"`` (test-time noise in raw units and the
+    de-normalised example images use them); None means ``mean`` and ``std``.
+    """
 
     train: Dataset
     val: Dataset
     test: Dataset
     mean: np.ndarray
     std: np.ndarray
+    test_mean: np.ndarray | None = None
+    test_std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.test_mean is None:
+            self.test_mean = self.mean
+        if self.test_std is None:
+            self.test_std = self.std
 
 
 def _limit(dataset: Dataset, limit: int | None, seed: int, name: str, stream: int) -> Dataset:
@@ -49,10 +63,16 @@ def _limit(dataset: Dataset, limit: int | None, seed: int, name: str, stream: in
 
 def make_datasets(config: RunConfig) -> Splits:
     """Train, val and test datasets of ``config.fold``'s rotation, limited to seeded subsets, with the training
-    noise wrapped around the training set. All three are normalised with the training folds' statistics."""
+    noise wrapped around the training set.
+
+    Normalisation (``config.norm_stats``): ``"train_folds"`` normalises all three splits with the training
+    folds' statistics (the mean over those folds of the NORM_S2_patch.json mean and std vectors);
+    ``"own_folds"`` normalises each split with its own folds' statistics, as the official
+    ``PASTIS_Dataset(folds=...)`` does (validation and test each with their own fold's).
+    """
     train_folds, val_folds, test_folds = FOLD_ROTATIONS[config.fold - 1]
     train = PastisDataset(config.dataset_root, folds=train_folds)
-    stats = (train.mean, train.std)
+    stats = None if config.norm_stats == "own_folds" else (train.mean, train.std)
     val = PastisDataset(config.dataset_root, folds=val_folds, norm_stats=stats)
     test = PastisDataset(config.dataset_root, folds=test_folds, norm_stats=stats)
     train_sub = _limit(train, config.train_limit, config.seed, "train_limit", 0)
@@ -63,7 +83,8 @@ def make_datasets(config: RunConfig) -> Splits:
     return Splits(train=train_sub,
                   val=_limit(val, config.val_limit, config.seed, "val_limit", 1),
                   test=_limit(test, config.test_limit, config.seed, "test_limit", 2),
-                  mean=np.asarray(train.mean), std=np.asarray(train.std))
+                  mean=np.asarray(train.mean), std=np.asarray(train.std),
+                  test_mean=np.asarray(test.mean), test_std=np.asarray(test.std))
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -13,6 +13,16 @@ every test-time noise level, and writes its run directory:
   ``pred`` ``(N, H, W)``, ``patch_id`` ``(N,)``;
 * ``metrics.json``: written last, it marks a finished run; starting a finished run again returns it at once.
 
+Initial weights. With ``init_weights`` (:func:`utae.weights.load_init_weights`: official weights or a run
+checkpoint, checked against the config's architecture) the run starts from those weights: ``epochs`` >= 1
+fine-tunes them (with the run's training noise, as any run), ``epochs`` 0 only evaluates them. An evaluation-only
+run writes the same files but no checkpoint: history.csv holds one row, epoch 0, with the loaded weights' clean
+validation scores (the train columns empty); metrics.json has ``best_epoch`` 0, ``epochs_completed`` 0,
+``train`` null and ``val`` those validation scores. metrics.json records the file in ``init_weights``
+(``path`` resolved, ``sha256``, ``source`` "official" or "run_checkpoint", ``checked_against``: the conf.json or
+checkpoint whose architecture was compared); a fine-tuning run keeps that record in its checkpoint, so a resumed
+run reports the file it started from.
+
 Paths. One rule places every run (:func:`utae.results.run_path`): ``<results>/runs/<platform>/<run_id>``; a
 config without ``out_dir`` runs into ``results/runs/<this machine's platform>/<config.default_run_id()>``.
 
@@ -58,6 +68,7 @@ from utae.results import (
     read_json,
     run_path,
 )
+from utae.weights import load_init_weights
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -242,11 +253,15 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
     (the run is then unfinished; call again to resume). In a torchrun multi-process run, every process calls
     this; only rank 0 writes files (and holds the lock).
 
+    With ``config.init_weights``, training starts from those weights; with ``epochs`` 0 the run only evaluates
+    them (validation, clean test and every test-time noise level).
+
     Returns:
         The metrics.json dict, or None when stopped early by ``max_epochs_this_call``.
 
     Raises:
         RunDirError: the run directory is in use, or holds another run's config or checkpoint.
+        utae.weights.WeightsError: ``init_weights`` cannot be used (the message names the fold and the file).
         utae.platform.OtherMachineError: the run there was started on another kind of machine (it is neither
             returned nor resumed).
     """
@@ -309,19 +324,29 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     if ctx.enabled:
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # different dropout masks in each process
     state = TrainState()
+    init: dict[str, Any] | None = None  # the record of the initial weights (metrics.json "init_weights")
     if ckpt is not None:
         state = restore(ckpt, engine.raw, engine.optimizer, scaler=engine.scaler, scheduler=engine.scheduler,
                         rank=ctx.rank, world_size=ctx.world_size)
+        init = ckpt.get("init_weights")
         if ctx.is_main:
             log.info("%s: resuming after epoch %d of %d", out, state.epoch, config.epochs)
+    elif config.init_weights is not None:
+        init = load_init_weights(engine.raw, config).record()
+        if ctx.is_main:
+            log.info("%s: initial weights %s (sha256 %s)", out, init["path"], init["sha256"])
     del ckpt
+    if config.epochs == 0:
+        return _evaluate_only(config, engine, splits, val_loader, test_loader, out, init)
 
     def save(st: TrainState) -> None:
         rng_states = gather_objects(rng_state(), ctx)  # every process takes part
         if ctx.is_main:
-            atomic_torch_save(ckpt_path, checkpoint_dict(engine.raw, engine.optimizer, st, config.to_dict(),
-                                                         scaler=engine.scaler, scheduler=engine.scheduler,
-                                                         rng_states=rng_states))
+            ckpt_out = checkpoint_dict(engine.raw, engine.optimizer, st, config.to_dict(), scaler=engine.scaler,
+                                       scheduler=engine.scheduler, rng_states=rng_states)
+            if init is not None:
+                ckpt_out["init_weights"] = init
+            atomic_torch_save(ckpt_path, ckpt_out)
             _write_history(out, st.history)
         barrier(ctx)
 
@@ -331,7 +356,29 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
                 progress=config.progress, on_epoch_end=save, max_epochs_this_call=max_epochs_this_call)
     if state.epoch < config.epochs:
         return None
-    return _finish(config, engine, state, splits, test_loader, out)
+    return _finish(config, engine, state, splits, test_loader, out, init)
+
+
+def _evaluate_only(config: RunConfig, engine: Engine, splits: Splits, val_loader: DataLoader,
+                   test_loader: DataLoader, out: Path, init: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``epochs`` 0: the loaded weights are "epoch 0": validate them (clean), write the one-row history, then
+    test them as :func:`_finish` tests a best epoch. No checkpoint is written."""
+    device = engine.device
+    reset_peak_memory(device)
+    va = evaluate_epoch(engine.eval_model, val_loader, device, seed=config.seed, amp_dtype=engine.amp_dtype,
+                        ctx=engine.ctx, progress=config.progress, desc="val")
+    va_s = scores(va.cm)
+    nan = float("nan")
+    row = {"epoch": 0, "train_loss": nan, "train_oa": nan, "train_miou": nan,
+           "val_loss": va.loss, "val_oa": va_s["oa"], "val_miou": va_s["miou"], "lr": nan,
+           "sec_epoch": va.seconds, "train_samples_per_s": nan,
+           "eval_samples_per_s": va.n_samples / va.seconds if va.seconds > 0 else nan,
+           "peak_mem_mb": float(peak_memory_mb(device))}
+    state = TrainState(epoch=0, best_epoch=0, best_score=va_s["miou"], best_model=engine.raw.state_dict(),
+                       best_val={**va_s, "loss": va.loss}, history=[row])
+    if engine.ctx.is_main:
+        _write_history(out, state.history)
+    return _finish(config, engine, state, splits, test_loader, out, init)
 
 
 def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -340,11 +387,13 @@ def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
 
 def _timing(history: Sequence[Mapping[str, Any]], test_seconds: float, peak_test: float) -> dict[str, float]:
     """metrics.json "timing": means over the epochs (validation for the eval speed), the peak memory of the
-    whole run, and the total of the epochs and of the test evaluations (also over resumed sessions)."""
+    whole run, and the total of the epochs and of the test evaluations (also over resumed sessions). The epoch-0
+    row of an evaluation-only run counts for the eval speed and the total, not for the per-epoch means (None)."""
     hist = pd.DataFrame(history)
+    trained = hist[hist["epoch"] >= 1]
     return {
-        "sec_per_epoch": float(hist["sec_epoch"].mean()),
-        "train_samples_per_s": float(hist["train_samples_per_s"].mean()),
+        "sec_per_epoch": float(trained["sec_epoch"].mean()),
+        "train_samples_per_s": float(trained["train_samples_per_s"].mean()),
         "eval_samples_per_s": float(hist["eval_samples_per_s"].mean()),
         "peak_mem_mb": float(max(hist["peak_mem_mb"].max(), peak_test)),
         "total_s": float(hist["sec_epoch"].sum() + test_seconds),
@@ -368,27 +417,32 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, channel_std
 
 
 def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits, test_loader: DataLoader,
-            out: Path) -> dict[str, Any]:
-    """Test the best model and write confusion.npy, predictions.npz and (last) metrics.json."""
+            out: Path, init: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Test the best model and write confusion.npy, predictions.npz and (last) metrics.json. Best epoch 0 (an
+    evaluation-only run) has no train scores (``train`` null). Test-time noise in raw units uses the std the test
+    split is normalised with (``splits.test_std``)."""
     engine.raw.load_state_dict(state.best_model)
     reset_peak_memory(engine.device)
-    test, curve, test_seconds = _test_all(engine, test_loader, config, splits.std)
-    best = state.history[state.best_epoch - 1]
+    test, curve, test_seconds = _test_all(engine, test_loader, config, splits.test_std)
+    best = state.history[state.best_epoch - 1] if state.best_epoch >= 1 else None
     metrics = {
         "run_id": config.default_run_id(),
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epoch,
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
-        "train": {"oa": best["train_oa"], "miou": best["train_miou"], "loss": best["train_loss"]},
+        "train": None if best is None else {"oa": best["train_oa"], "miou": best["train_miou"],
+                                            "loss": best["train_loss"]},
         "val": state.best_val,
         "test": {**scores(test.cm), "loss": test.loss},
         "test_noise": curve,
         "timing": _timing(state.history, test_seconds, float(peak_memory_mb(engine.device))),
     }
+    if init is not None:
+        metrics["init_weights"] = dict(init)
     if engine.ctx.is_main:
         atomic_save_npy(out / "confusion.npy", test.cm.astype(np.int64))
         examples = predict_examples(engine.eval_model, splits.test, engine.device, n=config.n_examples,
-                                    mean=splits.mean, std=splits.std, amp_dtype=engine.amp_dtype)
+                                    mean=splits.test_mean, std=splits.test_std, amp_dtype=engine.amp_dtype)
         atomic_savez(out / "predictions.npz", examples)
         atomic_write_json(out / "metrics.json", metrics)
     barrier(engine.ctx)
