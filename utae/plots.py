@@ -9,7 +9,8 @@ Inputs are plain arrays and the pandas DataFrames of :mod:`utae.results`:
 
 - one run: ``history.csv`` as a DataFrame, per-class IoU lists, the ``(20, 20)`` confusion matrix,
   ``predictions.npz`` arrays (``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred`` ``(N, H, W)``);
-- the study: ``load_runs`` (one row a run), ``load_test_noise`` and ``load_per_class_iou`` (long).
+- the study: ``load_runs`` (one row a run), ``load_test_noise`` and ``load_per_class_iou`` (long), and
+  the tables of :mod:`utae.study` (``paired_differences``, ``platform_effect``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "per_class_heatmap",
     "timing_bars",
     "seed_spread",
+    "paired_differences",
 ]
 
 DEFAULT_DPI: float = 72.0
@@ -519,6 +521,69 @@ def seed_spread(
     ax.set_xlabel("training noise std")
     ax.set_ylabel(_label(metric))
     ax.set_title(f"{_label(metric)} of every run (bar: mean over seeds)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _config_label(columns: Sequence[str], values: Sequence[Any]) -> str:
+    parts = []
+    for col, value in zip(columns, values):
+        name = "noise" if col == "cfg_noise_std" else col.removeprefix("cfg_").replace("_", " ")
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        parts.append(f"{name} {_fmt_level(value) if number else value}")
+    return "\n".join(parts)
+
+
+def paired_differences(
+    pairs: pd.DataFrame,
+    effect: Mapping[str, Any] | pd.Series | None = None,
+    scale: float = 100.0,
+    metric: str = "test_miou",
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """The paired differences between two platforms, per configuration: each seed a dot, the
+    configuration's mean a short bar; the study-level platform effect a line with its CI as a band.
+
+    Args:
+        pairs: ``utae.study.paired_differences()``: the configuration columns (those before ``cfg_seed``),
+            ``cfg_seed`` and ``diff`` (platform b minus platform a, in the metric's stored unit).
+        effect: the matching row of ``utae.study.platform_effect()`` (``effect``, ``ci_low``, ``ci_high``
+            already scaled, ``platform_a``, ``platform_b``); None draws the differences only.
+        scale: multiplies ``diff`` (100: fractions to points, matching ``effect``).
+        metric: for the axis label.
+    """
+    _require_columns(pairs, ["cfg_seed", "diff"], "paired_differences(pairs)")
+    _require_rows(pairs, "paired_differences(pairs)")
+    configs = list(pairs.columns[: list(pairs.columns).index("cfg_seed")])
+    keys = configs or ["cfg_seed"]
+    groups = list(pairs.groupby(keys, sort=True, dropna=False)) if configs else [((), pairs)]
+    seeds = sorted(pairs["cfg_seed"].unique())
+    unit = " (points)" if scale == 100.0 else ""
+    fig = Figure(figsize=(max(4.5, 0.9 * len(groups) + 2.5), 3.2), dpi=dpi, layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0.0, color="0.4", lw=1, ls="--")
+    if effect is not None:
+        ax.axhspan(float(effect["ci_low"]), float(effect["ci_high"]), color=_LINE_COLORS[1], alpha=0.15, lw=0,
+                   label="95% CI")
+        ax.axhline(float(effect["effect"]), color=_LINE_COLORS[1], lw=1.5,
+                   label=f"platform effect {float(effect['effect']):+.2f}")
+    labels = []
+    for i, (key, sub) in enumerate(groups):
+        key = key if isinstance(key, tuple) else (key,)
+        labels.append(_config_label(configs, key) if configs else "all")
+        diffs = sub["diff"].to_numpy(dtype=float) * scale
+        jitter = np.array([seeds.index(s) for s in sub["cfg_seed"]], dtype=float)
+        jitter = (jitter - (len(seeds) - 1) / 2) * (0.3 / max(1, len(seeds)))
+        ax.scatter(i + jitter, diffs, s=18, color=_LINE_COLORS[0], alpha=0.85, zorder=3,
+                   label="one seed" if i == 0 else None)
+        ax.plot([i - 0.2, i + 0.2], [diffs.mean()] * 2, color=_LINE_COLORS[0], lw=2)
+    ax.set_xticks(range(len(groups)), labels, fontsize=8)
+    title = "paired differences"
+    if effect is not None:
+        title = f"{effect['platform_b']} minus {effect['platform_a']}"
+    ax.set_ylabel(f"difference in {_label(metric)}{unit}")
+    ax.set_title(f"{_label(metric)}: {title} (dot: one seed; bar: mean)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return fig
