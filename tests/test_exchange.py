@@ -1,0 +1,604 @@
+"""Moving runs between machines (utae.exchange): export, import (validated, never overwriting), verify.
+
+Runs are written by hand here (the files a finished run holds, with made-up numbers), so that every
+import case takes milliseconds; one test (:func:`test_verify_reruns_a_point_and_compares`) executes the
+train notebook on a tiny sweep of one point and one epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from utae import exchange
+from utae.config import REPO_ROOT, run_config_fields
+from utae.exchange import (
+    ARCHIVE_ROOT,
+    ExchangeError,
+    add_commands,
+    export_runs,
+    import_runs,
+    metric_values,
+    records_conflict,
+    run_command,
+    verify,
+    verify_failures,
+)
+from utae.results import report_path, run_path
+
+FP_A = "a1a1a1a1a1a1"
+FP_B = "b2b2b2b2b2b2"
+PLAT = "cpu-test"
+RUN_FILES = ("config.json", "platform.json", "metrics.json", "history.csv", "confusion.npy", "predictions.npz")
+LOCAL_FILES = ("checkpoint.pt", "run.ipynb", ".lock", ".metrics.json.x1.tmp")
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: runs written by hand, snapshots, archives
+# --------------------------------------------------------------------------------------------------
+
+
+def machine(fingerprint: str | None = FP_A, name: str = "Test CPU A") -> dict[str, Any]:
+    """A platform.json dict (legacy when ``fingerprint`` is None: no fingerprint key at all)."""
+    record = {"device": "cpu", "device_kind": "cpu", "device_name": name, "cpu_model": name, "cpu_arch": "x86_64",
+              "torch_version": "2.13.0+cpu", "platform_id": "cpu-test-a", "torch_threads": 1}
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
+    return record
+
+
+def make_run(results: Path, platform: str, run_id: str, *, seed: int = 0, record: dict[str, Any] | None = None,
+             report: bool = True, local_files: bool = True) -> Path:
+    """Write a finished run directory (and its report) with numbers drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    d = run_path(results, platform, run_id)
+    d.mkdir(parents=True)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in run_config_fields().items()}
+    config.update(dataset_root="data/synthetic_pastis", epochs=2, seed=seed, run_id=run_id, device="cpu",
+                  out_dir=f"results/runs/{platform}/{run_id}", progress=False)
+    cm = rng.integers(0, 50, size=(20, 20)).astype(np.int64)
+    oa = float(np.trace(cm) / cm.sum())
+    scores = {"oa": oa, "miou": float(rng.uniform()), "iou": [float(v) for v in rng.uniform(size=19)] + [None],
+              "macro_f1": 0.5, "loss": 1.25}
+    metrics = {"run_id": run_id, "best_epoch": 2, "epochs_completed": 2, "n_train": 8, "n_val": 4, "n_test": 4,
+               "train": {"oa": 0.7, "miou": 0.4, "loss": 1.0}, "val": dict(scores), "test": dict(scores),
+               "test_noise": [{"std": 0.0, "oa": oa, "miou": scores["miou"], "iou": scores["iou"]},
+                              {"std": 1.0, "oa": oa / 2, "miou": None, "iou": [None] * 20}],
+               "timing": {"sec_per_epoch": 1.0}}
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    (d / "platform.json").write_text(json.dumps(record or machine(), indent=2))
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (d / "history.csv").write_text("epoch,train_loss,val_miou\n1,2.0,0.1\n2,1.5,0.2\n")
+    np.save(d / "confusion.npy", cm)
+    np.savez(d / "predictions.npz", pred=rng.integers(0, 20, size=(2, 4, 4)), patch_id=np.arange(2))
+    if local_files:
+        for name in LOCAL_FILES:
+            (d / name).write_bytes(b"stays on this machine")
+    if report:
+        page = report_path(results, platform, run_id)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(f"<html>{platform}/{run_id} seed {seed}</html>")
+    return d
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with the SHA-256 of its bytes ("dir" for folders): what "unchanged" means."""
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*"))}
+
+
+def no_staging_left(results: Path) -> bool:
+    return not list(results.parent.glob(f".{results.name}.import-*"))
+
+
+def tar_members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def write_tar(archive: Path, files: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> Path:
+    """A .tar.gz of ``files`` (name -> bytes) plus special members (links, devices...)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info)
+    return archive
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A results folder with two finished runs of one machine, one unfinished run, and a second platform."""
+    results = tmp_path / "src" / "results"
+    make_run(results, PLAT, "noise0-seed0", seed=0)
+    make_run(results, PLAT, "noise0-seed1", seed=1)
+    unfinished = make_run(results, PLAT, "noise1-seed0", seed=2)
+    (unfinished / "metrics.json").unlink()
+    make_run(results, "cpu-other", "noise0-seed0", seed=3, record=machine(FP_B, "Test CPU B"))
+    (results / "reports" / "index.html").write_text("<html>index</html>")
+    (results / "summary.csv").write_text("a,b\n")
+    return results
+
+
+@pytest.fixture
+def archive(source: Path, tmp_path: Path) -> Path:
+    return export_runs(source, tmp_path / "out" / "study.tar.gz", platforms=[PLAT], log=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+
+
+def test_export_writes_runs_reports_and_a_manifest_without_local_files(source, tmp_path):
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text("name: tiny\ngrid:\n  seed: [0, 1]\n")
+    out = export_runs(source, tmp_path / "out" / "study", sweep=sweep, log=None)
+    assert out == tmp_path / "out" / "study.tar.gz"  # the suffix is added
+    members = tar_members(out)
+    expected = {f"results/runs/{p}/{r}/{f}" for p, r in [(PLAT, "noise0-seed0"), (PLAT, "noise0-seed1"),
+                                                          ("cpu-other", "noise0-seed0")] for f in RUN_FILES}
+    expected |= {f"results/reports/{PLAT}/noise0-seed0.html", f"results/reports/{PLAT}/noise0-seed1.html",
+                 "results/reports/cpu-other/noise0-seed0.html"}
+    assert set(members) == expected | {"results/MANIFEST.json"}  # no checkpoint, notebook, lock, tmp, unfinished run
+    manifest = json.loads(members["results/MANIFEST.json"])
+    assert set(manifest["files"]) == expected
+    for name in expected:
+        assert manifest["files"][name] == hashlib.sha256(members[name]).hexdigest()
+        assert members[name] == (source.parent / name).read_bytes()
+    assert manifest["package"]["version"] == exchange._package_version() is not None
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert manifest["package"]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert manifest["created_utc"].endswith("Z")
+    assert manifest["sweep"] == {"name": "tiny", "file": "tiny.yaml", "text": sweep.read_text()}
+    assert manifest["platforms"][PLAT]["runs"] == ["noise0-seed0", "noise0-seed1"]
+    assert [m["fingerprint"] for m in manifest["platforms"][PLAT]["machines"]] == [FP_A]
+    assert "Test CPU B" in manifest["platforms"]["cpu-other"]["machines"][0]["machine"]
+    with tarfile.open(out) as tar:
+        assert {(m.uid, m.uname) for m in tar.getmembers()} == {(0, "")}  # no user name of this machine
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_export_of_chosen_platforms_and_unknown_platform(source, tmp_path):
+    out = export_runs(source, tmp_path / "one.tgz", platforms=["cpu-other"], log=None)
+    assert {n.split("/")[2] for n in tar_members(out) if n.count("/") > 2} == {"cpu-other"}
+    with pytest.raises(ExchangeError, match=r"'cpu-nope'.*platforms: cpu-other, cpu-test"):
+        export_runs(source, tmp_path / "x.tar.gz", platforms=["cpu-nope"], log=None)
+    with pytest.raises(ExchangeError, match="no such folder"):
+        export_runs(tmp_path / "empty", tmp_path / "x.tar.gz", log=None)
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Import: the good cases
+# --------------------------------------------------------------------------------------------------
+
+
+def test_import_then_import_again_skips(archive, source, tmp_path):
+    dest = tmp_path / "dest" / "results"
+    report = import_runs(archive, dest, log=None)
+    assert report.imported == [f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"]
+    assert report.skipped == [] and report.refused == [] and report.exit_status == 0
+    for run_id in ("noise0-seed0", "noise0-seed1"):
+        got = run_path(dest, PLAT, run_id)
+        assert sorted(p.name for p in got.iterdir()) == sorted(RUN_FILES)
+        for name in RUN_FILES:
+            assert (got / name).read_bytes() == (run_path(source, PLAT, run_id) / name).read_bytes()
+        assert report_path(dest, PLAT, run_id).read_bytes() == report_path(source, PLAT, run_id).read_bytes()
+    before = snapshot(dest)
+    again = import_runs(archive, dest, log=None)
+    assert again.imported == [] and again.skipped == report.imported and again.exit_status == 0
+    assert snapshot(dest) == before
+    assert no_staging_left(dest)
+
+
+def test_import_from_folders_and_a_legacy_archive(source, tmp_path):
+    lines: list[str] = []
+    first = import_runs(source, tmp_path / "a" / "results", log=lines.append)  # a results folder
+    assert sorted(first.imported) == ["cpu-other/noise0-seed0", f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"]
+    assert any("no MANIFEST.json" in line for line in lines) and "3 imported" in lines[-1]
+    assert not (tmp_path / "a" / "results" / "reports" / "index.html").exists()  # study-level files are remade
+    holder = tmp_path / "holder"
+    shutil.copytree(source, holder / "results")  # a folder holding results/
+    assert len(import_runs(holder, tmp_path / "b" / "results", log=None).imported) == 3
+    # The shape of an archive made by hand before manifests: runs/ and reports/ at the top.
+    files = {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    legacy = write_tar(tmp_path / "legacy.tar.gz", files)
+    with pytest.raises(ExchangeError, match="several platforms"):
+        import_runs(legacy, tmp_path / "c" / "results", as_platform="cpu-renamed", log=None)
+    report = import_runs(legacy, tmp_path / "c" / "results", log=None)
+    assert sorted(report.imported) == sorted(first.imported)
+    assert not (run_path(tmp_path / "c" / "results", PLAT, "noise0-seed0") / "checkpoint.pt").exists()
+
+
+def test_as_platform_renames_the_platform_folder(archive, tmp_path):
+    dest = tmp_path / "dest"
+    report = import_runs(archive, dest, as_platform="cpu-by-hand", log=None)
+    assert report.imported == ["cpu-by-hand/noise0-seed0", "cpu-by-hand/noise0-seed1"]
+    assert (run_path(dest, "cpu-by-hand", "noise0-seed0") / "metrics.json").is_file()
+    assert report_path(dest, "cpu-by-hand", "noise0-seed1").is_file()
+    assert not (dest / "runs" / PLAT).exists()
+    with pytest.raises(ExchangeError, match="--as"):
+        import_runs(archive, dest, as_platform="../up", log=None)
+
+
+def test_dry_run_changes_nothing(archive, tmp_path):
+    dest = tmp_path / "dest"
+    make_run(dest, "cpu-x", "r", seed=5)
+    before = snapshot(dest)
+    report = import_runs(archive, dest, dry_run=True, log=None)
+    assert report.imported == [f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"] and report.dry_run
+    assert snapshot(dest) == before and no_staging_left(dest)
+
+
+def test_an_existing_report_is_never_overwritten(archive, tmp_path):
+    dest = tmp_path / "dest"
+    page = report_path(dest, PLAT, "noise0-seed0")
+    page.parent.mkdir(parents=True)
+    page.write_text("<html>mine</html>")
+    report = import_runs(archive, dest, log=None)
+    assert len(report.imported) == 2 and page.read_text() == "<html>mine</html>"
+    assert report.reports == [f"reports/{PLAT}/noise0-seed1.html"]
+
+
+def test_skipped_run_gets_its_missing_report(archive, source, tmp_path):
+    dest = tmp_path / "dest"
+    shutil.copytree(run_path(source, PLAT, "noise0-seed0"), run_path(dest, PLAT, "noise0-seed0"))
+    report = import_runs(archive, dest, log=None)
+    assert report.skipped == [f"{PLAT}/noise0-seed0"] and report.imported == [f"{PLAT}/noise0-seed1"]
+    page = report_path(dest, PLAT, "noise0-seed0")
+    assert page.read_bytes() == report_path(source, PLAT, "noise0-seed0").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# Import: bad input (each names the file or member, and leaves the destination as it was)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    """A destination study that already holds a run of machine A on PLAT (fingerprint FP_A)."""
+    results = tmp_path / "dest" / "results"
+    make_run(results, PLAT, "noise2-seed0", seed=9, local_files=False)
+    return results
+
+
+def rewrite(archive: Path, tmp_path: Path, change: dict[str, bytes | None]) -> Path:
+    """A copy of ``archive`` with some members replaced (bytes) or removed (None)."""
+    files = tar_members(archive)
+    for name, data in change.items():
+        if data is None:
+            files.pop(name)
+        else:
+            files[name] = data
+    return write_tar(tmp_path / "changed.tar.gz", files)
+
+
+def run_member(run_id: str, name: str) -> str:
+    return f"{ARCHIVE_ROOT}/runs/{PLAT}/{run_id}/{name}"
+
+
+def test_a_changed_file_fails_the_manifest(archive, dest, tmp_path):
+    name = run_member("noise0-seed1", "metrics.json")
+    metrics = json.loads(tar_members(archive)[name])
+    metrics["test"]["miou"] = 0.99  # still valid: only the hash tells
+    bad = rewrite(archive, tmp_path, {name: json.dumps(metrics).encode()})
+    before = snapshot(dest)
+    report = import_runs(bad, dest, log=None)
+    assert report.imported == [f"{PLAT}/noise0-seed0"]
+    [(label, reason)] = report.refused
+    assert label == f"{PLAT}/noise0-seed1" and name in reason and "SHA-256" in reason
+    assert not run_path(dest, PLAT, "noise0-seed1").exists()
+    assert {k: v for k, v in snapshot(dest).items() if "noise0-seed0" not in k} == before
+    assert report.exit_status == 1
+
+
+def test_a_file_added_after_export_or_missing_fails_the_manifest(archive, dest, tmp_path):
+    bad = rewrite(archive, tmp_path, {run_member("noise0-seed0", "extra.txt"): b"x",
+                                      run_member("noise0-seed1", "history.csv"): None})
+    reasons = dict(import_runs(bad, dest, log=None).refused)
+    assert "extra.txt: not listed in MANIFEST.json" in reasons[f"{PLAT}/noise0-seed0"]
+    assert "history.csv: listed in MANIFEST.json but missing" in reasons[f"{PLAT}/noise0-seed1"]
+
+
+def test_a_run_missing_metrics_json_is_refused(source, dest, tmp_path):
+    (run_path(source, PLAT, "noise0-seed0") / "metrics.json").rename(tmp_path / "kept.json")
+    (run_path(source, PLAT, "noise0-seed0") / "history.csv").unlink()
+    (run_path(source, PLAT, "noise1-seed0") / "checkpoint.pt").unlink()  # an unfinished run: refused too
+    before = snapshot(dest)
+    report = import_runs(source, dest, log=None)
+    reasons = dict(report.refused)
+    assert "missing metrics.json, history.csv" in reasons[f"{PLAT}/noise0-seed0"]
+    assert "missing metrics.json" in reasons[f"{PLAT}/noise1-seed0"]
+    assert not run_path(dest, PLAT, "noise0-seed0").exists()
+    assert {k: v for k, v in snapshot(dest).items() if "noise0-seed1" not in k and "cpu-other" not in k} == before
+
+
+def test_a_platform_conflict_is_refused_naming_both_machines(source, dest, tmp_path):
+    other = tmp_path / "b" / "results"
+    make_run(other, PLAT, "noise0-seed0", seed=0, record=machine(FP_B, "Test CPU B"))
+    before = snapshot(dest)
+    report = import_runs(other, dest, log=None)
+    [(label, reason)] = report.refused
+    assert label == f"{PLAT}/noise0-seed0"
+    assert "Test CPU A" in reason and FP_A in reason  # the machine of the runs already there
+    assert "Test CPU B" in reason and FP_B in reason  # the incoming machine
+    assert "--as cpu-test-a" in reason  # its own platform_id is free
+    assert snapshot(dest) == before
+    assert import_runs(other, dest, as_platform="cpu-test-b", log=None).imported == ["cpu-test-b/noise0-seed0"]
+
+
+def test_the_same_run_id_with_other_content_is_refused(dest, tmp_path):
+    other = tmp_path / "b" / "results"
+    make_run(other, PLAT, "noise2-seed0", seed=10)  # same machine, other numbers
+    before = snapshot(dest)
+    [(label, reason)] = import_runs(other, dest, log=None).refused
+    assert label == f"{PLAT}/noise2-seed0" and "already holds another run" in reason and "metrics.json" in reason
+    assert snapshot(dest) == before
+
+
+@pytest.mark.parametrize("member, match", [
+    ("../evil.txt", "'..'"),
+    ("results/runs/../../evil.txt", "'..'"),
+    ("/tmp/evil.txt", "absolute path"),
+])
+def test_paths_that_escape_are_refused(archive, dest, tmp_path, member, match):
+    bad = write_tar(tmp_path / "bad.tar.gz", {**tar_members(archive), member: b"boom"})
+    before = snapshot(dest)
+    with pytest.raises(ExchangeError, match=match) as err:
+        import_runs(bad, dest, log=None)
+    assert repr(member) in str(err.value)
+    assert snapshot(dest) == before and no_staging_left(dest)
+    assert not (tmp_path / "evil.txt").exists() and not (dest.parent / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE])
+def test_links_and_devices_are_refused(archive, dest, tmp_path, kind):
+    info = tarfile.TarInfo(run_member("noise0-seed0", "notes"))
+    info.type = kind
+    info.linkname = "/etc" if kind != tarfile.CHRTYPE else ""
+    bad = write_tar(tmp_path / "bad.tar.gz", tar_members(archive), extra=[info])
+    before = snapshot(dest)
+    with pytest.raises(ExchangeError, match="notes") as err:
+        import_runs(bad, dest, log=None)
+    assert ("'/etc'" in str(err.value)) == (kind != tarfile.CHRTYPE)
+    assert snapshot(dest) == before and no_staging_left(dest)
+
+
+def test_a_symlink_in_a_source_folder_is_refused(source, dest):
+    (run_path(source, PLAT, "noise0-seed0") / "passwd").symlink_to("/etc/passwd")
+    before = snapshot(dest)
+    with pytest.raises(ExchangeError, match="passwd: a link"):
+        import_runs(source, dest, log=None)
+    assert snapshot(dest) == before
+
+
+@pytest.mark.parametrize("file, content, match", [
+    ("config.json", b'{"seed": 0,', r"config.json: corrupt JSON \(line 1"),
+    ("metrics.json", b"[1, 2", "metrics.json: corrupt JSON"),
+    ("platform.json", b"", "platform.json: corrupt JSON"),
+])
+def test_corrupt_json_is_refused(source, dest, file, content, match):
+    (run_path(source, PLAT, "noise0-seed1") / file).write_bytes(content)
+    before = snapshot(dest)
+    report = import_runs(source, dest, log=None)
+    reason = dict(report.refused)[f"{PLAT}/noise0-seed1"]
+    assert f"runs/{PLAT}/noise0-seed1/{file}" in reason
+    assert re.search(match, reason), reason
+    assert not run_path(dest, PLAT, "noise0-seed1").exists()
+    assert {k: v for k, v in snapshot(dest).items() if "noise0-seed0" not in k and "cpu-other" not in k} == before
+
+
+def edit_json(path: Path, **changes: Any) -> None:
+    data = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = data
+        for p in parents:
+            target = target[p]
+        target[key] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("file, changes, match", [
+    ("config.json", {"foo": 1}, r"unknown RunConfig field\(s\) \['foo'\]"),
+    ("config.json", {"fold": 9}, "fold must be from 1 to 5"),
+    ("config.json", {"run_id": "other"}, "run_id 'other', but the folder is 'noise0-seed1'"),
+    ("metrics.json", {"test__oa": 1.5}, r"test.oa: expected a fraction in \[0, 1\]"),
+    ("metrics.json", {"best_epoch": 3}, "best_epoch 3 > epochs_completed 2"),
+    ("metrics.json", {"val__loss": -1}, "val.loss: expected a number >= 0"),
+    ("platform.json", {"fingerprint": "XYZ"}, "fingerprint"),
+])
+def test_invalid_fields_are_refused_naming_them(source, dest, file, changes, match):
+    edit_json(run_path(source, PLAT, "noise0-seed1") / file, **changes)
+    reason = dict(import_runs(source, dest, log=None).refused)[f"{PLAT}/noise0-seed1"]
+    assert f"noise0-seed1/{file}" in reason
+    assert re.search(match, reason), reason
+    assert not run_path(dest, PLAT, "noise0-seed1").exists()
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.zeros((19, 20), dtype=np.int64), r"\(20, 20\) integer matrix"),
+    (np.zeros((20, 20), dtype=np.float64), r"\(20, 20\) integer matrix"),
+    (np.full((20, 20), -1, dtype=np.int64), "negative counts"),
+    (np.array([{"a": 1}], dtype=object), "not a plain .npy array"),
+])
+def test_a_bad_confusion_matrix_is_refused(source, dest, array, match):
+    np.save(run_path(source, PLAT, "noise0-seed1") / "confusion.npy", array, allow_pickle=True)
+    reason = dict(import_runs(source, dest, log=None).refused)[f"{PLAT}/noise0-seed1"]
+    assert "confusion.npy" in reason and re.search(match, reason), reason
+
+
+def test_not_an_archive(tmp_path, dest):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not gzip at all")
+    with pytest.raises(ExchangeError, match="junk.tar.gz"):
+        import_runs(junk, dest, log=None)
+    with pytest.raises(ExchangeError, match="no such archive or folder"):
+        import_runs(tmp_path / "missing.tar.gz", dest, log=None)
+    empty = write_tar(tmp_path / "empty.tar.gz", {"readme.txt": b"hi"})
+    with pytest.raises(ExchangeError, match="holds no runs"):
+        import_runs(empty, dest, log=None)
+    assert no_staging_left(dest)
+
+
+def test_an_unexpected_error_leaves_no_half_moved_run(archive, tmp_path, monkeypatch):
+    dest = tmp_path / "dest"
+    calls = []
+    real = exchange._place_file
+
+    def failing(src: Path, target: Path) -> None:
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(src, target)
+
+    monkeypatch.setattr(exchange, "_place_file", failing)
+    with pytest.raises(OSError, match="No space"):
+        import_runs(archive, dest, log=None)
+    assert (run_path(dest, PLAT, "noise0-seed0") / "metrics.json").is_file()  # the first run, whole
+    assert report_path(dest, PLAT, "noise0-seed0").is_file()
+    assert not run_path(dest, PLAT, "noise0-seed1").exists()  # the second: moved back out
+    assert not report_path(dest, PLAT, "noise0-seed1").exists()
+    assert no_staging_left(dest)
+
+
+def test_records_conflict_with_and_without_fingerprints():
+    assert records_conflict(machine(FP_A), machine(FP_B))
+    assert not records_conflict(machine(FP_A), machine(FP_A, "renamed"))  # the fingerprint decides
+    assert not records_conflict(machine(None), machine(None))  # legacy, same device/CPU/torch
+    assert records_conflict(machine(None, "AMD EPYC"), machine(None, "Intel Xeon"))
+    assert not records_conflict(machine(FP_A), machine(None))  # nothing known differs: not a conflict
+    assert records_conflict(machine(FP_A), {**machine(None), "torch_version": "2.1.0"})
+    assert not records_conflict({"fingerprint": FP_A}, machine(None, "x"))  # unknown fields are no evidence
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utae.sweep")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(list(argv)))
+
+
+def test_command_line_export_import_and_errors(source, dest, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cli.tar.gz"
+    assert cli("export", "--results", str(source), "-o", str(out), "--platform", f"{PLAT},cpu-other") == 0
+    assert "3 run(s)" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert cli("export", "--results", str(source), "--platform", PLAT) == 0
+    assert (tmp_path / f"results-{PLAT}.tar.gz").is_file()  # the default name
+    assert cli("import", str(out), "--results", str(dest), "--dry-run") == 0
+    assert not run_path(dest, PLAT, "noise0-seed0").exists()
+    assert cli("import", str(out), "--results", str(dest)) == 0
+    assert cli("import", str(out), "--results", str(dest)) == 0  # all skipped
+    assert "3 skipped" in capsys.readouterr().out
+    assert cli("import", str(out), "--results", str(dest), "--as", PLAT) == 2  # --as renames one platform only
+    assert "several platforms" in capsys.readouterr().err
+    other = tmp_path / "other.tgz"
+    assert cli("export", "--results", str(source), "-o", str(other), "--platform", "cpu-other") == 0
+    assert cli("import", str(other), "--results", str(dest), "--as", PLAT) == 1  # another machine's run
+    assert "REFUSED cpu-test/noise0-seed0" in capsys.readouterr().out
+    assert cli("import", str(tmp_path / "nope.tgz"), "--results", str(dest)) == 2
+    assert "nope.tgz: no such archive" in capsys.readouterr().err
+    assert cli("export", "--results", str(source), "--platform", "cpu-nope") == 2
+    assert "cpu-nope" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Verify
+# --------------------------------------------------------------------------------------------------
+
+
+def test_metric_values_flattens_every_result_number():
+    metrics = {"test": {"oa": 0.5, "miou": None, "iou": [0.1], "loss": 1.0}, "val": {"oa": 0.4}, "train": {"loss": 2},
+               "test_noise": [{"std": 0.5, "oa": 0.3, "miou": 0.2}], "best_epoch": 3, "timing": {"total_s": 9.0}}
+    values = metric_values(metrics)
+    assert list(values) == ["test.oa", "test.miou", "test.loss", "val.oa", "train.loss", "test_noise[0.5].oa",
+                            "test_noise[0.5].miou", "best_epoch"]
+    assert np.isnan(values["test.miou"]) and values["best_epoch"] == 3.0
+
+
+def test_verify_refuses_to_rerun_into_the_committed_results(tmp_path, capsys):
+    with pytest.raises(ExchangeError, match="--scratch"):
+        verify(tmp_path / "any.yaml", tmp_path / "results", scratch=tmp_path / "results" / ".." / "results", log=None)
+    assert cli("verify", str(tmp_path / "missing.yaml"), "--results", str(tmp_path)) == 2
+    assert "missing.yaml not found" in capsys.readouterr().err
+
+
+TINY = {
+    "name": "tiny-verify",
+    "grid": {"noise_std": [0.0], "seed": [0]},
+    "fixed": {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
+              "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
+              "n_examples": 1, "device": "cpu", "deterministic": True, "train_limit": 4, "val_limit": 2,
+              "test_limit": 2},
+}
+
+
+def test_verify_reruns_a_point_and_compares(tmp_path, capsys):
+    from utae.config import RunConfig, load_sweep
+    from utae.run import run
+    from utae.synthetic import make_synthetic_pastis
+
+    data = tmp_path / "data"
+    make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(yaml.safe_dump({**TINY, "dataset_root": str(data)}, sort_keys=False))
+    committed = tmp_path / "committed"
+    # The committed run is trained in this process (one torch thread, see conftest.py); verify reruns it in a
+    # notebook kernel, as `make verify` does.
+    point = load_sweep(sweep_file).points[0]
+    run(RunConfig.from_dict({**point.params, "run_id": point.run_id, "progress": False,
+                             "out_dir": str(run_path(committed, "cpu-here", point.run_id))}))
+    scratch = tmp_path / "scratch"
+
+    frame = verify(sweep_file, committed, points=1, scratch=scratch, log=None)  # this machine, run again
+    assert set(frame.columns) >= {"platform", "run_id", "metric", "committed", "here", "diff", "same_machine"}
+    assert set(frame["platform"]) == {"cpu-here"} and frame["same_machine"].all()
+    assert {"test.oa", "test.miou", "test.loss", "val.miou", "train.loss", "test_noise[1].miou",
+            "best_epoch"} <= set(frame["metric"])
+    assert frame["identical"].all() and verify_failures(frame).empty  # a CPU rerun repeats every number
+
+    # A committed number that this machine does not reproduce is a failure (exit status 1).
+    metrics_file = run_path(committed, "cpu-here", "noise0-seed0") / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["test"]["oa"] += 0.001
+    metrics_file.write_text(json.dumps(metrics))
+    argv = ["verify", str(sweep_file), "--results", str(committed), "--points", "noise0-seed0",
+            "--scratch", str(scratch)]  # the finished rerun in scratch is reused
+    assert cli(*argv) == 1
+    assert "DIFFER" in capsys.readouterr().out
+    failures = verify_failures(verify(sweep_file, committed, points=["noise0-seed0"], scratch=scratch, log=None))
+    assert list(failures["metric"]) == ["test.oa"]
+    assert failures["diff"].iloc[0] == pytest.approx(-0.001)
+
+    # The same numbers committed by another machine: differences are reported, not failures.
+    platform_file = run_path(committed, "cpu-here", "noise0-seed0") / "platform.json"
+    record = json.loads(platform_file.read_text())
+    record["fingerprint"] = "0123456789ab" if record["fingerprint"] != "0123456789ab" else "ba9876543210"
+    platform_file.write_text(json.dumps(record))
+    assert cli(*argv) == 0
+    assert "max |diff| 0.001" in capsys.readouterr().out
+    frame = verify(sweep_file, committed, points=1, scratch=scratch, log=None)
+    assert not frame["same_machine"].any() and verify_failures(frame).empty
+    assert frame.loc[frame["metric"] == "test.oa", "diff"].iloc[0] == pytest.approx(-0.001)
