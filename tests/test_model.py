@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from utae.model import UTAE, count_parameters
+from utae.model import (
+    UTAE,
+    ReflectConv2d,
+    TemporalAggregator,
+    count_parameters,
+    group_weighted_sum,
+    group_weighted_sum_reference,
+    reflect_pad,
+    reflect_pad_reference,
+)
 from utae.weights import WeightsError, load_official_weights
 
 ATOL = 1e-4
@@ -203,3 +213,118 @@ def test_corrupt_and_missing_weights_files(tmp_path):
         load_official_weights(UTAE(**TINY), badnpz)
     with pytest.raises(WeightsError, match="not found"):
         load_official_weights(UTAE(**TINY), tmp_path / "absent.npz")
+
+
+# --- hand-written backward passes (utae.model.reflect_pad, group_weighted_sum) ------------------------
+
+
+def _int_valued(shape, seed, dtype=torch.float64):
+    """Small integers stored as floats: sums and products of a few of them are exact in float64, so two
+    summation orders must agree bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-8, 9, shape, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("pad, shape", [(1, (2, 3, 5, 6)), (2, (1, 2, 5, 4)), (3, (2, 1, 4, 7)), (1, (3, 2, 2))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reflect_pad_matches_torch_values_and_gradients(pad, shape, channels_last):
+    x = _int_valued(shape, 0)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ours, ref = reflect_pad(x, pad), reflect_pad_reference(x, pad)
+    assert torch.equal(ours, ref)
+    assert torch.equal(ref, F.pad(x, (pad,) * 4, mode="reflect"))
+    upstream = _int_valued(ref.shape, 1)
+    (g_ours,) = torch.autograd.grad(ours, x, upstream)
+    (g_ref,) = torch.autograd.grad(ref, x, upstream)
+    # Every input element gets a sum of at most 4 upstream values, which is exact for small integers.
+    assert torch.equal(g_ours, g_ref)
+    # Non-integer values: the gradient against finite differences (float64, gradcheck's own tolerances).
+    xr = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: reflect_pad(t, pad), (xr,))
+    assert torch.autograd.gradgradcheck(lambda t: reflect_pad(t, pad), (xr,))
+
+
+def test_reflect_pad_rejects_pad_not_below_size():
+    with pytest.raises(ValueError, match=r"reflect_pad: pad must be in \[0, min\(H, W\)\) = \[0, 4\), got 4"):
+        reflect_pad(torch.zeros(1, 1, 4, 6), 4)
+    x = torch.zeros(1, 1, 4, 6)
+    assert reflect_pad(x, 0) is x
+
+
+def test_reflect_conv_equals_nn_conv2d():
+    torch.manual_seed(0)
+    ours = ReflectConv2d(3, 5, kernel_size=4, stride=2, padding=1, padding_mode="reflect").double()
+    ref = torch.nn.Conv2d(3, 5, kernel_size=4, stride=2, padding=1, padding_mode="reflect").double()
+    ref.load_state_dict(ours.state_dict())
+    x = _int_valued((2, 3, 8, 6), 3)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+    # Other padding modes and unequal padding keep nn.Conv2d's path.
+    assert ReflectConv2d(3, 5, 3, padding=1)._square_pad is None
+    assert ReflectConv2d(3, 5, 3, padding=(1, 2), padding_mode="reflect")._square_pad is None
+
+
+def test_group_weighted_sum_matches_reference_values_and_gradients():
+    x = _int_valued((2, 3, 8, 4, 5), 0).requires_grad_(True)
+    w = _int_valued((2, 3, 4, 4, 5), 1).requires_grad_(True)
+    ours, ref = group_weighted_sum(x, w), group_weighted_sum_reference(x, w)
+    assert ours.shape == (2, 8, 4, 5)
+    assert torch.equal(ours, ref)  # sums of 3 products of small integers: exact in either order
+    upstream = _int_valued(ref.shape, 2)
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad(ours, (x, w), upstream),
+                                                   torch.autograd.grad(ref, (x, w), upstream)))
+    g = torch.Generator().manual_seed(3)
+    xr = torch.randn(2, 3, 4, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    wr = torch.rand(2, 3, 2, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(group_weighted_sum, (xr, wr))
+    with pytest.raises(ValueError, match=r"weights must be \(B, T, G, H, W\) = \(2, 3, G, 2, 3\)"):
+        group_weighted_sum(xr, wr[:, :, :, :1])
+
+
+@pytest.mark.parametrize("mode", ["att_group", "att_mean"])
+def test_aggregator_equals_masking_after_upsampling(mode):
+    """The aggregator masks padded steps and moves the heads at low resolution; masking after the upsampling
+    (as the official model does) gives the same result."""
+    g = torch.Generator().manual_seed(0)
+    n_head, b, t, c = 4, 2, 5, 8
+    x = torch.randn(b, t, c, 16, 16, dtype=torch.float64, generator=g)
+    attn = torch.softmax(torch.randn(n_head, b, t, 4, 4, dtype=torch.float64, generator=g), dim=2)
+    pad = torch.zeros(b, t, dtype=torch.bool)
+    pad[1, 3:] = True
+    up = F.interpolate(attn.reshape(n_head * b, t, 4, 4), size=(16, 16), mode="bilinear", align_corners=False)
+    up = up.view(n_head, b, t, 16, 16) * (~pad).double()[None, :, :, None, None]
+    if mode == "att_mean":
+        expected = (x * up.mean(dim=0)[:, :, None]).sum(dim=1)
+    else:
+        expected = (x.view(b, t, n_head, c // n_head, 16, 16) * up.permute(1, 2, 0, 3, 4)[:, :, :, None]).sum(1)
+        expected = expected.reshape(b, c, 16, 16)
+    # float64: only the order of a few additions may differ (torch.testing's float64 tolerances).
+    torch.testing.assert_close(TemporalAggregator(mode)(x, pad_mask=pad, attn=attn), expected)
+
+
+def test_fast_ops_give_the_reference_model_outputs_and_gradients():
+    """A whole training forward and backward (float64, padded batch) with the hand-written backward passes
+    and with the plain-op references: same logits and parameter gradients up to summation order."""
+    torch.manual_seed(0)
+    fast = UTAE(**TINY).double()
+    ref = UTAE(**TINY).double()
+    ref.load_state_dict(fast.state_dict())
+    for module in ref.modules():
+        if isinstance(module, ReflectConv2d):
+            module.pad_fn = reflect_pad_reference
+        if isinstance(module, TemporalAggregator):
+            module.weighted_sum = group_weighted_sum_reference
+    x, pos = _batch(b=2, t=5, seed=5)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[0, 4] = True
+    target = torch.randint(0, 20, (2, 16, 16), generator=torch.Generator().manual_seed(6))
+    grads = []
+    for model in (fast, ref):
+        torch.manual_seed(1)  # the same dropout masks
+        logits = model(x.double(), pos, pad_mask=pad)
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        grads.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], msg=lambda m, name=name: f"{name}: {m}")

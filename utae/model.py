@@ -10,22 +10,35 @@ load with ``strict=True``; the computation follows its semantics exactly (see ``
 * ``temporal_encoder`` (L-TAE) runs at the lowest resolution on every pixel's sequence. Its ``in_norm`` is a
   GroupNorm over (channels of a group x all T steps, padded ones included); the positional encoding is added
   after ``inconv``; the scores of padded steps are set to -1000 before a float32 softmax. Under autocast the
-  whole L-TAE runs in float32 (see :meth:`LTAE2d.forward`).
+  whole L-TAE runs in float32 (see :meth:`LTAE2d.forward`); a float64 model keeps float64 throughout.
 * Each skip connection is aggregated over time with the L-TAE attention, one head per channel group
   (``att_group``): the attention is bilinearly upsampled (or average-pooled) to the skip's resolution.
 * The decoder uses BatchNorm; the output head ends with BatchNorm and ReLU, as in the official model.
+
+Two operations have hand-written backward passes that compute the same gradients as autograd through the
+plain PyTorch ops, with fewer memory passes (they dominate the CPU time of small models outside the convolutions):
+:func:`reflect_pad` (the reflect padding of every 3x3 and strided convolution) and :func:`group_weighted_sum`
+(the ``att_group`` skip aggregation). :func:`reflect_pad_reference` and :func:`group_weighted_sum_reference`
+are the plain-op versions; ``ReflectConv2d.pad_fn`` and ``TemporalAggregator.weighted_sum`` select which one a
+model instance uses (the tests and ``benchmarks/bench_epoch.py`` compare them).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "reflect_pad",
+    "reflect_pad_reference",
+    "group_weighted_sum",
+    "group_weighted_sum_reference",
+    "ReflectConv2d",
     "ConvLayer",
     "ConvBlock",
     "DownConvBlock",
@@ -40,6 +53,143 @@ __all__ = [
 
 #: Score given to padded time steps before the softmax (as in the official model): exp(-1000) is exactly 0.
 PAD_SCORE = -1000.0
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in a narrower float type (float16, bfloat16); float32 and float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _flip(x: Tensor, dim: int) -> Tensor:
+    """``x.flip(dim)``, without the copy when that dim has size 1 (pad 1, the common case)."""
+    return x if x.shape[dim] == 1 else x.flip(dim)
+
+
+class _ReflectPad(torch.autograd.Function):
+    """Reflect padding of the last two dims by ``pad`` on every side; see :func:`reflect_pad`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, pad: int) -> Tensor:
+        ctx.pad = pad
+        return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        p = ctx.pad
+        h, w = grad.shape[-2] - 2 * p, grad.shape[-1] - 2 * p
+        # Padded row p - i (i = 1..p) is a copy of input row i, padded row p + h - 1 + i of row h - 1 - i;
+        # the same for columns. Fold the padded border back onto the rows and columns it copies: first the
+        # top and bottom strips (without the corners), then the left and right strips, each folded over its
+        # own rows first (which takes the corners).
+        out = grad[..., p : p + h, p : p + w].clone()
+        out[..., 1 : p + 1, :] += _flip(grad[..., :p, p : p + w], -2)
+        out[..., h - 1 - p : h - 1, :] += _flip(grad[..., p + h :, p : p + w], -2)
+        for cols, dst in ((slice(0, p), slice(1, p + 1)), (slice(p + w, None), slice(w - 1 - p, w - 1))):
+            strip = grad[..., cols]  # (..., h + 2p, p)
+            folded = strip[..., p : p + h, :].clone()
+            folded[..., 1 : p + 1, :] += _flip(strip[..., :p, :], -2)
+            folded[..., h - 1 - p : h - 1, :] += _flip(strip[..., p + h :, :], -2)
+            out[..., dst] += _flip(folded, -1)
+        return out, None
+
+
+def reflect_pad(x: Tensor, pad: int) -> Tensor:
+    """``F.pad(x, (pad,) * 4, mode="reflect")``, with a cheaper backward.
+
+    The forward is PyTorch's. The backward folds the gradient of the padded border back with slices (one copy
+    of the interior and a few border-sized additions) instead of ``reflection_pad2d_backward``, which is about
+    twice as slow on the CPU and, on CUDA, accumulates with atomics (not deterministic). The sums differ from
+    PyTorch's only in float rounding order.
+
+    Shapes: ``(..., H, W) -> (..., H + 2 pad, W + 2 pad)``; ``0 <= pad < min(H, W)``, as for PyTorch's reflect.
+    """
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    if not 0 < pad < min(h, w):
+        raise ValueError(f"reflect_pad: pad must be in [0, min(H, W)) = [0, {min(h, w)}), got {pad}")
+    return _ReflectPad.apply(x, pad)
+
+
+def reflect_pad_reference(x: Tensor, pad: int) -> Tensor:
+    """PyTorch's reflect padding, ``F.pad(x, (pad,) * 4, mode="reflect")``: the reference of :func:`reflect_pad`."""
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+
+class ReflectConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose ``"reflect"`` padding goes through ``self.pad_fn`` (:func:`reflect_pad` by default).
+
+    Same parameters, state-dict keys and outputs as ``nn.Conv2d``; other padding modes, and reflect padding
+    that is not the same on all four sides, use ``nn.Conv2d``'s own path. ``pad_fn(x, pad)`` may be replaced
+    on an instance (e.g. by :func:`reflect_pad_reference`) to compare implementations.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad_fn: Callable[[Tensor, int], Tensor] = reflect_pad
+        pads = set(self._reversed_padding_repeated_twice)
+        self._square_pad = pads.pop() if self.padding_mode == "reflect" and len(pads) == 1 else None
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self._square_pad is None:
+            return super()._conv_forward(input, weight, bias)
+        return F.conv2d(
+            self.pad_fn(input, self._square_pad), weight, bias, self.stride, 0, self.dilation, self.groups
+        )
+
+
+class _GroupWeightedSum(torch.autograd.Function):
+    """See :func:`group_weighted_sum`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weights: Tensor) -> Tensor:
+        b, t, c, h, w = x.shape
+        g = weights.shape[2]
+        xv = x.contiguous().view(b, t, g, c // g, h * w)
+        wv = weights.contiguous().view(b, t, g, 1, h * w)
+        ctx.save_for_backward(xv, wv)
+        ctx.x_shape = (b, t, c, h, w)
+        return (xv * wv).sum(dim=1).view(b, c, h, w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        xv, wv = ctx.saved_tensors
+        b, t, c, h, w = ctx.x_shape
+        g = wv.shape[2]
+        gv = grad.reshape(b, 1, g, c // g, h * w)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # Written into a contiguous (B, T, C, H, W) buffer: broadcasting alone may pick another layout.
+            grad_x = torch.mul(gv, wv, out=torch.empty_like(xv)).view(b, t, c, h, w)
+        if ctx.needs_input_grad[1]:
+            grad_w = (xv * gv).sum(dim=3).view(b, t, g, h, w)
+        return grad_x, grad_w
+
+
+def group_weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
+    """Sum over time of each channel group weighted by its own weights:
+    ``out[b, gi * C/G + j] = sum_t x[b, t, gi * C/G + j] * weights[b, t, gi]`` (per pixel).
+
+    Same values and gradients as :func:`group_weighted_sum_reference` up to float rounding order, with a
+    hand-written backward that makes fewer passes over the ``(B, T, C, H, W)`` input than autograd through
+    the broadcast product does.
+
+    Shapes: ``x (B, T, C, H, W)``, ``weights (B, T, G, H, W)`` with G dividing C -> ``(B, C, H, W)``.
+    """
+    b, t, c, h, w = x.shape
+    if weights.dim() != 5 or weights.shape[:2] != (b, t) or weights.shape[3:] != (h, w) or c % weights.shape[2]:
+        raise ValueError(
+            f"group_weighted_sum: weights must be (B, T, G, H, W) = ({b}, {t}, G, {h}, {w}) with G dividing "
+            f"C={c}, got {tuple(weights.shape)}"
+        )
+    return _GroupWeightedSum.apply(x, weights)
+
+
+def group_weighted_sum_reference(x: Tensor, weights: Tensor) -> Tensor:
+    """The plain broadcast-and-sum version of :func:`group_weighted_sum`, its reference."""
+    b, t, c, h, w = x.shape
+    g = weights.shape[2]
+    return (x.reshape(b, t, g, c // g, h, w) * weights[:, :, :, None]).sum(dim=1).reshape(b, c, h, w)
 
 
 def _norm_layer(norm: str | None, channels: int, n_groups: int = 4) -> nn.Module | None:
@@ -82,7 +232,9 @@ class ConvLayer(nn.Module):
         layers: list[nn.Module] = []
         for i in range(len(nkernels) - 1):
             layers.append(
-                nn.Conv2d(nkernels[i], nkernels[i + 1], kernel_size=k, padding=p, stride=s, padding_mode=padding_mode)
+                ReflectConv2d(
+                    nkernels[i], nkernels[i + 1], kernel_size=k, padding=p, stride=s, padding_mode=padding_mode
+                )
             )
             norm_layer = _norm_layer(norm, nkernels[i + 1], n_groups)
             if norm_layer is not None:
@@ -229,7 +381,7 @@ class MultiHeadAttention(nn.Module):
         keys = self.fc1_k(v).view(n, t, self.n_head, self.d_k)
         scores = torch.einsum("ntgk,gk->ngt", keys, self.Q.to(keys.dtype))
         # Softmax in float32, also under autocast: fp16 cannot hold the -1000 of padded steps exactly.
-        scores = scores.float() / self.temperature
+        scores = _at_least_float32(scores) / self.temperature
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask, PAD_SCORE)
         attn = self.dropout(torch.softmax(scores, dim=-1))
@@ -304,7 +456,7 @@ class LTAE2d(nn.Module):
         # encoding keeps too few bits to tell nearby days apart (short bf16 runs lost about 5 mIoU points),
         # and at 1/8 of the resolution it is a small share of the model's FLOPs.
         with torch.autocast(x.device.type, enabled=False):
-            return self._forward(x.float(), batch_positions, pad_mask)
+            return self._forward(_at_least_float32(x), batch_positions, pad_mask)
 
     def _forward(
         self, x: Tensor, batch_positions: Tensor | None, pad_mask: Tensor | None
@@ -350,16 +502,19 @@ class TemporalAggregator(nn.Module):
         if mode not in ("att_group", "att_mean", "mean"):
             raise ValueError(f"agg_mode must be 'att_group', 'att_mean' or 'mean', got {mode!r}")
         self.mode = mode
+        #: The ``att_group`` weighted sum, ``(x (B, T, C, H, W), weights (B, T, G, H, W)) -> (B, C, H, W)``.
+        self.weighted_sum: Callable[[Tensor, Tensor], Tensor] = group_weighted_sum
 
     @staticmethod
     def _resize(attn: Tensor, size: tuple[int, int]) -> Tensor:
-        g, b, t, h, w = attn.shape
-        flat = attn.reshape(g * b, t, h, w)
+        """``(B, T, G, h, w) -> (B, T, G, H, W)``: bilinear upsampling, or average pooling when not larger."""
+        b, t, g, h, w = attn.shape
+        flat = attn.reshape(b, t * g, h, w)
         if size[0] > h:
             flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
         else:
             flat = F.avg_pool2d(flat, kernel_size=w // size[1])
-        return flat.view(g, b, t, *flat.shape[-2:])
+        return flat.view(b, t, g, *flat.shape[-2:])
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None, attn: Tensor | None = None) -> Tensor:
         b, t, c, hh, ww = x.shape
@@ -370,17 +525,15 @@ class TemporalAggregator(nn.Module):
             return (x * keep[:, :, None, None, None]).sum(dim=1) / keep.sum(dim=1)[:, None, None, None]
         if attn is None:
             raise ValueError(f"agg_mode {self.mode!r} needs the L-TAE attention")
-        attn = self._resize(attn.to(x.dtype), (hh, ww))  # (G, B, T, H, W)
+        # Zeroing the padded steps and moving the heads next to T are done at the attention's low resolution:
+        # the resize treats every (b, t, head) map alone and is linear, so both commute with it exactly.
+        attn = attn.to(x.dtype)
         if keep is not None:
             attn = attn * keep[None, :, :, None, None]
+        weights = self._resize(attn.permute(1, 2, 0, 3, 4), (hh, ww))  # (B, T, G, H, W)
         if self.mode == "att_mean":
-            weights = attn.mean(dim=0)  # (B, T, H, W)
-            return (x * weights[:, :, None]).sum(dim=1)
-        g = attn.shape[0]
-        # The weighted sum vectorises over H*W: a channels-last skip is cheaper to copy than to broadcast over.
-        groups = x.contiguous().view(b, t, g, c // g, hh, ww)
-        weights = attn.permute(1, 2, 0, 3, 4)[:, :, :, None]  # (B, T, G, 1, H, W)
-        return (groups * weights).sum(dim=1).reshape(b, c, hh, ww)
+            return (x * weights.mean(dim=2)[:, :, None]).sum(dim=1)
+        return self.weighted_sum(x, weights)
 
 
 class UTAE(nn.Module):
@@ -533,7 +686,7 @@ class UTAE(nn.Module):
         filled = []
         for m in maps:
             full = m.new_full((b * t, *m.shape[1:]), self.pad_value)
-            filled.append(full.index_put((real_idx,), m).view(b, t, *m.shape[1:]))
+            filled.append(full.index_put_((real_idx,), m).view(b, t, *m.shape[1:]))
         return filled
 
     def forward(
