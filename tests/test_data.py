@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from utae.classes import CLASS_COLORS, CLASS_NAMES, N_CLASSES, VOID_LABEL, cmap
+from utae import layout
 from utae.data import (
     FOLD_ROTATIONS,
     PastisDataset,
@@ -215,6 +217,39 @@ def test_memory_mapped_read_touches_only_the_selected_frame(tiny: Path, monkeypa
     assert seen == {"S2_10000.npy": "r", "TARGET_10000.npy": "r"}
 
 
+def test_every_npy_read_refuses_pickles(tiny: Path, monkeypatch) -> None:
+    """The loader and validate pass allow_pickle=False explicitly: a data file can never run code."""
+    calls = []
+    real_load = np.load
+
+    def spy(path, *args, **kwargs):
+        calls.append((Path(path).name, kwargs.get("allow_pickle")))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    PastisDataset(tiny, folds=[1])[0]
+    assert validate(tiny) == []
+    assert len(calls) == 2 + 2 * len(TINY) and all(allow is False for _, allow in calls), calls
+
+
+def test_layout_names_are_shared_by_the_reader_and_the_generator() -> None:
+    from utae import data, synthetic
+
+    for name in ("METADATA_FILE", "NORM_FILE", "DATA_DIR", "TARGET_DIR", "image_path", "target_path"):
+        assert getattr(data, name) is getattr(layout, name), name
+    assert synthetic.image_path is layout.image_path and synthetic.norm_key is layout.norm_key
+    assert data.image_path("R", 10000) == Path("R/DATA_S2/S2_10000.npy")
+    assert data.target_path("R", 7) == Path("R/ANNOTATIONS/TARGET_7.npy")
+    assert layout.norm_key(3) == "Fold_3"
+
+
+def test_whole_float_ids_and_folds_are_read_as_ints(tiny: Path) -> None:
+    # GIS tools write an integer column that has a missing value as floats: 10000.0, 1.0.
+    set_metadata(tiny, 10000, ID_PATCH=10000.0, Fold=1.0)
+    ds = PastisDataset(tiny, folds=[1])
+    assert ds.ids == [10000] and isinstance(ds.ids[0], int) and ds.records[0].fold == 1
+
+
 def test_float_targets_with_whole_labels_are_read(tiny: Path) -> None:
     labels = tiny_labels(10007)
     np.save(tiny / "ANNOTATIONS" / "TARGET_10007.npy", np.stack([labels, labels, labels]).astype(np.float32))
@@ -349,6 +384,36 @@ def _rewrite_labels(root: Path, pid: int, value: int) -> None:
     np.save(root / "ANNOTATIONS" / f"TARGET_{pid}.npy", tgt)
 
 
+def _edit_features(root: Path, edit) -> None:
+    path = root / "metadata.geojson"
+    doc = json.loads(path.read_text())
+    edit(doc["features"])
+    path.write_text(json.dumps(doc))
+
+
+def _damage(folder: str, name: str, how: str):
+    """A mutation that replaces ``root/folder/name.npy`` with a broken file: ``empty`` (0 bytes), ``half``
+    (the first half of its bytes, as an interrupted download leaves it), ``pickle`` (a pickled object),
+    ``object`` (a .npy object array), ``npz`` (a .npz archive) or ``text``."""
+    def mutate(root: Path) -> None:
+        path = root / folder / f"{name}.npy"
+        good = path.read_bytes()
+        if how == "empty":
+            path.write_bytes(b"")
+        elif how == "half":
+            path.write_bytes(good[: len(good) // 2])
+        elif how == "pickle":
+            path.write_bytes(pickle.dumps({"not": "an array"}))
+        elif how == "object":
+            np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+        elif how == "npz":
+            with open(path, "wb") as fh:
+                np.savez(fh, x=np.zeros(3))
+        else:
+            path.write_text("B2,B3,B4\n1,2,3\n")
+    return mutate
+
+
 def _float_with(value: float):
     def mutate(root: Path) -> None:
         arr = tiny_raw(10007, 2).astype(np.float32)
@@ -381,6 +446,27 @@ OPEN_ERRORS = {
     "norm with zero std": (lambda r: (r / "NORM_S2_patch.json").write_text(json.dumps(
         dict(NORM, Fold_1={"mean": [0.0] * 10, "std": [0.0] * 10}))), PastisFormatError,
         r"'Fold_1\.std' must be > 0"),
+    "norm without a fold": (lambda r: (r / "NORM_S2_patch.json").write_text(json.dumps(
+        {k: v for k, v in NORM.items() if k != "Fold_3"})), PastisFormatError,
+        r"NORM_S2_patch\.json: missing 'Fold_3' with 'mean' and 'std' lists of 10 floats"),
+    "norm not an object": (lambda r: (r / "NORM_S2_patch.json").write_text("[1, 2]"), PastisFormatError,
+                           r"NORM_S2_patch\.json: expected an object \{\"Fold_1\""),
+    "empty norm": (lambda r: (r / "NORM_S2_patch.json").write_bytes(b""), PastisFormatError,
+                   r"NORM_S2_patch\.json: not valid JSON \(the file is empty\)"),
+    "empty metadata": (lambda r: (r / "metadata.geojson").write_bytes(b""), PastisFormatError,
+                       r"metadata\.geojson: not valid JSON \(the file is empty\)"),
+    "truncated metadata": (lambda r: (r / "metadata.geojson").write_bytes((r / "metadata.geojson").read_bytes()[:100]),
+                           PastisFormatError, r"metadata\.geojson: not valid JSON .*expected the PASTIS metadata"),
+    "metadata not UTF-8": (lambda r: (r / "metadata.geojson").write_bytes(b'{"type": "\xff\xfe"}'),
+                           PastisFormatError, r"metadata\.geojson: not UTF-8 text"),
+    "metadata not a FeatureCollection": (lambda r: (r / "metadata.geojson").write_text("[]"), PastisFormatError,
+                                         r"metadata\.geojson: expected a GeoJSON FeatureCollection with a 'features'"),
+    "feature without properties": (lambda r: _edit_features(r, lambda fs: fs.append({"type": "Feature"})),
+                                   PastisFormatError, r"metadata\.geojson: feature 3: expected a 'properties' object"),
+    "ID_PATCH not an integer": (lambda r: set_metadata(r, 10007, ID_PATCH="10007a"), PastisFormatError,
+                                r"feature 2: 'ID_PATCH' must be an integer, got '10007a'"),
+    "duplicate ID_PATCH": (lambda r: set_metadata(r, 10007, ID_PATCH=10000), PastisFormatError,
+                           r"patch 10000: 'ID_PATCH' 10000 is listed twice"),
 }
 
 # Errors raised when the item of patch 10007 (fold 2) is read.
@@ -403,6 +489,22 @@ ITEM_ERRORS = {
                   PastisFormatError, r"TARGET_10007\.npy: semantic labels"),
     "target size": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy", np.zeros((3, 5, 4), np.uint8)),
                     PastisFormatError, r"TARGET_10007\.npy: spatial shape \(5, 4\) differs"),
+    "label -1": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy",
+                                   np.stack([tiny_labels(10007).astype(np.int16) - 1] * 3)), PastisFormatError,
+                 r"TARGET_10007\.npy: semantic labels .* from 0 to 19, found values in \[-1, \d+\]"),
+    "bool labels": (lambda r: np.save(r / "ANNOTATIONS" / "TARGET_10007.npy", np.ones((3, H, W), bool)),
+                    PastisFormatError, r"TARGET_10007\.npy: expected integer class labels, got dtype bool"),
+    "complex image": (lambda r: _rewrite_image(r, 10007, tiny_raw(10007, 2).astype(np.complex64)), PastisFormatError,
+                      r"S2_10007\.npy: expected integer or float reflectance \(int16 in PASTIS\), got dtype complex64"),
+    **{f"{what} {kind}": (_damage(folder, name, how), PastisFormatError,
+                          rf"{folder}/{name}\.npy is (truncated or not a \.npy file|a \.npz archive).*"
+                          rf": expected {expected}.*"
+                          r"re-download it, or run utae\.data\.validate\(root\)")
+       for kind, folder, name, expected in (
+           ("image", "DATA_S2", "S2_10007", r"a \.npy array of shape \(T=2, 10, H, W\) holding integer or float"),
+           ("target", "ANNOTATIONS", "TARGET_10007", r"a \.npy array of shape \(3, H, W\) with integer class labels"))
+       for what, how in (("empty", "empty"), ("half of the", "half"), ("pickled", "pickle"), ("object-array", "object"),
+                         ("npz as", "npz"), ("text as", "text"))},
 }
 
 
@@ -485,6 +587,17 @@ def test_validate_reports_every_problem(tiny: Path, tmp_path: Path) -> None:
     for pattern in expected:
         assert any(re.search(pattern, p) for p in problems), f"{pattern!r} not in:\n{text}"
     assert len(problems) == len(expected)
+
+
+def test_validate_reports_truncated_and_foreign_files(tiny: Path) -> None:
+    _damage("DATA_S2", "S2_10007", "half")(tiny)
+    _damage("ANNOTATIONS", "TARGET_20412", "empty")(tiny)
+    _damage("ANNOTATIONS", "TARGET_10000", "pickle")(tiny)
+    problems = validate(tiny)
+    assert len(problems) == 3, problems
+    for name, cause in (("S2_10007", "mmap length is greater than file size"), ("TARGET_20412", "EOFError"),
+                        ("TARGET_10000", "pickled")):
+        assert any(re.search(rf"{name}\.npy is truncated or not a \.npy file .*{cause}", p) for p in problems), name
 
 
 def test_validate_missing_files(tmp_path: Path, tiny: Path) -> None:

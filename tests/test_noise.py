@@ -45,6 +45,8 @@ def test_added_noise_has_the_requested_std_and_zero_mean() -> None:
     image = torch.rand(4, 10, 64, 64)
     out = add_noise(image, 0.3, generator=torch.Generator().manual_seed(0))
     noise = out - image
+    # n = 163,840 draws: the sample std has a relative standard error of 1 / sqrt(2 n) = 0.0018 and the mean
+    # a standard error of 0.3 / sqrt(n) = 0.0007; both bounds are over 10 standard errors.
     assert noise.std().item() == pytest.approx(0.3, rel=0.02)
     assert abs(noise.mean().item()) < 0.01
     assert out.shape == image.shape and out.dtype == image.dtype
@@ -57,7 +59,8 @@ def test_numpy_image_gets_the_same_noise_as_a_tensor_for_the_same_seed() -> None
     assert isinstance(out_np, np.ndarray) and out_np.dtype == np.float32
     np.testing.assert_array_equal(out_np, out_t.numpy())
     out_rng = add_noise(image, 0.2, generator=np.random.default_rng(1))
-    assert (out_rng - image).std() == pytest.approx(0.2, rel=0.05)
+    # 3,072 draws: relative standard error of the sample std 1 / sqrt(2 * 3072) = 0.0128; 5 of them.
+    assert (out_rng - image).std() == pytest.approx(0.2, rel=0.065)
 
 
 @pytest.mark.parametrize("as_numpy", [False, True])
@@ -107,7 +110,8 @@ def test_per_channel_std() -> None:
     image = torch.zeros(2, 3, 64, 64)
     out = add_noise(image, [0.1, 1.0, 5.0], generator=torch.Generator().manual_seed(0))
     per_channel = out.transpose(0, 1).reshape(3, -1).std(dim=1)
-    np.testing.assert_allclose(per_channel.numpy(), [0.1, 1.0, 5.0], rtol=0.03)
+    # 8,192 draws per channel: relative standard error of the sample std 1 / sqrt(2 * 8192) = 0.0078; 5 of them.
+    np.testing.assert_allclose(per_channel.numpy(), [0.1, 1.0, 5.0], rtol=0.04)
 
 
 @pytest.mark.parametrize("std", [-0.1, float("nan"), float("inf"), [0.1, -1.0]])
@@ -182,11 +186,14 @@ def test_raw_space_scales_noise_by_the_channel_std() -> None:
     raw = NoisyDataset(base, NoiseSpec(std=500.0, fraction=1.0, space="raw", seed=0))
     noise = raw[0]["image"] - base[0]["image"]
     per_channel = noise.transpose(0, 1).reshape(4, -1).std(dim=1).numpy()
+    # 12,288 draws per channel: relative standard error 1 / sqrt(2 * 12288) = 0.0064; 0.03 is 4.7 of them.
     np.testing.assert_allclose(per_channel, 500.0 / channel_std, rtol=0.03)
     # Same seed in normalised space: the same draws, scaled by one std for every channel.
     norm = NoisyDataset(base, NoiseSpec(std=1.0, fraction=1.0, space="normalized", seed=0))
     noise_norm = norm[0]["image"] - base[0]["image"]
     scale = torch.as_tensor(500.0 / channel_std, dtype=torch.float32).view(1, 4, 1, 1)
+    # Each side is (image + noise) - image in float32: off by at most 2^-23 (|image| + |noise|), i.e. 1.2e-7
+    # relative to the noise plus 2^-23 * |image| ~ 5e-7 absolute (|image| < 5): within rtol=1e-4, atol=1e-5.
     torch.testing.assert_close(noise, noise_norm * scale, rtol=1e-4, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Tests of the report figures (utae.plots) and tables and statistics (utae.report), on small frames."""
+"""Tests of the report figures (utae.plots), the one-run tables (utae.notebook) and the report index
+(utae.report), on small frames."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from utae import plots, report
+from utae import notebook, plots, report
 from utae.classes import CLASS_COLORS, CLASS_NAMES
+from utae.results import read_run
 
 
 def png_size(fig: Figure) -> tuple[int, int, int]:
@@ -50,7 +52,9 @@ def test_training_curves(history):
         assert labels[:2] == ["train", "val"] and "best epoch (3)" in labels
     np.testing.assert_allclose(fig.axes[2].get_lines()[1].get_ydata(), history["val_miou"])
     width, height, nbytes = png_size(fig)
-    assert width == round(9.0 * plots.DEFAULT_DPI) and nbytes < 60_000
+    # A line plot on a white background compresses far better than 8:1 over its raw RGBA pixels (about 20:1
+    # with matplotlib's bundled DejaVu fonts); the bound is relative to the figure's size, not to a font.
+    assert width == round(9.0 * plots.DEFAULT_DPI) and nbytes < width * height * 4 / 8
     with pytest.raises(ValueError, match="val_miou"):
         plots.training_curves(history.drop(columns="val_miou"))
     with pytest.raises(ValueError, match="empty"):
@@ -194,22 +198,22 @@ def test_timing_bars_and_seed_spread():
 
 
 def test_run_tables():
-    table = report.config_table({"noise_std": 0.5, "encoder_widths": [16, 32], "run_id": None})
+    table = notebook.config_table({"noise_std": 0.5, "encoder_widths": [16, 32], "run_id": None})
     assert table.loc["noise_std", "value"] == "0.5" and table.loc["encoder_widths", "value"] == "(16, 32)"
     metrics = {"train": {"oa": 0.9, "miou": 0.5, "loss": 0.3}, "val": {"oa": 0.8, "miou": 0.4, "loss": 0.4},
                "test": {"oa": 0.7, "miou": 0.35, "loss": 0.5, "macro_f1": 0.45},
                "timing": {"sec_per_epoch": 1.5, "peak_mem_mb": 300.0}, "best_epoch": 2}
-    head = report.headline_table(metrics)
+    head = notebook.headline_table(metrics)
     assert head.loc["test", "mIoU"] == 0.35 and head.loc["train", "OA"] == 0.9
-    plat = report.platform_table({"device_name": "CPU X", "torch_threads": 1}, metrics)
+    plat = notebook.platform_table({"device_name": "CPU X", "torch_threads": 1}, metrics)
     assert plat.loc["device name", "value"] == "CPU X" and plat.loc["seconds per epoch", "value"] == "1.5"
     with pytest.raises(TypeError):
-        report.config_table(3)
+        notebook.config_table(3)
 
 
 def test_read_run_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json"):
-        report.read_run(tmp_path)
+        read_run(tmp_path)
 
 
 def test_index_links_every_report(tmp_path):

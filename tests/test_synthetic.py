@@ -123,6 +123,14 @@ def test_command_line(tmp_path: Path) -> None:
     assert again.returncode == 2 and "overwrite" in again.stderr
 
 
+def test_generator_and_layout_do_not_import_torch() -> None:
+    code = ("import sys, utae.synthetic, utae.layout, utae.checks; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------------------------------------
 # Composition
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +266,11 @@ def test_learnable_from_the_time_series_not_from_one_date(syn: Path) -> None:
         torch.set_num_threads(threads)
     best_single_oa = max(s[0] for s in single)
     best_single_miou = max(s[1] for s in single)
+    # What the generator is designed for, with margins of 12 points or more over the scores it reaches (OA 0.85,
+    # mIoU 0.62 from the series; at best OA 0.63, mIoU 0.25 from one date; the majority class OA 0.38): the
+    # data are the same on every machine (numpy's seeded generators; at most a rare reflectance moves by 1 where
+    # numpy's vectorised exp differs in the last bit); the MLP's scores differ between machines
+    # only through float32 rounding in training (identical with 1 and 2 threads here), far less than 12 points.
     assert base_oa < 0.5 and base_miou < 0.05
     assert oa > base_oa + 0.3 and miou > 0.45 and miou > 10 * base_miou  # far above the majority class
     assert miou < 0.97  # but not trivial

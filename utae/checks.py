@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "is_number"]
+__all__ = ["is_int", "is_number", "is_whole_number"]
 
 
 def is_int(value: Any) -> bool:
@@ -17,3 +18,11 @@ def is_int(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """A python or numpy integer or float, not a bool."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_whole_number(value: Any) -> bool:
+    """An integer (:func:`is_int`), or a finite float holding a whole number such as ``10000.0``: how GIS tools
+    often write integer GeoJSON properties (a column with a missing value becomes float)."""
+    if is_int(value):
+        return True
+    return is_number(value) and math.isfinite(value) and float(value).is_integer()

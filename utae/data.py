@@ -12,7 +12,9 @@ Layout under ``root`` (Zenodo record 5012942, or :func:`utae.synthetic.make_synt
 Checks are placed where they cost nothing on the hot path: metadata, statistics and file
 existence at open time; shapes, finiteness and label range at item time, on data that has to be
 read and converted anyway. :func:`validate` checks a whole dataset in one pass and reports every
-problem it finds.
+problem it finds. Every read of a data file raises :class:`PastisFormatError` naming the file and
+what it should hold when it is empty, truncated, not JSON or ``.npy`` or holds the wrong thing;
+``.npy`` files are read with ``allow_pickle=False``. The file names come from :mod:`utae.layout`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utae.checks import is_int, is_whole_number
 from utae.classes import N_CLASSES
+from utae.layout import DATA_DIR, METADATA_FILE, NORM_FILE, TARGET_DIR, image_path, norm_key, target_path
 
 __all__ = [
     "BANDS",
@@ -36,6 +40,12 @@ __all__ = [
     "FOLDS",
     "FOLD_ROTATIONS",
     "REFERENCE_DATE",
+    "METADATA_FILE",
+    "NORM_FILE",
+    "DATA_DIR",
+    "TARGET_DIR",
+    "image_path",
+    "target_path",
     "PastisFormatError",
     "PatchRecord",
     "PastisDataset",
@@ -62,12 +72,6 @@ FOLD_ROTATIONS: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], 
     ((5, 1, 2), (3,), (4,)),
 )
 
-METADATA_FILE = "metadata.geojson"
-NORM_FILE = "NORM_S2_patch.json"
-DATA_DIR = "DATA_S2"
-TARGET_DIR = "ANNOTATIONS"
-
-
 class PastisFormatError(ValueError):
     """A PASTIS file or field does not hold what the format expects."""
 
@@ -82,18 +86,8 @@ class PatchRecord:
 
 
 # --------------------------------------------------------------------------------------------
-# Paths and dates
+# Dates (the file names and paths come from utae.layout)
 # --------------------------------------------------------------------------------------------
-
-
-def image_path(root: str | Path, patch_id: int) -> Path:
-    """``root/DATA_S2/S2_<patch_id>.npy``."""
-    return Path(root) / DATA_DIR / f"S2_{int(patch_id)}.npy"
-
-
-def target_path(root: str | Path, patch_id: int) -> Path:
-    """``root/ANNOTATIONS/TARGET_<patch_id>.npy``."""
-    return Path(root) / TARGET_DIR / f"TARGET_{int(patch_id)}.npy"
 
 
 def parse_date(value: Any, what: str = "date") -> _dt.date:
@@ -130,14 +124,6 @@ def date_offsets(dates: Iterable[Any], reference_date: Any = REFERENCE_DATE) -> 
 # --------------------------------------------------------------------------------------------
 # Metadata and normalisation statistics
 # --------------------------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, np.integer)):
-        return True
-    return isinstance(value, float) and value.is_integer()
 
 
 def _parse_dates_field(raw: Any, where: str) -> tuple[int, ...]:
@@ -182,13 +168,55 @@ def _parse_dates_field(raw: Any, where: str) -> tuple[int, ...]:
 
 
 def _load_json(path: Path, what: str) -> Any:
+    """The parsed JSON of ``path``; ``FileNotFoundError`` when it is missing, ``PastisFormatError`` naming the
+    file when it is empty, not UTF-8 text or not JSON."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: expected the file {path}")
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise PastisFormatError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        empty = " (the file is empty)" if exc.doc.strip() == "" else ""
+        raise PastisFormatError(
+            f"{path}: not valid JSON{empty} ({exc.msg}, line {exc.lineno}); expected the {what}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise PastisFormatError(
+            f"{path}: not UTF-8 text (byte {exc.start}); expected the {what} as JSON"
+        ) from None
+
+
+def _read_npy(path: Path, expected: str) -> np.ndarray:
+    """Memory-map the ``.npy`` array of ``path`` (``allow_pickle=False``: a file can never run code).
+
+    Raises ``FileNotFoundError`` when the file is missing, and ``PastisFormatError`` naming the file and
+    ``expected`` (what it should hold) when it is empty, truncated, not a ``.npy`` array or holds objects.
+    """
+    advice = "re-download it, or run utae.data.validate(root) to list every problem of the dataset"
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; expected {expected}") from None
+    except (ValueError, EOFError, OSError) as exc:
+        # EOFError: an empty file; ValueError: a truncated header or data ("mmap length is greater than file
+        # size"), a pickle, an object array or text; OSError: unreadable.
+        raise PastisFormatError(
+            f"{path} is truncated or not a .npy file ({type(exc).__name__}: {exc}): expected {expected}; {advice}"
+        ) from None
+    if not isinstance(arr, np.ndarray):  # a .npz archive under a .npy name
+        if hasattr(arr, "close"):
+            arr.close()
+        raise PastisFormatError(f"{path} is a .npz archive, not a .npy array: expected {expected}; {advice}")
+    return arr
+
+
+def _image_expected(n_dates: int | None = None) -> str:
+    t = "T" if n_dates is None else f"T={n_dates}"
+    return (f"a .npy array of shape ({t}, {N_BANDS}, H, W) holding integer or float reflectance "
+            f"(bands {', '.join(BANDS)})")
+
+
+_TARGET_EXPECTED = f"a .npy array of shape (3, H, W) with integer class labels 0..{N_CLASSES - 1} in channel 0"
 
 
 def _metadata_records(root: Path, problems: list[str]) -> list[PatchRecord]:
@@ -211,7 +239,7 @@ def _metadata_records(root: Path, problems: list[str]) -> list[PatchRecord]:
             problems.append(f"{where}: expected a 'properties' object")
             continue
         pid, fold = props.get("ID_PATCH"), props.get("Fold")
-        if not _is_int(pid):
+        if not is_whole_number(pid):
             problems.append(f"{where}: 'ID_PATCH' must be an integer, got {pid!r}")
             continue
         pid = int(pid)
@@ -221,7 +249,7 @@ def _metadata_records(root: Path, problems: list[str]) -> list[PatchRecord]:
             problems.append(f"{where}: 'ID_PATCH' {pid} is listed twice (features {seen[pid]} and {i})")
             ok = False
         seen.setdefault(pid, i)
-        if not _is_int(fold) or not 1 <= int(fold) <= 5:
+        if not is_whole_number(fold) or not 1 <= int(fold) <= 5:
             problems.append(f"{where}: 'Fold' must be an integer from 1 to 5, got {fold!r}")
             ok = False
         if "dates-S2" not in props:
@@ -260,7 +288,7 @@ def _norm_stats(root: Path, problems: list[str]) -> dict[int, tuple[np.ndarray, 
         problems.append(f"{path}: expected an object {{\"Fold_1\": {{\"mean\": [...], \"std\": [...]}}, ...}}")
         return out
     for fold in FOLDS:
-        key = f"Fold_{fold}"
+        key = norm_key(fold)
         entry = doc.get(key)
         if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
             problems.append(f"{path}: missing '{key}' with 'mean' and 'std' lists of {N_BANDS} floats")
@@ -321,13 +349,13 @@ def _join(problems: Sequence[str]) -> str:
 def _check_folds(folds: Iterable[int] | int | None) -> tuple[int, ...]:
     if folds is None:
         return FOLDS
-    if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
+    if is_int(folds):
         folds = (int(folds),)
     try:
         out = tuple(folds)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(f"folds must be None or a sequence of ints from 1 to 5, got {folds!r}") from None
-    bad = [f for f in out if not _is_int(f) or not 1 <= int(f) <= 5]
+    bad = [f for f in out if not is_whole_number(f) or not 1 <= int(f) <= 5]
     if bad or not out:
         raise ValueError(f"folds must be ints from 1 to 5 (PASTIS has 5 folds), got {folds!r}")
     return tuple(sorted(set(int(f) for f in out)))
@@ -442,7 +470,7 @@ class PastisDataset(Dataset):
         if mono_date is None:
             return None
         t = len(self._offsets[i])
-        if _is_int(mono_date) and not isinstance(mono_date, float):
+        if is_int(mono_date):
             idx = int(mono_date)
             if not -t <= idx < t:
                 raise ValueError(
@@ -482,7 +510,7 @@ class PastisDataset(Dataset):
         rec = self.records[index]
         offsets = self._offsets[index]
         ipath = image_path(self.root, rec.patch_id)
-        raw = np.load(ipath, mmap_mode="r")
+        raw = _read_npy(ipath, _image_expected(len(offsets)))
         if raw.ndim != 4 or raw.shape[1] != N_BANDS:
             raise PastisFormatError(
                 f"{ipath}: expected shape (T, {N_BANDS}, H, W) (bands {', '.join(BANDS)}), got {raw.shape}"
@@ -493,7 +521,9 @@ class PastisDataset(Dataset):
                 f"{len(offsets)} dates-S2 entries for patch {rec.patch_id}; they must be equal"
             )
         if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
-            raise PastisFormatError(f"{ipath}: expected integer or float reflectance, got dtype {raw.dtype}")
+            raise PastisFormatError(
+                f"{ipath}: expected integer or float reflectance (int16 in PASTIS), got dtype {raw.dtype}"
+            )
         mono = self._mono_index[index]
         if mono is not None:
             raw = raw[mono : mono + 1]
@@ -512,7 +542,7 @@ class PastisDataset(Dataset):
             image *= self._inv_std4
 
         tpath = target_path(self.root, rec.patch_id)
-        tgt = np.load(tpath, mmap_mode="r")
+        tgt = _read_npy(tpath, _TARGET_EXPECTED)
         if tgt.ndim == 3:
             sem = tgt[0]
         elif tgt.ndim == 2:
@@ -625,9 +655,9 @@ def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> Non
         problems.append(f"patch {rec.patch_id} is listed in {METADATA_FILE} but its file {ipath} is missing")
     else:
         try:
-            arr = np.load(ipath, mmap_mode="r")
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a problem to report
-            problems.append(f"{ipath}: cannot be read as .npy ({exc})")
+            arr = _read_npy(ipath, _image_expected(len(rec.dates)))
+        except (PastisFormatError, FileNotFoundError) as exc:
+            problems.append(str(exc))
             arr = None
         if arr is not None:
             if arr.ndim != 4:
@@ -646,14 +676,16 @@ def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> Non
                 if not all(np.isfinite(arr[t]).all() for t in range(arr.shape[0])):
                     problems.append(f"{ipath}: holds NaN or inf values; expected finite reflectance")
             elif not np.issubdtype(arr.dtype, np.integer):
-                problems.append(f"{ipath}: expected integer or float reflectance, got dtype {arr.dtype}")
+                problems.append(
+                    f"{ipath}: expected integer or float reflectance (int16 in PASTIS), got dtype {arr.dtype}"
+                )
     if not tpath.is_file():
         problems.append(f"patch {rec.patch_id} is listed in {METADATA_FILE} but its file {tpath} is missing")
         return
     try:
-        tgt = np.load(tpath, mmap_mode="r")
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"{tpath}: cannot be read as .npy ({exc})")
+        tgt = _read_npy(tpath, _TARGET_EXPECTED)
+    except (PastisFormatError, FileNotFoundError) as exc:
+        problems.append(str(exc))
         return
     if tgt.ndim not in (2, 3):
         problems.append(f"{tpath}: expected shape (3, H, W) with classes in channel 0, got {tgt.shape}")

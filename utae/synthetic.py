@@ -3,7 +3,8 @@
 :func:`make_synthetic_pastis` writes ``metadata.geojson``, ``NORM_S2_patch.json``,
 ``DATA_S2/S2_<ID>.npy`` (int16 ``(T, 10, H, W)``, reflectance x 10,000) and
 ``ANNOTATIONS/TARGET_<ID>.npy`` (uint8 ``(3, H, W)``) under ``root``, so that
-:class:`utae.data.PastisDataset` reads it exactly like the real dataset. Command line::
+:class:`utae.data.PastisDataset` reads it exactly like the real dataset (both take the names from
+:mod:`utae.layout`; this module stays free of torch). Command line::
 
     python -m utae.synthetic ROOT [--n-patches 300] [--size 32] [--seed 0] [--overwrite]
 
@@ -48,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from utae.layout import DATA_DIR, METADATA_FILE, NORM_FILE, TARGET_DIR, image_path, norm_key, target_path
 
 __all__ = ["make_synthetic_pastis", "CROP_PROFILES", "BACKGROUND_PROFILES", "main"]
 
@@ -351,8 +354,8 @@ def make_synthetic_pastis(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
-        (tmp / "DATA_S2").mkdir()
-        (tmp / "ANNOTATIONS").mkdir()
+        (tmp / DATA_DIR).mkdir()
+        (tmp / TARGET_DIR).mkdir()
         features, stats = [], {f: [] for f in range(1, 6)}
         slots = {name: 0 for name in tile_names}
         extent = size * _PIXEL_M
@@ -362,8 +365,8 @@ def make_synthetic_pastis(
             patch = _make_patch(prng, size, (t_min, t_max), cloud_prob, noise, float(tile_shifts[tiles[i]]),
                                 background_share, void_prob, crop_labels, crop_w)
             pid = int(ids[i])
-            np.save(tmp / "DATA_S2" / f"S2_{pid}.npy", patch["image"])
-            np.save(tmp / "ANNOTATIONS" / f"TARGET_{pid}.npy", patch["target"])
+            np.save(image_path(tmp, pid), patch["image"])
+            np.save(target_path(tmp, pid), patch["target"])
             img = patch["image"]
             stats[int(folds[i])].append((img.mean(axis=(0, 2, 3), dtype=np.float64),
                                          img.std(axis=(0, 2, 3), dtype=np.float64)))
@@ -391,12 +394,12 @@ def make_synthetic_pastis(
             "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::2154"}},
             "features": features,
         }
-        norm = {f"Fold_{f}": {"mean": np.mean([m for m, _ in stats[f]], axis=0).tolist(),
+        norm = {norm_key(f): {"mean": np.mean([m for m, _ in stats[f]], axis=0).tolist(),
                               "std": np.mean([s for _, s in stats[f]], axis=0).tolist()}
                 for f in range(1, 6)}
-        with open(tmp / "NORM_S2_patch.json", "w", encoding="utf-8") as fh:
+        with open(tmp / NORM_FILE, "w", encoding="utf-8") as fh:
             json.dump(norm, fh, indent=1)
-        with open(tmp / "metadata.geojson", "w", encoding="utf-8") as fh:
+        with open(tmp / METADATA_FILE, "w", encoding="utf-8") as fh:
             json.dump(metadata, fh)
         _move_into_place(tmp, root)
     except BaseException:
