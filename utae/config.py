@@ -472,7 +472,7 @@ def expand_env(value: Any, env: Mapping[str, str], source: str | os.PathLike[str
             name = match.group(1)
             if not env.get(name):
                 raise SweepError(f"{source}: environment variable {name} is not set (used in {value!r}); "
-                                 f"set it, e.g. `make reproduce SWEEP={source} {name}=/path/to/data`")
+                                 f"set it, e.g. `make reproduce SWEEP={source} {name}=/path/to/...`")
             return env[name]
         return _ENV_RE.sub(repl, value)
     if isinstance(value, list):

@@ -297,7 +297,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunFiles:
         raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)} (is the run finished?)")
     predictions = None
     if (run_dir / "predictions.npz").is_file():
-        with np.load(run_dir / "predictions.npz") as npz:
+        with np.load(run_dir / "predictions.npz", allow_pickle=False) as npz:
             predictions = {key: npz[key] for key in npz.files}
     return RunFiles(
         run_dir=run_dir,
@@ -305,7 +305,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunFiles:
         platform=read_json(run_dir / "platform.json"),
         metrics=read_json(run_dir / "metrics.json"),
         history=pd.read_csv(run_dir / "history.csv"),
-        confusion=np.load(run_dir / "confusion.npy"),
+        confusion=np.load(run_dir / "confusion.npy", allow_pickle=False),
         predictions=predictions,
     )
 

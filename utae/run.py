@@ -175,9 +175,10 @@ def _check_run_dir(out: Path, config: RunConfig) -> None:
 
 
 def _check_checkpoint_config(path: Path, ckpt: Mapping[str, Any], config: RunConfig) -> None:
-    """A checkpoint written by another run (another lr, say) is never resumed. ``dataset_root`` may differ:
-    a run folder moved to another machine sees its data elsewhere."""
-    diffs = [d for d in config_differences(ckpt["config"], config) if not d.startswith("dataset_root:")]
+    """A checkpoint written by another run (another lr, say) is never resumed. ``dataset_root`` and
+    ``init_weights`` may differ: a run folder moved to another machine sees its data and weights elsewhere."""
+    diffs = [d for d in config_differences(ckpt["config"], config)
+             if not d.startswith(("dataset_root:", "init_weights:"))]
     if diffs:
         raise RunDirError(f"{path} is the checkpoint of a different run; differing fields: {'; '.join(diffs)}. "
                           "Delete it to start this run from scratch.")
