@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "remove_stale_temp",
     "run_path",
     "report_path",
     "RunFiles",
@@ -138,6 +139,18 @@ def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
         raise
     _fsync_dir(dest.parent)
     return dest
+
+
+def remove_stale_temp(directory: PathLike) -> list[Path]:
+    """Delete the temporary files that a killed atomic write left in ``directory`` (``.<name>.<random>.tmp``;
+    the file they were to replace is untouched). Call it only while no other process writes there (a run
+    holds its directory's lock). Returns the deleted paths."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

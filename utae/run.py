@@ -66,6 +66,7 @@ from utae.results import (
     atomic_write_csv,
     atomic_write_json,
     read_json,
+    remove_stale_temp,
     run_path,
 )
 from utae.weights import load_init_weights
@@ -275,6 +276,8 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
     amp_dtype = resolve_amp(config.amp, device)[0]
     out = run_dir(config, device)
     with lock_run_dir(out) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            remove_stale_temp(out)  # a killed write's leftovers; the files themselves are whole
         _check_run_dir(out, config)
         started = (out / "metrics.json").exists() or (out / "checkpoint.pt").exists()
         if started and (out / "platform.json").exists():
