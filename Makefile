@@ -32,48 +32,100 @@ bench-runs: $(STAMP)
 	$(PY) -m benchmarks.bench_runs $(BENCH_ARGS)
 
 # --------------------------------------------------------------------------------------------------
-# The study: train_eval.ipynb executed with papermill once per sweep point, HTML reports, index.
-#   make reproduce                                            default sweep, synthetic data
-#   make reproduce SWEEP=params/paper.yaml PASTIS_ROOT=/path  real PASTIS
+# The study: every point of a sweep through one point runner (train_eval.ipynb executed with papermill into
+# its run folder, then its HTML report), then compare.html and the index: python -m utae.sweep run-all.
+#   make reproduce                                            default sweep, synthetic data -> results/
+#   make reproduce SWEEP=params/paper.yaml PASTIS_ROOT=/path  real PASTIS -> results/paper/
 #   make reproduce GPUS=0,1                                   spread the points over GPUs 0 and 1
-# Points run in parallel: one per CPU core with one torch thread each (CPU sweeps), or one per GPU of
-# GPUS (CUDA sweeps); make -jN or JOBS=N sets the number, JOBS=1 runs them one after the other.
-#   make report        re-render every report, compare.html and index.html (no training)
+#   make reproduce EXECUTOR=slurm SLURM_PARTITION=gpu SLURM_GPUS_PER_POINT=1
+#                                                             one Slurm job array of the unfinished points
+# RESULTS is results for params/default.yaml and results/<sweep file stem> for any other sweep.
+# Local points run in parallel: one per CPU core with one torch thread each (CPU sweeps), or one per GPU of
+# GPUS (CUDA sweeps); JOBS=N (or make -jN) sets the number, JOBS=1 runs them one after the other; THREADS=T
+# sets the torch threads of every point. A failing point is reported and the others go on (exit status 1).
+# Slurm (EXECUTOR=slurm): SLURM_PARTITION, SLURM_GPUS_PER_POINT, SLURM_TIME (minutes, default 240; a point that
+# runs out is requeued and resumes), SLURM_CPUS, SLURM_MEM (e.g. 8G), SLURM_TASKS_PER_POINT (training processes
+# of a point, torchrun in its one job), SLURM_EXTRA ('--qos=high --account=me'), JOBS (array parallelism);
+# NO_WAIT=1 submits, prints the job ids and returns (then make report). Job logs: RESULTS/.slurm/<time>/.
+#   make report        re-render the run reports, compare.html and index.html of RESULTS (no training); without
+#                      RESULTS or SWEEP: of results and of every study folder results/*/ that has runs
+#   make export [OUT=file.tar.gz]            pack RESULTS' runs and reports, with a manifest (utae.exchange)
+#   make import FROM=archive-or-folder [AS=platform-name]   add runs of another machine to RESULTS, checked
+#   make verify [POINTS=N or run ids]        rerun points of SWEEP here and compare with RESULTS' committed runs
 #   make lab           JupyterLab on the repository
-#   make clean-results delete results/runs, results/reports and results/summary.csv (asks; YES=1 does not)
-# Finished points (metrics.json and report present) are skipped; interrupted ones resume from their checkpoint.
+#   make clean-results delete RESULTS/runs, RESULTS/reports and RESULTS/summary.csv (asks; YES=1 does not)
+# Finished points (metrics.json and report present) are skipped, interrupted ones resume from their checkpoint;
+# a run folder whose config.json differs from the sweep's point, or a platform folder of another machine, stops
+# the sweep with an error that says how to proceed.
 SWEEP ?= params/default.yaml
-RESULTS ?= results
+RESULTS ?= $(if $(filter params/default.yaml ./params/default.yaml,$(SWEEP)),results,results/$(basename $(notdir $(SWEEP))))
 SYNTH_ROOT ?= data/synthetic_pastis
 GPUS ?=
 PLATFORM ?=
 THREADS ?=
 JOBS ?=
 TIMEOUT ?=
+EXECUTOR ?= local
+SLURM_PARTITION ?=
+SLURM_GPUS_PER_POINT ?=
+SLURM_TIME ?=
+SLURM_CPUS ?=
+SLURM_MEM ?=
+SLURM_TASKS_PER_POINT ?=
+SLURM_EXTRA ?=
+NO_WAIT ?=
 VENV_DEP ?= $(STAMP)
-SWEEP_MK ?= build/sweep/$(subst /,_,$(RESULTS))-$(notdir $(basename $(SWEEP))).mk
-SWEEP_OPTS = --results $(RESULTS) --synthetic-root $(SYNTH_ROOT) $(if $(GPUS),--gpus $(GPUS)) \
-  $(if $(PLATFORM),--platform $(PLATFORM)) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(THREADS),--threads $(THREADS))
+# quote: one shell word, whatever the value holds (spaces, quotes, non-ASCII): 'it'\''s'.
+quote = '$(subst ','\'',$(1))'
+SWEEP_OPTS = --results $(call quote,$(RESULTS)) --synthetic-root $(call quote,$(SYNTH_ROOT)) \
+  --executor $(call quote,$(EXECUTOR)) \
+  $(if $(JOBS),--jobs $(call quote,$(JOBS))) $(if $(GPUS),--gpus $(call quote,$(GPUS))) \
+  $(if $(PLATFORM),--platform $(call quote,$(PLATFORM))) $(if $(TIMEOUT),--timeout $(call quote,$(TIMEOUT))) \
+  $(if $(THREADS),--threads $(call quote,$(THREADS))) $(if $(filter 1 yes true,$(NO_WAIT)),--no-wait) \
+  $(if $(SLURM_PARTITION),--slurm-partition $(call quote,$(SLURM_PARTITION))) \
+  $(if $(SLURM_GPUS_PER_POINT),--slurm-gpus-per-point $(call quote,$(SLURM_GPUS_PER_POINT))) \
+  $(if $(SLURM_TIME),--slurm-time $(call quote,$(SLURM_TIME))) \
+  $(if $(SLURM_CPUS),--slurm-cpus $(call quote,$(SLURM_CPUS))) \
+  $(if $(SLURM_MEM),--slurm-mem $(call quote,$(SLURM_MEM))) \
+  $(if $(SLURM_TASKS_PER_POINT),--slurm-tasks-per-point $(call quote,$(SLURM_TASKS_PER_POINT))) \
+  $(if $(SLURM_EXTRA),--slurm-extra $(call quote,$(SLURM_EXTRA)))
+# make report: one folder when RESULTS or SWEEP is given, else every study under results/.
+REPORT_OPTS = $(if $(filter-out undefined default file,$(origin RESULTS) $(origin SWEEP)),--results $(call quote,$(RESULTS)))
 ifdef PASTIS_ROOT
 export PASTIS_ROOT
 endif
 
-.PHONY: reproduce report lab clean-results
+.PHONY: reproduce report export import verify lab clean-results bench-sweep
 
 reproduce: $(VENV_DEP)
-	$(PY) -m utae.sweep make-targets $(SWEEP) -o $(SWEEP_MK) $(strip $(SWEEP_OPTS))
-	$(MAKE) --no-print-directory -f $(SWEEP_MK) PY=$(PY) \
-	  $(if $(JOBS),-j$(JOBS),$(if $(filter -j%,$(MAKEFLAGS)),,AUTO_JOBS=1)) all
+	$(PY) -m utae.sweep run-all $(call quote,$(SWEEP)) $(strip $(SWEEP_OPTS))
 
 report: $(VENV_DEP)
-	$(PY) -m utae.sweep report --results $(RESULTS)
+	$(PY) -m utae.sweep report $(REPORT_OPTS)
+
+export: $(VENV_DEP)
+	$(PY) -m utae.sweep export --results $(call quote,$(RESULTS)) $(if $(OUT),-o $(call quote,$(OUT))) \
+	  $(if $(or $(filter-out file,$(origin SWEEP)),$(filter file,$(origin RESULTS))),--sweep $(call quote,$(SWEEP)))
+
+import: $(VENV_DEP)
+	@if [ -z $(call quote,$(FROM)) ]; then echo "make import needs FROM=<archive or folder>" >&2; exit 2; fi
+	$(PY) -m utae.sweep import $(call quote,$(FROM)) --results $(call quote,$(RESULTS)) $(if $(AS),--as $(call quote,$(AS)))
+
+verify: $(VENV_DEP)
+	$(PY) -m utae.sweep verify $(call quote,$(SWEEP)) --results $(call quote,$(RESULTS)) \
+	  $(if $(POINTS),--points $(call quote,$(POINTS))) $(if $(THREADS),--threads $(call quote,$(THREADS))) \
+	  $(if $(PLATFORM),--platform $(call quote,$(PLATFORM)))
+
+# Wall time of a tiny 2-point sweep with the local executor and, where a Slurm cluster answers, through it.
+bench-sweep: $(VENV_DEP)
+	$(PY) -m benchmarks.bench_sweep $(BENCH_ARGS)
 
 lab: $(VENV_DEP)
 	$(PY) -m jupyter lab --notebook-dir=.
 
 clean-results:
-	@if [ "$(YES)" != 1 ]; then \
-	  read -r -p "Delete $(RESULTS)/runs, $(RESULTS)/reports and $(RESULTS)/summary.csv? [y/N] " answer || answer=; \
+	@results=$(call quote,$(RESULTS)); if [ "$(YES)" != 1 ]; then \
+	  read -r -p "Delete $$results/runs, $$results/reports and $$results/summary.csv? [y/N] " answer || answer=; \
 	  case "$$answer" in y|Y|yes) ;; *) echo "Nothing deleted (make clean-results YES=1 deletes without asking)."; exit 1;; esac; \
 	fi
-	rm -rf $(RESULTS)/runs $(RESULTS)/reports $(RESULTS)/summary.csv
+	rm -rf $(call quote,$(RESULTS))/runs $(call quote,$(RESULTS))/reports $(call quote,$(RESULTS))/summary.csv

@@ -39,7 +39,7 @@ def make(study: Path, *args: str) -> subprocess.CompletedProcess:
     """Run `make <args>` in the repository on the study's tiny sweep, results and dataset."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     cmd = ["make", "--no-print-directory", *args, f"SWEEP={study / 'tiny.yaml'}", f"RESULTS={study / 'results'}",
-           f"SYNTH_ROOT={study / 'data'}", f"SWEEP_MK={study / 'tiny.mk'}", f"PY={sys.executable}", "VENV_DEP="]
+           f"SYNTH_ROOT={study / 'data'}", f"PY={sys.executable}", "VENV_DEP="]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
@@ -170,8 +170,9 @@ def test_make_skips_finished_points_and_resumes_an_interrupted_one(study):
     files = sorted(p for p in results.rglob("*") if p.is_file())
     before = {p: p.stat().st_mtime_ns for p in files}
     proc = make(study, "reproduce")
-    assert "running" not in proc.stdout and "utae.sweep run" not in proc.stdout
-    assert "Nothing to be done" in proc.stdout
+    assert "running" not in proc.stdout
+    assert f"{len(POINTS)} point(s), {len(POINTS)} finished, 0 to run" in proc.stdout
+    assert "are up to date" in proc.stdout  # compare.html and the index are not rendered again
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
     # Interrupt one point after its (only) epoch: the checkpoint is there, metrics and report are not.
@@ -189,6 +190,19 @@ def test_make_skips_finished_points_and_resumes_an_interrupted_one(study):
     assert (victim / "checkpoint.pt").stat().st_mtime_ns == checkpoint  # resumed: no epoch trained again
     assert {p: p.stat().st_mtime_ns for p in other.iterdir()} == untouched
     assert len(pd.read_csv(victim / "history.csv")) == 1
+
+
+def test_make_report_renders_without_training(study):
+    """`make report` re-renders compare.html and the index of the study's results (and any run report older
+    than its notebook) without running a point."""
+    results = study / "results"
+    runs = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file() and p.suffix != ".ipynb"}
+    compare, index = results / "reports" / "compare.html", results / "reports" / "index.html"
+    before = compare.stat().st_mtime_ns
+    proc = make(study, "report")
+    assert "running" not in proc.stdout and "compare: done" in proc.stdout
+    assert compare.stat().st_mtime_ns > before and index.stat().st_mtime_ns > before
+    assert {p: p.stat().st_mtime_ns for p in runs} == runs  # no run file touched
 
 
 def test_colab_cell_stops_clearly_without_a_repository_url(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Tests of utae.sweep: loading and validating sweep files, run ids, the generated makefile, skipping.
+"""Tests of utae.sweep: loading and validating sweep files, run ids, preparing a sweep, skipping.
 
 Nothing here starts a kernel: notebook execution is tested in test_notebooks.py.
 """
@@ -162,12 +162,21 @@ def test_notebook_parameters_mirror_runconfig():
 
 @pytest.mark.parametrize("sweep_file", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
-    s = cfg_mod.load_sweep(sweep_file, env={"PASTIS_ROOT": str(tmp_path)})
+    import re
+
+    text = sweep_file.read_text()
+    # Every ${VAR} the file uses (PASTIS_ROOT, UTAE_WEIGHTS, ...) points into the temporary folder.
+    env = {name: str(tmp_path / name) for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)}
+    s = cfg_mod.load_sweep(sweep_file, env=env)
     assert s.points
     for point in s.points:
         params = dict(point.params)
         root = Path(params["dataset_root"])
         params["dataset_root"] = str(tmp_path)  # RunConfig checks that the folder exists
+        if params.get("init_weights"):  # ... and that the weights file exists: an empty stand-in
+            weights = Path(str(params["init_weights"]).replace("{fold}", str(params.get("fold", 1))))
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            weights.touch()
         RunConfig.from_dict(params)
         assert "/" not in point.run_id
         if "PASTIS_ROOT" not in sweep_file.read_text():
@@ -180,34 +189,55 @@ def test_default_sweep_is_the_study_grid():
     assert Path(s.fixed["dataset_root"]) == Path("data/synthetic_pastis")
 
 
-def test_make_targets(tmp_path, data_root):
-    path = write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
-                                  "grid": {"noise_std": [0.0, 1.0], "seed": [0, 1, 2]}})
-    s = cfg_mod.load_sweep(path)
-    text = sw.make_targets(s, results=tmp_path / "res", gpus=["0", "1"], platform="plat-x")
-    for i, p in enumerate(s.points):
-        report = tmp_path / "res" / "reports" / "plat-x" / f"{p.run_id}.html"
-        assert f"{report}:\n" in text
-        assert f"{p.run_id} --platform plat-x --gpu {i % 2} --no-check\n" in text
-    assert f"all: {tmp_path / 'res' / 'reports' / 'index.html'}" in text
-    assert "utae.sweep compare" in text and "utae.sweep index" in text
-    assert "utae.synthetic" not in text  # the dataset exists
-    bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [1, 7]}}, name="bad.yaml")
-    with pytest.raises(cfg_mod.SweepError, match="fold7.*fold"):  # every point is checked before make runs any
-        sw.make_targets(cfg_mod.load_sweep(bad), results=tmp_path / "res", platform="p")
+def test_default_results(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    assert sw.default_results(REPO_ROOT / "params" / "default.yaml") == Path("results")
+    assert sw.default_results("params/default.yaml") == Path("results")
+    assert sw.default_results("params/paper.yaml") == Path("results/paper")
+    assert sw.default_results("/elsewhere/default.yaml") == Path("results/default")  # not the shipped default
 
 
-def test_make_targets_dataset_rules(tmp_path):
+def test_prepare_sweep_generates_the_synthetic_root_once(tmp_path, monkeypatch):
     synth = tmp_path / "synth"
-    path = write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0]}})
-    s = cfg_mod.load_sweep(path)
-    text = sw.make_targets(s, results=tmp_path / "res", platform="p", synthetic_root=synth)
-    assert f"{synth}/metadata.geojson:\n\t$(PY) -m utae.synthetic {synth}" in text
-    assert f"| {synth}/metadata.geojson" in text
+    calls = []
+
+    def fake_make(root, **kwargs):
+        calls.append(Path(root))
+        Path(root).mkdir(parents=True)
+        return Path(root)
+
+    import utae.synthetic
+
+    monkeypatch.setattr(utae.synthetic, "make_synthetic_pastis", fake_make)
+    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0, 1, 2]}}))
+    sw.prepare_sweep(s, synthetic_root=synth, log=lambda m: None)
+    assert calls == [synth]  # three points, one dataset
+    sw.prepare_sweep(s, synthetic_root=synth, log=lambda m: None)
+    assert calls == [synth]  # there now
+    other = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(tmp_path / "real"), "grid": {"seed": [0]}},
+                                           name="other.yaml"))
     with pytest.raises(cfg_mod.SweepError, match="PASTIS_ROOT"):
-        sw.make_targets(s, results=tmp_path / "res", platform="p", synthetic_root=tmp_path / "other")
-    with pytest.raises(cfg_mod.SweepError, match="makefile"):
-        sw.make_targets(s, results=tmp_path / "with space", platform="p", synthetic_root=synth)
+        sw.prepare_sweep(other, synthetic_root=synth, log=lambda m: None)
+
+
+def test_prepare_sweep_checks_every_point_first(tmp_path, data_root):
+    bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [1, 7]}}, name="bad.yaml")
+    with pytest.raises(cfg_mod.SweepError, match="fold7.*fold"):
+        sw.prepare_sweep(cfg_mod.load_sweep(bad), synthetic_root=None, log=lambda m: None)
+
+
+def test_study_folders(tmp_path, monkeypatch):
+    """make report without RESULTS: results itself and every results/*/ that holds finished runs."""
+    for rel in ("results/runs/p/r/metrics.json", "results/study-a/runs/p/r/metrics.json",
+                "results/bench/p.csv", "results/unfinished/runs/p/r/config.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    assert sw.study_folders(tmp_path / "results") == [tmp_path / "results", tmp_path / "results" / "study-a"]
+    monkeypatch.chdir(tmp_path / "results" / "bench")
+    with pytest.raises(cfg_mod.SweepError, match="no results folder with finished runs"):
+        sw.report_studies([], log=lambda m: None)
+    with pytest.raises(cfg_mod.SweepError, match="no finished run"):
+        sw.report_studies([tmp_path / "results" / "unfinished"], log=lambda m: None)
 
 
 def test_default_jobs(tmp_path, data_root, monkeypatch):
@@ -218,8 +248,7 @@ def test_default_jobs(tmp_path, data_root, monkeypatch):
     assert sw.default_jobs(s) == 4  # one a core
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 16)
     assert sw.default_jobs(s) == 5  # never more than the points
-    text = sw.make_targets(s, results=tmp_path / "res", platform="p")
-    assert "DEFAULT_JOBS := 5\nifeq ($(AUTO_JOBS),1)\nMAKEFLAGS += -j$(DEFAULT_JOBS)\nendif" in text
+    assert sw.default_jobs(s, points=2) == 2  # never more than the points left to run
 
 
 @pytest.mark.parametrize("flags, jobs", [("", 1), ("w", 1), (" -j2 --jobserver-auth=3,4", 2),
@@ -292,11 +321,9 @@ def test_cli_reports_errors(tmp_path, data_root, capsys):
     assert sw.main(["list", str(good)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in out] == ["seed0", "seed1"]
-    mk = tmp_path / "out.mk"
-    assert sw.main(["make-targets", str(good), "-o", str(mk), "--results", str(tmp_path / "r"),
-                    "--platform", "p"]) == 0
-    assert "seed1 --platform p" in mk.read_text()
-    assert sw.main(["make-targets", str(path), "-o", str(mk)]) == 2
+    assert sw.main(["run-all", str(path), "--results", str(tmp_path / "r")]) == 2
+    assert "unknown parameter 'sede'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written before the sweep is valid
 
 
 

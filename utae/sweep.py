@@ -1,81 +1,99 @@
-"""Parameter sweeps: expand a ``params/*.yaml`` grid into runs, execute them with papermill, render reports.
+"""Parameter sweeps: run every point of a ``params/*.yaml`` sweep with one point runner, then the study report.
 
-A sweep file is a YAML mapping::
+A sweep file (see :mod:`utae.config`) is a grid of :class:`utae.config.RunConfig` values; each point runs
+``notebooks/train_eval.ipynb`` with papermill into ``<results>/runs/<platform>/<run_id>/`` (``run.ipynb`` is the
+executed notebook) and its report is ``<results>/reports/<platform>/<run_id>.html``; ``<platform>`` is
+:func:`utae.platform.platform_id` of the point's device. Every point writes only inside its own run directory and
+its own report file, so points run in parallel: in worker processes of this machine, or as the tasks of a Slurm
+job array (:mod:`utae.executor`). Both run the same point runner, :func:`run_point`.
 
-    name: default                  # optional label
-    description: ...               # optional
-    dataset_root: ${PASTIS_ROOT}   # any RunConfig field at the top level is a fixed value
-    fixed:                         # fixed values of RunConfig fields, the same for every point
-      epochs: 8
-      test_noise_stds: [0.0, 0.5, 1.0]
-    grid:                          # lists of values; the points are their Cartesian product
-      noise_std: [0.0, 0.25, 0.5]
-      seed: [0, 1, 2]
-    timeout: 3600                  # optional: papermill's execution timeout per cell, in seconds
+Skip and resume. :func:`run_point` skips a finished point (``metrics.json`` and its report there), only renders
+the report of a finished run without one, and otherwise executes the notebook (:func:`utae.run.run` resumes an
+interrupted run from its ``checkpoint.pt``). It never skips or resumes a run silently when that run is not the
+point's: a ``config.json`` that differs from the point's config (the sweep changed since; ``out_dir``,
+``dataset_root`` and :data:`utae.config.HARMLESS_FIELDS` may differ) is an error that says how to proceed; so is
+a platform folder holding runs of another machine (another ``platform.json`` fingerprint,
+:func:`utae.platform.check_same_machine`), and a run directory in use by another process.
 
-``${VAR}`` in a string is replaced by the environment variable ``VAR`` (an unset one is an error that
-names it and the file). Every key of ``fixed`` and ``grid`` must be a parameter of the parameters cell of
-``notebooks/train_eval.ipynb`` and a :class:`utae.train.RunConfig` field; ``out_dir`` and ``run_id`` are set
-by the sweep. A point's ``run_id`` is made of the grid values in grid order, e.g. ``noise0.5-seed1``.
-
-A point runs into ``<results>/runs/<platform>/<run_id>/`` (``run.ipynb`` is the executed notebook) and its
-report is ``<results>/reports/<platform>/<run_id>.html``; ``<platform>`` is
-:func:`utae.platform.platform_id` of the point's device. Every point writes only inside its own run
-directory and its own report file, so points can run in parallel.
+The results folder of a sweep is ``results`` for ``params/default.yaml`` and ``results/<sweep file stem>`` for any
+other sweep (:func:`default_results`).
 
 Command line (``python -m utae.sweep ...``)::
 
     list SWEEP                      the points, one "run_id<TAB>parameters" a line
-    run SWEEP RUN_ID [--results R] [--platform P] [--gpu N] [--threads T] [--timeout S] [--no-check]
-                                    execute one point (skipped when finished) and render its report
-    make-targets SWEEP -o FILE [--results R] [--gpus 0,1] [--synthetic-root DIR] ...
-                                    write the makefile that ``make reproduce`` runs
-    compare [--results R]           execute notebooks/compare.ipynb and render results/reports/compare.html
-    report [--results R] [--force]  re-render every run report, then compare and the index (no training)
-    index [--results R]             write results/reports/index.html
+    run SWEEP RUN_ID [--results R] [--platform P] [--gpu N] [--threads T] [--timeout S] [--tasks-per-point N]
+                                    run one point (skipped when finished) and render its report
+    run-all SWEEP [--executor local|slurm] [--jobs N] [--results R] [--platform P] [--gpus 0,1] [--threads T]
+            [--timeout S] [--synthetic-root DIR] [--no-wait]
+            [--slurm-partition P] [--slurm-gpus-per-point G] [--slurm-time MIN] [--slurm-cpus C]
+            [--slurm-mem MEM] [--slurm-tasks-per-point N] [--slurm-extra 'sbatch options']
+                                    every unfinished point, then compare.html and the index (``make reproduce``)
+    compare [--results R]           execute notebooks/compare.ipynb and render <results>/reports/compare.html
+    report [--results R ...] [--force]
+                                    re-render run reports, compare and the index (no training); without
+                                    --results: ``results`` and every study folder ``results/*/`` that has runs
+    index [--results R]             write <results>/reports/index.html
+    export, import, verify          exchange runs between machines (:mod:`utae.exchange`)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
-import itertools
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from utae import exchange
 from utae.config import (
     COMPARE_NOTEBOOK,
     DEFAULT_TIMEOUT,
     REPO_ROOT,
     Sweep,
     SweepError,
+    SweepPoint,
+    config_differences,
     load_sweep,
     run_config_fields,
 )
-from utae.results import report_path, run_path
+from utae.results import read_json, report_path, run_path
 
 __all__ = [
     "detect_platform",
+    "default_results",
     "execute_notebook",
+    "point_config",
+    "point_state",
+    "check_platform_folder",
     "run_point",
+    "prepare_sweep",
+    "run_all",
+    "RunAllOutcome",
     "run_compare",
     "render_reports",
+    "report_studies",
+    "study_folders",
     "default_jobs",
-    "make_targets",
     "main",
 ]
 
 KERNEL_NAME = "python3"
+#: Lines of a failing notebook's traceback (or of a failing command's output) shown in the error message.
+LOG_TAIL_LINES = 15
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+Log = Callable[[str], Any]
 
 
 # --------------------------------------------------------------------------------------------------
-# Running points
+# Paths, platforms, threads
 # --------------------------------------------------------------------------------------------------
 
 
@@ -87,6 +105,15 @@ def detect_platform(device: str = "auto") -> str:
         return platform_id(resolve_device(device))
     except ValueError as exc:
         raise SweepError(f"device {device!r}: {exc}") from exc
+
+
+def default_results(sweep_path: str | os.PathLike[str]) -> Path:
+    """The results folder of a sweep file: ``results`` for ``params/default.yaml``, else ``results/<file stem>``
+    (relative to the working directory, like the sweep's other relative paths)."""
+    path = Path(sweep_path)
+    if path.resolve() == (REPO_ROOT / "params" / "default.yaml").resolve():
+        return Path("results")
+    return Path("results") / path.stem
 
 
 def _from_repo(path: Path) -> str:
@@ -140,6 +167,18 @@ class _environ:
                 os.environ[key] = value
 
 
+def _tail(lines: Sequence[str], n: int = LOG_TAIL_LINES) -> str:
+    """The last ``n`` non-empty lines, without terminal colour codes, indented for an error message."""
+    text = [_ANSI.sub("", line).rstrip() for chunk in lines for line in str(chunk).splitlines()]
+    text = [line for line in text if line.strip()]
+    return "\n".join(f"    {line}" for line in text[-n:])
+
+
+# --------------------------------------------------------------------------------------------------
+# One notebook
+# --------------------------------------------------------------------------------------------------
+
+
 def execute_notebook(
     notebook: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -151,7 +190,8 @@ def execute_notebook(
     into ``output``, atomically: it runs into ``<output stem>.partial.ipynb``, renamed on success.
 
     Raises:
-        SweepError: when a cell fails; the partial notebook is kept and named in the message.
+        SweepError: when a cell fails; the message names the cell, the partial notebook (kept) and ends with
+            the tail of the cell's traceback.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -167,9 +207,140 @@ def execute_notebook(
             )
         except PapermillExecutionError as exc:
             raise SweepError(f"{notebook} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
-                             f"the executed notebook is {partial}") from None
+                             f"the executed notebook is {partial}; its traceback ends:\n"
+                             f"{_tail(exc.traceback or [])}") from None
     os.replace(partial, output)
     return output
+
+
+# --------------------------------------------------------------------------------------------------
+# One point: its config, its state, the checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _point_params(point: SweepPoint, run_dir: Path) -> dict[str, Any]:
+    """The notebook parameters of a point that runs into ``run_dir``."""
+    return {**point.params, "out_dir": _from_repo(run_dir), "run_id": point.run_id, "progress": False}
+
+
+def point_config(sweep: Sweep, run_id: str, run_dir: str | os.PathLike[str] | None = None) -> Any:
+    """The :class:`utae.config.RunConfig` of point ``run_id`` running into ``run_dir`` (validated: a bad value
+    raises a SweepError naming the sweep file and the point)."""
+    from utae.config import RunConfig
+
+    point = sweep.point(run_id)
+    params = _point_params(point, Path(run_dir)) if run_dir is not None else dict(point.params)
+    fields = run_config_fields()
+    try:
+        return RunConfig.from_dict({k: v for k, v in params.items() if k in fields})
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"{sweep.path}: point {run_id}: {exc}") from None
+
+
+def _check_config(sweep: Sweep, run_id: str, params: Mapping[str, Any]) -> None:
+    """Build the RunConfig of a point's parameters before starting a kernel, so a bad value fails early."""
+    from utae.config import RunConfig
+
+    fields = run_config_fields()
+    try:
+        RunConfig.from_dict({k: v for k, v in params.items() if k in fields})
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"{sweep.path}: point {run_id}: {exc}") from None
+
+
+def _started(run_dir: Path) -> bool:
+    """A run that finished an epoch (checkpoint) or the whole run (metrics)."""
+    return (run_dir / "metrics.json").is_file() or (run_dir / "checkpoint.pt").is_file()
+
+
+def _config_conflict(sweep: Sweep, run_id: str, run_dir: Path, report: Path) -> None:
+    """Refuse a run directory whose ``config.json`` is another run's (see the module docstring).
+
+    A run that never finished an epoch (no checkpoint, no metrics) is not checked: :func:`utae.run.run` replaces
+    its config, and nothing of it is lost.
+    """
+    path = run_dir / "config.json"
+    if not path.is_file() or not _started(run_dir):
+        return
+    new = point_config(sweep, run_id, run_dir)
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"{path}: {exc}; delete that run directory to run point {run_id} again") from None
+    if not isinstance(stored, dict):
+        raise SweepError(f"{path}: expected a JSON object of RunConfig fields; delete that run directory to run "
+                         f"point {run_id} again")
+    # A moved run (another clone, another machine) sees its data and its folder elsewhere.
+    stored = {**stored, "dataset_root": new.dataset_root, "out_dir": new.out_dir}
+    diffs = config_differences(stored, new)
+    if diffs:
+        raise SweepError(
+            f"{path}: config.json belongs to a different run; differing fields: {'; '.join(diffs)}. "
+            f"The sweep {sweep.path} no longer describes the run stored there, so point {run_id} is neither "
+            f"skipped nor run again. To keep that run, run the changed sweep into a new results folder "
+            f"(make reproduce RESULTS=<new folder>, or --results); to replace it, delete {run_dir} and {report}.")
+
+
+def check_platform_folder(results: str | os.PathLike[str], platform: str, device: str = "auto") -> None:
+    """Refuse a platform folder ``<results>/runs/<platform>`` that holds runs of another machine.
+
+    Every ``platform.json`` there must carry this machine's fingerprint for ``device``
+    (:func:`utae.platform.current_fingerprint`); a record without one (written before fingerprints existed)
+    counts as another machine.
+
+    Raises:
+        utae.platform.OtherMachineError: naming the run and both machines, and how to proceed.
+    """
+    folder = Path(results) / "runs" / platform
+    records = sorted(folder.glob("*/platform.json")) if folder.is_dir() else []
+    if not records:
+        return
+    from utae.platform import check_same_machine, current_fingerprint, record_fingerprint
+
+    mine = current_fingerprint(device)
+    for path in records:
+        record = read_json(path)
+        try:
+            theirs = record_fingerprint(record)
+        except ValueError as exc:
+            raise SweepError(f"{path}: {exc}") from None
+        if theirs != mine:
+            check_same_machine(record, device, path.parent)
+
+
+def _check_not_in_use(run_dir: Path) -> None:
+    """A run directory locked by another process (:func:`utae.run.lock_run_dir`) is a SweepError naming it."""
+    if not run_dir.is_dir():
+        return
+    from utae.run import RunDirError, lock_run_dir
+
+    try:
+        with lock_run_dir(run_dir):
+            pass
+    except RunDirError as exc:
+        raise SweepError(str(exc)) from None
+
+
+def point_state(sweep: Sweep, run_id: str, results: str | os.PathLike[str], platform: str) -> str:
+    """What :func:`run_point` has to do for a point: ``"finished"`` (run and report there), ``"render"`` (a
+    finished run whose report is missing) or ``"run"``.
+
+    Raises:
+        SweepError: the run directory holds another run's config (see :func:`_config_conflict`).
+    """
+    run_dir, report = run_path(results, platform, run_id), report_path(results, platform, run_id)
+    _config_conflict(sweep, run_id, run_dir, report)
+    if (run_dir / "metrics.json").is_file():
+        if report.is_file():
+            return "finished"
+        if (run_dir / "run.ipynb").is_file():
+            return "render"
+    return "run"
+
+
+# --------------------------------------------------------------------------------------------------
+# The point runner
+# --------------------------------------------------------------------------------------------------
 
 
 def run_point(
@@ -181,68 +352,309 @@ def run_point(
     threads: int | None = None,
     timeout: int | None = None,
     validate: bool = True,
-    log: Any = print,
+    log: Log = print,
+    tasks: int = 1,
 ) -> str:
-    """Run one point of ``sweep`` and render its report.
+    """Run one point of ``sweep`` and render its report: the one point runner of every executor.
 
     - report and ``metrics.json`` both there: nothing is done (no kernel is started);
     - ``metrics.json`` and the executed ``run.ipynb`` there, report missing: the report is rendered;
-    - otherwise the notebook is executed (``utae.train.run`` resumes an interrupted run from its
-      checkpoint, and returns a finished one at once), then the report is rendered.
+    - otherwise the notebook is executed (``utae.run.run`` resumes an interrupted run from its checkpoint, and
+      returns a finished one at once), then the report is rendered.
+
+    Before any of that, the point is checked: its run directory must not hold another run's ``config.json``
+    (:func:`point_state`), its platform folder must hold only runs of this machine
+    (:func:`check_platform_folder`), and the run directory must not be in use by another process.
 
     Args:
         gpu: a GPU index: ``CUDA_VISIBLE_DEVICES`` for the kernel.
-        threads: torch/OpenMP threads of the kernel (see :func:`_thread_env`).
-        validate: build the point's RunConfig first, so that a bad value fails before a kernel starts
-            (imports torch here; ``make reproduce`` validates every point once, in ``make-targets``).
+        threads: torch/OpenMP threads of the kernel (see :func:`_thread_env`); with ``tasks > 1``, the threads
+            of each training process.
+        validate: build the point's RunConfig first, so that a bad value fails before a kernel starts.
+        tasks: training processes. With more than one, the run is trained first by
+            ``torchrun --standalone --nproc_per_node=tasks -m utae.train`` (gloo on CPU, NCCL on CUDA; one
+            machine), then the notebook finds the finished run and only shows it.
 
     Returns:
         ``"skipped"``, ``"rendered"`` or ``"executed"``.
+
+    Raises:
+        SweepError: a bad point, a changed sweep, a run directory in use, a failed notebook or training.
+        utae.platform.OtherMachineError: the platform folder holds runs of another machine.
     """
     point = sweep.point(run_id)
+    device = str(point.params.get("device", "auto"))
     if platform is None:
-        platform = detect_platform(str(point.params.get("device", "auto")))
+        platform = detect_platform(device)
     run_dir, report = run_path(results, platform, run_id), report_path(results, platform, run_id)
     executed = run_dir / "run.ipynb"
-    if (run_dir / "metrics.json").is_file() and report.is_file():
+    state = point_state(sweep, run_id, results, platform)
+    check_platform_folder(results, platform, device)
+    if state == "finished":
         log(f"[sweep] {platform}/{run_id}: finished, skipped")
         return "skipped"
     from utae.report import render_notebook_html
 
-    if (run_dir / "metrics.json").is_file() and executed.is_file():
+    if state == "render":
         render_notebook_html(executed, report, index_href="../index.html")
         log(f"[sweep] {platform}/{run_id}: report rendered ({report})")
         return "rendered"
-    params = {**point.params, "out_dir": _from_repo(run_dir), "run_id": run_id, "progress": False}
+    params = _point_params(point, run_dir)
     if validate:
         _check_config(sweep, run_id, params)
+    _check_not_in_use(run_dir)
     env = _thread_env(threads)
     if gpu is not None and str(gpu) != "":
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    log(f"[sweep] {platform}/{run_id}: running" + (f" ({', '.join(f'{k}={v}' for k, v in env.items())})" if env else ""))
+    shown = ", ".join(f"{k}={v}" for k, v in env.items() if k != "MKL_NUM_THREADS")
+    log(f"[sweep] {platform}/{run_id}: running" + (f" ({shown})" if shown else "")
+        + (f", {tasks} training processes" if tasks > 1 else ""))
     start = time.perf_counter()
+    if tasks > 1 and not (run_dir / "metrics.json").is_file():
+        _train_multiprocess(sweep, run_id, run_dir, tasks, threads, env, log)
     execute_notebook(sweep.notebook, executed, params, timeout=timeout or sweep.timeout, env=env)
     if not (run_dir / "metrics.json").is_file():
         raise SweepError(f"{executed} ran without error but {run_dir / 'metrics.json'} is missing: "
-                         "does the notebook call utae.train.run with out_dir?")
+                         "does the notebook call utae.run.run with out_dir?")
     render_notebook_html(executed, report, index_href="../index.html")
     log(f"[sweep] {platform}/{run_id}: done in {time.perf_counter() - start:.1f} s -> {report}")
     return "executed"
 
 
-def _check_config(sweep: Sweep, run_id: str, params: Mapping[str, Any]) -> None:
-    """Build the RunConfig of a point before starting a kernel, so that a bad value fails early and clearly."""
-    from utae.config import RunConfig
-
-    fields = run_config_fields()
+def _available_cpus() -> int:
     try:
-        RunConfig.from_dict({k: v for k, v in params.items() if k in fields})
-    except (TypeError, ValueError) as exc:
-        raise SweepError(f"{sweep.path}: point {run_id}: {exc}") from None
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _train_multiprocess(sweep: Sweep, run_id: str, run_dir: Path, tasks: int, threads: int | None,
+                        env: Mapping[str, str], log: Log) -> None:
+    """Train point ``run_id`` into ``run_dir`` with ``tasks`` processes of ``torchrun --standalone`` (this
+    machine), from a single-run config file holding the point's RunConfig. The output is streamed to this
+    process's standard output; a failure raises a SweepError with its tail."""
+    import json
+
+    config = point_config(sweep, run_id, run_dir)
+    per_process = threads if threads is not None else max(1, _available_cpus() // tasks)
+    child_env = {**os.environ, **env, "OMP_NUM_THREADS": str(per_process), "MKL_NUM_THREADS": str(per_process)}
+    with tempfile.TemporaryDirectory(prefix="utae-point-") as tmp:
+        config_file = Path(tmp) / f"{run_id}.yaml"
+        config_file.write_text(json.dumps(config.to_dict(), indent=1))  # JSON is YAML
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tasks}",
+               "-m", "utae.train", "--config", str(config_file)]
+        log(f"[sweep] {run_id}: training with {tasks} processes, {per_process} thread(s) each: "
+            f"torchrun --standalone --nproc_per_node={tasks} -m utae.train")
+        tail: deque[str] = deque(maxlen=200)
+        with subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace") as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail.append(line)
+                print(line, end="", flush=True)
+            code = proc.wait()
+    if code != 0:
+        raise SweepError(f"point {run_id}: multi-process training ({tasks} processes) failed with exit status "
+                         f"{code}; its output ends:\n{_tail(list(tail))}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Every point
+# --------------------------------------------------------------------------------------------------
+
+
+def prepare_sweep(sweep: Sweep, synthetic_root: str | os.PathLike[str] | None = "data/synthetic_pastis",
+                  log: Log = print) -> None:
+    """Make every point runnable before any runs: a missing ``dataset_root`` that is ``synthetic_root`` is
+    generated (once, default size), then every point's RunConfig is built.
+
+    Raises:
+        SweepError: a missing dataset_root that is not the synthetic root, or a point that is not a valid
+            RunConfig (naming the sweep file and the point).
+    """
+    synth = Path(synthetic_root).resolve() if synthetic_root else None
+    for root in dict.fromkeys(str(p.params.get("dataset_root")) for p in sweep.points if p.params.get("dataset_root")):
+        path = Path(root)
+        if path.is_dir():
+            continue
+        if synth is not None and path.resolve() == synth:
+            from utae.synthetic import make_synthetic_pastis
+
+            start = time.perf_counter()
+            make_synthetic_pastis(path)
+            log(f"[sweep] synthetic dataset written to {path} in {time.perf_counter() - start:.1f} s")
+        else:
+            raise SweepError(f"{sweep.path}: dataset_root {root!r} does not exist "
+                             "(for real PASTIS pass PASTIS_ROOT=/path/to/PASTIS)")
+    for point in sweep.points:
+        point_config(sweep, point.run_id)
+
+
+def default_jobs(sweep: Sweep, gpus: Sequence[str] = (), points: int | None = None) -> int:
+    """How many points run at a time when not told: one per GPU of ``gpus`` (or one) when a point runs on an
+    accelerator, else one per CPU core (each then gets one torch thread), at most the number of points
+    (``points``, default all of the sweep)."""
+    from utae.platform import resolve_device
+
+    on_accelerator = False
+    for device in {str(p.params.get("device", "auto")) for p in sweep.points}:
+        try:
+            on_accelerator = on_accelerator or resolve_device(device).type != "cpu"
+        except ValueError:
+            on_accelerator = True  # a CUDA device this machine lacks: the point will say so when it runs
+    jobs = max(1, len(gpus)) if on_accelerator else (os.cpu_count() or 1)
+    return max(1, min(jobs, len(sweep.points) if points is None else points))
+
+
+@dataclass
+class RunAllOutcome:
+    """What :func:`run_all` did.
+
+    Attributes:
+        skipped: run ids of points that were finished already.
+        results: one :class:`utae.executor.PointResult` a point that an executor ran (empty with ``no_wait``).
+        job_ids: the Slurm job ids (``<array>_<task>``) of the submitted points; empty for the local executor.
+        report: compare.html, or None when it was not rendered.
+    """
+
+    skipped: list[str] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[Any]:
+        """The point results that failed."""
+        return [r for r in self.results if r.status == "failed"]
+
+
+def run_all(
+    sweep: Sweep,
+    results: str | os.PathLike[str] | None = None,
+    executor: str = "local",
+    jobs: int | None = None,
+    platform: str | None = None,
+    gpus: Sequence[str] = (),
+    threads: int | None = None,
+    timeout: int | None = None,
+    synthetic_root: str | os.PathLike[str] | None = "data/synthetic_pastis",
+    no_wait: bool = False,
+    slurm: Any = None,
+    report: bool = True,
+    log: Log = print,
+) -> RunAllOutcome:
+    """Run every unfinished point of ``sweep`` with ``executor``, then compare.html and the index.
+
+    1. The sweep is prepared once (:func:`prepare_sweep`: the synthetic dataset, every point's RunConfig).
+    2. Every point is checked before anything runs: a run directory holding another run's config stops
+       everything (:func:`point_state`), and so does a platform folder holding runs of another machine
+       (:func:`check_platform_folder`). Finished points are skipped; finished runs without a report are rendered
+       here. On a cluster whose nodes may differ from this machine (it is not the partition's only node), the
+       nodes' platform is unknown here: with ``platform`` the config check and the skipping use that folder,
+       without it every point is submitted; either way each job checks and skips in its own node's folder.
+    3. The other points run through :func:`run_point`: ``"local"``, a pool of ``jobs`` worker processes
+       (:class:`utae.executor.LocalExecutor`); ``"slurm"``, one Slurm job array
+       (:class:`utae.executor.SlurmExecutor`, options in ``slurm``, a :class:`utae.executor.SlurmOptions`).
+       A failing point is reported while the others go on.
+    4. compare.html and the index are rendered (``report``), unless ``no_wait`` (Slurm: submit and return).
+
+    Args:
+        results: the results folder (default :func:`default_results` of the sweep file).
+        platform: the platform folder of every point (default: detected, per device).
+        gpus: GPU indices to spread the points over (local executor).
+        threads: torch threads of every point (default: the CPU cores shared out, see
+            :class:`utae.executor.LocalExecutor`; on Slurm the job's CPUs).
+
+    Raises:
+        SweepError, utae.platform.OtherMachineError: before anything runs (see 1 and 2), or a cluster that
+            cannot take the jobs.
+    """
+    from utae.executor import LocalExecutor, PointTask, SlurmExecutor, SlurmOptions
+    from utae.report import render_notebook_html
+
+    results = Path(default_results(sweep.path) if results is None else results)
+    if executor not in ("local", "slurm"):
+        raise SweepError(f"executor must be 'local' or 'slurm', got {executor!r}")
+    slurm = slurm if slurm is not None else SlurmOptions()
+    cluster = None
+    if executor == "slurm":
+        cluster = SlurmExecutor(results, slurm, jobs=jobs, log=log)
+        cluster.check_cluster()  # before anything is written
+    prepare_sweep(sweep, synthetic_root, log=log)
+    # Where the points run is known here for the local executor, with --platform, and on a cluster whose only
+    # node is this machine; else (a GPU partition seen from a login node, say) each job finds its own.
+    here = executor == "local" or (cluster is not None and cluster.nodes_are_this_machine())
+    platforms: dict[str, str] = {}
+    plans: list[tuple[SweepPoint, str | None, str]] = []  # point, platform, state
+    for point in sweep.points:
+        device = str(point.params.get("device", "auto"))
+        if platform is not None:
+            plat: str | None = platform
+        elif here:
+            if device not in platforms:
+                platforms[device] = detect_platform(device)
+            plat = platforms[device]
+        else:
+            plat = None
+        plans.append((point, plat, point_state(sweep, point.run_id, results, plat) if plat is not None else "run"))
+    if here:
+        for plat, device in {plat: str(p.params.get("device", "auto")) for p, plat, _ in plans}.items():
+            assert plat is not None
+            check_platform_folder(results, plat, device)
+    elif platform is None:
+        log("[sweep] the cluster's nodes may not be this machine: every point is submitted, and each job skips its "
+            "point if it is finished in its node's platform folder (give PLATFORM=<the nodes' platform> to skip "
+            "finished points without a job)")
+    outcome = RunAllOutcome()
+    todo = []
+    for point, plat, state in plans:
+        if state == "finished":
+            outcome.skipped.append(point.run_id)
+        elif state == "render":
+            assert plat is not None
+            render_notebook_html(run_path(results, plat, point.run_id) / "run.ipynb",
+                                 report_path(results, plat, point.run_id), index_href="../index.html")
+            log(f"[sweep] {plat}/{point.run_id}: report rendered")
+            outcome.skipped.append(point.run_id)
+        else:
+            todo.append((point, plat))
+    log(f"[sweep] {sweep.path}: {len(sweep.points)} point(s), {len(outcome.skipped)} finished, "
+        f"{len(todo)} to run ({executor} executor) -> {results}")
+    if todo:
+        if executor == "local":
+            n = jobs or (_make_jobs() if _make_jobs() > 1 else default_jobs(sweep, gpus, points=len(todo)))
+            tasks = [PointTask(sweep=sweep, run_id=p.run_id, results=str(results.resolve()), platform=plat,
+                               timeout=timeout) for p, plat in todo]  # the platform detected here
+            outcome.results = LocalExecutor(jobs=n, gpus=gpus, threads=threads, log=log).run(tasks)
+        else:
+            assert cluster is not None
+            tasks = [PointTask(sweep=sweep, run_id=p.run_id, results=str(results.resolve()), platform=platform,
+                               threads=threads, timeout=timeout, tasks=slurm.tasks_per_point) for p, _ in todo]
+            submitted = cluster.submit(tasks)
+            outcome.job_ids = [job.job_id for job in submitted]
+            if no_wait:
+                log(f"[sweep] not waiting; once the jobs are done: make report RESULTS={results} "
+                    f"(or python -m utae.sweep report --results {results})")
+                return outcome
+            outcome.results = cluster.wait(submitted, tasks)
+    if report:
+        outcome.report = _study_report(results, timeout=timeout, log=log)
+    if outcome.failed:
+        for failure in outcome.failed:  # the whole error was shown when the point ended
+            log(f"[sweep] FAILED {failure.run_id}: {failure.error.splitlines()[0] if failure.error else ''}")
+        log(f"[sweep] {len(outcome.failed)} of {len(todo)} point(s) failed: "
+            f"{', '.join(r.run_id for r in outcome.failed)}. Fix the cause and run the sweep again: finished points "
+            "are skipped.")
+    return outcome
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------------
 
 
 def run_compare(results: str | os.PathLike[str] = "results", timeout: int = DEFAULT_TIMEOUT,
-                log: Any = print) -> Path:
+                log: Log = print) -> Path:
     """Execute ``notebooks/compare.ipynb`` on ``<results>`` (it writes ``<results>/summary.csv``) and render
     ``<results>/reports/compare.html``. The executed notebook is ``<results>/runs/compare.ipynb``."""
     from utae.report import render_notebook_html
@@ -256,7 +668,34 @@ def run_compare(results: str | os.PathLike[str] = "results", timeout: int = DEFA
     return out
 
 
-def render_reports(results: str | os.PathLike[str] = "results", force: bool = False, log: Any = print) -> list[Path]:
+def _newer_than(target: Path, sources: Sequence[Path]) -> bool:
+    """``target`` exists and no source is newer (make's rule)."""
+    if not target.is_file():
+        return False
+    stamp = target.stat().st_mtime_ns
+    return all(src.stat().st_mtime_ns <= stamp for src in sources if src.exists())
+
+
+def _study_report(results: Path, timeout: int | None = None, log: Log = print) -> Path | None:
+    """compare.html and the index of ``results``, each only when missing or older than what it shows (the runs'
+    metrics and reports, the compare notebook), as make would. Returns compare.html (None without runs)."""
+    from utae.report import write_index
+
+    reports = results / "reports"
+    metrics = sorted((results / "runs").glob("*/*/metrics.json"))
+    run_reports = sorted(reports.glob("*/*.html"))
+    compare = reports / "compare.html"
+    if metrics and not _newer_than(compare, [*metrics, *run_reports, COMPARE_NOTEBOOK]):
+        run_compare(results, timeout=timeout or DEFAULT_TIMEOUT, log=log)
+    index = reports / "index.html"
+    if not _newer_than(index, [compare, *run_reports, *metrics]):
+        log(f"[sweep] index -> {write_index(results)}")
+    else:
+        log(f"[sweep] {compare} and {index} are up to date")
+    return compare if compare.is_file() else None
+
+
+def render_reports(results: str | os.PathLike[str] = "results", force: bool = False, log: Log = print) -> list[Path]:
     """Render the report of every executed run notebook ``<results>/runs/<platform>/<run_id>/run.ipynb``
     whose report is missing or older (all of them with ``force``). Nothing is executed."""
     from utae.report import render_notebook_html
@@ -268,128 +707,53 @@ def render_reports(results: str | os.PathLike[str] = "results", force: bool = Fa
         report = report_path(results, run_dir.parent.name, run_dir.name)
         if force or not report.is_file() or report.stat().st_mtime < executed.stat().st_mtime:
             done.append(render_notebook_html(executed, report, index_href="../index.html"))
-    log(f"[sweep] {len(done)} run report(s) rendered")
+    log(f"[sweep] {results}: {len(done)} run report(s) rendered")
     return done
 
 
-# --------------------------------------------------------------------------------------------------
-# Makefile generation
-# --------------------------------------------------------------------------------------------------
+def study_folders(root: str | os.PathLike[str] = "results") -> list[Path]:
+    """``root`` and every folder ``root/*/`` that holds finished runs (``runs/<platform>/<run_id>/metrics.json``)."""
+    root = Path(root)
+    candidates = [root, *sorted(p for p in root.glob("*") if p.is_dir())] if root.is_dir() else []
+    return [p for p in candidates if next((p / "runs").glob("*/*/metrics.json"), None) is not None]
 
 
-def _mk(path: str | os.PathLike[str]) -> str:
-    text = str(path)
-    if re.search(r"[\s#$:%]", text):
-        raise SweepError(f"path {text!r} cannot be used in a makefile (spaces, '#', '$', ':' or '%'); use another folder")
-    return text
-
-
-def default_jobs(sweep: Sweep, gpus: Sequence[str] = ()) -> int:
-    """How many points ``make reproduce`` runs at a time when not told: one per GPU of ``gpus`` (or one)
-    when a point runs on an accelerator, else one per CPU core (each kernel then gets one torch thread),
-    at most the number of points."""
-    from utae.platform import resolve_device
-
-    on_accelerator = False
-    for device in {str(p.params.get("device", "auto")) for p in sweep.points}:
-        try:
-            on_accelerator = on_accelerator or resolve_device(device).type != "cpu"
-        except ValueError:
-            on_accelerator = True  # a CUDA device this machine lacks: the point will say so when it runs
-    jobs = max(1, len(gpus)) if on_accelerator else (os.cpu_count() or 1)
-    return max(1, min(jobs, len(sweep.points)))
-
-
-def make_targets(
-    sweep: Sweep,
-    results: str | os.PathLike[str] = "results",
-    gpus: Sequence[str] = (),
-    platform: str | None = None,
-    synthetic_root: str | os.PathLike[str] | None = "data/synthetic_pastis",
-    timeout: int | None = None,
-    threads: int | None = None,
-) -> str:
-    """The text of the makefile that ``make reproduce`` runs: one target per point (its report), the
-    synthetic dataset when a point needs it, then the study report and the index.
-
-    Every point's RunConfig is built here, once, so a bad value stops ``make`` before any training
-    (the per-point ``run`` commands then skip that check and do not import torch).
-    Point ``i`` runs on GPU ``gpus[i % len(gpus)]`` when ``gpus`` is given.
+def report_studies(results: Sequence[str | os.PathLike[str]] = (), force: bool = False,
+                   timeout: int = DEFAULT_TIMEOUT, log: Log = print) -> list[Path]:
+    """Re-render the run reports, compare.html and the index of each results folder (no training); without
+    folders, of :func:`study_folders` of ``results``. Returns the folders done.
 
     Raises:
-        SweepError: when a point's ``dataset_root`` is missing and is not the synthetic root, or a
-            point's values are not a valid RunConfig.
+        SweepError: a folder given that holds no finished run, or no study found at all.
     """
-    results = Path(results)
-    platforms: dict[str, str] = {}
-    lines = [
-        f"# The points of {sweep.path} (written by python -m utae.sweep make-targets; do not edit).",
-        "PY ?= python",
-        f"SWEEP_ARGS := {_mk(sweep.path)} --results {_mk(results)}"
-        + (f" --timeout {timeout}" if timeout else "") + (f" --threads {threads}" if threads else ""),
-        "",
-    ]
-    targets, rules = [], []
-    synth = Path(synthetic_root).resolve() if synthetic_root else None
-    data_rules: dict[str, str] = {}
-    for i, point in enumerate(sweep.points):
-        device = str(point.params.get("device", "auto"))
-        if platform is not None:
-            plat = platform
-        else:
-            if device not in platforms:
-                platforms[device] = detect_platform(device)
-            plat = platforms[device]
-        report = report_path(results, plat, point.run_id)
-        order_only = ""
-        root = point.params.get("dataset_root")
-        check = dict(point.params)
-        if root is not None and not Path(str(root)).is_dir():
-            if synth is not None and Path(str(root)).resolve() == synth:
-                stamp = f"{_mk(root)}/metadata.geojson"
-                data_rules[stamp] = f"{stamp}:\n\t$(PY) -m utae.synthetic {_mk(root)}\n"
-                order_only = f" | {stamp}"
-                check["dataset_root"] = str(REPO_ROOT)  # generated before the point runs
-            else:
-                raise SweepError(f"{sweep.path}: point {point.run_id}: dataset_root {root!r} does not exist "
-                                 "(for real PASTIS pass PASTIS_ROOT=/path/to/PASTIS)")
-        _check_config(sweep, point.run_id, check)
-        gpu = f" --gpu {gpus[i % len(gpus)]}" if gpus else ""
-        targets.append(_mk(report))
-        rules.append(f"{_mk(report)}:{order_only}\n\t$(PY) -m utae.sweep run $(SWEEP_ARGS) {point.run_id} "
-                     f"--platform {plat}{gpu} --no-check\n")
-    reports = _mk(results / "reports")
-    runs = _mk(results / "runs")
-    jobs = default_jobs(sweep, gpus)
-    lines += [
-        f"# Points run in parallel by default: {jobs} at a time (one a GPU on CUDA; one a CPU core, with one",
-        "# torch thread each, on CPU). An explicit make -jN or JOBS=N wins.",
-        f"DEFAULT_JOBS := {jobs}",
-        "ifeq ($(AUTO_JOBS),1)",
-        "MAKEFLAGS += -j$(DEFAULT_JOBS)",
-        "endif",
-        "",
-        "POINTS := \\\n  " + " \\\n  ".join(targets),
-        "",
-        ".PHONY: all points",
-        f"all: {reports}/index.html",
-        "points: $(POINTS)",
-        "",
-        *rules,
-        *data_rules.values(),
-        f"{reports}/compare.html: $(POINTS) $(wildcard {runs}/*/*/metrics.json) {_mk(_from_repo(COMPARE_NOTEBOOK))}",
-        f"\t$(PY) -m utae.sweep compare --results {_mk(results)}" + (f" --timeout {timeout}" if timeout else ""),
-        "",
-        f"{reports}/index.html: {reports}/compare.html $(POINTS) $(wildcard {reports}/*/*.html)",
-        f"\t$(PY) -m utae.sweep index --results {_mk(results)}",
-        "",
-    ]
-    return "\n".join(lines)
+    from utae.report import write_index
+
+    folders = [Path(r) for r in results] or study_folders("results")
+    if not folders:
+        raise SweepError("no results folder with finished runs: neither results/runs nor results/*/runs holds "
+                         "a run; run make reproduce first")
+    for folder in folders:
+        if next((folder / "runs").glob("*/*/metrics.json"), None) is None:
+            raise SweepError(f"{folder}: no finished run under {folder / 'runs'} (nothing to report)")
+        render_reports(folder, force=force, log=log)
+        run_compare(folder, timeout=timeout, log=log)
+        log(f"[sweep] index -> {write_index(folder)}")
+    return folders
 
 
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -400,37 +764,64 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one point (skipped when finished) and render its report")
     p.add_argument("sweep")
     p.add_argument("run_id")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default=None, help="results folder (default: results, or results/<sweep stem>)")
     p.add_argument("--platform", default=None, help="results/runs/<platform> (default: detected)")
     p.add_argument("--gpu", default=None, help="GPU index for this point (CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: CPUs / make -j)")
-    p.add_argument("--timeout", type=int, default=None, help="execution timeout per cell, seconds")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the RunConfig check of the point (make-targets did it): no torch import here")
-    p = sub.add_parser("make-targets", help="write the makefile of a sweep")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: CPUs / make -j)")
+    p.add_argument("--timeout", type=_positive_int, default=None, help="execution timeout per cell, seconds")
+    p.add_argument("--tasks-per-point", type=_positive_int, default=1,
+                   help="training processes (torchrun --standalone on this machine; gloo on CPU, NCCL on CUDA)")
+    p.add_argument("--no-check", action="store_true", help="skip the RunConfig check of the point")
+    p = sub.add_parser("run-all", help="run every unfinished point, then compare.html and the index")
     p.add_argument("sweep")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--results", default="results")
-    p.add_argument("--gpus", default="", help="comma-separated GPU indices to spread the points over")
-    p.add_argument("--platform", default="")
-    p.add_argument("--synthetic-root", default="data/synthetic_pastis")
-    p.add_argument("--timeout", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="points at a time (local default: one a CPU core, or one a GPU of --gpus; slurm: the "
+                        "array's parallelism, default unlimited)")
+    p.add_argument("--results", default=None, help="results folder (default: results, or results/<sweep stem>)")
+    p.add_argument("--platform", default=None, help="platform folder name (default: detected)")
+    p.add_argument("--gpus", default="", help="comma-separated GPU indices to spread the points over (local)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads of every point (default: the cores shared out among the points)")
+    p.add_argument("--timeout", type=_positive_int, default=None, help="execution timeout per cell, seconds")
+    p.add_argument("--synthetic-root", default="data/synthetic_pastis",
+                   help="a missing dataset_root equal to this folder is generated first")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit, print the job ids and return")
+    p.add_argument("--no-report", action="store_true", help="do not render compare.html and the index")
+    g = p.add_argument_group("slurm executor")
+    g.add_argument("--slurm-partition", default=None, help="partition (default: the cluster's default)")
+    g.add_argument("--slurm-gpus-per-point", type=int, default=0, help="GPUs of each point's job")
+    g.add_argument("--slurm-time", type=_positive_int, default=None,
+                   help="time limit of a job in minutes (default 240); a point that runs out is requeued and "
+                        "resumes from its checkpoint")
+    g.add_argument("--slurm-cpus", type=_positive_int, default=None,
+                   help="CPUs of each point's job (default: one a training process)")
+    g.add_argument("--slurm-mem", default=None, help="memory of each point's job, e.g. 8G (default: the cluster's)")
+    g.add_argument("--slurm-tasks-per-point", type=_positive_int, default=1,
+                   help="training processes of each point, in its one job (torchrun; gloo on CPU, NCCL on GPU)")
+    g.add_argument("--slurm-extra", default="", help="more sbatch options, e.g. '--qos=high --account=me'")
     p = sub.add_parser("compare", help="execute compare.ipynb and render compare.html")
     p.add_argument("--results", default="results")
-    p.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT)
+    p.add_argument("--timeout", type=_positive_int, default=DEFAULT_TIMEOUT)
     p = sub.add_parser("report", help="re-render every report (no training), then compare and the index")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", action="append", default=[],
+                   help="a results folder (repeatable; default: results and every results/*/ with runs)")
     p.add_argument("--force", action="store_true", help="re-render run reports even when up to date")
-    p.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT)
+    p.add_argument("--timeout", type=_positive_int, default=DEFAULT_TIMEOUT)
     p = sub.add_parser("index", help="write results/reports/index.html")
     p.add_argument("--results", default="results")
+    exchange.add_commands(sub)  # export, import, verify
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring). Returns the exit status."""
+    """Command-line entry point (see the module docstring). Returns the exit status: 0, 1 when a point
+    failed (the others ran), 2 for an error before anything ran."""
+    from utae.platform import OtherMachineError
+
     args = _parser().parse_args(argv)
+    if getattr(args, "exchange_command", None):
+        return exchange.run_command(args)
     try:
         if args.command == "list":
             sweep = load_sweep(args.sweep)
@@ -439,33 +830,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "run":
             validate = not args.no_check
             sweep = load_sweep(args.sweep, check_run_config=validate)
-            run_point(sweep, args.run_id, results=args.results, platform=args.platform, gpu=args.gpu,
-                      threads=args.threads, timeout=args.timeout, validate=validate)
-        elif args.command == "make-targets":
-            sweep = load_sweep(args.sweep)
-            gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
-            text = make_targets(sweep, results=args.results, gpus=gpus, platform=args.platform or None,
-                                synthetic_root=args.synthetic_root, timeout=args.timeout, threads=args.threads)
-            from utae.results import atomic_write_text
-
-            atomic_write_text(args.output, text)
-            print(f"[sweep] {sweep.path}: {len(sweep.points)} point(s) -> {args.output}")
+            results = args.results if args.results is not None else default_results(sweep.path)
+            run_point(sweep, args.run_id, results=results, platform=args.platform, gpu=args.gpu,
+                      threads=args.threads, timeout=args.timeout, validate=validate, tasks=args.tasks_per_point)
+        elif args.command == "run-all":
+            return _run_all_command(args)
         elif args.command == "compare":
             run_compare(args.results, timeout=args.timeout)
         elif args.command == "report":
-            render_reports(args.results, force=args.force)
-            run_compare(args.results, timeout=args.timeout)
-            from utae.report import write_index
-
-            print(f"[sweep] index -> {write_index(args.results)}")
+            report_studies(args.results, force=args.force, timeout=args.timeout)
         elif args.command == "index":
             from utae.report import write_index
 
             print(f"[sweep] index -> {write_index(args.results)}")
-    except SweepError as exc:
+    except (SweepError, OtherMachineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_all_command(args: argparse.Namespace) -> int:
+    from utae.executor import SlurmOptions
+
+    sweep = load_sweep(args.sweep)
+    options = SlurmOptions(partition=args.slurm_partition, gpus_per_point=args.slurm_gpus_per_point,
+                           time_min=args.slurm_time, cpus=args.slurm_cpus, mem=args.slurm_mem,
+                           tasks_per_point=args.slurm_tasks_per_point, extra=args.slurm_extra)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    outcome = run_all(sweep, results=args.results, executor=args.executor, jobs=args.jobs, platform=args.platform,
+                      gpus=gpus, threads=args.threads, timeout=args.timeout, synthetic_root=args.synthetic_root,
+                      no_wait=args.no_wait, slurm=options, report=not args.no_report)
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":
