@@ -12,7 +12,8 @@ notebook tests; no compare.html (it costs the same with either executor). For ea
   the polling delay. The Slurm target is under 10 s.
 
 ``make bench-sweep`` (or ``python -m benchmarks.bench_sweep [--partition P] [--epochs N] [--keep DIR]``).
-The Slurm row is left out, with the reason, when no cluster answers.
+The Slurm row is left out, with the reason, when no cluster answers. The work folder is a temporary one; on a
+cluster whose nodes do not share this machine's /tmp, give ``--keep`` a folder on the shared file system.
 """
 
 from __future__ import annotations
