@@ -18,10 +18,11 @@ Variants (every one starts from the same weights):
 * ``default channels_last``: the same in the channels-last memory format (``RunConfig.channels_last``).
 
 The variants take each batch of the epoch in turns, with a calibration block
-(:func:`benchmarks.bench.calibration_step`) every few batches, so that a change in machine load during the run affects all of
-them alike; the table gives each variant's median epoch, the epoch in calibration blocks (``epoch_blocks``:
-comparable across machines) and its speed-up over ``reference``. On the CPU the times are the process's CPU
-time (``time.process_time``), which other processes on a shared machine disturb less than wall time.
+(:func:`benchmarks.bench.calibration_step`) every few batches, so that a change in machine load during the
+run affects all of them alike; the table gives each variant's median epoch, the epoch in calibration blocks
+(``epoch_blocks``: comparable across machines) and its speed-up over ``reference``. On the CPU the times are
+the process's CPU time (``time.process_time``), which other processes on a shared machine disturb less than
+wall time.
 It also prints the largest logit difference from ``reference`` on the first batch (float rounding only).
 """
 
