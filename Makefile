@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test bench bench-quick bench-runs
+.PHONY: venv test test-quick bench bench-quick bench-runs
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: no notebooks, no DDP, no cluster (about a minute).
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)

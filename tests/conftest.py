@@ -11,6 +11,17 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The official model's reference outputs, in the shared folder beside the repository.
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "utae_official"
+#: Test files that execute notebooks, start several processes or a cluster: `make test-quick` leaves them out.
+SLOW_FILES = frozenset({"test_notebooks.py", "test_report_browser.py", "test_colab.py", "test_kill.py",
+                        "test_slurm.py", "test_ddp.py", "test_executor.py", "test_exchange.py",
+                        "test_pretrained.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of :data:`SLOW_FILES` ``slow`` (``pytest -m "not slow"`` is the quick edit loop)."""
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True, scope="session")

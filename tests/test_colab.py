@@ -7,7 +7,9 @@ What Colab differs in, and how it is stood in for here:
   scratch prefix (``PIP_PREFIX``) that is first on the kernel's path, so the notebook imports the freshly
   installed copy and the test environment is left as it was.
 - Colab has its own torch and numpy: pip must keep them. Here the environment's own torch and numpy play that
-  part, and the prefix must hold nothing but this package afterwards.
+  part: pip's plan for the set-up cell's command (``--dry-run --report``) must install this package alone.
+  The notebook's own install then runs with ``PIP_IGNORE_INSTALLED``/``PIP_NO_DEPS``, so that pip does not
+  uninstall the test environment's copy of the package while it installs the clone into the prefix.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def colab(tmp_path_factory: pytest.TempPathFactory) -> dict:
     purelib.mkdir(parents=True)  # exists before the kernel starts, as Colab's site-packages does
     env = {k: v for k, v in os.environ.items() if k not in ("UTAE_REPO_URL", "UTAE_COLAB_INSTALLED")}
     env.update(PIP_PREFIX=str(prefix), PYTHONPATH=os.pathsep.join([str(purelib), str(fake)]),
-               PIP_DISABLE_PIP_VERSION_CHECK="1", OMP_NUM_THREADS="1")
+               PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_IGNORE_INSTALLED="1", PIP_NO_DEPS="1", OMP_NUM_THREADS="1")
     work = base / "content"
     work.mkdir()
     return {"url": f"file://{base / 'repo.git'}", "env": env, "work": work, "purelib": purelib}
@@ -61,11 +63,25 @@ def _papermill(notebook: str, output: Path, cwd: Path, env: dict, params: dict) 
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
 
 
+def test_the_colab_install_keeps_the_preinstalled_torch_and_numpy(colab: dict) -> None:
+    """What the set-up cell's ``pip install -q git+<url>`` would do in an environment that has torch, numpy and
+    the rest (as Colab has): install this package and nothing else, downgrading nothing."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
+                           f"git+{colab['url']}"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    names = {item["metadata"]["name"].lower() for item in report["install"]}
+    assert names == {"utae"}, names
+
+
 def test_train_eval_installs_generates_and_trains_in_colab(colab: dict) -> None:
     work, env = colab["work"], colab["env"]
     proc = _papermill("train_eval.ipynb", work / "train_eval.ipynb", work, env, {"repo_url": colab["url"], **TINY})
     assert proc.returncode == 0, proc.stderr[-4000:]
-    # pip installed this package from the git URL, and nothing else: Colab's torch and numpy stay as they are.
+    # pip installed this package from the git URL into the kernel's first path entry.
     installed = {p.name.split("-")[0].lower() for p in colab["purelib"].iterdir()}
     assert "utae" in installed, installed
     assert not installed & {"torch", "numpy", "pandas", "matplotlib"}, installed
