@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-quick bench bench-quick bench-runs
+.PHONY: venv test test-quick bench bench-quick bench-runs bench-study
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.bench --quick $(BENCH_ARGS)
+
+# One point of SWEEP end to end and the whole study's expected time, also in calibration blocks.
+bench-study: $(STAMP)
+	$(PY) -m benchmarks.bench_study --sweep $(call quote,$(SWEEP))
 
 # A short training run per precision mode of the device: test mIoU against float32, throughput.
 bench-runs: $(STAMP)
