@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utae.noise import NoiseSpec, NoisyDataset, add_noise, noise_batch, normalized_std, select_noisy
+from utae.noise import NoiseSpec, NoisyDataset, add_noise, add_test_noise, normalized_std, select_noisy
 
 
 class FakeDataset(torch.utils.data.Dataset):
@@ -131,16 +131,19 @@ def test_bad_inputs() -> None:
         add_noise(torch.zeros(3, 1, 4, 4, dtype=torch.int16), 0.1)
     with pytest.raises(ValueError, match="channels"):
         add_noise(torch.zeros(3, 2, 4, 4), [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="B, T, C, H, W"):
-        noise_batch(torch.zeros(3, 2, 4, 4), 0.1)
 
 
-def test_noise_batch_is_add_noise_on_a_batch() -> None:
-    image = torch.randn(2, 3, 2, 4, 4)
-    pad = torch.tensor([[False, False, True], [False, False, False]])
-    a = noise_batch(image, 0.4, pad, torch.Generator().manual_seed(3))
-    b = add_noise(image, 0.4, pad, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+def test_test_noise_of_a_patch_depends_on_seed_patch_and_std_only() -> None:
+    image = torch.randn(3, 3, 2, 4, 4)
+    pad = torch.tensor([[False, False, True], [False, False, False], [False, True, True]])
+    ids = torch.tensor([10, 11, 12])
+    whole = add_test_noise(image, pad, ids, 0.4, seed=1)
+    alone = add_test_noise(image[1:2], pad[1:2], ids[1:2], 0.4, seed=1)  # another batch composition
+    assert torch.equal(whole[1], alone[0])
+    assert torch.equal(whole[0, 2], image[0, 2]) and torch.equal(whole[2, 1:], image[2, 1:])  # padded frames
+    assert not torch.equal(whole[0, 0], image[0, 0])
+    assert not torch.equal(add_test_noise(image, pad, ids, 0.4, seed=2), whole)
+    assert add_test_noise(image, pad, ids, 0.0, seed=1) is image
 
 
 # ---------------------------------------------------------------- spec, selection, scaling

@@ -33,7 +33,6 @@ import torch
 __all__ = [
     "NOISE_SPACES",
     "add_noise",
-    "noise_batch",
     "add_test_noise",
     "normalized_std",
     "seeded_generator",
@@ -174,16 +173,6 @@ def add_noise(image: ImageLike, std: StdLike, pad_mask: Any = None, generator: A
             raise TypeError(f"a tensor image needs a torch.Generator, got {type(generator).__name__}")
         return _add_noise_torch(image, std_b, keep, generator)
     return _add_noise_numpy(image, std_b, keep, generator)
-
-
-def noise_batch(image: ImageLike, std: StdLike, pad_mask: Any = None, generator: Any = None) -> ImageLike:
-    """Test-time noise on a padded batch: :func:`add_noise` for a ``(B, T, C, H, W)`` image.
-
-    ``pad_mask`` is ``(B, T)`` bool (True = padded; those frames are untouched). Returns a new batch.
-    """
-    if getattr(image, "ndim", None) != 5:
-        raise ValueError(f"image must be a batch (B, T, C, H, W), got shape {tuple(getattr(image, 'shape', ()))}")
-    return add_noise(image, std, pad_mask=pad_mask, generator=generator)
 
 
 def normalized_std(std: float, space: str = "normalized", channel_std: Any = None) -> float | np.ndarray:

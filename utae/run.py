@@ -57,7 +57,7 @@ from utae.engine import Engine, EpochResult, NonFiniteLossError, build_engine, e
 from utae.loaders import Splits, make_datasets, make_loader
 from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
-from utae.platform import resolve_device as _platform_device
+from utae.platform import resolve_device
 from utae.precision import amp_name, autocast, float32_math, resolve_amp, tf32_enabled, torch_settings
 from utae.results import (
     atomic_save_npy,
@@ -75,7 +75,7 @@ __all__ = [
     "HISTORY_COLUMNS",
     "RunDirError",
     "run_dir",
-    "resolve_device",
+    "run_device",
     "lock_run_dir",
     "predict_examples",
     "run",
@@ -100,11 +100,11 @@ class RunDirError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+def run_device(name: str, ctx: DistContext | None = None) -> torch.device:
     """The torch device of ``RunConfig.device`` (see :func:`utae.platform.resolve_device`), with an explicit
     CUDA index; in a multi-process CUDA run, ``cuda:LOCAL_RANK``."""
     ctx = ctx or DistContext()
-    device = _platform_device(name)
+    device = resolve_device(name)
     if device.type != "cuda":
         return device
     index = ctx.local_rank if ctx.enabled else (device.index if device.index is not None else torch.cuda.current_device())
@@ -118,7 +118,7 @@ def run_dir(config: RunConfig, device: torch.device | None = None) -> Path:
     machine's platform (of ``device``, by default the device that ``config.device`` resolves to)."""
     if config.out_dir is not None:
         return Path(config.out_dir)
-    device = resolve_device(config.device) if device is None else device
+    device = run_device(config.device) if device is None else device
     return run_path("results", platform_id(device), config.default_run_id())
 
 
@@ -272,7 +272,7 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig or a mapping of its fields, got {type(config).__name__}")
     ctx = dist_context()
-    device = resolve_device(config.device, ctx)
+    device = run_device(config.device, ctx)
     amp_dtype = resolve_amp(config.amp, device)[0]
     out = run_dir(config, device)
     with lock_run_dir(out) if ctx.is_main else contextlib.nullcontext():
