@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from utae.results import (
     PER_CLASS_COLUMNS,
     RUN_COLUMNS,
     TEST_NOISE_COLUMNS,
+    SkippedRunWarning,
     atomic_save_npy,
     atomic_torch_save,
     atomic_write_csv,
@@ -26,6 +28,7 @@ from utae.results import (
     load_per_class_iou,
     load_runs,
     load_test_noise,
+    platform_mismatches,
     read_json,
 )
 
@@ -260,18 +263,36 @@ def test_loaders_on_an_empty_or_missing_root(tmp_path: Path) -> None:
         assert load_histories(root).empty and list(load_histories(root).columns) == ["platform", "run_id"]
 
 
-def test_corrupt_metrics_json_raises_naming_the_file(runs_root: Path) -> None:
+def test_a_corrupt_metrics_json_is_left_out_with_a_warning_naming_it(runs_root: Path) -> None:
     bad = runs_root / "cpu-amd-epyc" / "std0.5_seed0" / "metrics.json"
     bad.write_text('{"test": {"oa": 0.7')
     for loader in (load_runs, load_test_noise, load_per_class_iou):
-        with pytest.raises(ValueError, match=r"std0\.5_seed0.metrics\.json"):
-            loader(runs_root)
+        with pytest.warns(SkippedRunWarning, match=r"std0\.5_seed0.metrics\.json"):
+            frame = loader(runs_root)
+        assert "std0.5_seed0" not in set(frame.loc[frame["platform"] == "cpu-amd-epyc", "run_id"])
+        assert len(set(zip(frame["platform"], frame["run_id"]))) == 3  # the others are all there
 
 
-def test_corrupt_config_json_raises_naming_the_file(runs_root: Path) -> None:
-    (runs_root / "cuda-nvidia-h100" / "std0.0_seed0" / "config.json").write_text("not json")
-    with pytest.raises(ValueError, match=r"config\.json"):
-        load_runs(runs_root)
+@pytest.mark.parametrize("content", ["not json", '{"device_kind": "cpu"', "[1, 2]", "{}"])
+def test_a_broken_platform_or_config_json_is_left_out_with_a_warning(runs_root: Path, content: str) -> None:
+    for name in ("platform.json", "config.json"):
+        path = runs_root / "cuda-nvidia-h100" / "std0.0_seed0" / name
+        saved = path.read_text()
+        path.write_text(content)
+        with pytest.warns(SkippedRunWarning, match=rf"std0\.0_seed0.{name.replace('.', '[.]')}"):
+            runs = load_runs(runs_root)
+        assert len(runs) == 3
+        path.write_text(saved)
+
+
+def test_a_platform_folder_named_otherwise_than_its_runs_is_reported(runs_root: Path) -> None:
+    run = runs_root / "cpu-amd-epyc" / "std0.0_seed0"
+    atomic_write_json(run / "platform.json", {"device_kind": "cpu", "platform_id": "cpu-amd-epyc"})
+    copied = runs_root / "gpu-copy" / "std0.0_seed0"
+    copied.parent.mkdir()
+    shutil.copytree(run, copied)
+    table = platform_mismatches(load_runs(runs_root))
+    assert table.to_dict("records") == [{"platform": "gpu-copy", "recorded": "cpu-amd-epyc", "n_runs": 1}]
 
 
 def test_written_json_is_plain_json(runs_root: Path) -> None:

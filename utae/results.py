@@ -29,6 +29,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from collections.abc import Mapping
 from typing import IO, Any, Callable, Iterator
@@ -37,6 +38,9 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "SkippedRunWarning",
+    "readable_runs",
+    "platform_mismatches",
     "remove_stale_temp",
     "run_path",
     "report_path",
@@ -386,20 +390,53 @@ def _section(metrics: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
     return value
 
 
+class SkippedRunWarning(UserWarning):
+    """A run folder that a report cannot read (a truncated or malformed file): it is left out, by name."""
+
+
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(config, platform, metrics)`` of a finished run; platform.json may be absent ({})."""
-    metrics_file = run_dir / "metrics.json"
-    metrics = read_json(metrics_file)
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{metrics_file}: expected a JSON object, got {type(metrics).__name__}")
-    config = read_json(run_dir / "config.json")
-    plat_file = run_dir / "platform.json"
-    platform = read_json(plat_file) if plat_file.exists() else {}
+    """``(config, platform, metrics)`` of a finished run, each a JSON object.
+
+    Raises:
+        ValueError or FileNotFoundError: naming the file that is missing, corrupt or not an object.
+    """
+    out = []
+    for name in ("config.json", "platform.json", "metrics.json"):
+        value = read_json(run_dir / name)
+        if not isinstance(value, dict):
+            raise ValueError(f"{run_dir / name}: expected a JSON object, got {type(value).__name__}")
+        if not value:
+            raise ValueError(f"{run_dir / name}: records nothing (an empty object)")
+        out.append(value)
+    config, platform, metrics = out
     return config, platform, metrics
 
 
-def _run_row(platform: str, run_id: str, run_dir: Path) -> dict[str, Any]:
-    config, plat, metrics = _read_run(run_dir)
+def readable_runs(root: PathLike = "results/runs") -> Iterator[tuple[str, str, Path, dict, dict, dict]]:
+    """``(platform, run_id, run_dir, config, platform_json, metrics)`` of every finished run under ``root``
+    whose files read; a broken run is skipped with a :class:`SkippedRunWarning` that names it and why."""
+    for platform, run_id, run_dir in finished_run_dirs(root):
+        try:
+            config, plat, metrics = _read_run(run_dir)
+            for key in ("test", "val", "train", "timing"):
+                _section(metrics, key, run_dir / "metrics.json")
+        except (ValueError, OSError) as exc:
+            warnings.warn(SkippedRunWarning(f"{run_dir}: left out of the report: {exc}"), stacklevel=2)
+            continue
+        yield platform, run_id, run_dir, config, plat, metrics
+
+
+def platform_mismatches(runs: pd.DataFrame) -> pd.DataFrame:
+    """Platform folders whose runs' ``platform.json`` names another platform (a folder renamed on import, or
+    runs copied by hand): columns platform (the folder), recorded (``platform_id`` in platform.json), n_runs."""
+    if runs.empty or "plat_platform_id" not in runs:
+        return pd.DataFrame(columns=["platform", "recorded", "n_runs"])
+    differ = runs[runs["plat_platform_id"].notna() & (runs["plat_platform_id"] != runs["platform"])]
+    return (differ.groupby(["platform", "plat_platform_id"]).size().reset_index(name="n_runs")
+            .rename(columns={"plat_platform_id": "recorded"}))
+
+
+def _run_row(platform: str, run_id: str, run_dir: Path, config: dict, plat: dict, metrics: dict) -> dict[str, Any]:
     file = run_dir / "metrics.json"
     test, val, train = (_section(metrics, k, file) for k in ("test", "val", "train"))
     timing = _section(metrics, "timing", file)
@@ -437,10 +474,11 @@ def load_runs(root: PathLike = "results/runs") -> pd.DataFrame:
     val_oa, val_miou and train_oa at the best epoch; best_epoch, epochs_completed, n_train/n_val/n_test;
     sec_per_epoch, train_samples_per_s, eval_samples_per_s, peak_mem_mb, total_s), then every
     ``config.json`` field as ``cfg_<name>`` (lists as tuples, objects as JSON text) and every
-    ``platform.json`` field as ``plat_<name>``. Metric values that are null or missing are NaN.
+    ``platform.json`` field as ``plat_<name>``. Metric values that are null or missing are NaN. A run whose
+    files cannot be read is left out with a :class:`SkippedRunWarning` naming it (see :func:`readable_runs`).
     With no finished run: an empty frame with the :data:`RUN_COLUMNS`.
     """
-    rows = [_run_row(p, r, d) for p, r, d in finished_run_dirs(root)]
+    rows = [_run_row(*run) for run in readable_runs(root)]
     if not rows:
         return pd.DataFrame(columns=list(RUN_COLUMNS))
     frame = pd.DataFrame(rows)
@@ -457,8 +495,7 @@ def load_test_noise(root: PathLike = "results/runs") -> pd.DataFrame:
     included as ``test_noise_std = 0.0`` (from ``metrics["test"]``) when ``test_noise`` has no level 0.
     """
     rows: list[dict[str, Any]] = []
-    for platform, run_id, run_dir in finished_run_dirs(root):
-        config, _, metrics = _read_run(run_dir)
+    for platform, run_id, run_dir, config, _, metrics in readable_runs(root):
         file = run_dir / "metrics.json"
         entries = metrics.get("test_noise") or []
         if not isinstance(entries, list):
@@ -491,8 +528,7 @@ def load_per_class_iou(root: PathLike = "results/runs") -> pd.DataFrame:
     from utae.classes import CLASS_NAMES
 
     rows: list[dict[str, Any]] = []
-    for platform, run_id, run_dir in finished_run_dirs(root):
-        config, _, metrics = _read_run(run_dir)
+    for platform, run_id, run_dir, config, _, metrics in readable_runs(root):
         file = run_dir / "metrics.json"
         ious = _section(metrics, "test", file).get("iou") or []
         if not isinstance(ious, list):
