@@ -552,3 +552,10 @@ def test_platform_info_of_a_fake_cuda_device(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90200)  # another cuDNN: another fingerprint
     same_machine = fake_machine(tmp_path, XEON_8375C, dmi=AWS_G4DN, name="aws")
     assert current_fingerprint(device, same_machine) != aws["fingerprint"]
+
+
+def test_auto_names_the_device_it_resolves_to() -> None:
+    """Callers pass a sweep's ``device: auto`` straight through (a sweep's second run checks the fingerprints
+    of its platform folder with it)."""
+    assert plat.current_fingerprint("auto") == plat.current_fingerprint(resolve_device("auto"))
+    assert plat.platform_id("auto") == plat.platform_id(resolve_device("auto"))

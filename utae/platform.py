@@ -120,7 +120,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def _as_device(device: str | torch.device) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device)
+    return device if isinstance(device, torch.device) else resolve_device(device)  # "auto" included
 
 
 # --------------------------------------------------------------------------------------------------
