@@ -15,12 +15,15 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "utae_official"
 SLOW_FILES = frozenset({"test_notebooks.py", "test_report_browser.py", "test_colab.py", "test_kill.py",
                         "test_slurm.py", "test_ddp.py", "test_executor.py", "test_exchange.py",
                         "test_pretrained.py"})
+#: Single tests of other files that take tens of seconds (torch.compile, two training processes, a learnability fit).
+SLOW_TESTS = frozenset({"test_compile_matches_eager", "test_two_processes_on_one_run_dir_never_mix_their_files",
+                        "test_learnable_from_the_time_series_not_from_one_date"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of :data:`SLOW_FILES` ``slow`` (``pytest -m "not slow"`` is the quick edit loop)."""
+    """Mark every test of :data:`SLOW_FILES`, and :data:`SLOW_TESTS`, ``slow`` (``pytest -m "not slow"`` is the quick edit loop)."""
     for item in items:
-        if item.path.name in SLOW_FILES:
+        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
 
 
