@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from utae.checks import is_int, is_number
-from utae.config import REPO_ROOT, HARMLESS_FIELDS, SweepError, read_yaml, run_config_fields
+from utae.config import REPO_ROOT, HARMLESS_FIELDS, SweepError, run_config_fields
 from utae.results import atomic_write_bytes, read_json, report_path, run_path
 
 __all__ = [
@@ -162,22 +162,18 @@ def _git_commit(repo: Path = REPO_ROOT) -> str | None:
 
 
 def _sweep_meta(sweep: PathLike | None) -> dict[str, Any] | None:
-    """The sweep of an export: its name (the ``name`` key, else the file's stem), file name and text."""
+    """The sweep of an export, read by the one sweep reader (:func:`utae.config.load_sweep`): its name, file
+    name and text."""
     if sweep is None:
         return None
+    from utae.config import load_sweep
+
     path = Path(sweep)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ExchangeError(f"sweep file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExchangeError(f"{path}: cannot read the sweep file ({exc})") from exc
-    try:
-        doc = read_yaml(text)
-    except Exception as exc:  # yaml.YAMLError and friends: the message names the file
-        raise ExchangeError(f"{path}: not a YAML sweep file ({exc})") from exc
-    name = doc.get("name") if isinstance(doc, dict) else None
-    return {"name": str(name or path.stem), "file": path.name, "text": text}
+        name = load_sweep(path, check_run_config=False).name
+    except SweepError as exc:
+        raise ExchangeError(str(exc)) from None
+    return {"name": name, "file": path.name, "text": path.read_text(encoding="utf-8")}
 
 
 def _identity(record: Mapping[str, Any]) -> tuple[str | None, str]:
