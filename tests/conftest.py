@@ -18,13 +18,22 @@ SLOW_FILES = frozenset({"test_notebooks.py", "test_report_browser.py", "test_col
 #: Single tests of other files that take tens of seconds (torch.compile, two training processes, a learnability fit).
 SLOW_TESTS = frozenset({"test_compile_matches_eager", "test_two_processes_on_one_run_dir_never_mix_their_files",
                         "test_learnable_from_the_time_series_not_from_one_date"})
+#: The longest checks, minutes each: a sweep killed at many moments, jobs on a Slurm cluster, torch.compile's
+#: warm-up. `make test` leaves them out; `make test-all` (what CI runs) includes them.
+LONG_FILES = frozenset({"test_kill.py", "test_slurm.py"})
+LONG_TESTS = frozenset({"test_compile_matches_eager"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of :data:`SLOW_FILES`, and :data:`SLOW_TESTS`, ``slow`` (``pytest -m "not slow"`` is the quick edit loop)."""
+    """Mark every test of :data:`SLOW_FILES`, and :data:`SLOW_TESTS`, ``slow`` (``pytest -m "not slow"`` is the
+    quick edit loop), and those of :data:`LONG_FILES` and :data:`LONG_TESTS` also ``long`` (``make test`` runs
+    ``-m "not long"``)."""
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if item.path.name in LONG_FILES or item.originalname in LONG_TESTS:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.long)
 
 
 @pytest.fixture(autouse=True, scope="session")

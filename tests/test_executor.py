@@ -242,36 +242,46 @@ def test_slurm_without_sbatch_is_a_clear_error_and_writes_nothing(tmp_path, data
 # --------------------------------------------------------------------------------------------------
 
 
-def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path):
-    """`make reproduce RESULTS="<tmp>/res uni ü"` on a 2-point sweep where one point fails (its checkpoint is
-    corrupt): the other point runs and gets its report, the failure is shown with the tail of its traceback,
-    compare.html and the index cover the finished run, and make exits non-zero."""
-    from utae.synthetic import make_synthetic_pastis
+def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_path_factory):
+    """`make reproduce RESULTS="<tmp>/res uni ü"` on a copy of the tiny study (test_notebooks.build_study, itself
+    in a folder named with a space and a non-ASCII letter) whose sweep gains a third point that fails (its
+    checkpoint is corrupt): the finished points are kept, the failure is shown with the tail of its traceback,
+    compare.html and the index cover the finished runs, and make exits non-zero."""
+    import shutil
 
-    data = tmp_path / "data set ü"
-    make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
-    sweep = write_sweep(tmp_path, {"name": "tiny", "dataset_root": str(data), "grid": {"seed": [0, 1]},
-                                   "fixed": TINY}, name="tiny sweep.yaml")
+    from test_notebooks import build_study
+
+    study = build_study(tmp_path_factory)
+    tiny = yaml.safe_load((study / "tiny.yaml").read_text())
+    tiny["grid"]["noise_std"] = [*tiny["grid"]["noise_std"], 1.0]
+    sweep = write_sweep(tmp_path, tiny, name="tiny sweep.yaml")
     results = tmp_path / "res uni ü"
+    shutil.copytree(study / "results", results)
     platform = sw.detect_platform("cpu")
-    broken = run_path(results, platform, "seed1")
+    broken = run_path(results, platform, "noise1-seed0")
     broken.mkdir(parents=True)
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    finished = {p: p.read_bytes() for p in (results / "runs" / platform).glob("*/metrics.json")}
+    assert len(finished) == 2
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(["make", "--no-print-directory", "reproduce", f"SWEEP={sweep}", f"RESULTS={results}",
                            f"PY={sys.executable}", "VENV_DEP="], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert (run_path(results, platform, "seed0") / "metrics.json").is_file(), out
-    assert report_path(results, platform, "seed0").is_file()
-    assert not (broken / "metrics.json").exists() and not report_path(results, platform, "seed1").exists()
-    failed = [line for line in out.splitlines() if "seed1: FAILED" in line]
+    assert "3 point(s), 2 finished, 1 to run" in out
+    assert {p: p.read_bytes() for p in finished} == finished
+    assert not (broken / "metrics.json").exists() and not report_path(results, platform, "noise1-seed0").exists()
+    failed = [line for line in out.splitlines() if "noise1-seed0: FAILED" in line]
     assert failed, out
-    tail = out[out.index("seed1: FAILED"):]
+    tail = out[out.index("noise1-seed0: FAILED"):]
     assert "checkpoint" in tail and "run.partial.ipynb" in tail  # the cell's error and the kept notebook
-    assert "1 of 2 point(s) failed: seed1" in out
-    assert (results / "reports" / "compare.html").is_file() and (results / "reports" / "index.html").is_file()
+    assert "1 of 3 point(s) failed: noise1-seed0" in out
+    index = (results / "reports" / "index.html").read_text()
+    for rid in ("noise0-seed0", "noise0.5-seed0"):
+        assert f"{platform}/{rid}.html" in index
+    assert (results / "reports" / "compare.html").stat().st_mtime > (study / "results" / "reports" /
+                                                                     "compare.html").stat().st_mtime
     assert (broken / "checkpoint.pt").read_bytes() == b"not a checkpoint"  # nothing of the failed run lost
 
 

@@ -31,7 +31,7 @@ TINY_SWEEP = {
               "n_examples": 2, "device": "cpu", "deterministic": True},
 }
 RUN_FIGURES = 5  # training curves, per-class IoU, confusion matrix, patch grid, test-noise curve
-COMPARE_FIGURES = 5  # scores vs noise, train x test noise, per-class heatmap, timing, seed spread
+COMPARE_FIGURES = 6  # scores vs noise, validation curves, train x test noise, per-class heatmap, timing, seed spread
 PNG = re.compile(r'<img[^>]+src="data:image/png;base64,')
 
 
@@ -47,7 +47,7 @@ def make(study: Path, *args: str) -> subprocess.CompletedProcess:
 
 def build_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the tiny study once per session (a marker file makes later calls return at once)."""
-    study = tmp_path_factory.getbasetemp() / "tiny_study"
+    study = tmp_path_factory.getbasetemp() / "tiny study ü"  # make's paths are quoted
     marker = study / "built.txt"
     if marker.is_file():
         return study

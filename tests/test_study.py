@@ -384,3 +384,51 @@ def test_fold_noise_bands(tmp_path):
     assert bands.loc[1.0, "n_folds"] == 3
     assert bands.loc[1.0, "miou_mean"] == pytest.approx(0.5) and bands.loc[1.0, "miou_min"] == pytest.approx(0.4)
     assert bands.loc[0.0, "miou_std"] == pytest.approx(stats.tstd([0.5, 0.6, 0.7]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Convergence
+# --------------------------------------------------------------------------------------------------
+
+
+def _histories(curves: dict[str, list[float]], platform: str = "cpu-x") -> pd.DataFrame:
+    return pd.DataFrame([{"platform": platform, "run_id": rid, "epoch": e + 1, "val_miou": v}
+                         for rid, values in curves.items() for e, v in enumerate(values)])
+
+
+def test_convergence_applies_the_rule_to_each_run():
+    curves = {
+        "peaked": [0.1, 0.4, 0.52, 0.50, 0.51],      # best epoch 3 of 5: converged whatever the tail
+        "flat": [0.1, 0.4, 0.500, 0.502, 0.504],     # best at the last, but 0.4 points over the last 3: flat
+        "rising": [0.1, 0.4, 0.50, 0.51, 0.52],      # best at the last and 2 points over the last 3
+        "short": [0.1, 0.2],                         # fewer epochs than the window: not judged
+    }
+    table = study.convergence(_histories(curves)).set_index("run_id")
+    assert table.loc["peaked", "best_epoch"] == 3 and table.loc["peaked", "why"] == "best before last"
+    assert table.loc["flat", "why"] == "flat" and table.loc["flat", "last_range"] == pytest.approx(0.4)
+    assert table.loc["rising", "why"] == "still improving" and table.loc["rising", "last_range"] == pytest.approx(2.0)
+    assert table["converged"].to_dict() == {"flat": True, "peaked": True, "rising": False, "short": False}
+    assert math.isnan(table.loc["short", "last_range"])
+    # A stricter rule turns the flat run into a rising one.
+    strict = study.convergence(_histories(curves), flat_points=0.3).set_index("run_id")
+    assert not strict.loc["flat", "converged"]
+    text = study.convergence_text(study.convergence(_histories(curves)))
+    assert "2 of 4 runs converged" in text and "Still improving at the end: rising, short." in text
+    with pytest.raises(ValueError, match="last must be at least 2"):
+        study.convergence(_histories(curves), last=1)
+    with pytest.raises(ValueError, match="val_miou"):
+        study.convergence(_histories(curves).drop(columns="val_miou"))
+
+
+def test_validation_curves_draw_one_line_per_run_and_panel_per_platform():
+    curves = {"noise0-seed0": [0.1, 0.3, 0.4], "noise1-seed0": [0.1, 0.2, 0.35]}
+    histories = pd.concat([_histories(curves, "cpu-a"), _histories(curves, "cpu-b")])
+    runs = pd.DataFrame([{"platform": p, "run_id": r, "cfg_noise_std": 0.0 if r.startswith("noise0") else 1.0}
+                         for p in ("cpu-a", "cpu-b") for r in curves])
+    fig = plots.validation_curves(histories, runs)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["cpu-a", "cpu-b"]
+    for ax in axes:
+        assert len(ax.lines) == 2
+        assert sorted(tuple(line.get_ydata()) for line in ax.lines) == sorted(tuple(v) for v in curves.values())
+    assert len({line.get_color() for line in axes[0].lines}) == 2  # coloured by noise level

@@ -186,7 +186,10 @@ def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
 def test_default_sweep_is_the_study_grid():
     s = cfg_mod.load_sweep(REPO_ROOT / "params" / "default.yaml")
     assert len(s.grid["noise_std"]) >= 5 and len(s.grid["seed"]) >= 3
-    assert Path(s.fixed["dataset_root"]) == Path("data/synthetic_pastis")
+    root = Path(s.fixed["dataset_root"])
+    assert not root.is_absolute() and root.parts[0] == "data"  # generated inside the clone (ignored by git)
+    assert s.synthetic is not None  # make reproduce generates it
+    assert s.fixed["lr_schedule"] != "constant" and s.fixed["epochs"] >= 3  # the schedule settles the last epochs
 
 
 def test_default_results(monkeypatch):
@@ -218,6 +221,51 @@ def test_prepare_sweep_generates_the_synthetic_root_once(tmp_path, monkeypatch):
                                            name="other.yaml"))
     with pytest.raises(cfg_mod.SweepError, match="PASTIS_ROOT"):
         sw.prepare_sweep(other, synthetic_root=synth, log=lambda m: None)
+
+
+def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path):
+    """A sweep's ``synthetic:`` options are the generator's: the dataset_root is written with them (recorded in
+    SYNTHETIC.json), kept when they match, and refused, naming the differing option, when they do not."""
+    import numpy as np
+
+    from utae.layout import image_path
+    from utae.synthetic import OPTIONS_FILE, read_generator_options
+
+    root = tmp_path / "synth"
+    doc = {"dataset_root": str(root), "synthetic": {"n_patches": 5, "size": 8, "t_range": [3, 4]},
+           "grid": {"seed": [0, 1]}}
+    s = cfg_mod.load_sweep(write_sweep(tmp_path, doc))
+    assert s.synthetic["t_range"] == [3, 4] and s.synthetic["noise"] == 1.0  # the defaults filled in
+    logs: list[str] = []
+    sw.prepare_sweep(s, synthetic_root=None, log=logs.append)
+    assert read_generator_options(root) == s.synthetic
+    images = sorted((root / "DATA_S2").glob("*.npy"))
+    assert len(images) == 5
+    assert {np.load(p, mmap_mode="r").shape[0] for p in images} <= {3, 4}
+    stamp = (root / OPTIONS_FILE).stat().st_mtime_ns
+    sw.prepare_sweep(s, synthetic_root=None, log=logs.append)  # same options: kept, not rewritten
+    assert (root / OPTIONS_FILE).stat().st_mtime_ns == stamp and len(logs) == 1
+
+    changed = cfg_mod.load_sweep(write_sweep(tmp_path, {**doc, "synthetic": {**doc["synthetic"], "t_range": [5, 6]}},
+                                             name="changed.yaml"))
+    with pytest.raises(cfg_mod.SweepError, match=r"changed.yaml.*t_range.*\[3, 4\].*\[5, 6\].*delete the folder"):
+        sw.prepare_sweep(changed, synthetic_root=None, log=lambda m: None)
+    assert image_path(root, int(images[0].stem.split("_")[1])).is_file()  # nothing deleted
+
+    (root / OPTIONS_FILE).unlink()  # a dataset from before the record, or one copied by hand
+    with pytest.raises(cfg_mod.SweepError, match="no record of its options"):
+        sw.prepare_sweep(s, synthetic_root=None, log=lambda m: None)
+
+
+@pytest.mark.parametrize("synthetic, match", [
+    ({"t_rnage": [3, 4]}, r"synthetic: unknown synthetic-data option\(s\) \['t_rnage'\]; known: .*t_range"),
+    ({"t_range": 12}, "t_range must be two integers"),
+    ([10, 14], "'synthetic' must be a mapping"),
+])
+def test_bad_synthetic_key(tmp_path, synthetic, match):
+    path = write_sweep(tmp_path, {"dataset_root": str(tmp_path / "d"), "synthetic": synthetic, "grid": {"seed": [0]}})
+    with pytest.raises(cfg_mod.SweepError, match=match):
+        cfg_mod.load_sweep(path)
 
 
 def test_prepare_sweep_checks_every_point_first(tmp_path, data_root):

@@ -88,11 +88,13 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     b = make_synthetic_pastis(tmp_path / "b", n_patches=6, size=16, seed=5, t_range=(4, 7))
     c = make_synthetic_pastis(tmp_path / "c", n_patches=6, size=16, seed=6, t_range=(4, 7))
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 2 + 2 * 6
+    assert len(files) == 3 + 2 * 6  # metadata, norm, SYNTHETIC.json (the options) and two arrays per patch
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "metadata.geojson").read_text() != (c / "metadata.geojson").read_text()
+    assert json.loads((a / "SYNTHETIC.json").read_text())["seed"] == 5
+    assert json.loads((c / "SYNTHETIC.json").read_text())["t_range"] == [4, 7]
 
 
 def test_existing_root_and_bad_arguments(tmp_path: Path) -> None:

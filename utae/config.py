@@ -14,6 +14,8 @@ A run is defined by one validated dataclass, :class:`RunConfig` (one field per p
       noise_std: [0.0, 0.25, 0.5]
       seed: [0, 1, 2]
     timeout: 3600                  # optional: papermill's execution timeout per cell, in seconds
+    synthetic:                     # optional: the dataset_root is synthetic data with these generator options
+      t_range: [10, 14]            #   (utae.synthetic.generator_options), written before the first point runs
 
 A file with neither ``fixed`` nor ``grid`` is a single run: every top-level key is a field. ``${VAR}`` in a
 string is replaced by the environment variable ``VAR`` (an unset one is an error that names it and the file).
@@ -81,7 +83,7 @@ NORM_STATS: tuple[str, ...] = ("train_folds", "own_folds")
 #: The placeholder of ``RunConfig.init_weights`` that is replaced by the run's fold.
 FOLD_PLACEHOLDER = "{fold}"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid"})
+_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid", "synthetic"})
 _SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
 _ID_PREFIX = {"noise_std": "noise", "noise_fraction": "frac", "noise_space": "space", "noise_resample": "resample",
               "batch_size": "bs", "encoder_widths": "enc", "decoder_widths": "dec"}
@@ -445,6 +447,8 @@ class Sweep:
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
     points: tuple[SweepPoint, ...]
+    #: the ``synthetic:`` key: full generator options of the sweep's synthetic dataset_root, or None
+    synthetic: dict[str, Any] | None = None
 
     def point(self, run_id: str) -> SweepPoint:
         """The point named ``run_id``; a SweepError lists the known ids otherwise."""
@@ -621,6 +625,20 @@ def load_sweep(
     timeout = doc.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
+    synthetic = doc.get("synthetic")
+    if synthetic is not None:
+        from utae.synthetic import generator_options
+
+        if not isinstance(synthetic, dict):
+            raise SweepError(f"{path}: 'synthetic' must be a mapping of generator options (e.g. t_range: [10, 14]), "
+                             f"got {type(synthetic).__name__}")
+        try:
+            synthetic = generator_options(synthetic, source=f"{path}: synthetic")
+        except ValueError as exc:
+            raise SweepError(str(exc)) from None
+        if "dataset_root" in grid:
+            raise SweepError(f"{path}: 'synthetic' describes one dataset_root; it cannot be combined with "
+                             "dataset_root in the grid")
     points = []
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*grid.values()):
@@ -631,7 +649,8 @@ def load_sweep(
         seen[run_id] = values
         points.append(SweepPoint(run_id=run_id, params={**fixed, **values}, grid_values=values))
     return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
-                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points))
+                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points),
+                 synthetic=synthetic)
 
 
 

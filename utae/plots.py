@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap, to_rgb
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "per_class_heatmap",
     "timing_bars",
     "seed_spread",
+    "validation_curves",
     "paired_differences",
 ]
 
@@ -523,6 +526,44 @@ def seed_spread(
     ax.set_title(f"{_label(metric)} of every run (bar: mean over seeds)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    return fig
+
+
+def validation_curves(
+    histories: pd.DataFrame,
+    runs: pd.DataFrame,
+    metric: str = "val_miou",
+    x: str = "cfg_noise_std",
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """The validation curve of every run, one panel per platform, coloured by training noise level.
+
+    Args:
+        histories: :func:`utae.results.load_histories` (platform, run_id, epoch, ``metric``).
+        runs: :func:`utae.results.load_runs` (platform, run_id, ``x``), for each run's noise level.
+    """
+    _require_columns(histories, ["platform", "run_id", "epoch", metric], "validation_curves(histories)")
+    _require_columns(runs, ["platform", "run_id", x], "validation_curves(runs)")
+    _require_rows(histories, "validation_curves(histories)")
+    frame = histories.merge(runs[["platform", "run_id", x]], on=["platform", "run_id"], how="inner")
+    _require_rows(frame, "validation_curves(histories joined with runs)")
+    platforms = sorted(frame["platform"].unique())
+    levels = sorted(frame[x].unique())
+    cmap = colormaps["viridis"]
+    colors = {v: cmap(i / max(1, len(levels) - 1)) for i, v in enumerate(levels)}
+    fig = Figure(figsize=(4.2 * len(platforms) + 0.8, 3.0), dpi=dpi, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(platforms), sharey=True))
+    for ax, plat in zip(axes, platforms):
+        sub = frame[frame["platform"] == plat]
+        for (run_id, level), h in sub.groupby(["run_id", x], sort=True):
+            h = h.sort_values("epoch")
+            ax.plot(h["epoch"], h[metric], color=colors[level], lw=1, alpha=0.8)
+        ax.set_title(plat, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(_label(metric))
+    handles = [Line2D([], [], color=colors[v], label=_fmt_level(v)) for v in levels]
+    axes[-1].legend(handles=handles, title="training noise", fontsize=7, title_fontsize=7, loc="lower right")
     return fig
 
 

@@ -14,6 +14,9 @@ Does the hardware change the results?
 Robustness to test-time noise:
     :func:`robustness` (normalised area under the score vs test-noise curve, and the noise level that
     halves the clean score, per run), :func:`robustness_summary` (over seeds) and :func:`robustness_table`.
+Convergence:
+    :func:`convergence` (per run: best validation epoch, how much the validation score moved over the last
+    epochs, and whether the run has settled by the rule of the default study) and :func:`convergence_text`.
 Folds:
     :func:`has_several_folds`, :func:`pooled_over_folds` (the official protocol: confusion matrices summed
     over the test folds) and :func:`fold_noise_bands` (per-fold mean and band at each test-noise level).
@@ -56,6 +59,8 @@ __all__ = [
     "robustness",
     "robustness_summary",
     "robustness_table",
+    "convergence",
+    "convergence_text",
     "has_several_folds",
     "pooled_over_folds",
     "fold_noise_bands",
@@ -807,6 +812,65 @@ def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 # Folds
 # --------------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------------
+# Convergence
+# --------------------------------------------------------------------------------------------------
+
+
+def convergence(histories: pd.DataFrame, metric: str = "val_miou", last: int = 3,
+                flat_points: float = 0.5) -> pd.DataFrame:
+    """Has each run settled by the end of its training?
+
+    A run has converged when its best epoch (by ``metric``) comes before its last epoch, or when ``metric``
+    moved by less than ``flat_points`` points (x100) over its last ``last`` epochs: then more epochs of the same
+    schedule would not change its model much. A run with fewer than ``last`` epochs is not judged (NaN range,
+    ``converged`` False).
+
+    Args:
+        histories: :func:`utae.results.load_histories` (columns platform, run_id, epoch and ``metric``).
+
+    Returns:
+        One row per run: platform, run_id, epochs, best_epoch, ``last_range`` (points over the last ``last``
+        epochs), ``converged`` and ``why`` ("best before last", "flat", or "still improving").
+    """
+    _require_columns(histories, ["platform", "run_id", "epoch", metric], "convergence(histories)")
+    if last < 2:
+        raise ValueError(f"last must be at least 2 epochs, got {last}")
+    rows = []
+    for (platform, run_id), h in histories.groupby(["platform", "run_id"], sort=True):
+        h = h.sort_values("epoch")
+        values = h[metric].to_numpy(dtype=float)
+        epochs = int(h["epoch"].max())
+        best = int(h["epoch"].to_numpy()[int(np.nanargmax(values))])
+        tail = values[-last:]
+        spread = float(np.ptp(tail) * 100) if len(values) >= last else math.nan
+        before = best < epochs
+        flat = spread < flat_points
+        rows.append({"platform": platform, "run_id": run_id, "epochs": epochs, "best_epoch": best,
+                     "last_range": spread, "converged": bool(len(values) >= last and (before or flat)),
+                     "why": "best before last" if before else "flat" if flat else "still improving"})
+    return pd.DataFrame(rows, columns=["platform", "run_id", "epochs", "best_epoch", "last_range", "converged", "why"])
+
+
+def convergence_text(table: pd.DataFrame, last: int = 3, flat_points: float = 0.5) -> str:
+    """One paragraph on :func:`convergence`'s table: how many runs converged, per platform, and which did not."""
+    if table.empty:
+        return "No run has a training history (`history.csv`)."
+    parts = []
+    for platform, sub in table.groupby("platform", sort=True):
+        n, ok = len(sub), int(sub["converged"].sum())
+        spread = sub["last_range"].dropna()
+        ranges = f" Over the last {last} epochs the validation mIoU moved by {spread.min():.1f} to " \
+                 f"{spread.max():.1f} points (median {spread.median():.1f})." if len(spread) else ""
+        late = sub.loc[~sub["converged"], "run_id"].tolist()
+        tail = f" Still improving at the end: {', '.join(late)}." if late else ""
+        parts.append(f"**{platform}**: {ok} of {n} runs converged, {int((sub['why'] == 'best before last').sum())} "
+                     f"of them with their best epoch before the last.{ranges}{tail}")
+    rule = (f"A run counts as converged when its best validation epoch comes before its last, or when its "
+            f"validation mIoU moved by less than {flat_points:g} points over its last {last} epochs.")
+    return rule + "\n\n" + "\n\n".join(parts)
 
 
 def _fold_keys(runs: pd.DataFrame) -> list[str]:

@@ -465,29 +465,56 @@ def _train_multiprocess(sweep: Sweep, run_id: str, run_dir: Path, tasks: int, th
 
 def prepare_sweep(sweep: Sweep, synthetic_root: str | os.PathLike[str] | None = "data/synthetic_pastis",
                   log: Log = print) -> None:
-    """Make every point runnable before any runs: a missing ``dataset_root`` that is ``synthetic_root`` is
-    generated (once, default size), then every point's RunConfig is built.
+    """Make every point runnable before any runs: the synthetic data is generated, then every point's
+    RunConfig is built.
+
+    A sweep with a ``synthetic:`` key has synthetic data with those generator options at its ``dataset_root``:
+    a missing folder is generated, an existing one must have been generated with the same options (its
+    ``SYNTHETIC.json``). Without the key, a missing ``dataset_root`` equal to ``synthetic_root`` is generated
+    with the default options.
 
     Raises:
-        SweepError: a missing dataset_root that is not the synthetic root, or a point that is not a valid
-            RunConfig (naming the sweep file and the point).
+        SweepError: a missing dataset_root that is not synthetic, a synthetic dataset_root made with other
+            options, or a point that is not a valid RunConfig (naming the sweep file and the point).
     """
+    from utae.synthetic import OPTIONS_FILE, generator_options, make_synthetic_pastis, read_generator_options
+
     synth = Path(synthetic_root).resolve() if synthetic_root else None
     for root in dict.fromkeys(str(p.params.get("dataset_root")) for p in sweep.points if p.params.get("dataset_root")):
         path = Path(root)
+        if sweep.synthetic is not None and path.is_dir():
+            try:
+                found = read_generator_options(path)
+            except ValueError as exc:
+                raise SweepError(f"{sweep.path}: {exc}") from None
+            if found != sweep.synthetic:
+                have = "no record of its options" if found is None else \
+                    f"options {_differing(found, sweep.synthetic)}"
+                raise SweepError(f"{sweep.path}: dataset_root {root} has {have} ({OPTIONS_FILE}), but the sweep's "
+                                 f"'synthetic' asks for {_differing(sweep.synthetic, found or {})}; delete the folder "
+                                 "to have it generated again, or point dataset_root at another folder")
+            continue
         if path.is_dir():
             continue
-        if synth is not None and path.resolve() == synth:
-            from utae.synthetic import make_synthetic_pastis
-
+        if sweep.synthetic is not None or (synth is not None and path.resolve() == synth):
+            options = sweep.synthetic or generator_options()
             start = time.perf_counter()
-            make_synthetic_pastis(path)
+            try:
+                make_synthetic_pastis(path, **{**options, "t_range": tuple(options["t_range"])})
+            except ValueError as exc:
+                raise SweepError(f"{sweep.path}: synthetic: {exc}") from None
             log(f"[sweep] synthetic dataset written to {path} in {time.perf_counter() - start:.1f} s")
         else:
             raise SweepError(f"{sweep.path}: dataset_root {root!r} does not exist "
                              "(for real PASTIS pass PASTIS_ROOT=/path/to/PASTIS)")
     for point in sweep.points:
         point_config(sweep, point.run_id)
+
+
+def _differing(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``ours`` whose value differs in ``theirs`` (all of ``ours`` when nothing differs)."""
+    diff = {k: v for k, v in ours.items() if theirs.get(k) != v}
+    return diff or ours
 
 
 def default_jobs(sweep: Sweep, gpus: Sequence[str] = (), points: int | None = None) -> int:

@@ -52,7 +52,14 @@ import numpy as np
 
 from utae.layout import DATA_DIR, METADATA_FILE, NORM_FILE, TARGET_DIR, image_path, norm_key, target_path
 
-__all__ = ["make_synthetic_pastis", "CROP_PROFILES", "BACKGROUND_PROFILES", "main"]
+__all__ = ["make_synthetic_pastis", "generator_options", "read_generator_options", "OPTIONS_FILE",
+           "CROP_PROFILES", "BACKGROUND_PROFILES", "main"]
+
+#: Written next to the PASTIS files: the generator's options, so that a dataset can be checked against the
+#: options a sweep asks for. Real PASTIS has no such file; the loader ignores it.
+OPTIONS_FILE = "SYNTHETIC.json"
+_DEFAULTS: dict[str, Any] = dict(n_patches=300, size=32, seed=0, t_range=(20, 30), cloud_prob=0.2, noise=1.0,
+                                 background_share=0.3, void_prob=0.35)
 
 _REFERENCE = _dt.date(2018, 9, 1)
 _FIRST_DAY, _LAST_DAY, _REVISIT = 2, 425, 5  # 2018-09-03 .. 2019-10-31, every 5 days
@@ -292,16 +299,59 @@ def _yyyymmdd(day: int) -> int:
     return d.year * 10000 + d.month * 100 + d.day
 
 
+def generator_options(options: dict[str, Any] | None = None, source: str = "options") -> dict[str, Any]:
+    """The full set of generator options: ``options`` over the defaults, as plain JSON values.
+
+    Args:
+        options: some of ``n_patches``, ``size``, ``seed``, ``t_range`` (``[min, max]``), ``cloud_prob``,
+            ``noise``, ``background_share``, ``void_prob``.
+        source: names where ``options`` come from, in the error (e.g. ``"params/default.yaml: synthetic"``).
+
+    Raises:
+        ValueError: an unknown option (naming it and the known ones) or a ``t_range`` that is not two integers.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{source}: unknown synthetic-data option(s) {unknown}; known: {sorted(_DEFAULTS)}")
+    full = {**_DEFAULTS, **options}
+    t_range = full["t_range"]
+    if (not isinstance(t_range, (list, tuple)) or len(t_range) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in t_range)):
+        raise ValueError(f"{source}: t_range must be two integers [min, max] dates per patch, got {t_range!r}")
+    full["t_range"] = [int(v) for v in t_range]
+    return full
+
+
+def read_generator_options(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The options that wrote the synthetic dataset at ``root`` (its ``SYNTHETIC.json``), or None when the
+    folder has no such file (real PASTIS, or a synthetic dataset written before the file existed).
+
+    Raises:
+        ValueError: the file exists but is not a JSON mapping (naming the file).
+    """
+    path = Path(root) / OPTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the synthetic dataset's options: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON mapping of generator options, got {type(doc).__name__}")
+    return doc
+
+
 def make_synthetic_pastis(
     root: str | os.PathLike[str],
-    n_patches: int = 300,
-    size: int = 32,
-    seed: int = 0,
-    t_range: tuple[int, int] = (20, 30),
-    cloud_prob: float = 0.2,
-    noise: float = 1.0,
-    background_share: float = 0.3,
-    void_prob: float = 0.35,
+    n_patches: int = _DEFAULTS["n_patches"],
+    size: int = _DEFAULTS["size"],
+    seed: int = _DEFAULTS["seed"],
+    t_range: Sequence[int] = _DEFAULTS["t_range"],
+    cloud_prob: float = _DEFAULTS["cloud_prob"],
+    noise: float = _DEFAULTS["noise"],
+    background_share: float = _DEFAULTS["background_share"],
+    void_prob: float = _DEFAULTS["void_prob"],
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic PASTIS to ``root`` and return ``root`` as a ``Path``.
@@ -319,7 +369,8 @@ def make_synthetic_pastis(
     overwrite: replace an existing non-empty ``root``; otherwise that raises ``FileExistsError``.
 
     The dataset is written to a temporary sibling folder and moved into place at the end, so an
-    interrupted call never leaves a partial dataset at ``root``.
+    interrupted call never leaves a partial dataset at ``root``. The options are recorded in
+    ``root/SYNTHETIC.json`` (see :func:`read_generator_options`).
     """
     root = Path(root)
     n_grid = len(range(_FIRST_DAY + _REVISIT - 1, _LAST_DAY + 1, _REVISIT))
@@ -401,6 +452,11 @@ def make_synthetic_pastis(
             json.dump(norm, fh, indent=1)
         with open(tmp / METADATA_FILE, "w", encoding="utf-8") as fh:
             json.dump(metadata, fh)
+        options = generator_options(dict(n_patches=n_patches, size=size, seed=int(seed), t_range=[t_min, t_max],
+                                         cloud_prob=float(cloud_prob), noise=float(noise),
+                                         background_share=float(background_share), void_prob=float(void_prob)))
+        with open(tmp / OPTIONS_FILE, "w", encoding="utf-8") as fh:
+            json.dump(options, fh, indent=1)
         _move_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
