@@ -18,15 +18,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (utae)" >/dev/null
 	touch $@
 
-# The suite without its longest checks (the kill-anywhere sweep, the Slurm cluster, torch.compile): about 5 min.
+# The suite without its longest checks (the kill-anywhere sweep, the Slurm cluster, Colab, torch.compile): about 5 min.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not long"
 
-# Everything, as CI runs it (.ci/run starts a Slurm cluster first): about 12 min on 2 cores.
+# Everything, as CI runs it (.ci/run starts a Slurm cluster first): about 11 min on 2 cores.
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
-# The edit loop: no notebooks, no DDP, no cluster (under a minute).
+# The edit loop: no notebooks, no DDP, no cluster (under a minute of pytest).
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
