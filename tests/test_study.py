@@ -408,10 +408,11 @@ def test_convergence_applies_the_rule_to_each_run():
     assert table.loc["flat", "why"] == "flat" and table.loc["flat", "last_range"] == pytest.approx(0.4)
     assert table.loc["rising", "why"] == "still improving" and table.loc["rising", "last_range"] == pytest.approx(2.0)
     assert table["converged"].to_dict() == {"flat": True, "peaked": True, "rising": False, "short": False}
-    assert math.isnan(table.loc["short", "last_range"])
+    assert math.isnan(table.loc["short", "last_range"]) and table.loc["short", "why"] == "too few epochs"
     # A stricter rule turns the flat run into a rising one.
     strict = study.convergence(_histories(curves), flat_points=0.3).set_index("run_id")
     assert not strict.loc["flat", "converged"]
+    assert "less than 0.3 points over its last 3 epochs" in study.convergence_text(strict.reset_index())
     text = study.convergence_text(study.convergence(_histories(curves)))
     assert "2 of 4 runs converged" in text and "Still improving at the end: rising, short." in text
     with pytest.raises(ValueError, match="last must be at least 2"):

@@ -846,18 +846,24 @@ def convergence(histories: pd.DataFrame, metric: str = "val_miou", last: int = 3
         best = int(h["epoch"].to_numpy()[int(np.nanargmax(values))])
         tail = values[-last:]
         spread = float(np.ptp(tail) * 100) if len(values) >= last else math.nan
+        judged = len(values) >= last
         before = best < epochs
         flat = spread < flat_points
+        why = ("too few epochs" if not judged else "best before last" if before else "flat" if flat
+               else "still improving")
         rows.append({"platform": platform, "run_id": run_id, "epochs": epochs, "best_epoch": best,
-                     "last_range": spread, "converged": bool(len(values) >= last and (before or flat)),
-                     "why": "best before last" if before else "flat" if flat else "still improving"})
-    return pd.DataFrame(rows, columns=["platform", "run_id", "epochs", "best_epoch", "last_range", "converged", "why"])
+                     "last_range": spread, "converged": judged and (before or flat), "why": why})
+    table = pd.DataFrame(rows, columns=["platform", "run_id", "epochs", "best_epoch", "last_range", "converged", "why"])
+    table.attrs.update(last=last, flat_points=flat_points)  # the rule, for convergence_text
+    return table
 
 
-def convergence_text(table: pd.DataFrame, last: int = 3, flat_points: float = 0.5) -> str:
-    """One paragraph on :func:`convergence`'s table: how many runs converged, per platform, and which did not."""
+def convergence_text(table: pd.DataFrame) -> str:
+    """One paragraph on :func:`convergence`'s table: its rule, how many runs converged, per platform, and which
+    did not."""
     if table.empty:
         return "No run has a training history (`history.csv`)."
+    last, flat_points = table.attrs["last"], table.attrs["flat_points"]
     parts = []
     for platform, sub in table.groupby("platform", sort=True):
         n, ok = len(sub), int(sub["converged"].sum())
