@@ -500,7 +500,7 @@ def prepare_sweep(sweep: Sweep, synthetic_root: str | os.PathLike[str] | None = 
             options = sweep.synthetic or generator_options()
             start = time.perf_counter()
             try:
-                make_synthetic_pastis(path, **{**options, "t_range": tuple(options["t_range"])})
+                make_synthetic_pastis(path, **options)
             except ValueError as exc:
                 raise SweepError(f"{sweep.path}: synthetic: {exc}") from None
             log(f"[sweep] synthetic dataset written to {path} in {time.perf_counter() - start:.1f} s")
