@@ -162,11 +162,6 @@ def test_noise_spec_validation_names_the_field() -> None:
             NoiseSpec(**kwargs)
 
 
-def test_noise_spec_from_config() -> None:
-    spec = NoiseSpec.from_config({"noise_std": 0.5, "noise_fraction": 0.25, "noise_space": "raw", "seed": 4})
-    assert spec == NoiseSpec(std=0.5, fraction=0.25, space="raw", resample=False, seed=4)
-
-
 @pytest.mark.parametrize(("n", "fraction"), [(40, 0.25), (37, 0.5), (10, 0.25), (10, 0.0), (10, 1.0)])
 def test_exact_fraction_of_noisy_samples(n: int, fraction: float) -> None:
     ds = NoisyDataset(FakeDataset(n=n), NoiseSpec(std=0.5, fraction=fraction, seed=2))

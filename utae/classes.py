@@ -66,13 +66,6 @@ CLASS_COLORS: list[str] = [
 ]
 
 
-def class_name(label: int) -> str:
-    """Name of semantic label ``label`` (0 to 19); raises ``ValueError`` outside that range."""
-    if not 0 <= int(label) < N_CLASSES:
-        raise ValueError(f"class label must be in 0..{N_CLASSES - 1}, got {label}")
-    return CLASS_NAMES[int(label)]
-
-
 def cmap() -> "ListedColormap":
     """A matplotlib ``ListedColormap`` with the 20 class colours, index ``i`` for label ``i``.
 

@@ -48,7 +48,6 @@ __all__ = [
     "LTAE2d",
     "TemporalAggregator",
     "UTAE",
-    "count_parameters",
 ]
 
 #: Score given to padded time steps before the softmax (as in the official model): exp(-1000) is exactly 0.
@@ -725,8 +724,3 @@ class UTAE(nn.Module):
         if return_att:
             return out, att
         return out
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -245,19 +245,6 @@ class NoiseSpec:
         object.__setattr__(self, "resample", bool(self.resample))
         object.__setattr__(self, "seed", int(self.seed))
 
-    @classmethod
-    def from_config(cls, config: Any) -> "NoiseSpec":
-        """Build from a run config (object or mapping) with ``noise_std``, ``noise_fraction``,
-        ``noise_space``, ``noise_resample`` and ``seed``; missing fields keep their defaults."""
-        get = config.get if isinstance(config, Mapping) else (lambda k, d: getattr(config, k, d))
-        return cls(
-            std=get("noise_std", 0.0),
-            fraction=get("noise_fraction", 1.0),
-            space=get("noise_space", "normalized"),
-            resample=get("noise_resample", False),
-            seed=get("seed", 0),
-        )
-
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields."""
         return asdict(self)
