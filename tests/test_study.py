@@ -1,4 +1,4 @@
-"""Tests of the study's tables and statistics (utae.study) and the paired-differences figure, on small
+"""Tests of the study's tables and statistics (utae.study, utae.platform_effect) and the paired-differences figure, on small
 hand-built frames (no training)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from utae import plots, study
+from utae import platform_effect, plots, study
 from utae.metrics import scores
 
 MACHINE_LABELS = ("CPU arch", "instruction set", "torch CPU kernels", "CPU features", "GPU", "GPU compute capability",
@@ -42,29 +42,29 @@ def make_runs(platform_shift: dict[str, float], levels=(0.0, 0.5, 1.0), seeds=(0
 
 def test_platform_vs_seed_detects_a_real_platform_difference():
     runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.2}, seeds=range(5), seed_sd=0.01)
-    table = study.platform_vs_seed(runs, n_permutations=300)
+    table = platform_effect.platform_vs_seed(runs, n_permutations=300)
     assert len(table) == 3 and (table["n_platforms"] == 2).all()
     assert (table["platform_range"] > 0.15).all()
     assert (table["range_over_seed_std"] > 5).all()
     assert (table["p_perm"] < 0.05).all()
-    text = study.platform_vs_seed_text(table)
+    text = platform_effect.platform_vs_seed_text(table)
     assert "At 3 configuration(s)" in text
 
 
 def test_platform_vs_seed_finds_nothing_when_platforms_agree():
     runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.0}, seeds=range(4), seed_sd=0.05, rng_seed=3)
-    table = study.platform_vs_seed(runs, n_permutations=300)
+    table = platform_effect.platform_vs_seed(runs, n_permutations=300)
     assert (table["p_perm"] > 0.05).all()
-    assert "At no configuration" in study.platform_vs_seed_text(table)
+    assert "At no configuration" in platform_effect.platform_vs_seed_text(table)
 
 
 def test_platform_vs_seed_with_one_platform_reports_the_seed_spread_only():
     runs = make_runs({"cpu-a": 0.0})
-    table = study.platform_vs_seed(runs)
+    table = platform_effect.platform_vs_seed(runs)
     assert table["p_perm"].isna().all() and table["platform_range"].isna().all()
     expected = runs[runs.cfg_noise_std == 0.5]["test_miou"].std(ddof=1)
     assert table.loc[table.cfg_noise_std == 0.5, "seed_std"].item() == pytest.approx(expected)
-    assert "only the spread between seeds" in study.platform_vs_seed_text(table)
+    assert "only the spread between seeds" in platform_effect.platform_vs_seed_text(table)
 
 
 def test_study_summary_and_table_one():
@@ -137,7 +137,7 @@ def test_platform_vs_seed_f_is_the_one_way_anova():
     # platform a: 1, 2, 3; platform b: 2, 4, 5 -> between SS 150/36 on 1 dof, within SS 60/9 on 4 dof: F = 2.5
     runs = pd.DataFrame({"platform": ["a"] * 3 + ["b"] * 3, "run_id": [f"r{i}" for i in range(6)],
                          "cfg_noise_std": 0.0, "cfg_seed": [0, 1, 2] * 2, "test_miou": [1.0, 2, 3, 2, 4, 5]})
-    table = study.platform_vs_seed(runs, n_permutations=50)
+    table = platform_effect.platform_vs_seed(runs, n_permutations=50)
     assert table["F"].item() == pytest.approx(2.5)
 
 
@@ -164,7 +164,7 @@ def paired_runs(shift: float, pair_sd: float, levels=(0.0, 0.5, 1.0, 2.0, 3.0), 
 
 
 def test_effect_table_columns():
-    effect = study.platform_effect(paired_runs(0.0, 0.01))
+    effect = platform_effect.platform_effect(paired_runs(0.0, 0.01))
     assert list(effect.columns[:9]) == ["metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low",
                                         "ci_high", "p_value", "same_seed_identical"]
     assert {"max_abs_diff", "wilcoxon_p", "seed_sd", "seeds_needed_1pt", "n_configs"} <= set(effect.columns)
@@ -172,19 +172,19 @@ def test_effect_table_columns():
 
 
 def test_identical_platforms_give_no_effect_and_reproduce_exactly():
-    effect = study.platform_effect(paired_runs(0.0, 0.0)).set_index("metric")
+    effect = platform_effect.platform_effect(paired_runs(0.0, 0.0)).set_index("metric")
     row = effect.loc["test_miou"]
     assert row["n_pairs"] == 30 and row["n_configs"] == 5 and row["seeds_per_config"] == "6"
     assert row["effect"] == 0.0 and row["ci_low"] == 0.0 and row["ci_high"] == 0.0
     assert effect["same_seed_identical"].tolist() == [True, True] and row["max_abs_diff"] == 0.0
     assert math.isnan(row["p_value"])  # no spread of the differences to test against
-    text = study.platform_answer_text(effect.reset_index())
+    text = platform_effect.platform_answer_text(effect.reset_index())
     assert "give exactly the same test mIoU" in text and "cpu-b and cpu-a" in text
 
 
 def test_a_shifted_platform_is_detected_in_points():
     shift, pair_sd = 0.02, 0.003
-    effect = study.platform_effect(paired_runs(shift, pair_sd)).set_index("metric")
+    effect = platform_effect.platform_effect(paired_runs(shift, pair_sd)).set_index("metric")
     row = effect.loc["test_miou"]
     n = row["n_pairs"]
     # the estimate is a mean of n differences of sd 100 * pair_sd points: 4 standard errors is a wide margin
@@ -193,24 +193,24 @@ def test_a_shifted_platform_is_detected_in_points():
     assert row["p_value"] < 0.05 and row["wilcoxon_p"] < 0.05
     assert effect["same_seed_identical"].tolist() == [False, False] and row["max_abs_diff"] > 0
     assert effect.loc["test_oa", "effect"] == pytest.approx(row["effect"])  # OA moved with mIoU
-    text = study.platform_answer_text(effect.reset_index())
+    text = platform_effect.platform_answer_text(effect.reset_index())
     assert f"cpu-b scores {row['effect']:.1f} test-mIoU points higher than cpu-a" in text
     assert "a detectable platform effect" in text and "does not reproduce exactly" in text
 
 
 def test_no_shift_gives_a_ci_around_zero():
-    effect = study.platform_effect(paired_runs(0.0, 0.01, rng_seed=1))
+    effect = platform_effect.platform_effect(paired_runs(0.0, 0.01, rng_seed=1))
     row = effect.set_index("metric").loc["test_miou"]
     assert row["ci_low"] < 0.0 < row["ci_high"]
-    assert "no detectable platform effect" in study.platform_answer_text(effect)
+    assert "no detectable platform effect" in platform_effect.platform_answer_text(effect)
 
 
 def test_effect_is_the_mean_over_configurations_of_the_mean_difference():
     runs = paired_runs(0.01, 0.01, levels=(0.0, 1.0), seeds=range(4), rng_seed=2)
     runs = runs[~((runs["cfg_noise_std"] == 1.0) & (runs["cfg_seed"] == 3))]  # 4 pairs at level 0, 3 at level 1
-    pairs = study.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
+    pairs = platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
     per_config = pairs.groupby("cfg_noise_std")["diff"].mean()
-    row = study.platform_effect(runs, metrics=("test_miou",)).iloc[0]
+    row = platform_effect.platform_effect(runs, metrics=("test_miou",)).iloc[0]
     assert row["effect"] == pytest.approx(100 * per_config.mean())  # sum-to-zero contrasts: configurations weigh equally
     assert row["effect"] != pytest.approx(100 * pairs["diff"].mean())
     assert row["seeds_per_config"] == "3-4"
@@ -219,8 +219,8 @@ def test_effect_is_the_mean_over_configurations_of_the_mean_difference():
 def test_seeds_needed_fall_when_the_paired_spread_falls():
     from statsmodels.stats.power import TTestPower
 
-    noisy = study.platform_effect(paired_runs(0.0, 0.02), metrics=("test_miou",)).iloc[0]
-    quiet = study.platform_effect(paired_runs(0.0, 0.005), metrics=("test_miou",)).iloc[0]
+    noisy = platform_effect.platform_effect(paired_runs(0.0, 0.02), metrics=("test_miou",)).iloc[0]
+    quiet = platform_effect.platform_effect(paired_runs(0.0, 0.005), metrics=("test_miou",)).iloc[0]
     assert quiet["diff_sd"] < noisy["diff_sd"]
     assert quiet["seeds_needed_1pt"] < noisy["seeds_needed_1pt"]
     pairs = TTestPower().solve_power(effect_size=1.0 / noisy["diff_sd"], alpha=0.05, power=0.8)
@@ -230,32 +230,32 @@ def test_seeds_needed_fall_when_the_paired_spread_falls():
 def test_paired_differences_pair_configuration_and_seed():
     runs = paired_runs(0.01, 0.0, levels=(0.0, 1.0), seeds=range(2))
     runs = pd.concat([runs, runs.iloc[[0]].assign(platform="cpu-b", cfg_seed=7, run_id="lonely")], ignore_index=True)
-    pairs = study.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
+    pairs = platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
     assert list(pairs.columns) == ["cfg_noise_std", "cfg_seed", "value_a", "value_b", "diff", "run_id_a", "run_id_b"]
     assert len(pairs) == 4 and 7 not in set(pairs["cfg_seed"])  # a run without a partner is left out
     np.testing.assert_allclose(pairs["diff"], pairs["value_b"] - pairs["value_a"])
     np.testing.assert_allclose(pairs["diff"], 0.01)
     doubled = pd.concat([runs, runs.iloc[[1]].assign(run_id="again")], ignore_index=True)
     with pytest.raises(ValueError, match="several runs of one configuration"):
-        study.paired_differences(doubled, "test_miou", "cpu-a", "cpu-b")
+        platform_effect.paired_differences(doubled, "test_miou", "cpu-a", "cpu-b")
     with pytest.raises(ValueError, match="no runs of platform 'cuda-x'"):
-        study.paired_differences(runs, "test_miou", "cpu-a", "cuda-x")
+        platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cuda-x")
 
 
 def test_every_pair_of_platforms_gets_a_row():
-    effect = study.platform_effect(paired_runs(0.01, 0.005, platforms=("a", "b", "c")), metrics=("test_miou",))
+    effect = platform_effect.platform_effect(paired_runs(0.01, 0.005, platforms=("a", "b", "c")), metrics=("test_miou",))
     assert list(zip(effect["platform_a"], effect["platform_b"])) == [("a", "b"), ("a", "c"), ("b", "c")]
 
 
 def test_one_platform_measures_the_seed_spread_only():
     runs = paired_runs(0.0, 0.0, platforms=("cpu-a",))
-    effect = study.platform_effect(runs)
+    effect = platform_effect.platform_effect(runs)
     row = effect.set_index("metric").loc["test_miou"]
     assert row["n_pairs"] == 0 and row["platform_b"] is None and math.isnan(row["effect"])
     # pooled within-configuration std: with equal seeds per configuration, the root mean of the variances
     expected = 100 * math.sqrt(runs.groupby("cfg_noise_std")["test_miou"].var(ddof=1).mean())
     assert row["seed_sd"] == pytest.approx(expected)
-    text = study.platform_answer_text(effect)
+    text = platform_effect.platform_answer_text(effect)
     assert "only the spread between seeds can be measured" in text and "make import" in text
     assert f"{expected:.1f} points" in text
 
@@ -263,15 +263,15 @@ def test_one_platform_measures_the_seed_spread_only():
 def test_platforms_without_shared_seeds_cannot_be_paired():
     runs = paired_runs(0.0, 0.01)
     runs.loc[runs["platform"] == "cpu-b", "cfg_seed"] += 100
-    effect = study.platform_effect(runs)
+    effect = platform_effect.platform_effect(runs)
     assert (effect["n_pairs"] == 0).all() and sorted(set(effect["platform_a"])) == ["cpu-a", "cpu-b"]
-    assert "No configuration and seed was run on two of the 2 platforms" in study.platform_answer_text(effect)
+    assert "No configuration and seed was run on two of the 2 platforms" in platform_effect.platform_answer_text(effect)
 
 
 def test_paired_differences_figure():
     runs = paired_runs(0.02, 0.003)
-    pairs = study.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
-    row = study.platform_effect(runs).iloc[0]
+    pairs = platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
+    row = platform_effect.platform_effect(runs).iloc[0]
     fig = plots.paired_differences(pairs, row, metric="test_miou")
     ax = fig.axes[0]
     dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if len(c.get_offsets())])

@@ -1,13 +1,18 @@
-"""Type checks shared by the validators of configs and data files (torch-free)."""
+"""Type checks shared by the validators of configs and data files, and the column check of the tables' inputs
+(torch-free)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["is_int", "is_number", "is_whole_number"]
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
+
+__all__ = ["is_int", "is_number", "is_whole_number", "require_columns"]
 
 
 def is_int(value: Any) -> bool:
@@ -26,3 +31,10 @@ def is_whole_number(value: Any) -> bool:
     if is_int(value):
         return True
     return is_number(value) and math.isfinite(value) and float(value).is_integer()
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` (the function and its argument) when ``frame`` lacks one of ``columns``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; got {list(frame.columns)}")

@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from utae.checks import require_columns
+
 __all__ = [
     "DEFAULT_DPI",
     "class_colors_rgb",
@@ -107,12 +109,6 @@ def _fmt_level(value: float) -> str:
     return f"{float(value):g}"
 
 
-def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; got {list(df.columns)}")
-
-
 def _require_rows(df: pd.DataFrame, what: str) -> None:
     if len(df) == 0:
         raise ValueError(f"{what}: the DataFrame is empty (no finished runs?)")
@@ -143,7 +139,7 @@ def training_curves(history: pd.DataFrame, best_epoch: int | None = None, dpi: f
             ``train_oa``, ``val_oa``, ``train_miou``, ``val_miou``.
         best_epoch: marked with a dotted vertical line when given (the epoch kept for testing).
     """
-    _require_columns(history, ["epoch", "train_loss", "val_loss", "train_oa", "val_oa", "train_miou", "val_miou"],
+    require_columns(history, ["epoch", "train_loss", "val_loss", "train_oa", "val_oa", "train_miou", "val_miou"],
                      "training_curves(history)")
     _require_rows(history, "training_curves(history)")
     fig = Figure(figsize=(9.0, 2.8), dpi=dpi, layout="constrained")
@@ -321,7 +317,7 @@ def test_noise_curve(
         train_noise_std: the training noise level, marked with a vertical line when given.
     """
     df = pd.DataFrame(list(test_noise)) if not isinstance(test_noise, pd.DataFrame) else test_noise.copy()
-    _require_columns(df, ["std", "oa", "miou"], "test_noise_curve(test_noise)")
+    require_columns(df, ["std", "oa", "miou"], "test_noise_curve(test_noise)")
     _require_rows(df, "test_noise_curve(test_noise)")
     df = df.sort_values("std")
     fig = Figure(figsize=(5.5, 3.0), dpi=dpi, layout="constrained")
@@ -357,7 +353,7 @@ def metric_vs_noise(
         runs: ``utae.results.load_runs()``: columns ``platform``, ``x`` and every metric.
         metrics: one panel each.
     """
-    _require_columns(runs, ["platform", x, *metrics], "metric_vs_noise(runs)")
+    require_columns(runs, ["platform", x, *metrics], "metric_vs_noise(runs)")
     _require_rows(runs, "metric_vs_noise(runs)")
     platforms = sorted(runs["platform"].unique())
     pcolors = _platform_colors(platforms)
@@ -391,7 +387,7 @@ def noise_matrix(
         test_noise: ``utae.results.load_test_noise()``: ``platform``, ``cfg_noise_std``,
             ``test_noise_std`` and ``metric``.
     """
-    _require_columns(test_noise, ["platform", "cfg_noise_std", "test_noise_std", metric], "noise_matrix(test_noise)")
+    require_columns(test_noise, ["platform", "cfg_noise_std", "test_noise_std", metric], "noise_matrix(test_noise)")
     _require_rows(test_noise, "noise_matrix(test_noise)")
     platforms = sorted(test_noise["platform"].unique())
     first = test_noise.pivot_table(index="cfg_noise_std", columns="test_noise_std", values=metric, aggfunc="mean")
@@ -430,7 +426,7 @@ def per_class_heatmap(
         per_class: ``utae.results.load_per_class_iou()``: ``platform``, ``cfg_noise_std``,
             ``class_id``, ``iou``.
     """
-    _require_columns(per_class, ["platform", "cfg_noise_std", "class_id", "iou"], "per_class_heatmap(per_class)")
+    require_columns(per_class, ["platform", "cfg_noise_std", "class_id", "iou"], "per_class_heatmap(per_class)")
     _require_rows(per_class, "per_class_heatmap(per_class)")
     names = _names(class_names)
     keep = [i for i in range(len(names)) if i != ignore_index]
@@ -468,7 +464,7 @@ def timing_bars(
         runs: ``utae.results.load_runs()`` with ``platform`` and the timing columns.
     """
     metrics = [m for m in metrics if m in runs.columns]
-    _require_columns(runs, ["platform"], "timing_bars(runs)")
+    require_columns(runs, ["platform"], "timing_bars(runs)")
     if not metrics:
         raise ValueError("timing_bars(runs): no timing column (sec_per_epoch, train_samples_per_s, ...) in runs")
     _require_rows(runs, "timing_bars(runs)")
@@ -503,7 +499,7 @@ def seed_spread(
     The vertical scatter within one platform is the seed spread; the offset between platforms at
     the same level is the platform difference.
     """
-    _require_columns(runs, ["platform", x, metric], "seed_spread(runs)")
+    require_columns(runs, ["platform", x, metric], "seed_spread(runs)")
     _require_rows(runs, "seed_spread(runs)")
     platforms = sorted(runs["platform"].unique())
     pcolors = _platform_colors(platforms)
@@ -542,8 +538,8 @@ def validation_curves(
         histories: :func:`utae.results.load_histories` (platform, run_id, epoch, ``metric``).
         runs: :func:`utae.results.load_runs` (platform, run_id, ``x``), for each run's noise level.
     """
-    _require_columns(histories, ["platform", "run_id", "epoch", metric], "validation_curves(histories)")
-    _require_columns(runs, ["platform", "run_id", x], "validation_curves(runs)")
+    require_columns(histories, ["platform", "run_id", "epoch", metric], "validation_curves(histories)")
+    require_columns(runs, ["platform", "run_id", x], "validation_curves(runs)")
     _require_rows(histories, "validation_curves(histories)")
     frame = histories.merge(runs[["platform", "run_id", x]], on=["platform", "run_id"], how="inner")
     _require_rows(frame, "validation_curves(histories joined with runs)")
@@ -594,7 +590,7 @@ def paired_differences(
         scale: multiplies ``diff`` (100: fractions to points, matching ``effect``).
         metric: for the axis label.
     """
-    _require_columns(pairs, ["cfg_seed", "diff"], "paired_differences(pairs)")
+    require_columns(pairs, ["cfg_seed", "diff"], "paired_differences(pairs)")
     _require_rows(pairs, "paired_differences(pairs)")
     configs = list(pairs.columns[: list(pairs.columns).index("cfg_seed")])
     keys = configs or ["cfg_seed"]
