@@ -433,3 +433,80 @@ def test_validation_curves_draw_one_line_per_run_and_panel_per_platform():
         assert len(ax.lines) == 2
         assert sorted(tuple(line.get_ydata()) for line in ax.lines) == sorted(tuple(v) for v in curves.values())
     assert len({line.get_color() for line in axes[0].lines}) == 2  # coloured by noise level
+
+
+# --------------------------------------------------------------------------------------------------
+# The study of a results folder, in one call (utae.compare)
+# --------------------------------------------------------------------------------------------------
+
+
+def write_results(results_dir, runs: pd.DataFrame):  # type: ignore[no-untyped-def]
+    """Run folders (``runs/<platform>/<run_id>/``: config, platform, metrics, history) holding ``runs``' scores,
+    written with the package's writers as a finished run writes them."""
+    from utae.results import atomic_write_csv, atomic_write_json
+
+    for row in runs.itertuples():
+        run_dir = results_dir / "runs" / row.platform / row.run_id
+        atomic_write_json(run_dir / "config.json", {"noise_std": row.cfg_noise_std, "seed": row.cfg_seed, "fold": 1,
+                                                    "dataset_root": row.cfg_dataset_root})
+        atomic_write_json(run_dir / "platform.json", {"device_kind": "cpu", "platform_id": row.platform})
+        atomic_write_csv(run_dir / "history.csv", pd.DataFrame({"epoch": [1, 2, 3], "val_miou": [0.2, 0.3, 0.3]}))
+        scores_ = {"oa": row.test_oa, "miou": row.test_miou}
+        atomic_write_json(run_dir / "metrics.json", {
+            "run_id": row.run_id, "best_epoch": 2, "epochs_completed": 3, "test": scores_,
+            "val": {"oa": row.test_oa, "miou": row.val_miou}, "train": {"oa": row.train_oa},
+            "test_noise": [{"std": 0.0, **scores_}, {"std": 1.0, "oa": row.test_oa / 2, "miou": row.test_miou / 2}],
+            "timing": {"sec_per_epoch": row.sec_per_epoch}})
+
+
+def test_load_study_reads_every_run_and_writes_its_tables(tmp_path) -> None:
+    import warnings
+
+    from utae import compare, results
+
+    write_results(tmp_path, make_runs({"cpu-a": 0.0, "cpu-b": 0.01}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes to the report's stderr
+        data = compare.load_study(tmp_path, effect_metrics=("test_miou",))
+    runs = results.load_runs(tmp_path / "runs")
+    assert len(data.runs) == 18 and data.left_out == () and data.platform_mismatches.empty
+    assert len(data.test_noise) == 36 and data.histories is not None and len(data.histories) == 54
+    pd.testing.assert_frame_equal(data.summary, study.study_summary(runs))
+    pd.testing.assert_frame_equal(data.effect, platform_effect.platform_effect(runs, metrics=("test_miou",)))
+    assert data.effect_metrics == ("test_miou",) and data.bench == {}
+    # the CSVs hold the tables (floats written as repr and parsed round-trip: the values come back exactly)
+    written = pd.read_csv(tmp_path / "summary.csv", float_precision="round_trip")
+    assert written["test_miou_mean"].tolist() == data.summary["test_miou_mean"].tolist()
+    effect = pd.read_csv(tmp_path / "platform_effect.csv", float_precision="round_trip")
+    assert effect["effect"].tolist() == data.effect["effect"].tolist()
+    text = compare.loading_text(data)
+    assert text.startswith("**18 finished runs** on 2 platform(s).") and "Left out" not in text
+
+
+def test_load_study_names_what_it_leaves_out(tmp_path) -> None:
+    from utae import compare
+
+    runs = make_runs({"cpu-a": 0.0}, levels=(0.0,))
+    write_results(tmp_path, runs)
+    (tmp_path / "runs" / "cpu-a" / "noise0-seed1" / "metrics.json").write_text('{"test": ')
+    (tmp_path / "runs" / "cpu-a" / "noise0-seed2" / "history.csv").write_bytes(b"\xff\xfe\x00bad")
+    (tmp_path / "runs" / "cpu-copy").mkdir()  # a run copied by hand into a folder of another name
+    (tmp_path / "runs" / "cpu-a" / "noise0-seed0").rename(tmp_path / "runs" / "cpu-copy" / "noise0-seed0")
+    data = compare.load_study(tmp_path, write_tables=False)
+    assert not (tmp_path / "summary.csv").exists() and not (tmp_path / "platform_effect.csv").exists()
+    assert len(data.runs) == 2 and len(data.left_out) == 1 and "noise0-seed1" in data.left_out[0]
+    assert data.histories is None and "noise0-seed2" in data.histories_error
+    assert data.platform_mismatches.to_dict("records") == [{"platform": "cpu-copy", "recorded": "cpu-a", "n_runs": 1}]
+    text = compare.loading_text(data)
+    assert "**Left out**" in text and "`cpu-copy` holds 1 run(s) recorded as `cpu-a`" in text
+
+
+def test_load_study_of_a_folder_without_runs(tmp_path) -> None:
+    from utae import compare
+
+    with pytest.raises(ValueError, match="no finished run under .*runs"):
+        compare.load_study(tmp_path)
+    write_results(tmp_path, make_runs({"cpu-a": 0.0}, levels=(0.0,)))
+    with pytest.raises(ValueError, match="effect_metrics"):
+        compare.load_study(tmp_path, effect_metrics=())
+    assert not (tmp_path / "summary.csv").exists()

@@ -10,7 +10,7 @@ Inputs are plain arrays and the pandas DataFrames of :mod:`utae.results`:
 - one run: ``history.csv`` as a DataFrame, per-class IoU lists, the ``(20, 20)`` confusion matrix,
   ``predictions.npz`` arrays (``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred`` ``(N, H, W)``);
 - the study: ``load_runs`` (one row a run), ``load_test_noise`` and ``load_per_class_iou`` (long), and
-  the tables of :mod:`utae.study` (``paired_differences``, ``platform_effect``).
+  the tables of :mod:`utae.platform_effect` (``paired_differences``, ``platform_effect``).
 """
 
 from __future__ import annotations
@@ -583,9 +583,9 @@ def paired_differences(
     configuration's mean a short bar; the study-level platform effect a line with its CI as a band.
 
     Args:
-        pairs: ``utae.study.paired_differences()``: the configuration columns (those before ``cfg_seed``),
+        pairs: ``utae.platform_effect.paired_differences()``: the configuration columns (those before ``cfg_seed``),
             ``cfg_seed`` and ``diff`` (platform b minus platform a, in the metric's stored unit).
-        effect: the matching row of ``utae.study.platform_effect()`` (``effect``, ``ci_low``, ``ci_high``
+        effect: the matching row of ``utae.platform_effect.platform_effect()`` (``effect``, ``ci_low``, ``ci_high``
             already scaled, ``platform_a``, ``platform_b``); None draws the differences only.
         scale: multiplies ``diff`` (100: fractions to points, matching ``effect``).
         metric: for the axis label.
