@@ -127,37 +127,8 @@ def test_test_noise_curve():
 
 
 # --------------------------------------------------------------------------------------------------
-# The study
+# The study (the figures drawn from load_runs-like frames are tested in test_study.py)
 # --------------------------------------------------------------------------------------------------
-
-
-def make_runs(platform_shift: dict[str, float], levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), seed_sd=0.01,
-              rng_seed=0) -> pd.DataFrame:
-    """A load_runs-like frame: test mIoU falls with the noise level, plus a platform shift and seed noise."""
-    rng = np.random.default_rng(rng_seed)
-    rows = []
-    for plat, shift in platform_shift.items():
-        for level in levels:
-            for seed in seeds:
-                m = 0.6 - 0.1 * level + shift + rng.normal(0, seed_sd)
-                rows.append({"platform": plat, "run_id": f"noise{level:g}-seed{seed}", "cfg_noise_std": level,
-                             "cfg_seed": seed, "cfg_dataset_root": "data/synthetic_pastis", "cfg_fold": 1,
-                             "test_miou": m, "test_oa": m + 0.2, "val_miou": m + 0.01, "train_oa": 0.8 - 0.05 * level,
-                             "sec_per_epoch": 2.0 if plat.startswith("cpu") else 0.2,
-                             "train_samples_per_s": 30.0, "eval_samples_per_s": 90.0, "peak_mem_mb": 500.0})
-    return pd.DataFrame(rows)
-
-
-def test_metric_vs_noise_means_per_platform():
-    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.05})
-    fig = plots.metric_vs_noise(runs)
-    assert len(fig.axes) == 2
-    lines = fig.axes[0].get_lines()
-    assert [line.get_label() for line in lines] == ["cpu-a", "cuda-b"]
-    expected = runs[runs.platform == "cuda-b"].groupby("cfg_noise_std")["test_miou"].mean().to_numpy()
-    np.testing.assert_allclose(lines[1].get_ydata(), expected)
-    with pytest.raises(ValueError, match="empty"):
-        plots.metric_vs_noise(runs.iloc[:0])
 
 
 def test_noise_matrix_and_per_class_heatmap_one_panel_per_platform():
@@ -178,18 +149,6 @@ def test_noise_matrix_and_per_class_heatmap_one_panel_per_platform():
     assert len(panels) == 2
     data = panels[0].images[0].get_array()
     assert data.shape == (19, 2) and np.ma.is_masked(data[7, 0]) and data[0, 0] == 0.5
-
-
-def test_timing_bars_and_seed_spread():
-    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.0})
-    fig = plots.timing_bars(runs)
-    assert len(fig.axes) == 3
-    widths = [p.get_width() for p in fig.axes[0].patches]
-    assert widths == [2.0, 0.2]
-    fig = plots.seed_spread(runs)
-    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(runs)
-    with pytest.raises(ValueError, match="timing"):
-        plots.timing_bars(runs[["platform", "test_miou"]])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,7 +36,36 @@ def make_runs(platform_shift: dict[str, float], levels=(0.0, 0.5, 1.0), seeds=(0
 
 
 # --------------------------------------------------------------------------------------------------
-# Tables (moved from utae.report)
+# The study's figures of runs
+# --------------------------------------------------------------------------------------------------
+
+
+def test_metric_vs_noise_means_per_platform():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.05})
+    fig = plots.metric_vs_noise(runs)
+    assert len(fig.axes) == 2
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["cpu-a", "cuda-b"]
+    expected = runs[runs.platform == "cuda-b"].groupby("cfg_noise_std")["test_miou"].mean().to_numpy()
+    np.testing.assert_allclose(lines[1].get_ydata(), expected)
+    with pytest.raises(ValueError, match="empty"):
+        plots.metric_vs_noise(runs.iloc[:0])
+
+
+def test_timing_bars_and_seed_spread():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.0})
+    fig = plots.timing_bars(runs)
+    assert len(fig.axes) == 3
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths == [2.0, 0.2]
+    fig = plots.seed_spread(runs)
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(runs)
+    with pytest.raises(ValueError, match="timing"):
+        plots.timing_bars(runs[["platform", "test_miou"]])
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
 # --------------------------------------------------------------------------------------------------
 
 
@@ -474,10 +503,10 @@ def test_load_study_reads_every_run_and_writes_its_tables(tmp_path) -> None:
     pd.testing.assert_frame_equal(data.summary, study.study_summary(runs))
     pd.testing.assert_frame_equal(data.effect, platform_effect.platform_effect(runs, metrics=("test_miou",)))
     assert data.effect_metrics == ("test_miou",) and data.bench == {}
-    # the CSVs hold the tables (floats written as repr and parsed round-trip: the values come back exactly)
-    written = pd.read_csv(tmp_path / "summary.csv", float_precision="round_trip")
+    # the CSVs hold the tables (pandas writes floats as repr and its parser reads them back exactly)
+    written = pd.read_csv(tmp_path / "summary.csv")
     assert written["test_miou_mean"].tolist() == data.summary["test_miou_mean"].tolist()
-    effect = pd.read_csv(tmp_path / "platform_effect.csv", float_precision="round_trip")
+    effect = pd.read_csv(tmp_path / "platform_effect.csv")
     assert effect["effect"].tolist() == data.effect["effect"].tolist()
     text = compare.loading_text(data)
     assert text.startswith("**18 finished runs** on 2 platform(s).") and "Left out" not in text
