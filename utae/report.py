@@ -1,6 +1,6 @@
 """Report helpers: short text for table cells, compact figures, HTML rendering and the index page.
 
-The study's tables and statistics are in :mod:`utae.study`.
+The study's tables and statistics are in :mod:`utae.study` and :mod:`utae.platform_effect`.
 HTML:
     :func:`render_notebook_html` renders an executed notebook to a small self-contained page
     (figures inlined as PNG, code hidden by default); :func:`write_index` writes
