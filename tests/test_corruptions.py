@@ -131,7 +131,6 @@ class _Corrupted(Dataset):
         return {**it, "image": img, "dates": dates}
 
 
-@pytest.mark.slow
 def test_worker_count_does_not_matter() -> None:
     items = _items()
     for kind in ("clouds", "missing_dates", "misregistration"):
