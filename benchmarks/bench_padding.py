@@ -84,7 +84,8 @@ def measure(name: str, model: torch.nn.Module, items: list[dict], orders: int, b
     print(f"  padded batches of {batch_size} (loader order) vs one patch per forward: max |logit change| "
           f"{diff:.3g}, flipped pixels {flips:,} of {n_pix:,} ({100 * flips / n_pix:.3f}%)")
     print(f"  mIoU pad-free {base:.4f}; padded batches of {batch_size} in {orders} random orders: mIoU - pad-free "
-          f"mean {d.mean():+.4f}, sd {d.std(ddof=1) if orders > 1 else 0.0:.4f}, range [{d.min():+.4f}, {d.max():+.4f}]")
+          f"mean {d.mean():+.2e}, sd {d.std(ddof=1) if orders > 1 else 0.0:.2e}, "
+          f"range [{d.min():+.2e}, {d.max():+.2e}]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,8 @@ def test_padded_frames_untouched_and_determinism(kind: str, severity: int) -> No
     it = _items(1)[0]
     t = it["image"].shape[0]
     # padding in the middle and at the end, filled with a value no corruption produces
-    image = torch.cat([it["image"][:3], torch.full((2, C, H, W), 123.0), it["image"][3:], torch.full((1, C, H, W), -7.0)])
+    image = torch.cat([it["image"][:3], torch.full((2, C, H, W), 123.0), it["image"][3:],
+                       torch.full((1, C, H, W), -7.0)])
     dates = torch.cat([it["dates"][:3], torch.tensor([0, 0]), it["dates"][3:], torch.tensor([0])])
     pad = torch.zeros(t + 3, dtype=torch.bool)
     pad[3:5] = True

@@ -263,8 +263,9 @@ def _shift_frames(frames: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, fill
     dev = frames.device
     lead = frames.shape[1:-2]
     flat = frames.reshape(k, -1, h, w)
-    out = flat[torch.arange(k, device=dev)[:, None, None, None], torch.arange(flat.shape[1], device=dev)[None, :, None, None],
-               iy.to(dev)[:, None, :, None], ix.to(dev)[:, None, None, :]]
+    frame_i = torch.arange(k, device=dev)[:, None, None, None]
+    band_i = torch.arange(flat.shape[1], device=dev)[None, :, None, None]
+    out = flat[frame_i, band_i, iy.to(dev)[:, None, :, None], ix.to(dev)[:, None, None, :]]
     if not fill_border:
         valid = (vy[:, :, None] & vx[:, None, :]).to(dev)[:, None]
         out = out * valid.to(out.dtype)
