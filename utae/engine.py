@@ -2,7 +2,8 @@
 
 Read top to bottom: :func:`build_engine` (model, Adam, learning-rate schedule, grad scaler, DDP, compile),
 :func:`compute_loss` (the official cross-entropy, void weighted 0), :func:`train_one_epoch`, :func:`evaluate`
-(optionally with seeded test-time noise, :func:`utae.noise.add_test_noise`) and :func:`fit` (epochs, the best
+(pad-free by default, :data:`EVAL_MODE`; optionally with seeded test-time noise, :func:`utae.noise.add_test_noise`,
+or a corruption of :mod:`utae.corruptions`) and :func:`fit` (epochs, the best
 epoch by validation mIoU, a callback after each epoch where the run writes its checkpoint).
 
 Confusion matrices and loss sums stay on the device during an epoch (:class:`_Tally`) and are read once at
@@ -31,6 +32,7 @@ from utae.distributed import DistContext, all_reduce_min, all_reduce_sum, broadc
 from utae.loaders import set_loader_epoch
 from utae.metrics import confusion_matrix, scores
 from utae.model import UTAE
+from utae.corruptions import corrupt_batch
 from utae.noise import add_test_noise
 from utae.platform import peak_memory_mb, reset_peak_memory
 from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
@@ -47,6 +49,8 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
     "evaluate_epoch",
+    "EVAL_MODE",
+    "EVAL_MODES",
     "is_better",
     "fit",
 ]
@@ -290,13 +294,51 @@ def train_one_epoch(engine: Engine, loader: DataLoader, *, epoch: int, progress:
     return tally.reduce(ctx)
 
 
+#: How :func:`evaluate_epoch` feeds the model. ``"pad_free"``: each patch alone, on its own real frames (no padded
+#: time step reaches the model, so a patch's logits do not depend on the batch it came in). ``"padded_batches"``:
+#: the loader's padded batches as they are, as the official test script evaluates (the L-TAE's GroupNorm then
+#: normalises over the padded steps too, so a patch's prediction depends on its batch's padding).
+EVAL_MODES: tuple[str, ...] = ("pad_free", "padded_batches")
+#: The evaluation mode of validation and test; the value a run records in ``metrics.json`` ("eval_mode").
+EVAL_MODE = "pad_free"
+
+
+def _check_eval_mode(eval_mode: str) -> str:
+    if eval_mode not in EVAL_MODES:
+        raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}; got {eval_mode!r}")
+    return eval_mode
+
+
+def _pad_free_patches(batch: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The patches of a padded CPU batch (a :func:`utae.data.pad_collate` dict), each as a batch of one on its own
+    real frames: ``image (1, T_i, C, H, W)``, ``dates (1, T_i)``, ``pad_mask (1, T_i)`` all False,
+    ``mask (1, H, W)``, ``patch_id (1,)``."""
+    keep = ~batch["pad_mask"]
+    out = []
+    for i in range(batch["image"].shape[0]):
+        real = keep[i]
+        out.append({"image": batch["image"][i, real][None], "dates": batch["dates"][i, real][None],
+                    "pad_mask": torch.zeros((1, int(real.sum())), dtype=torch.bool), "mask": batch["mask"][i][None],
+                    "patch_id": batch["patch_id"][i:i + 1]})
+    return out
+
+
 @torch.no_grad()
 def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *, noise_std: float = 0.0,
                    seed: int = 0, noise_space: str = "normalized", channel_std: Any = None,
                    amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None, progress: bool = False,
-                   desc: str = "eval") -> EpochResult:
+                   desc: str = "eval", eval_mode: str = EVAL_MODE, corruption: tuple[str, int] | None = None,
+                   norm: tuple[Any, Any] | None = None) -> EpochResult:
     """Evaluate ``model`` on every sample of ``loader``, with seeded test-time noise of ``noise_std``
-    (:func:`utae.noise.add_test_noise`); the :class:`EpochResult` is summed over processes."""
+    (:func:`utae.noise.add_test_noise`) and/or a corruption ``(kind, severity)`` of :mod:`utae.corruptions`
+    (``norm=(mean, std)``: the ``(C,)`` statistics the split is normalised with, needed by the kinds defined on
+    raw reflectance); the :class:`EpochResult` is summed over processes.
+
+    ``eval_mode`` (:data:`EVAL_MODES`): ``"pad_free"`` (the default, :data:`EVAL_MODE`) runs one patch per forward
+    on its real frames only, so the scores do not depend on the batch size, the order or the padding;
+    ``"padded_batches"`` runs the loader's padded batches as they come (the official evaluation).
+    """
+    _check_eval_mode(eval_mode)
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
@@ -304,12 +346,21 @@ def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *
     tally = _Tally(device)
     try:
         for batch in loader:
-            image = add_test_noise(batch["image"], batch["pad_mask"], batch["patch_id"], noise_std, seed=seed,
-                                   space=noise_space, channel_std=channel_std)
-            x, dates, pad_mask, target = to_device(batch, device, image=image)
-            with autocast(device, amp_dtype):
-                logits = model(x, batch_positions=dates, pad_mask=pad_mask)
-            tally.add(logits, target, *compute_loss(logits, target))
+            # pad_free: each patch alone, trimmed to its real frames before the noise and the corruption are
+            # drawn, so that nothing about it depends on the batch; padded_batches: the loader's batch as is.
+            parts = [batch] if eval_mode == "padded_batches" else _pad_free_patches(batch)
+            for part in parts:
+                image = add_test_noise(part["image"], part["pad_mask"], part["patch_id"], noise_std, seed=seed,
+                                       space=noise_space, channel_std=channel_std)
+                dates, pad_mask = part["dates"], part["pad_mask"]
+                if corruption is not None:
+                    image, dates, pad_mask = corrupt_batch(image, dates, corruption[0], corruption[1], seed=seed,
+                                                           patch_ids=part["patch_id"], norm=norm, pad_mask=pad_mask)
+                x, dates_d, pad_d, target = to_device(
+                    {"image": image, "dates": dates, "pad_mask": pad_mask, "mask": part["mask"]}, device)
+                with autocast(device, amp_dtype):
+                    logits = model(x, batch_positions=dates_d, pad_mask=pad_d)
+                tally.add(logits, target, *compute_loss(logits, target))
             bar.update(1)
     finally:
         bar.close()
@@ -320,8 +371,11 @@ def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, noise_std: float = 0.0,
              seed: int = 0, noise_space: str = "normalized", channel_std: Any = None,
              amp: str | torch.dtype | None = None, ctx: DistContext | None = None,
-             progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, float]:
-    """Evaluate ``model`` on every sample of ``loader`` (see :func:`evaluate_epoch`).
+             progress: bool = False, desc: str = "eval", eval_mode: str = EVAL_MODE,
+             corruption: tuple[str, int] | None = None, norm: tuple[Any, Any] | None = None
+             ) -> tuple[np.ndarray, float]:
+    """Evaluate ``model`` on every sample of ``loader`` (see :func:`evaluate_epoch`, also for ``eval_mode``,
+    ``corruption`` and ``norm``).
 
     ``amp`` is a ``RunConfig.amp`` mode (which also sets the float32 math, see :func:`utae.precision.float32_math`)
     or an autocast dtype (None: float32, under the current TensorFloat-32 settings).
@@ -334,7 +388,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, nois
     math_mode = float32_math(tf32_enabled(amp)) if isinstance(amp, str) else contextlib.nullcontext()
     with math_mode:
         result = evaluate_epoch(model, loader, device, noise_std=noise_std, seed=seed, noise_space=noise_space,
-                                channel_std=channel_std, amp_dtype=amp_dtype, ctx=ctx, progress=progress, desc=desc)
+                                channel_std=channel_std, amp_dtype=amp_dtype, ctx=ctx, progress=progress, desc=desc,
+                                eval_mode=eval_mode, corruption=corruption, norm=norm)
     return result.cm, result.loss
 
 
@@ -356,13 +411,14 @@ def is_better(val_miou: float, best_score: float) -> bool:
 def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, seed: int = 0,
         state: TrainState | None = None, progress: bool = False,
         on_epoch_end: Callable[[TrainState], None] | None = None,
-        max_epochs_this_call: int | None = None) -> TrainState:
+        max_epochs_this_call: int | None = None, eval_mode: str = EVAL_MODE) -> TrainState:
     """Train from ``state.epoch + 1`` to ``epochs``, validating after each epoch.
 
     The best epoch is the one with the highest validation mIoU (NaN counts as the lowest; a tie goes to the
     later epoch); its weights are kept in ``state.best_model``. ``on_epoch_end(state)`` runs after each
     epoch (the run writes its checkpoint and history there). ``max_epochs_this_call`` stops after that many
-    epochs of this call (a planned interruption). Returns the state.
+    epochs of this call (a planned interruption). Validation runs in ``eval_mode`` (see :func:`evaluate_epoch`).
+    Returns the state.
     """
     state = state or TrainState()
     device, ctx = engine.device, engine.ctx
@@ -375,7 +431,7 @@ def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epo
         tr = train_one_epoch(engine, train_loader, epoch=epoch, progress=progress)
         broadcast_buffers(engine.raw, ctx)
         va = evaluate_epoch(engine.eval_model, val_loader, device, seed=seed, amp_dtype=engine.amp_dtype, ctx=ctx,
-                            desc="val")
+                            desc="val", eval_mode=eval_mode)
         tr_s, va_s = scores(tr.cm), scores(va.cm)
         if is_better(va_s["miou"], state.best_score):
             state.best_epoch, state.best_score = epoch, _score(va_s["miou"])
