@@ -113,22 +113,24 @@ def format_shape(shape: Shape) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_npy_header(fh: BinaryIO, where: str) -> ArrayHeader:
+def read_npy_header(fh: BinaryIO, where: str, expected: str = "a numeric .npy array") -> ArrayHeader:
     """The header of the ``.npy`` stream ``fh`` (positioned at its start), read without its data.
 
-    Raises :class:`ArrayFileError` naming ``where`` when the stream is empty, is a ``.npz`` (zip) archive, is
-    not a ``.npy`` stream (a pickle, text, ...), has an unreadable header or declares Python objects.
+    Raises :class:`ArrayFileError` naming ``where`` and ``expected`` (what the stream should hold) when the
+    stream is empty, is a ``.npz`` (zip) archive, is not a ``.npy`` stream (a pickle, text, ...), has an
+    unreadable header or declares Python objects.
     """
     start = fh.read(6)
     if not start:
-        raise ArrayFileError(where, "is empty (0 bytes); expected a .npy array")
+        raise ArrayFileError(where, f"is empty (0 bytes); expected {expected}")
     if start.startswith(b"PK"):
-        raise ArrayFileError(where, "is a .npz (zip) archive, not a .npy array")
+        raise ArrayFileError(where, f"is a .npz (zip) archive; expected {expected}")
     if start != npy_format.MAGIC_PREFIX:
-        raise ArrayFileError(where, f"is not a .npy array (it starts with {start!r}, not {npy_format.MAGIC_PREFIX!r})")
+        raise ArrayFileError(where, f"is not a .npy array (it starts with {start!r}, not {npy_format.MAGIC_PREFIX!r}); "
+                                    f"expected {expected}")
     version = fh.read(2)
     if len(version) < 2:
-        raise ArrayFileError(where, "has a truncated .npy header")
+        raise ArrayFileError(where, f"has a truncated .npy header; expected {expected}")
     major, minor = version[0], version[1]
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0,
                (3, 0): getattr(npy_format, "_read_array_header", None)}
@@ -141,11 +143,12 @@ def read_npy_header(fh: BinaryIO, where: str) -> ArrayHeader:
             raise ValueError(f"unsupported .npy format version {major}.{minor}")
     except (ValueError, EOFError, OSError, SyntaxError) as exc:
         text = " ".join(str(exc).split())[:200]
-        raise ArrayFileError(where, f"has an unreadable .npy header ({type(exc).__name__}: {text})") from None
+        raise ArrayFileError(where, f"has an unreadable .npy header ({type(exc).__name__}: {text}); "
+                                    f"expected {expected}") from None
     dtype = np.dtype(dtype)
     if dtype.hasobject:
-        raise ArrayFileError(where, f"declares dtype {dtype} (Python objects, which only a pickle can hold); "
-                                    "refused: expected a numeric array")
+        raise ArrayFileError(where, f"declares dtype {dtype} (Python objects, which only a pickle can hold): "
+                                    f"refused; expected {expected}")
     if any(int(s) < 0 for s in shape):
         raise ArrayFileError(where, f"declares the negative shape {format_shape(shape)}")
     try:
@@ -155,16 +158,17 @@ def read_npy_header(fh: BinaryIO, where: str) -> ArrayHeader:
     return ArrayHeader(tuple(int(s) for s in shape), dtype, bool(fortran), int(offset))
 
 
-def npy_header(path: str | os.PathLike[str], *, check_size: bool = True) -> ArrayHeader:
+def npy_header(path: str | os.PathLike[str], *, check_size: bool = True,
+               expected: str = "a numeric .npy array") -> ArrayHeader:
     """The header of the ``.npy`` file ``path``, read without its data (a few hundred bytes).
 
     With ``check_size``, a file that holds fewer bytes than its header declares (truncated) is refused (numpy's
     own reader ignores bytes after the array, and so does this check). Raises :class:`ArrayFileError` naming the
-    file; ``FileNotFoundError`` when it is missing.
+    file and ``expected`` (what it should hold); ``FileNotFoundError`` when it is missing.
     """
     where = str(path)
     with open(path, "rb") as fh:
-        header = read_npy_header(fh, where)
+        header = read_npy_header(fh, where, expected)
         if check_size:
             size = os.fstat(fh.fileno()).st_size
             _check_data_size(header, size - header.offset, where, exact=False)
@@ -248,6 +252,10 @@ def _read_data(fh: BinaryIO, header: ArrayHeader, where: str) -> np.ndarray:
     return flat.reshape(header.shape)
 
 
+def _expected_array(shape: Shape | None) -> str:
+    return "a numeric .npy array" + ("" if shape is None else f" of shape {format_shape(shape)}")
+
+
 def load_npy(path: str | os.PathLike[str], *, shape: Shape | None = None, max_bytes: int,
              kinds: str = DEFAULT_KINDS) -> np.ndarray:
     """The array of the ``.npy`` file ``path``, loaded only after its header passed :func:`check_header`
@@ -257,7 +265,7 @@ def load_npy(path: str | os.PathLike[str], *, shape: Shape | None = None, max_by
     """
     where = str(path)
     with open(path, "rb") as fh:
-        header = read_npy_header(fh, where)
+        header = read_npy_header(fh, where, _expected_array(shape))
         check_header(header, where, shape=shape, max_bytes=max_bytes, kinds=kinds)
         _check_data_size(header, os.fstat(fh.fileno()).st_size - header.offset, where)
         return _read_data(fh, header, where)
@@ -312,7 +320,7 @@ def load_npz(path: str | os.PathLike[str], members: Mapping[str, Shape | None], 
             for stem, info in by_name.items():
                 mwhere = f"{where}: member {stem!r}"
                 with zf.open(info) as fh:
-                    header = read_npy_header(fh, mwhere)
+                    header = read_npy_header(fh, mwhere, _expected_array(members[stem]))
                 check_header(header, mwhere, shape=members[stem], max_bytes=max_bytes, kinds=kinds, bound=bound)
                 if info.file_size != header.offset + header.nbytes:
                     raise ArrayFileError(mwhere, f"is declared {info.file_size} bytes uncompressed by the zip "
