@@ -483,6 +483,10 @@ class PastisDataset(Dataset):
 
     An item is a dict: ``"image"`` float32 ``(T, 10, H, W)``, ``"dates"`` int64 ``(T,)`` days since
     ``reference_date``, ``"mask"`` int64 ``(H, W)`` classes 0..19, ``"patch_id"`` int.
+
+    Opening checks every selected patch's files (:func:`check_headers`: their ``.npy`` headers against the
+    metadata, no array data read) and raises ``FileNotFoundError`` or :class:`PastisFormatError`, one line per
+    problem naming the file and what was expected; values (finiteness, label range) are checked as items are read.
     """
 
     def __init__(
