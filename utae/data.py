@@ -401,6 +401,19 @@ def _header(path: Path, expected: str, problems: list[str]) -> ArrayHeader | Non
     return None
 
 
+def _size_problem(ipath: Path, hw: tuple[int, ...], first: dict[str, Any]) -> str | None:
+    """The size rule of patches, or None: square, and of the size of the first patch seen (``first`` keeps it)."""
+    if hw[0] != hw[1]:
+        return f"{ipath}: expected a square patch (H = W, 128 x 128 in PASTIS), got H x W = {hw[0]} x {hw[1]}"
+    if "size" not in first:
+        first.update(size=hw, name=ipath.name)
+    elif hw != first["size"]:
+        size = first["size"]
+        return (f"{ipath}: expected every patch of the size of {first['name']}, {size[0]} x {size[1]} "
+                f"(batches stack them), got {hw[0]} x {hw[1]}")
+    return None
+
+
 def check_headers(root: str | Path, records: Iterable[PatchRecord]) -> list[str]:
     """Check each patch's ``.npy`` headers against its metadata, reading a few hundred bytes per file and no
     array data; return one line per problem (empty when all agree).
@@ -413,8 +426,7 @@ def check_headers(root: str | Path, records: Iterable[PatchRecord]) -> list[str]
     """
     root = Path(root)
     problems: list[str] = []
-    size: tuple[int, ...] | None = None
-    size_from = ""
+    first: dict[str, Any] = {}
     for rec in records:
         ipath, tpath = image_path(root, rec.patch_id), target_path(root, rec.patch_id)
         hw = None
@@ -429,14 +441,9 @@ def check_headers(root: str | Path, records: Iterable[PatchRecord]) -> list[str]
                 if shape[0] != len(rec.dates):
                     problems.append(f"{ipath}: holds T={shape[0]} dates but {METADATA_FILE} lists {len(rec.dates)} "
                                     f"dates-S2 entries for patch {rec.patch_id}; they must be equal")
-                if hw[0] != hw[1]:
-                    problems.append(f"{ipath}: expected a square patch (H = W, 128 x 128 in PASTIS), got "
-                                    f"H x W = {hw[0]} x {hw[1]} (shape {shape})")
-                elif size is None:
-                    size, size_from = hw, ipath.name
-                elif hw != size:
-                    problems.append(f"{ipath}: expected every patch of the size of {size_from}, "
-                                    f"{size[0]} x {size[1]} (batches stack them), got {hw[0]} x {hw[1]}")
+                problem = _size_problem(ipath, hw, first)
+                if problem:
+                    problems.append(problem)
             if image.dtype.kind not in "iuf":
                 problems.append(f"{ipath}: expected integer or float reflectance (int16 in PASTIS), "
                                 f"got dtype {image.dtype}")
@@ -728,7 +735,7 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> d
 # --------------------------------------------------------------------------------------------
 
 
-def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> None:
+def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str], first: dict[str, Any]) -> None:
     ipath, tpath = image_path(root, rec.patch_id), target_path(root, rec.patch_id)
     hw = None
     if not ipath.is_file():
@@ -744,6 +751,9 @@ def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> Non
                 problems.append(f"{ipath}: expected shape (T, {N_BANDS}, H, W), got {arr.shape}")
             else:
                 hw = arr.shape[2:]
+                size_problem = _size_problem(ipath, hw, first)
+                if size_problem:
+                    problems.append(size_problem)
                 if arr.shape[1] != N_BANDS:
                     problems.append(f"{ipath}: expected {N_BANDS} bands in axis 1, got {arr.shape[1]} (shape {arr.shape})")
                 if arr.shape[0] != len(rec.dates):
@@ -796,8 +806,8 @@ def validate(root: str | Path) -> list[str]:
     Checks: the root, ``metadata.geojson`` and ``NORM_S2_patch.json`` exist and parse; every
     feature has an integer ``ID_PATCH`` (no duplicates), a ``Fold`` from 1 to 5 and a valid
     ``dates-S2``; the statistics hold 10 finite means and 10 positive stds per fold; each patch
-    has both ``.npy`` files, ``T`` equal to its number of dates, 10 bands, finite values, a
-    target of the image's size with labels 0 to 19.
+    has both ``.npy`` files, ``T`` equal to its number of dates, 10 bands, a square size shared by
+    every patch, finite values, a target of the image's size with labels 0 to 19.
     """
     root = Path(root)
     if not root.is_dir():
@@ -812,6 +822,7 @@ def validate(root: str | Path) -> list[str]:
         _norm_stats(root, problems)
     except (FileNotFoundError, PastisFormatError) as exc:
         problems.append(str(exc))
+    first: dict[str, Any] = {}
     for rec in records:
-        _check_patch_files(root, rec, problems)
+        _check_patch_files(root, rec, problems, first)
     return problems
