@@ -19,6 +19,7 @@ from utae.data import (
     PastisDataset,
     PastisFormatError,
     pad_collate,
+    read_metadata,
     validate,
 )
 from utae.synthetic import make_synthetic_pastis
@@ -516,14 +517,98 @@ def test_bad_input_at_open_time(tiny: Path, case: str) -> None:
         PastisDataset(tiny)
 
 
+# Item errors that the headers show: caught when the dataset is opened (before training), with these messages.
+_DAMAGED = r"DATA_S2/S2_10007\.npy (is empty|is truncated|is not a \.npy array|is a \.npz|declares dtype object)"
+_RE_DOWNLOAD = r".*; re-download it, or run utae\.data\.validate\(root\)"
+_IMAGE_EXPECTED = r"expected a \.npy array of shape \(T=2, 10, H, W\) holding integer or float"
+_TARGET_EXPECTED = r"expected a \.npy array of shape \(3, H, W\) with integer class labels"
+HEADER_ERRORS = {
+    "T differs from dates": r"S2_10007\.npy: holds T=5 dates but metadata\.geojson lists 2 dates-S2 entries for patch "
+                            r"10007; they must be equal$",
+    "9 bands": r"S2_10007\.npy: expected shape \(T, 10, H, W\).*got \(2, 9, 4, 4\)$",
+    "3-d image": r"S2_10007\.npy: expected shape \(T, 10, H, W\)",
+    "target size": r"TARGET_10007\.npy: spatial shape \(5, 4\) differs from the image's \(4, 4\)",
+    "bool labels": r"TARGET_10007\.npy: expected integer class labels, got dtype bool$",
+    "complex image": r"S2_10007\.npy: expected integer or float reflectance \(int16 in PASTIS\), got dtype complex64$",
+    "empty image": rf"DATA_S2/S2_10007\.npy is empty \(0 bytes\); {_IMAGE_EXPECTED}{_RE_DOWNLOAD}",
+    "half of the image": rf"DATA_S2/S2_10007\.npy is truncated: its header declares 640 B \(shape \(2, 10, 4, 4\) "
+                         rf"int16\) of data, the file holds \d+ B{_RE_DOWNLOAD}",
+    "pickled image": rf"DATA_S2/S2_10007\.npy is not a \.npy array \(it starts with b'\\x80.*; {_IMAGE_EXPECTED}",
+    "object-array image": rf"DATA_S2/S2_10007\.npy declares dtype object .*refused; {_IMAGE_EXPECTED}",
+    "npz as image": rf"DATA_S2/S2_10007\.npy is a \.npz \(zip\) archive; {_IMAGE_EXPECTED}",
+    "text as image": rf"DATA_S2/S2_10007\.npy is not a \.npy array .*; {_IMAGE_EXPECTED}",
+    **{f"{what} target": rf"ANNOTATIONS/TARGET_10007\.npy (is|declares) .*{_TARGET_EXPECTED}{_RE_DOWNLOAD}"
+       for what in ("empty", "pickled", "object-array", "npz as", "text as")},
+    # 128 bytes of header + 48 of data: half of it cuts the header
+    "half of the target": rf"ANNOTATIONS/TARGET_10007\.npy has an unreadable \.npy header .*; {_TARGET_EXPECTED}"
+                          rf"{_RE_DOWNLOAD}",
+}
+
+
 @pytest.mark.parametrize("case", list(ITEM_ERRORS))
 def test_bad_input_at_item_time(tiny: Path, case: str) -> None:
     mutate, exc, pattern = ITEM_ERRORS[case]
-    mutate(tiny)
-    ds = PastisDataset(tiny)  # opening stays cheap: shapes are checked on read
+    if case in HEADER_ERRORS:
+        ds = PastisDataset(tiny)  # a file that breaks after the dataset was opened is still caught when read
+        mutate(tiny)
+    else:
+        mutate(tiny)
+        ds = PastisDataset(tiny)  # opening stays cheap: values are checked on read
     ds[ds.ids.index(10000)]  # other patches are fine
     with pytest.raises(exc, match=pattern):
         ds[ds.ids.index(10007)]
+
+
+@pytest.mark.parametrize("case", list(HEADER_ERRORS))
+def test_bad_headers_are_refused_when_the_dataset_is_opened(tiny: Path, case: str) -> None:
+    # Before: a patch whose file disagrees with its metadata failed only when first loaded, mid-training.
+    mutate = ITEM_ERRORS[case][0]
+    mutate(tiny)
+    with pytest.raises(PastisFormatError, match=HEADER_ERRORS[case]) as info:
+        PastisDataset(tiny)
+    assert "\n" not in str(info.value)  # one line: one problem
+    # only the selected patches are checked: fold 2 holds patch 10007, folds 1 and 5 the others
+    ds = PastisDataset(tiny, folds=[1, 5])
+    assert sorted(ds.ids) == [10000, 20412] and all(ds[i]["image"].shape[1] == 10 for i in range(len(ds)))
+
+
+def test_a_patch_with_an_extra_date_is_refused_at_open_time_on_a_generated_set(tmp_path: Path) -> None:
+    root = make_synthetic_pastis(tmp_path / "synth", n_patches=12, size=16, seed=3, t_range=(4, 6))
+    victim = read_metadata(root)[7]
+    image = np.load(layout.image_path(root, victim.patch_id))
+    np.save(layout.image_path(root, victim.patch_id), np.concatenate([image, image[-1:]]))  # one more date
+    with pytest.raises(PastisFormatError) as info:
+        PastisDataset(root, folds=[victim.fold])
+    assert str(info.value) == (
+        f"{layout.image_path(root, victim.patch_id)}: holds T={len(victim.dates) + 1} dates but metadata.geojson lists "
+        f"{len(victim.dates)} dates-S2 entries for patch {victim.patch_id}; they must be equal")
+    others = [f for f in (1, 2, 3, 4, 5) if f != victim.fold]
+    assert len(PastisDataset(root, folds=others)) == 12 - sum(r.fold == victim.fold for r in read_metadata(root))
+
+
+def test_patches_must_be_square_and_of_one_size(tiny: Path) -> None:
+    _rewrite_image(tiny, 10007, np.zeros((2, 10, 4, 6), np.int16))
+    np.save(tiny / "ANNOTATIONS" / "TARGET_10007.npy", np.zeros((3, 4, 6), np.uint8))
+    square = r"S2_10007\.npy: expected a square patch \(H = W, 128 x 128 in PASTIS\), got H x W = 4 x 6$"
+    with pytest.raises(PastisFormatError, match=square):
+        PastisDataset(tiny)
+    assert len(validate(tiny)) == 1 and re.search(square, validate(tiny)[0])  # the same rule
+    _rewrite_image(tiny, 10007, np.zeros((2, 10, 6, 6), np.int16))
+    np.save(tiny / "ANNOTATIONS" / "TARGET_10007.npy", np.zeros((3, 6, 6), np.uint8))
+    with pytest.raises(PastisFormatError, match=r"S2_10007\.npy: expected every patch of the size of S2_\d+\.npy, "
+                                                r"4 x 4 \(batches stack them\), got 6 x 6$"):
+        PastisDataset(tiny)
+    assert len(PastisDataset(tiny, folds=[2])) == 1  # alone, a 6 x 6 patch is fine
+    assert [re.sub(r"S2_\d+", "S2_X", p).split("/")[-1] for p in validate(tiny)] == [
+        "S2_X.npy: expected every patch of the size of S2_X.npy, 4 x 4 (batches stack them), got 6 x 6"]
+
+
+def test_every_bad_header_is_reported_at_once(tiny: Path) -> None:
+    _rewrite_image(tiny, 10007, tiny_raw(10007, 3))
+    _rewrite_image(tiny, 10000, tiny_raw(10000, 4)[:, :9])
+    with pytest.raises(PastisFormatError, match=r"(?s)2 problems.*S2_10000\.npy: expected shape .*got \(4, 9, 4, 4\)"
+                                                r".*S2_10007\.npy: holds T=3 dates"):
+        PastisDataset(tiny)
 
 
 def test_bad_arguments(tiny: Path, tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ Layout under ``root`` (Zenodo record 5012942, or :func:`utae.synthetic.make_synt
     DATA_S2/S2_<ID>.npy        (T, 10, H, W) reflectance x 10,000 (int16 in PASTIS), T = len(dates-S2)
     ANNOTATIONS/TARGET_<ID>.npy (3, H, W); channel 0 holds the semantic class 0..19
 
-Checks are placed where they cost nothing on the hot path: metadata, statistics and file
-existence at open time; shapes, finiteness and label range at item time, on data that has to be
-read and converted anyway. :func:`validate` checks a whole dataset in one pass and reports every
+Checks are placed where they cost nothing on the hot path: metadata, statistics, file existence and
+every selected patch's ``.npy`` headers (shape and dtype, a few hundred bytes per file, read without the
+data: see :func:`check_headers`) at open time, so that a patch that disagrees with its metadata is refused
+before training starts; finiteness and label range at item time, on data that has to be read and converted
+anyway. :func:`validate` checks a whole dataset in one pass and reports every
 problem it finds. Every read of a data file raises :class:`PastisFormatError` naming the file and
 what it should hold when it is empty, truncated, not JSON or ``.npy`` or holds the wrong thing;
 ``.npy`` files are read with ``allow_pickle=False``. The file names come from :mod:`utae.layout`.
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utae.arrays import ArrayFileError, ArrayHeader, npy_header
 from utae.checks import is_int, is_whole_number
 from utae.classes import N_CLASSES
 from utae.layout import DATA_DIR, METADATA_FILE, NORM_FILE, TARGET_DIR, image_path, norm_key, target_path
@@ -56,6 +59,7 @@ __all__ = [
     "parse_date",
     "date_offsets",
     "validate",
+    "check_headers",
 ]
 
 BANDS: tuple[str, ...] = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
@@ -380,6 +384,82 @@ def _check_stats_pair(norm_stats: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
+# Headers: each patch's files against its metadata, without reading the data
+# --------------------------------------------------------------------------------------------
+
+_ADVICE = "re-download it, or run utae.data.validate(root) to list every problem of the dataset"
+
+
+def _header(path: Path, expected: str, problems: list[str]) -> ArrayHeader | None:
+    """The ``.npy`` header of ``path`` (refused when truncated), or None after appending its problem."""
+    try:
+        return npy_header(path, expected=expected)
+    except ArrayFileError as exc:
+        problems.append(f"{exc}; {_ADVICE}")
+    except OSError as exc:  # a folder under the file's name, no permission, ...
+        problems.append(f"{path} cannot be read ({exc.strerror or exc}); expected {expected}")
+    return None
+
+
+def _size_problem(ipath: Path, hw: tuple[int, ...], first: dict[str, Any]) -> str | None:
+    """The size rule of patches, or None: square, and of the size of the first patch seen (``first`` keeps it)."""
+    if hw[0] != hw[1]:
+        return f"{ipath}: expected a square patch (H = W, 128 x 128 in PASTIS), got H x W = {hw[0]} x {hw[1]}"
+    if "size" not in first:
+        first.update(size=hw, name=ipath.name)
+    elif hw != first["size"]:
+        size = first["size"]
+        return (f"{ipath}: expected every patch of the size of {first['name']}, {size[0]} x {size[1]} "
+                f"(batches stack them), got {hw[0]} x {hw[1]}")
+    return None
+
+
+def check_headers(root: str | Path, records: Iterable[PatchRecord]) -> list[str]:
+    """Check each patch's ``.npy`` headers against its metadata, reading a few hundred bytes per file and no
+    array data; return one line per problem (empty when all agree).
+
+    For each record: the image ``DATA_S2/S2_<ID>.npy`` is a readable, untruncated ``.npy`` of shape
+    ``(T, 10, H, W)`` with ``T`` its number of ``dates-S2``, square (``H = W``, 128 in PASTIS), of the same size
+    as the first patch's (items are stacked into batches), holding integers or floats; the target
+    ``ANNOTATIONS/TARGET_<ID>.npy`` is a readable ``.npy`` of shape ``(3, H, W)`` (or ``(H, W)``) of the image's
+    size holding integer or float labels. Missing files are reported by the caller.
+    """
+    root = Path(root)
+    problems: list[str] = []
+    first: dict[str, Any] = {}
+    for rec in records:
+        ipath, tpath = image_path(root, rec.patch_id), target_path(root, rec.patch_id)
+        hw = None
+        image = _header(ipath, _image_expected(len(rec.dates)), problems)
+        if image is not None:
+            shape = image.shape
+            if len(shape) != 4 or shape[1] != N_BANDS:
+                problems.append(f"{ipath}: expected shape (T, {N_BANDS}, H, W) (bands {', '.join(BANDS)}), "
+                                f"got {shape}")
+            else:
+                hw = shape[2:]
+                if shape[0] != len(rec.dates):
+                    problems.append(f"{ipath}: holds T={shape[0]} dates but {METADATA_FILE} lists {len(rec.dates)} "
+                                    f"dates-S2 entries for patch {rec.patch_id}; they must be equal")
+                problem = _size_problem(ipath, hw, first)
+                if problem:
+                    problems.append(problem)
+            if image.dtype.kind not in "iuf":
+                problems.append(f"{ipath}: expected integer or float reflectance (int16 in PASTIS), "
+                                f"got dtype {image.dtype}")
+        target = _header(tpath, _TARGET_EXPECTED, problems)
+        if target is not None:
+            tshape = target.shape
+            if len(tshape) not in (2, 3) or (len(tshape) == 3 and tshape[0] < 1):
+                problems.append(f"{tpath}: expected shape (3, H, W) with classes in channel 0, got {tshape}")
+            elif hw is not None and tshape[-2:] != hw:
+                problems.append(f"{tpath}: spatial shape {tshape[-2:]} differs from the image's {hw} ({ipath.name})")
+            if target.dtype.kind not in "iuf":
+                problems.append(f"{tpath}: expected integer class labels, got dtype {target.dtype}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------------
 
@@ -410,6 +490,10 @@ class PastisDataset(Dataset):
 
     An item is a dict: ``"image"`` float32 ``(T, 10, H, W)``, ``"dates"`` int64 ``(T,)`` days since
     ``reference_date``, ``"mask"`` int64 ``(H, W)`` classes 0..19, ``"patch_id"`` int.
+
+    Opening checks every selected patch's files (:func:`check_headers`: their ``.npy`` headers against the
+    metadata, no array data read) and raises ``FileNotFoundError`` or :class:`PastisFormatError`, one line per
+    problem naming the file and what was expected; values (finiteness, label range) are checked as items are read.
     """
 
     def __init__(
@@ -450,6 +534,9 @@ class PastisDataset(Dataset):
                     missing.append(f"patch {r.patch_id} is listed in {METADATA_FILE} but its file {p} is missing")
         if missing:
             raise FileNotFoundError(_join(missing))
+        problems = check_headers(self.root, self.records)
+        if problems:
+            raise PastisFormatError(_join(problems))
         self.ids: list[int] = [r.patch_id for r in self.records]
 
         if norm_stats is not None:
@@ -648,7 +735,7 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> d
 # --------------------------------------------------------------------------------------------
 
 
-def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> None:
+def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str], first: dict[str, Any]) -> None:
     ipath, tpath = image_path(root, rec.patch_id), target_path(root, rec.patch_id)
     hw = None
     if not ipath.is_file():
@@ -664,6 +751,9 @@ def _check_patch_files(root: Path, rec: PatchRecord, problems: list[str]) -> Non
                 problems.append(f"{ipath}: expected shape (T, {N_BANDS}, H, W), got {arr.shape}")
             else:
                 hw = arr.shape[2:]
+                size_problem = _size_problem(ipath, hw, first)
+                if size_problem:
+                    problems.append(size_problem)
                 if arr.shape[1] != N_BANDS:
                     problems.append(f"{ipath}: expected {N_BANDS} bands in axis 1, got {arr.shape[1]} (shape {arr.shape})")
                 if arr.shape[0] != len(rec.dates):
@@ -716,8 +806,8 @@ def validate(root: str | Path) -> list[str]:
     Checks: the root, ``metadata.geojson`` and ``NORM_S2_patch.json`` exist and parse; every
     feature has an integer ``ID_PATCH`` (no duplicates), a ``Fold`` from 1 to 5 and a valid
     ``dates-S2``; the statistics hold 10 finite means and 10 positive stds per fold; each patch
-    has both ``.npy`` files, ``T`` equal to its number of dates, 10 bands, finite values, a
-    target of the image's size with labels 0 to 19.
+    has both ``.npy`` files, ``T`` equal to its number of dates, 10 bands, a square size shared by
+    every patch, finite values, a target of the image's size with labels 0 to 19.
     """
     root = Path(root)
     if not root.is_dir():
@@ -732,6 +822,7 @@ def validate(root: str | Path) -> list[str]:
         _norm_stats(root, problems)
     except (FileNotFoundError, PastisFormatError) as exc:
         problems.append(str(exc))
+    first: dict[str, Any] = {}
     for rec in records:
-        _check_patch_files(root, rec, problems)
+        _check_patch_files(root, rec, problems, first)
     return problems
