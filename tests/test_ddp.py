@@ -23,6 +23,7 @@ from utae.config import RunConfig
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader
 
+pytestmark = pytest.mark.slow  # two training processes under torchrun
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -38,6 +38,7 @@ from utae.exchange import (
 )
 from utae.results import report_path, run_path
 
+pytestmark = pytest.mark.slow  # verify reruns a point in a notebook kernel
 FP_A = "a1a1a1a1a1a1"
 FP_B = "b2b2b2b2b2b2"
 PLAT = "cpu-test"

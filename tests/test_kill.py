@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.long  # make reproduce, SIGKILLed at many moments
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
     "name": "killable",

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # executes both notebooks through make
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POINTS = ("noise0-seed0", "noise0.5-seed0")
 TINY_SWEEP = {

@@ -130,7 +130,7 @@ def _reference(reference_dir, case="case_medium"):
     return model, torch.from_numpy(ref["x"]), torch.from_numpy(ref["batch_positions"]), torch.from_numpy(ref["logits"])
 
 
-@pytest.mark.parametrize("case", ["case_small", "case_medium"])
+@pytest.mark.parametrize("case", ["case_small", pytest.param("case_medium", marks=pytest.mark.slow)])
 def test_bf16_autocast_on_cpu_stays_close_to_float32(reference_dir, case):
     model, x, pos, expected = _reference(reference_dir, case)
     dtype, scaler = resolve_amp("bf16", CPU)
@@ -177,6 +177,7 @@ def test_channels_last_training_step_matches():
     assert _rel_rms(grad_b, grad_a) < 16 * FLOAT32_REORDER
 
 
+@pytest.mark.long
 def test_compile_matches_eager():
     torch.manual_seed(0)
     model = UTAE(**SMALL).eval()
@@ -299,6 +300,7 @@ def trained(tmp_path_factory):
     return model.eval(), train, test
 
 
+@pytest.mark.slow
 def test_a_bf16_training_step_runs_the_ltae_in_float32_and_keeps_the_logits_within_bf16_rounding(trained):
     # Training in bf16 (before the L-TAE ran in float32 under autocast) cost 3 to 5 mIoU points: the sum of the
     # features and the date encoding kept too few bits to tell nearby days apart. Comparing the scores of two
@@ -330,6 +332,7 @@ def test_a_bf16_training_step_runs_the_ltae_in_float32_and_keeps_the_logits_with
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in bf16.parameters())
 
 
+@pytest.mark.slow
 def test_evaluating_a_trained_model_in_bf16_changes_few_predictions(trained):
     model, _, test = trained
     logits32, logits16, targets, ltae_errors = [], [], [], []

@@ -31,6 +31,7 @@ from utae.run import HISTORY_COLUMNS, run
 from utae.synthetic import make_synthetic_pastis
 from utae.weights import WeightsError, load_init_weights, load_official_weights, read_state_dict
 
+pytestmark = pytest.mark.slow  # sweeps and runs of the official-size model
 OFFICIAL_ARCH = dict(encoder_widths=(64, 64, 64, 128), decoder_widths=(32, 32, 64, 128), out_conv=(32, 20),
                      n_head=16, d_model=256, d_k=4)
 SMALL_ARCH = dict(encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20), n_head=4,

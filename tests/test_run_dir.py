@@ -132,6 +132,7 @@ def test_a_locked_run_dir_is_refused_at_once_naming_the_holder(tmp_path: Path) -
         pass
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_dir_never_mix_their_files(root: str, tmp_path: Path) -> None:
     """Two command-line runs started together on one out_dir, with different lr: one runs, the other fails at
     once (or, if it starts after the first has finished, refuses the other config); the folder holds one run."""

@@ -247,6 +247,7 @@ def _mlp_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np
     return float((pred == test[1]).mean()), _miou(pred, test[1])
 
 
+@pytest.mark.slow
 def test_learnable_from_the_time_series_not_from_one_date(syn: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
