@@ -23,25 +23,14 @@ from utae.executor import LocalExecutor, PointResult, PointTask
 from utae.platform import OtherMachineError
 from utae.results import report_path, run_path
 
+from helpers import write_sweep
+
 pytestmark = pytest.mark.slow  # sweeps run by the executors, in processes of their own
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
         "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
         "n_examples": 2, "device": "cpu", "deterministic": True}
 QUIET = {"log": lambda message: None}
-
-
-def write_sweep(folder: Path, doc: dict, name: str = "s.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-@pytest.fixture()
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    return root
 
 
 def finished_run(sweep: cfg_mod.Sweep, run_id: str, results: Path, platform: str,
