@@ -21,7 +21,6 @@ from utae.data import (
     pad_collate,
     validate,
 )
-from utae.synthetic import make_synthetic_pastis
 
 # ---------------------------------------------------------------------------------------------
 # A tiny PASTIS folder, written by hand with the real format's quirks:
@@ -270,8 +269,8 @@ def test_negative_index_and_out_of_range(tiny: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_round_trip_from_generator(tmp_path: Path) -> None:
-    root = make_synthetic_pastis(tmp_path / "syn", n_patches=10, size=16, seed=3, t_range=(5, 9))
+def test_round_trip_from_generator(synthetic_pastis) -> None:
+    root = synthetic_pastis(n_patches=10, size=16, seed=3, t_range=(5, 9))
     meta = json.loads((root / "metadata.geojson").read_text())
     props = {f["properties"]["ID_PATCH"]: f["properties"] for f in meta["features"]}
     # statistics recomputed here the official way: per fold, mean of per-patch means and stds

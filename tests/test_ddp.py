@@ -18,7 +18,6 @@ import torch
 
 from utae.metrics import scores
 from utae.results import read_json
-from utae.synthetic import make_synthetic_pastis
 from utae.config import RunConfig
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader
@@ -51,12 +50,12 @@ def _write_config(cfg: RunConfig, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, Path]:
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> tuple[RunConfig, Path, Path]:
     """A whole 2-process run: (config, run directory, dataset root)."""
     tmp_path = tmp_path_factory.mktemp("ddp")
     # Equal series lengths (no time padding) and batches of 1: a patch's prediction cannot depend on the
     # batch it lands in, so the 2-process and the 1-process evaluations see exactly the same logits.
-    root = make_synthetic_pastis(tmp_path / "pastis", n_patches=15, size=16, t_range=(4, 4), seed=5)
+    root = synthetic_pastis(n_patches=15, size=16, t_range=(4, 4), seed=5)
     cfg = _ddp_config(root, tmp_path / "run")
     proc = _torchrun(_write_config(cfg, tmp_path / "ddp.yaml"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

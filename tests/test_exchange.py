@@ -556,13 +556,11 @@ TINY = {
 }
 
 
-def test_verify_reruns_a_point_and_compares(tmp_path, capsys):
+def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
     from utae.config import RunConfig, load_sweep
     from utae.run import run
-    from utae.synthetic import make_synthetic_pastis
 
-    data = tmp_path / "data"
-    make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
+    data = synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump({**TINY, "dataset_root": str(data)}, sort_keys=False))
     committed = tmp_path / "committed"

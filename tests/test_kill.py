@@ -78,11 +78,9 @@ def _outcome(results: Path) -> tuple[dict, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from utae.synthetic import make_synthetic_pastis
-
+def study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
     study = tmp_path_factory.mktemp("kill")
-    make_synthetic_pastis(study / "data", n_patches=10, size=32, t_range=(4, 6), seed=0)
+    synthetic_pastis(copy_to=study / "data", n_patches=10, size=32, t_range=(4, 6), seed=0)
     (study / "sweep.yaml").write_text(yaml.safe_dump({**SWEEP, "dataset_root": str(study / "data")}, sort_keys=False))
     return study
 

@@ -46,18 +46,16 @@ def make(study: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def build_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
     """Build the tiny study once per session (a marker file makes later calls return at once)."""
     study = tmp_path_factory.getbasetemp() / "tiny study ü"  # make's paths are quoted
     marker = study / "built.txt"
     if marker.is_file():
         return study
-    from utae.synthetic import make_synthetic_pastis
-
     study.mkdir(exist_ok=True)
     data = study / "data"
     if not data.is_dir():
-        make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
+        synthetic_pastis(copy_to=data, n_patches=10, size=32, t_range=(4, 6), seed=0)
     (study / "tiny.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "dataset_root": str(data)}, sort_keys=False))
     proc = make(study, "reproduce")  # points in parallel by default (one a core, one torch thread each)
     marker.write_text(proc.stdout)
@@ -65,8 +63,8 @@ def build_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_study(tmp_path_factory)
+def study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
+    return build_study(tmp_path_factory, synthetic_pastis)
 
 
 def run_dirs(study: Path) -> list[Path]:

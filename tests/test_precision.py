@@ -275,14 +275,12 @@ def _batches(dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(synthetic_pastis):
     """A U-TAE trained in float32 for 10 epochs on a learnable synthetic set (60 patches of folds 1-3), and the
     test set (fold 5): 20 patches of 16 x 16 pixels. About 10 s on one thread."""
     from utae.data import PastisDataset
-    from utae.synthetic import make_synthetic_pastis
 
-    root = make_synthetic_pastis(tmp_path_factory.mktemp("amp") / "pastis", n_patches=100, size=16, t_range=(8, 12),
-                                 seed=1)
+    root = synthetic_pastis(n_patches=100, size=16, t_range=(8, 12), seed=1)
     train = PastisDataset(root, folds=(1, 2, 3))
     test = PastisDataset(root, folds=(5,), norm_stats=(train.mean, train.std))
     torch.manual_seed(0)

@@ -52,8 +52,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> Path:
-    return build_study(tmp_path_factory) / "results" / "reports"
+def reports(tmp_path_factory, synthetic_pastis) -> Path:
+    return build_study(tmp_path_factory, synthetic_pastis) / "results" / "reports"
 
 
 def load(browser, path: Path):

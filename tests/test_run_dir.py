@@ -22,7 +22,6 @@ from utae.checkpoint import CheckpointError, read_checkpoint
 from utae.config import RunConfig, load_config_file, read_yaml
 from utae.results import read_json
 from utae.run import RunDirError, lock_run_dir, run
-from utae.synthetic import make_synthetic_pastis
 from utae.train import parse_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +34,8 @@ V1_CONFIG = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_synthetic_pastis(tmp_path_factory.mktemp("rundir") / "pastis", **V1_DATA))
+def root(synthetic_pastis) -> str:
+    return str(synthetic_pastis(**V1_DATA))
 
 
 def config(root: str, out: Path, **kw) -> RunConfig:

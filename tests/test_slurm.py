@@ -63,11 +63,8 @@ def partition() -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from utae.synthetic import make_synthetic_pastis
-
-    return make_synthetic_pastis(tmp_path_factory.mktemp("slurm") / "data", n_patches=10, size=32, t_range=(4, 6),
-                                 seed=0)
+def data(synthetic_pastis) -> Path:
+    return synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
 
 
 def tiny_sweep(folder: Path, data: Path, grid: dict, **fixed) -> cfg_mod.Sweep:

@@ -20,8 +20,8 @@ N_PATCHES = 120  # the default size and dates, fewer patches: enough to learn fr
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_pastis(tmp_path_factory.mktemp("syn") / "PASTIS", n_patches=N_PATCHES, seed=0)
+def syn(synthetic_pastis) -> Path:
+    return synthetic_pastis(n_patches=N_PATCHES, seed=0)
 
 
 def _ymd(v: int) -> dt.date:
