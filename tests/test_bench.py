@@ -20,9 +20,11 @@ from benchmarks.bench import (
 )
 from utae.model import UTAE
 
+from helpers import tiny_model
+
 CPU = torch.device("cpu")
 TINY_SHAPE = Shape("tiny", 1, 3, 16)
-TINY_WIDTHS = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+TINY_WIDTHS = tiny_model(levels=3)
 
 
 def test_cpu_modes_are_float32_and_bf16_only():

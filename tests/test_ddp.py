@@ -22,6 +22,8 @@ from utae.config import RunConfig
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader
 
+from helpers import tiny_model
+
 pytestmark = pytest.mark.slow  # two training processes under torchrun
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,7 @@ def _torchrun(config_path: Path, tmp_path: Path, *args: str) -> subprocess.Compl
 
 def _ddp_config(root: Path, out: Path) -> RunConfig:
     return RunConfig(dataset_root=str(root), out_dir=str(out), epochs=2, batch_size=1, device="cpu",
-                     encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+                     **tiny_model(levels=3),
                      d_k=4, noise_std=1.0, noise_fraction=0.5, test_noise_stds=(0.0, 1.5), train_limit=5,
                      progress=False, n_examples=2)
 

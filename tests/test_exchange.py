@@ -38,6 +38,8 @@ from utae.exchange import (
 )
 from utae.results import report_path, run_path
 
+from helpers import tiny_model
+
 pytestmark = pytest.mark.slow  # verify reruns a point in a notebook kernel
 FP_A = "a1a1a1a1a1a1"
 FP_B = "b2b2b2b2b2b2"
@@ -549,8 +551,8 @@ def test_verify_refuses_to_rerun_into_the_committed_results(tmp_path, capsys):
 TINY = {
     "name": "tiny-verify",
     "grid": {"noise_std": [0.0], "seed": [0]},
-    "fixed": {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-              "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
+    "fixed": {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
+              "d_k": 4, "test_noise_stds": [0.0, 1.0],
               "n_examples": 1, "device": "cpu", "deterministic": True, "train_limit": 4, "val_limit": 2,
               "test_limit": 2},
 }

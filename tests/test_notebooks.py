@@ -21,14 +21,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import tiny_model
+
 pytestmark = pytest.mark.slow  # executes both notebooks through make
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POINTS = ("noise0-seed0", "noise0.5-seed0")
 TINY_SWEEP = {
     "name": "tiny",
     "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
-    "fixed": {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-              "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
+    "fixed": {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
+              "d_k": 4, "test_noise_stds": [0.0, 1.0],
               "n_examples": 2, "device": "cpu", "deterministic": True},
 }
 RUN_FIGURES = 5  # training curves, per-class IoU, confusion matrix, patch grid, test-noise curve

@@ -21,6 +21,8 @@ from utae.model import LTAE2d, UTAE
 from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.weights import load_official_weights
 
+from helpers import tiny_model
+
 CPU = torch.device("cpu")
 
 #: Unit roundoff of bfloat16: 8 significand bits (7 stored, 1 implicit), round to nearest, so one rounding
@@ -34,7 +36,7 @@ U_BF16 = 2.0**-8
 #: that went through bfloat16 anywhere fails it.
 FLOAT32_REORDER = 2.0**-14
 
-SMALL = dict(encoder_widths=(8, 8, 8, 16), decoder_widths=(8, 8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+SMALL = tiny_model()
 
 
 def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,7 +16,9 @@ from utae.config import RunConfig
 from utae.results import read_json
 from utae.run import run
 
-TINY = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+from helpers import tiny_model
+
+TINY = dict(**tiny_model(levels=3),
             d_k=4, batch_size=2, device="cpu", progress=False, deterministic=True, epochs=3,
             # fresh training noise each epoch and test-time noise: the seeded noise streams must resume too
             noise_std=0.5, noise_fraction=0.5, noise_resample=True, test_noise_stds=(0.0, 1.0))

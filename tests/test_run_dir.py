@@ -24,11 +24,13 @@ from utae.results import read_json
 from utae.run import RunDirError, lock_run_dir, run
 from utae.train import parse_set
 
+from helpers import tiny_model
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The configuration and data of tests/data/checkpoint_v1/checkpoint.pt: a format-1 checkpoint (numpy RNG state
 # as an array, written by the version before checkpoints became plain data) after epoch 1 of 3.
 V1_DATA = dict(n_patches=15, size=16, t_range=(3, 5), seed=11)
-V1_CONFIG = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+V1_CONFIG = dict(**tiny_model(levels=3),
                  d_k=4, batch_size=2, device="cpu", progress=False, deterministic=True, epochs=3,
                  noise_std=0.5, noise_fraction=0.5, noise_resample=True, test_noise_stds=(0.0, 1.0))
 

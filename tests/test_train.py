@@ -29,8 +29,10 @@ from utae.noise import add_test_noise
 from utae.precision import torch_settings
 from utae.run import HISTORY_COLUMNS, run
 
+from helpers import tiny_model
+
 SIZE = 16
-TINY = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+TINY = dict(**tiny_model(levels=3),
             d_k=4, batch_size=2, device="cpu", progress=False)
 
 
