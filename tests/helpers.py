@@ -25,6 +25,13 @@ def tiny_model(levels: int = 4, d_model: int = 16, lists: bool = False) -> dict[
     return {k: list(v) if lists and isinstance(v, tuple) else v for k, v in model.items()}
 
 
+def tiny_sweep_fixed(**changes: Any) -> dict[str, Any]:
+    """A sweep file's ``fixed:`` for a point that trains the tiny model for one epoch on a CPU, deterministically,
+    with one test-time noise level; ``changes`` replace or add fields."""
+    return {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True), "d_k": 4, "test_noise_stds": [0.0, 1.0],
+            "n_examples": 2, "device": "cpu", "deterministic": True, **changes}
+
+
 def write_sweep(folder: Path, doc: dict, name: str = "s.yaml") -> Path:
     """Write the sweep ``doc`` to ``folder/name`` and return its path."""
     path = folder / name

@@ -38,7 +38,7 @@ from utae.exchange import (
 )
 from utae.results import report_path, run_path
 
-from helpers import tiny_model
+from helpers import tiny_sweep_fixed
 
 pytestmark = pytest.mark.slow  # verify reruns a point in a notebook kernel
 FP_A = "a1a1a1a1a1a1"
@@ -551,10 +551,7 @@ def test_verify_refuses_to_rerun_into_the_committed_results(tmp_path, capsys):
 TINY = {
     "name": "tiny-verify",
     "grid": {"noise_std": [0.0], "seed": [0]},
-    "fixed": {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
-              "d_k": 4, "test_noise_stds": [0.0, 1.0],
-              "n_examples": 1, "device": "cpu", "deterministic": True, "train_limit": 4, "val_limit": 2,
-              "test_limit": 2},
+    "fixed": tiny_sweep_fixed(n_examples=1, train_limit=4, val_limit=2, test_limit=2),
 }
 
 

@@ -23,13 +23,11 @@ from utae.executor import LocalExecutor, PointResult, PointTask
 from utae.platform import OtherMachineError
 from utae.results import report_path, run_path
 
-from helpers import tiny_model, write_sweep
+from helpers import tiny_sweep_fixed, write_sweep
 
 pytestmark = pytest.mark.slow  # sweeps run by the executors, in processes of their own
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
-        "d_k": 4, "test_noise_stds": [0.0, 1.0],
-        "n_examples": 2, "device": "cpu", "deterministic": True}
+TINY = tiny_sweep_fixed()
 QUIET = {"log": lambda message: None}
 
 

@@ -18,16 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import tiny_model
+from helpers import tiny_sweep_fixed
 
 pytestmark = pytest.mark.long  # make reproduce, SIGKILLed at many moments
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
     "name": "killable",
     "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
-    "fixed": {"epochs": 2, "batch_size": 4, **tiny_model(d_model=32, lists=True),
-              "d_k": 4, "test_noise_stds": [0.0, 1.0],
-              "n_examples": 2, "device": "cpu", "deterministic": True},
+    "fixed": tiny_sweep_fixed(epochs=2),
 }
 N_KILLS = 6
 TIMING = ("timing",)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import tiny_model
+from helpers import tiny_sweep_fixed
 
 pytestmark = pytest.mark.slow  # executes both notebooks through make
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +29,7 @@ POINTS = ("noise0-seed0", "noise0.5-seed0")
 TINY_SWEEP = {
     "name": "tiny",
     "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
-    "fixed": {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
-              "d_k": 4, "test_noise_stds": [0.0, 1.0],
-              "n_examples": 2, "device": "cpu", "deterministic": True},
+    "fixed": tiny_sweep_fixed(),
 }
 RUN_FIGURES = 5  # training curves, per-class IoU, confusion matrix, patch grid, test-noise curve
 COMPARE_FIGURES = 6  # scores vs noise, validation curves, train x test noise, per-class heatmap, timing, seed spread

@@ -25,12 +25,10 @@ from utae import sweep as sw
 from utae.executor import PointTask, SlurmExecutor, SlurmOptions
 from utae.results import report_path, run_path
 
-from helpers import tiny_model
+from helpers import tiny_sweep_fixed
 
 pytestmark = pytest.mark.long  # jobs on a Slurm cluster
-TINY = {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
-        "d_k": 4, "test_noise_stds": [0.0, 1.0],
-        "n_examples": 2, "device": "cpu", "deterministic": True}
+TINY = tiny_sweep_fixed()
 QUIET = {"log": lambda message: None}
 #: Seconds a test waits for a job to reach a state before giving up (the jobs here start within seconds).
 STATE_TIMEOUT = 300
