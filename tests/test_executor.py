@@ -230,7 +230,7 @@ def test_slurm_without_sbatch_is_a_clear_error_and_writes_nothing(tmp_path, data
 # --------------------------------------------------------------------------------------------------
 
 
-def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_path_factory):
+def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_path_factory, synthetic_pastis):
     """`make reproduce RESULTS="<tmp>/res uni ü"` on a copy of the tiny study (test_notebooks.build_study, itself
     in a folder named with a space and a non-ASCII letter) whose sweep gains a third point that fails (its
     checkpoint is corrupt): the finished points are kept, the failure is shown with the tail of its traceback,
@@ -239,7 +239,7 @@ def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_p
 
     from test_notebooks import build_study
 
-    study = build_study(tmp_path_factory)
+    study = build_study(tmp_path_factory, synthetic_pastis)
     tiny = yaml.safe_load((study / "tiny.yaml").read_text())
     tiny["grid"]["noise_std"] = [*tiny["grid"]["noise_std"], 1.0]
     sweep = write_sweep(tmp_path, tiny, name="tiny sweep.yaml")
