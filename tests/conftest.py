@@ -2,52 +2,86 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from utae.synthetic import generator_options, make_synthetic_pastis
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The official model's reference outputs, in the shared folder beside the repository.
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "utae_official"
-#: The longest checks, a minute or more each: a sweep killed at many moments, jobs on a Slurm cluster, both
-#: notebooks installed and executed as in Colab, torch.compile's warm-up. `make test` leaves them out;
-#: `make test-all` (what CI runs) includes them. They are slow too.
-LONG_FILES = frozenset({"test_kill.py", "test_slurm.py", "test_colab.py"})
-LONG_TESTS = frozenset({"test_compile_matches_eager"})
-#: Test files that execute notebooks, start several processes or a cluster: `make test-quick` leaves them out.
-SLOW_FILES = LONG_FILES | {"test_notebooks.py", "test_report_browser.py", "test_ddp.py", "test_executor.py",
-                           "test_exchange.py", "test_pretrained.py"}
-#: Single tests of other files that take seconds to tens of seconds (two training processes, a learnability fit,
-#: bf16 on a CPU without native bf16, a model trained for the bf16 checks), by name or with their parameters.
-SLOW_TESTS = LONG_TESTS | {"test_two_processes_on_one_run_dir_never_mix_their_files",
-                           "test_learnable_from_the_time_series_not_from_one_date",
-                           "test_bf16_autocast_on_cpu_stays_close_to_float32[case_medium]",
-                           "test_a_bf16_training_step_runs_the_ltae_in_float32_and_keeps_the_logits_within_bf16_rounding",
-                           "test_evaluating_a_trained_model_in_bf16_changes_few_predictions"}
+#: The tiers, marked in the test files themselves: ``pytestmark = pytest.mark.slow`` (a whole file) or
+#: ``@pytest.mark.slow`` (one test) for what executes notebooks, starts several processes or a cluster, or takes
+#: seconds to tens of seconds (`make test-quick` runs ``-m "not slow"``); ``pytest.mark.long`` for the checks of a
+#: minute or more each (`make test` runs ``-m "not long"``; `make test-all`, what CI runs, includes them). A long
+#: test is slow too (see :func:`pytest_collection_modifyitems`).
+_MODULE_MARK = re.compile(r"^pytestmark\s*=(.*)$", re.MULTILINE)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of :data:`SLOW_FILES`, and :data:`SLOW_TESTS`, ``slow`` (``pytest -m "not slow"`` is the
-    quick edit loop), and those of :data:`LONG_FILES` and :data:`LONG_TESTS` also ``long`` (``make test`` runs
-    ``-m "not long"``)."""
+    """Every ``long`` test is also ``slow``: ``-m "not slow"`` leaves out all that ``-m "not long"`` does."""
     for item in items:
-        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS or item.name in SLOW_TESTS:
+        if item.get_closest_marker("long") is not None and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
-        if item.path.name in LONG_FILES or item.originalname in LONG_TESTS:
-            item.add_marker(pytest.mark.long)
+
+
+def _file_tiers(path: Path) -> set[str]:
+    """The tiers that a test file's module-level ``pytestmark`` line gives all its tests, read from its text."""
+    match = _MODULE_MARK.search(path.read_text(encoding="utf-8"))
+    tiers = set(re.findall(r"pytest\.mark\.(slow|long)\b", match.group(1))) if match else set()
+    return tiers | {"slow"} if "long" in tiers else tiers
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Under ``-m "not slow"`` (or ``"not long"``) the files whose every test would be deselected are not even
-    imported: importing papermill, nbconvert and the executors costs seconds of the quick loop."""
+    """Under ``-m "not slow"`` (or ``"not long"``) the files whose every test would be deselected (by their
+    module-level ``pytestmark``) are not even imported: importing papermill, nbconvert and the executors costs
+    seconds of the quick loop."""
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
     expression = (config.getoption("markexpr", "") or "").strip()
-    if expression == "not slow" and collection_path.name in SLOW_FILES:
-        return True
-    if expression == "not long" and collection_path.name in LONG_FILES:
+    if expression in ("not slow", "not long") and expression[4:] in _file_tiers(collection_path):
         return True
     return None
+
+
+@pytest.fixture(scope="session")
+def synthetic_pastis(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``synthetic_pastis(copy_to=None, **options) -> Path``: the synthetic PASTIS of these generator options
+    (:func:`utae.synthetic.make_synthetic_pastis`), built once per session and shared by every test that asks
+    for the same options. Its files are read-only: a test that modifies the dataset, or needs it at a path of
+    its own, passes ``copy_to`` and gets a writable copy there."""
+    built: dict[str, Path] = {}
+
+    def dataset(copy_to: Path | None = None, **options: Any) -> Path:
+        full = generator_options(options)
+        key = json.dumps(full, sort_keys=True)
+        if key not in built:
+            root = make_synthetic_pastis(tmp_path_factory.mktemp("synthetic") / "pastis", **full)
+            for path in root.rglob("*"):
+                if path.is_file():
+                    path.chmod(0o444)
+            built[key] = root
+        if copy_to is None:
+            return built[key]
+        return Path(shutil.copytree(built[key], copy_to, copy_function=shutil.copyfile))
+
+    return dataset
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Path:
+    """An empty ``data`` folder in the test's temporary folder (a sweep's ``dataset_root`` must exist)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    return root
 
 
 @pytest.fixture(autouse=True, scope="session")

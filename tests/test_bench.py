@@ -20,9 +20,11 @@ from benchmarks.bench import (
 )
 from utae.model import UTAE
 
+from helpers import tiny_model
+
 CPU = torch.device("cpu")
 TINY_SHAPE = Shape("tiny", 1, 3, 16)
-TINY_WIDTHS = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+TINY_WIDTHS = tiny_model(levels=3)
 
 
 def test_cpu_modes_are_float32_and_bf16_only():
@@ -83,11 +85,10 @@ def test_known_gpu_peaks_follow_the_mode(monkeypatch):
     assert known_peak_tflops(gpu, "bf16") is None
 
 
-def test_mode_runs_compare_each_mode_with_the_float32_run(tmp_path):
+def test_mode_runs_compare_each_mode_with_the_float32_run(tmp_path, synthetic_pastis):
     from benchmarks.bench_runs import mode_runs
-    from utae.synthetic import make_synthetic_pastis
 
-    root = make_synthetic_pastis(tmp_path / "pastis", n_patches=15, size=16, t_range=(3, 4), seed=2)
+    root = synthetic_pastis(n_patches=15, size=16, t_range=(3, 4), seed=2)
     tiny = dict(epochs=1, **TINY_WIDTHS, d_k=4)
     table = mode_runs(root, tmp_path / "runs", "cpu", ["off", "bf16"], settings=tiny)
     assert table["amp"].tolist() == ["off", "bf16"]  # as platform.json recorded them

@@ -23,9 +23,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers import tiny_model
+
+pytestmark = pytest.mark.long  # both notebooks installed and executed as in Colab
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-        "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0], "n_examples": 2,
+TINY = {"epochs": 1, "batch_size": 4, **tiny_model(d_model=32, lists=True),
+        "d_k": 4, "test_noise_stds": [0.0, 1.0], "n_examples": 2,
         "device": "cpu", "train_limit": 8, "val_limit": 4, "test_limit": 4, "progress": False}
 
 

@@ -22,7 +22,6 @@ from utae.data import (
     read_metadata,
     validate,
 )
-from utae.synthetic import make_synthetic_pastis
 
 # ---------------------------------------------------------------------------------------------
 # A tiny PASTIS folder, written by hand with the real format's quirks:
@@ -271,8 +270,8 @@ def test_negative_index_and_out_of_range(tiny: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_round_trip_from_generator(tmp_path: Path) -> None:
-    root = make_synthetic_pastis(tmp_path / "syn", n_patches=10, size=16, seed=3, t_range=(5, 9))
+def test_round_trip_from_generator(synthetic_pastis) -> None:
+    root = synthetic_pastis(n_patches=10, size=16, seed=3, t_range=(5, 9))
     meta = json.loads((root / "metadata.geojson").read_text())
     props = {f["properties"]["ID_PATCH"]: f["properties"] for f in meta["features"]}
     # statistics recomputed here the official way: per fold, mean of per-patch means and stds
@@ -572,8 +571,8 @@ def test_bad_headers_are_refused_when_the_dataset_is_opened(tiny: Path, case: st
     assert sorted(ds.ids) == [10000, 20412] and all(ds[i]["image"].shape[1] == 10 for i in range(len(ds)))
 
 
-def test_a_patch_with_an_extra_date_is_refused_at_open_time_on_a_generated_set(tmp_path: Path) -> None:
-    root = make_synthetic_pastis(tmp_path / "synth", n_patches=12, size=16, seed=3, t_range=(4, 6))
+def test_a_patch_with_an_extra_date_is_refused_at_open_time_on_a_generated_set(tmp_path: Path, synthetic_pastis) -> None:
+    root = synthetic_pastis(copy_to=tmp_path / "synth", n_patches=12, size=16, seed=3, t_range=(4, 6))
     victim = read_metadata(root)[7]
     image = np.load(layout.image_path(root, victim.patch_id))
     np.save(layout.image_path(root, victim.patch_id), np.concatenate([image, image[-1:]]))  # one more date

@@ -18,11 +18,13 @@ import torch
 
 from utae.metrics import scores
 from utae.results import read_json
-from utae.synthetic import make_synthetic_pastis
 from utae.config import RunConfig
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader
 
+from helpers import tiny_model
+
+pytestmark = pytest.mark.slow  # two training processes under torchrun
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +39,7 @@ def _torchrun(config_path: Path, tmp_path: Path, *args: str) -> subprocess.Compl
 
 def _ddp_config(root: Path, out: Path) -> RunConfig:
     return RunConfig(dataset_root=str(root), out_dir=str(out), epochs=2, batch_size=1, device="cpu",
-                     encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+                     **tiny_model(levels=3),
                      d_k=4, noise_std=1.0, noise_fraction=0.5, test_noise_stds=(0.0, 1.5), train_limit=5,
                      progress=False, n_examples=2)
 
@@ -50,12 +52,12 @@ def _write_config(cfg: RunConfig, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, Path]:
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> tuple[RunConfig, Path, Path]:
     """A whole 2-process run: (config, run directory, dataset root)."""
     tmp_path = tmp_path_factory.mktemp("ddp")
     # Equal series lengths (no time padding) and batches of 1: a patch's prediction cannot depend on the
     # batch it lands in, so the 2-process and the 1-process evaluations see exactly the same logits.
-    root = make_synthetic_pastis(tmp_path / "pastis", n_patches=15, size=16, t_range=(4, 4), seed=5)
+    root = synthetic_pastis(n_patches=15, size=16, t_range=(4, 4), seed=5)
     cfg = _ddp_config(root, tmp_path / "run")
     proc = _torchrun(_write_config(cfg, tmp_path / "ddp.yaml"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -38,6 +38,9 @@ from utae.exchange import (
 )
 from utae.results import report_path, run_path
 
+from helpers import tiny_sweep_fixed
+
+pytestmark = pytest.mark.slow  # verify reruns a point in a notebook kernel
 FP_A = "a1a1a1a1a1a1"
 FP_B = "b2b2b2b2b2b2"
 PLAT = "cpu-test"
@@ -548,20 +551,15 @@ def test_verify_refuses_to_rerun_into_the_committed_results(tmp_path, capsys):
 TINY = {
     "name": "tiny-verify",
     "grid": {"noise_std": [0.0], "seed": [0]},
-    "fixed": {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-              "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
-              "n_examples": 1, "device": "cpu", "deterministic": True, "train_limit": 4, "val_limit": 2,
-              "test_limit": 2},
+    "fixed": tiny_sweep_fixed(n_examples=1, train_limit=4, val_limit=2, test_limit=2),
 }
 
 
-def test_verify_reruns_a_point_and_compares(tmp_path, capsys):
+def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
     from utae.config import RunConfig, load_sweep
     from utae.run import run
-    from utae.synthetic import make_synthetic_pastis
 
-    data = tmp_path / "data"
-    make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
+    data = synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump({**TINY, "dataset_root": str(data)}, sort_keys=False))
     committed = tmp_path / "committed"

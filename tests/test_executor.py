@@ -23,24 +23,12 @@ from utae.executor import LocalExecutor, PointResult, PointTask
 from utae.platform import OtherMachineError
 from utae.results import report_path, run_path
 
+from helpers import tiny_sweep_fixed, write_sweep
+
+pytestmark = pytest.mark.slow  # sweeps run by the executors, in processes of their own
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-        "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
-        "n_examples": 2, "device": "cpu", "deterministic": True}
+TINY = tiny_sweep_fixed()
 QUIET = {"log": lambda message: None}
-
-
-def write_sweep(folder: Path, doc: dict, name: str = "s.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-@pytest.fixture()
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    return root
 
 
 def finished_run(sweep: cfg_mod.Sweep, run_id: str, results: Path, platform: str,
@@ -242,7 +230,7 @@ def test_slurm_without_sbatch_is_a_clear_error_and_writes_nothing(tmp_path, data
 # --------------------------------------------------------------------------------------------------
 
 
-def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_path_factory):
+def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_path_factory, synthetic_pastis):
     """`make reproduce RESULTS="<tmp>/res uni ü"` on a copy of the tiny study (test_notebooks.build_study, itself
     in a folder named with a space and a non-ASCII letter) whose sweep gains a third point that fails (its
     checkpoint is corrupt): the finished points are kept, the failure is shown with the tail of its traceback,
@@ -251,7 +239,7 @@ def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_p
 
     from test_notebooks import build_study
 
-    study = build_study(tmp_path_factory)
+    study = build_study(tmp_path_factory, synthetic_pastis)
     tiny = yaml.safe_load((study / "tiny.yaml").read_text())
     tiny["grid"]["noise_std"] = [*tiny["grid"]["noise_std"], 1.0]
     sweep = write_sweep(tmp_path, tiny, name="tiny sweep.yaml")

@@ -18,13 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import tiny_sweep_fixed
+
+pytestmark = pytest.mark.long  # make reproduce, SIGKILLed at many moments
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
     "name": "killable",
     "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
-    "fixed": {"epochs": 2, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-              "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
-              "n_examples": 2, "device": "cpu", "deterministic": True},
+    "fixed": tiny_sweep_fixed(epochs=2),
 }
 N_KILLS = 6
 TIMING = ("timing",)
@@ -77,11 +78,9 @@ def _outcome(results: Path) -> tuple[dict, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from utae.synthetic import make_synthetic_pastis
-
+def study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
     study = tmp_path_factory.mktemp("kill")
-    make_synthetic_pastis(study / "data", n_patches=10, size=32, t_range=(4, 6), seed=0)
+    synthetic_pastis(copy_to=study / "data", n_patches=10, size=32, t_range=(4, 6), seed=0)
     (study / "sweep.yaml").write_text(yaml.safe_dump({**SWEEP, "dataset_root": str(study / "data")}, sort_keys=False))
     return study
 

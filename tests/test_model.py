@@ -18,8 +18,10 @@ from utae.model import (
 )
 from utae.weights import WeightsError, load_official_weights
 
+from helpers import tiny_model
+
 ATOL = 1e-4
-TINY = dict(encoder_widths=(8, 8, 8, 16), decoder_widths=(8, 8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+TINY = tiny_model()
 
 
 def _official(reference_dir):

@@ -21,14 +21,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import tiny_sweep_fixed
+
+pytestmark = pytest.mark.slow  # executes both notebooks through make
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POINTS = ("noise0-seed0", "noise0.5-seed0")
 TINY_SWEEP = {
     "name": "tiny",
     "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
-    "fixed": {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-              "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
-              "n_examples": 2, "device": "cpu", "deterministic": True},
+    "fixed": tiny_sweep_fixed(),
 }
 RUN_FIGURES = 5  # training curves, per-class IoU, confusion matrix, patch grid, test-noise curve
 COMPARE_FIGURES = 6  # scores vs noise, validation curves, train x test noise, per-class heatmap, timing, seed spread
@@ -45,18 +46,16 @@ def make(study: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def build_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
     """Build the tiny study once per session (a marker file makes later calls return at once)."""
     study = tmp_path_factory.getbasetemp() / "tiny study ü"  # make's paths are quoted
     marker = study / "built.txt"
     if marker.is_file():
         return study
-    from utae.synthetic import make_synthetic_pastis
-
     study.mkdir(exist_ok=True)
     data = study / "data"
     if not data.is_dir():
-        make_synthetic_pastis(data, n_patches=10, size=32, t_range=(4, 6), seed=0)
+        synthetic_pastis(copy_to=data, n_patches=10, size=32, t_range=(4, 6), seed=0)
     (study / "tiny.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "dataset_root": str(data)}, sort_keys=False))
     proc = make(study, "reproduce")  # points in parallel by default (one a core, one torch thread each)
     marker.write_text(proc.stdout)
@@ -64,8 +63,8 @@ def build_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_study(tmp_path_factory)
+def study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
+    return build_study(tmp_path_factory, synthetic_pastis)
 
 
 def run_dirs(study: Path) -> list[Path]:

@@ -16,6 +16,8 @@ from utae import notebook, plots, report
 from utae.classes import CLASS_COLORS, CLASS_NAMES
 from utae.results import read_run
 
+from helpers import make_runs
+
 
 def png_size(fig: Figure) -> tuple[int, int, int]:
     """(width px, height px, bytes) of the figure saved as PNG."""

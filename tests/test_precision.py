@@ -21,6 +21,8 @@ from utae.model import LTAE2d, UTAE
 from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.weights import load_official_weights
 
+from helpers import tiny_model
+
 CPU = torch.device("cpu")
 
 #: Unit roundoff of bfloat16: 8 significand bits (7 stored, 1 implicit), round to nearest, so one rounding
@@ -34,7 +36,7 @@ U_BF16 = 2.0**-8
 #: that went through bfloat16 anywhere fails it.
 FLOAT32_REORDER = 2.0**-14
 
-SMALL = dict(encoder_widths=(8, 8, 8, 16), decoder_widths=(8, 8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16)
+SMALL = tiny_model()
 
 
 def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -130,7 +132,7 @@ def _reference(reference_dir, case="case_medium"):
     return model, torch.from_numpy(ref["x"]), torch.from_numpy(ref["batch_positions"]), torch.from_numpy(ref["logits"])
 
 
-@pytest.mark.parametrize("case", ["case_small", "case_medium"])
+@pytest.mark.parametrize("case", ["case_small", pytest.param("case_medium", marks=pytest.mark.slow)])
 def test_bf16_autocast_on_cpu_stays_close_to_float32(reference_dir, case):
     model, x, pos, expected = _reference(reference_dir, case)
     dtype, scaler = resolve_amp("bf16", CPU)
@@ -177,6 +179,7 @@ def test_channels_last_training_step_matches():
     assert _rel_rms(grad_b, grad_a) < 16 * FLOAT32_REORDER
 
 
+@pytest.mark.long
 def test_compile_matches_eager():
     torch.manual_seed(0)
     model = UTAE(**SMALL).eval()
@@ -274,14 +277,12 @@ def _batches(dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(synthetic_pastis):
     """A U-TAE trained in float32 for 10 epochs on a learnable synthetic set (60 patches of folds 1-3), and the
     test set (fold 5): 20 patches of 16 x 16 pixels. About 10 s on one thread."""
     from utae.data import PastisDataset
-    from utae.synthetic import make_synthetic_pastis
 
-    root = make_synthetic_pastis(tmp_path_factory.mktemp("amp") / "pastis", n_patches=100, size=16, t_range=(8, 12),
-                                 seed=1)
+    root = synthetic_pastis(n_patches=100, size=16, t_range=(8, 12), seed=1)
     train = PastisDataset(root, folds=(1, 2, 3))
     test = PastisDataset(root, folds=(5,), norm_stats=(train.mean, train.std))
     torch.manual_seed(0)
@@ -299,6 +300,7 @@ def trained(tmp_path_factory):
     return model.eval(), train, test
 
 
+@pytest.mark.slow
 def test_a_bf16_training_step_runs_the_ltae_in_float32_and_keeps_the_logits_within_bf16_rounding(trained):
     # Training in bf16 (before the L-TAE ran in float32 under autocast) cost 3 to 5 mIoU points: the sum of the
     # features and the date encoding kept too few bits to tell nearby days apart. Comparing the scores of two
@@ -330,6 +332,7 @@ def test_a_bf16_training_step_runs_the_ltae_in_float32_and_keeps_the_logits_with
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in bf16.parameters())
 
 
+@pytest.mark.slow
 def test_evaluating_a_trained_model_in_bf16_changes_few_predictions(trained):
     model, _, test = trained
     logits32, logits16, targets, ltae_errors = [], [], [], []

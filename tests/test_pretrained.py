@@ -28,9 +28,9 @@ from utae.loaders import make_datasets, make_loader
 from utae.metrics import scores
 from utae.results import read_json
 from utae.run import HISTORY_COLUMNS, run
-from utae.synthetic import make_synthetic_pastis
 from utae.weights import WeightsError, load_init_weights, load_official_weights, read_state_dict
 
+pytestmark = pytest.mark.slow  # sweeps and runs of the official-size model
 OFFICIAL_ARCH = dict(encoder_widths=(64, 64, 64, 128), decoder_widths=(32, 32, 64, 128), out_conv=(32, 20),
                      n_head=16, d_model=256, d_k=4)
 SMALL_ARCH = dict(encoder_widths=(16, 16, 16, 32), decoder_widths=(16, 16, 16, 32), out_conv=(16, 20), n_head=4,
@@ -76,10 +76,9 @@ def release(tmp_path_factory: pytest.TempPathFactory, reference_state: dict[str,
 
 
 @pytest.fixture(scope="module")
-def pastis(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pastis(synthetic_pastis) -> str:
     """10 patches of 32x32 (2 per fold: 6 train, 2 val, 2 test), 3 to 4 dates each."""
-    return str(make_synthetic_pastis(tmp_path_factory.mktemp("pastis") / "pastis", n_patches=10, size=32,
-                                     t_range=(3, 4), seed=5))
+    return str(synthetic_pastis(n_patches=10, size=32, t_range=(3, 4), seed=5))
 
 
 def _template(release: Path) -> str:

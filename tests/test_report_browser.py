@@ -17,6 +17,7 @@ import pytest
 
 from test_notebooks import COMPARE_FIGURES, RUN_FIGURES, build_study
 
+pytestmark = pytest.mark.slow  # builds the tiny study and loads its reports in headless Chromium
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -51,8 +52,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> Path:
-    return build_study(tmp_path_factory) / "results" / "reports"
+def reports(tmp_path_factory, synthetic_pastis) -> Path:
+    return build_study(tmp_path_factory, synthetic_pastis) / "results" / "reports"
 
 
 def load(browser, path: Path):

@@ -15,9 +15,10 @@ import utae.engine as engine_mod
 from utae.config import RunConfig
 from utae.results import read_json
 from utae.run import run
-from utae.synthetic import make_synthetic_pastis
 
-TINY = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+from helpers import tiny_model
+
+TINY = dict(**tiny_model(levels=3),
             d_k=4, batch_size=2, device="cpu", progress=False, deterministic=True, epochs=3,
             # fresh training noise each epoch and test-time noise: the seeded noise streams must resume too
             noise_std=0.5, noise_fraction=0.5, noise_resample=True, test_noise_stds=(0.0, 1.0))
@@ -25,9 +26,8 @@ TIMING = ["sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_synthetic_pastis(tmp_path_factory.mktemp("resume") / "pastis", n_patches=15, size=16,
-                                     t_range=(3, 5), seed=11))
+def root(synthetic_pastis) -> str:
+    return str(synthetic_pastis(n_patches=15, size=16, t_range=(3, 5), seed=11))
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,22 @@ from utae.checkpoint import CheckpointError, read_checkpoint
 from utae.config import RunConfig, load_config_file, read_yaml
 from utae.results import read_json
 from utae.run import RunDirError, lock_run_dir, run
-from utae.synthetic import make_synthetic_pastis
 from utae.train import parse_set
+
+from helpers import tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The configuration and data of tests/data/checkpoint_v1/checkpoint.pt: a format-1 checkpoint (numpy RNG state
 # as an array, written by the version before checkpoints became plain data) after epoch 1 of 3.
 V1_DATA = dict(n_patches=15, size=16, t_range=(3, 5), seed=11)
-V1_CONFIG = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+V1_CONFIG = dict(**tiny_model(levels=3),
                  d_k=4, batch_size=2, device="cpu", progress=False, deterministic=True, epochs=3,
                  noise_std=0.5, noise_fraction=0.5, noise_resample=True, test_noise_stds=(0.0, 1.0))
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_synthetic_pastis(tmp_path_factory.mktemp("rundir") / "pastis", **V1_DATA))
+def root(synthetic_pastis) -> str:
+    return str(synthetic_pastis(**V1_DATA))
 
 
 def config(root: str, out: Path, **kw) -> RunConfig:
@@ -132,6 +133,7 @@ def test_a_locked_run_dir_is_refused_at_once_naming_the_holder(tmp_path: Path) -
         pass
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_dir_never_mix_their_files(root: str, tmp_path: Path) -> None:
     """Two command-line runs started together on one out_dir, with different lr: one runs, the other fails at
     once (or, if it starts after the first has finished, refuses the other config); the folder holds one run."""

@@ -25,9 +25,10 @@ from utae import sweep as sw
 from utae.executor import PointTask, SlurmExecutor, SlurmOptions
 from utae.results import report_path, run_path
 
-TINY = {"epochs": 1, "batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16],
-        "out_conv": [8, 20], "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0],
-        "n_examples": 2, "device": "cpu", "deterministic": True}
+from helpers import tiny_sweep_fixed
+
+pytestmark = pytest.mark.long  # jobs on a Slurm cluster
+TINY = tiny_sweep_fixed()
 QUIET = {"log": lambda message: None}
 #: Seconds a test waits for a job to reach a state before giving up (the jobs here start within seconds).
 STATE_TIMEOUT = 300
@@ -62,11 +63,8 @@ def partition() -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from utae.synthetic import make_synthetic_pastis
-
-    return make_synthetic_pastis(tmp_path_factory.mktemp("slurm") / "data", n_patches=10, size=32, t_range=(4, 6),
-                                 seed=0)
+def data(synthetic_pastis) -> Path:
+    return synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
 
 
 def tiny_sweep(folder: Path, data: Path, grid: dict, **fixed) -> cfg_mod.Sweep:

@@ -13,26 +13,10 @@ from scipy import stats
 from utae import platform_effect, plots, study
 from utae.metrics import scores
 
+from helpers import make_runs
+
 MACHINE_LABELS = ("CPU arch", "instruction set", "torch CPU kernels", "CPU features", "GPU", "GPU compute capability",
                   "host", "fingerprint")
-
-
-def make_runs(platform_shift: dict[str, float], levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), seed_sd=0.01,
-              rng_seed=0) -> pd.DataFrame:
-    """A load_runs-like frame: test mIoU falls with the noise level, plus a platform shift and seed noise
-    (drawn independently per platform: these runs are not paired)."""
-    rng = np.random.default_rng(rng_seed)
-    rows = []
-    for plat, shift in platform_shift.items():
-        for level in levels:
-            for seed in seeds:
-                m = 0.6 - 0.1 * level + shift + rng.normal(0, seed_sd)
-                rows.append({"platform": plat, "run_id": f"noise{level:g}-seed{seed}", "cfg_noise_std": level,
-                             "cfg_seed": seed, "cfg_dataset_root": "data/synthetic_pastis", "cfg_fold": 1,
-                             "test_miou": m, "test_oa": m + 0.2, "val_miou": m + 0.01, "train_oa": 0.8 - 0.05 * level,
-                             "sec_per_epoch": 2.0 if plat.startswith("cpu") else 0.2,
-                             "train_samples_per_s": 30.0, "eval_samples_per_s": 90.0, "peak_mem_mb": 500.0})
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,27 +12,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
 from utae import sweep as sw
 from utae import config as cfg_mod
 from utae.config import RunConfig
 from utae.results import report_path, run_path
 
+from helpers import write_sweep
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_sweep(tmp_path: Path, doc: dict, name: str = "s.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-@pytest.fixture()
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    return root
 
 
 def test_grid_times_fixed(tmp_path, data_root):

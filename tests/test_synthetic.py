@@ -20,8 +20,8 @@ N_PATCHES = 120  # the default size and dates, fewer patches: enough to learn fr
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_pastis(tmp_path_factory.mktemp("syn") / "PASTIS", n_patches=N_PATCHES, seed=0)
+def syn(synthetic_pastis) -> Path:
+    return synthetic_pastis(n_patches=N_PATCHES, seed=0)
 
 
 def _ymd(v: int) -> dt.date:
@@ -247,6 +247,7 @@ def _mlp_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np
     return float((pred == test[1]).mean()), _miou(pred, test[1])
 
 
+@pytest.mark.slow
 def test_learnable_from_the_time_series_not_from_one_date(syn: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

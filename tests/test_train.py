@@ -21,7 +21,6 @@ from utae.distributed import ShardSampler
 from utae.metrics import SCORE_KEYS
 from utae.noise import NoisyDataset
 from utae.results import read_json
-from utae.synthetic import make_synthetic_pastis
 from utae.checkpoint import TrainState, checkpoint_dict, read_checkpoint, restore
 from utae.config import RunConfig
 from utae.engine import NonFiniteLossError, build_engine, compute_loss, evaluate, is_better, train_one_epoch
@@ -30,16 +29,17 @@ from utae.noise import add_test_noise
 from utae.precision import torch_settings
 from utae.run import HISTORY_COLUMNS, run
 
+from helpers import tiny_model
+
 SIZE = 16
-TINY = dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16,
+TINY = dict(**tiny_model(levels=3),
             d_k=4, batch_size=2, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+def tiny_root(synthetic_pastis) -> str:
     """15 patches of 16x16 (3 per fold: 9 train, 3 val, 3 test), 3 to 5 dates each."""
-    return str(make_synthetic_pastis(tmp_path_factory.mktemp("tiny") / "pastis", n_patches=15, size=SIZE,
-                                     t_range=(3, 5), seed=3))
+    return str(synthetic_pastis(n_patches=15, size=SIZE, t_range=(3, 5), seed=3))
 
 
 def tiny_config(root: str, out: Path, **kw) -> RunConfig:
