@@ -15,10 +15,11 @@ process with its own timeout (a step that fails or runs out is logged with its e
    on the one GPU, into a fresh results folder (``--work``), then compare.html.
 5. ``export``: ``make export`` of that folder into the output folder (``study-<platform>.tar.gz``).
 
-The output folder (``--out``, default ``$OUT``) holds at most 7 files and no sub-folder, within what the device
-tool brings back (8 files, 16 MiB each): ``campaign.log`` (every step's command, output, status and time),
-``summary.json`` (one entry a step), ``env.json``, ``bench-<platform>.csv``, ``bench-runs.txt``, the study archive,
-and nothing else. ``--cpu`` is the dry run: the same steps on tiny settings on the CPU, in about a minute (the test
+The output folder (``--out``, default ``$OUT``) holds six files and no sub-folder, within what the device tool
+brings back (8 files, 16 MiB each, 2 folders down): ``campaign.log`` (every step's command, output, status and
+time), ``summary.json`` (one entry a step), ``env.json``, ``bench-<platform>.csv``, ``bench-runs.txt`` and
+``study-<platform>.tar.gz``. The study's results folder, the installed wheels and the dry run's data stay in the
+work folder (``--work``). ``--cpu`` is the dry run: the same steps on tiny settings on the CPU, in about a minute (the test
 suite runs it). ``--print-device-call`` prints the device tool's call. The module uses only the standard library:
 it runs before the carried wheels are installed.
 """
@@ -35,18 +36,20 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The command line of the study (run-all, export, import): the one place to change if it moves.
-STUDY_CLI: tuple[str, ...] = ("-m", "utae.sweep")
+#: The command line of the study (run-all, export, import), the one place that names it: ``python -m utae`` where
+#: the package has a ``__main__``, else ``python -m utae.sweep``.
+STUDY_CLI: tuple[str, ...] = ("-m", "utae") if (REPO_ROOT / "utae" / "__main__.py").is_file() else ("-m", "utae.sweep")
 STEPS: tuple[str, ...] = ("env", "bench", "bench-runs", "study", "export")
-#: Seconds per step on the GPU: 7.5 min in all, so that the device's 15 minutes hold the machine's start and a
-#: retry of the steps that failed. The study's estimate: a point of the default sweep is 16 epochs of 23 steps of
+#: Seconds per step on the GPU: 7 min 50 s in all, so that the device's 15 minutes hold the machine's start and a
+#: retry of the steps that failed. env: the install of 43 wheels, two torch imports, every module, four training
+#: steps. The study's estimate: a point of the default sweep is 16 epochs of 23 steps of
 #: a small model (milliseconds each on a GPU) plus fixed costs of seconds (kernel start, CUDA start, test at 5
 #: noise levels, report); 15 points 8 at a time are two rounds, then compare.html (9 s on the 2-core CPU).
-GPU_TIMEOUTS: dict[str, int] = {"env": 40, "bench": 150, "bench-runs": 60, "study": 180, "export": 20}
+GPU_TIMEOUTS: dict[str, int] = {"env": 60, "bench": 150, "bench-runs": 60, "study": 180, "export": 20}
 #: The dry run's limits: generous, since the 2-core test machine may be shared.
 CPU_TIMEOUTS: dict[str, int] = {"env": 120, "bench": 120, "bench-runs": 120, "study": 300, "export": 60}
 #: Seconds the bench step keeps for printing its table after the last row it starts.
@@ -76,7 +79,6 @@ class StepResult:
     seconds: float = 0.0
     timeout_s: float = 0.0
     error: str = ""
-    log: list[str] = field(default_factory=list, repr=False)
 
 
 class Log:
@@ -287,10 +289,11 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
         f"output folder {plan.out}")
     env = plan.env()
     results: list[StepResult] = []
-    step = "(before the first)"
+    step, step_start = "(before the first)", started
     try:
         for i, step in enumerate(steps, 1):
             log(f"\n===== [{i}/{len(steps)}] {step} (limit {plan.timeouts[step]} s) =====")
+            step_start = time.monotonic()
             tee = plan.out / "bench-runs.txt" if step == "bench-runs" else None
             commands = step_commands(step, plan, _platform_from_env_json(plan.out))
             if step == "env":
@@ -305,12 +308,14 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
                 log(f"===== {step}: ok in {result.seconds:.1f} s =====")
             else:
                 log(f"===== {step}: {result.status.upper()} after {result.seconds:.1f} s: {result.error}")
-                log(f"===== {step}: the next step runs =====")
+                if i < len(steps):
+                    log(f"===== {step}: the next step runs =====")
             write_summary(plan, results, time.monotonic() - started)
     except BaseException as exc:
         log(f"\n[campaign] STOPPED ({type(exc).__name__}: {exc}) during step {step}")
         if not results or results[-1].step != step:
-            results.append(StepResult(step, [], status="stopped", returncode=1, error=f"{type(exc).__name__}: {exc}"))
+            results.append(StepResult(step, [], status="stopped", returncode=1, error=f"{type(exc).__name__}: {exc}",
+                                      seconds=time.monotonic() - step_start, timeout_s=plan.timeouts.get(step, 0)))
         write_summary(plan, results, time.monotonic() - started)
         raise
     finally:
@@ -327,7 +332,7 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
 def write_summary(plan: Plan, results: list[StepResult], seconds: float) -> None:
     """summary.json: the plan and one entry a step (written after each step, atomically)."""
     data = {"cpu": plan.cpu, "seconds": round(seconds, 1), "jobs": plan.jobs, "threads": plan.threads,
-            "timeouts": plan.timeouts, "steps": [{k: v for k, v in asdict(r).items() if k != "log"} for r in results]}
+            "timeouts": plan.timeouts, "steps": [asdict(r) for r in results]}
     tmp = plan.out / ".summary.json.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, plan.out / "summary.json")

@@ -100,7 +100,8 @@ def test_the_bench_table_has_make_bench_columns_and_its_float32_reference(dry_ru
 def test_the_study_archive_imports_into_a_fresh_results_folder(dry_run, tmp_path):
     _, out, work = dry_run
     (archive,) = out.glob("study-*.tar.gz")
-    done = _run(["-m", "utae.sweep", "import", str(archive), "--results", str(tmp_path / "results")], timeout=300)
+    done = _run([*gpu_campaign.STUDY_CLI, "import", str(archive), "--results", str(tmp_path / "results")],
+                timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     imported = sorted((tmp_path / "results" / "runs").glob("*/*/metrics.json"))
     assert [p.parent.name for p in imported] == ["noise0", "noise0.5"]
@@ -198,3 +199,8 @@ def test_the_device_call_fits_the_tool_and_is_the_one_in_the_readme():
     assert json.loads(readme.split("```json\n", 1)[1].split("```", 1)[0]) == call
     ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", ".whl/x.whl"], cwd=REPO_ROOT)
     assert ignored.returncode == 0  # the wheels travel as a carried, git-ignored folder
+    # What travels (the tracked files and the wheels at their most) fits the call's 64 MiB.
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    size = sum((REPO_ROOT / name).stat().st_size for name in tracked.decode().split("\0")
+               if name and (REPO_ROOT / name).is_file())
+    assert size + fetch_wheels.MAX_TOTAL_BYTES <= 64 * 2**20
