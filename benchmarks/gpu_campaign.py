@@ -19,9 +19,10 @@ The output folder (``--out``, default ``$OUT``) holds six files and no sub-folde
 brings back (8 files, 16 MiB each, 2 folders down): ``campaign.log`` (every step's command, output, status and
 time), ``summary.json`` (one entry a step), ``env.json``, ``bench-<platform>.csv``, ``bench-runs.txt`` and
 ``study-<platform>.tar.gz``. The study's results folder, the installed wheels and the dry run's data stay in the
-work folder (``--work``). ``--cpu`` is the dry run: the same steps on tiny settings on the CPU, in about a minute (the test
-suite runs it). ``--print-device-call`` prints the device tool's call. The module uses only the standard library:
-it runs before the carried wheels are installed.
+work folder (``--work``). ``--deadline-s`` bounds the whole campaign (a step gets at most what is left).
+``--cpu`` is the dry run: the same steps on tiny settings on the CPU, in about a minute (the test suite runs it).
+``--print-device-call`` prints the device tool's call. The module uses only the standard library: it runs before
+the carried wheels are installed.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ MAX_STEP_LOG_BYTES = 4 * 2**20
 FAIL_ENV = "UTAE_CAMPAIGN_FAIL"
 #: The device tool's call (README, "A GPU in 15 minutes"). The wheels travel in .whl (git-ignored).
 DEVICE_TIMEOUT_S = 540
-DEVICE_COMMAND = 'PYTHONUNBUFFERED=1 timeout 520 python3 -m benchmarks.gpu_campaign --out "$OUT"'
+DEVICE_COMMAND = 'PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_campaign --out "$OUT" --deadline-s 520'
 DEVICE_CARRY = (".whl",)
 
 
@@ -164,6 +165,7 @@ class Plan:
     threads: int
     timeouts: dict[str, int]
     fail: frozenset[str]
+    deadline_s: float = float("inf")
 
     @property
     def site(self) -> Path:
@@ -202,8 +204,9 @@ class Plan:
                 "PYTHONUNBUFFERED": "1"}
 
 
-def step_commands(step: str, plan: Plan, platform: str) -> list[list[str]]:
-    """The commands of ``step``, in order (the env step's first one, the wheel install, is :func:`install_command`)."""
+def step_commands(step: str, plan: Plan, platform: str, limit_s: float | None = None) -> list[list[str]]:
+    """The commands of ``step``, in order (the env step's first one, the wheel install, is :func:`install_command`);
+    ``limit_s``: the step's time (default its limit in ``plan``), which sets the bench's deadline."""
     py = sys.executable
     tiny = ["--tiny"] if plan.cpu else []
     if step == "env":
@@ -214,7 +217,7 @@ def step_commands(step: str, plan: Plan, platform: str) -> list[list[str]]:
         return [*smi, [py, "-c", versions],
                 [py, "-m", "benchmarks.gpu_campaign_steps", "env-check", "--json", str(plan.out / "env.json"), *tiny]]
     if step == "bench":
-        deadline = max(plan.timeouts["bench"] - BENCH_MARGIN_S, 1)
+        deadline = max((plan.timeouts["bench"] if limit_s is None else limit_s) - BENCH_MARGIN_S, 1)
         bench_dir = plan.work / "bench" if plan.cpu else REPO_ROOT / "results" / "bench"  # the dry run: not results/
         return [[py, "-m", "benchmarks.gpu_campaign_steps", "bench", "--out-dir", str(bench_dir),
                  "--copy-to", str(plan.out), "--deadline-s", str(deadline), *tiny]]
@@ -294,15 +297,22 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
         for i, step in enumerate(steps, 1):
             log(f"\n===== [{i}/{len(steps)}] {step} (limit {plan.timeouts[step]} s) =====")
             step_start = time.monotonic()
+            limit = min(plan.timeouts[step], plan.deadline_s - (step_start - started))
+            if limit < 1:
+                results.append(StepResult(step, [], status="skipped", returncode=1, timeout_s=0,
+                                          error=f"the campaign's deadline ({plan.deadline_s:.0f} s) has passed"))
+                log(f"===== {step}: SKIPPED: {results[-1].error} =====")
+                write_summary(plan, results, time.monotonic() - started)
+                continue
             tee = plan.out / "bench-runs.txt" if step == "bench-runs" else None
-            commands = step_commands(step, plan, _platform_from_env_json(plan.out))
+            commands = step_commands(step, plan, _platform_from_env_json(plan.out), limit)
             if step == "env":
                 install = install_command(plan)
                 if install is None:
                     log(f"[campaign] no wheels in {plan.wheels}: nothing to install (the packages must be there)")
                 else:
                     commands = [install, *commands]
-            result = run_step(step, commands, plan.timeouts[step], log, env, tee, fail=step in plan.fail)
+            result = run_step(step, commands, limit, log, env, tee, fail=step in plan.fail)
             results.append(result)
             if result.status == "ok":
                 log(f"===== {step}: ok in {result.seconds:.1f} s =====")
@@ -386,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated steps to run (default: all: {','.join(STEPS)})")
     parser.add_argument("--jobs", type=int, default=None, help=f"points of the study at a time (GPU: {GPU_JOBS})")
     parser.add_argument("--threads", type=int, default=None, help=f"torch threads of each point (GPU: {GPU_THREADS})")
+    parser.add_argument("--deadline-s", type=float, default=float("inf"),
+                        help="seconds for the whole campaign: a step gets at most what is left, and a step with "
+                             "nothing left is skipped (the device call gives 520 of its 540)")
     parser.add_argument("--fail", default=os.environ.get(FAIL_ENV, ""),
                         help=f"make these steps fail on purpose (comma-separated; also ${FAIL_ENV})")
     parser.add_argument("--print-device-call", action="store_true", help="print the device tool's call and exit")
@@ -400,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(out=Path(args.out).resolve(), work=work.resolve(), wheels=Path(args.wheels).resolve(), cpu=args.cpu,
                 jobs=args.jobs or (2 if args.cpu else GPU_JOBS),
                 threads=args.threads or (1 if args.cpu else GPU_THREADS),
-                timeouts=dict(CPU_TIMEOUTS if args.cpu else GPU_TIMEOUTS), fail=fail)
+                timeouts=dict(CPU_TIMEOUTS if args.cpu else GPU_TIMEOUTS), fail=fail, deadline_s=args.deadline_s)
     signal.signal(signal.SIGTERM, _stop)  # timeout(1) stops the campaign: the running step is killed with it
     results = campaign(plan, args.steps)
     return 0 if all(r.status == "ok" for r in results) else 1

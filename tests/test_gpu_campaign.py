@@ -193,7 +193,7 @@ def test_the_device_call_fits_the_tool_and_is_the_one_in_the_readme():
     steps_s = sum(gpu_campaign.GPU_TIMEOUTS.values())
     # The steps fit about 8 minutes; the command's own limit covers them and the tool's limit covers that.
     assert steps_s <= 8 * 60
-    inner = int(call["command"].split("timeout ")[1].split()[0])
+    inner = int(call["command"].split("--deadline-s ")[1].split()[0])
     assert steps_s < inner < call["timeout_s"] <= 600
     readme = (REPO_ROOT / "README.md").read_text().split("## A GPU in 15 minutes", 1)[1]
     assert json.loads(readme.split("```json\n", 1)[1].split("```", 1)[0]) == call
@@ -204,3 +204,42 @@ def test_the_device_call_fits_the_tool_and_is_the_one_in_the_readme():
     size = sum((REPO_ROOT / name).stat().st_size for name in tracked.decode().split("\0")
                if name and (REPO_ROOT / name).is_file())
     assert size + fetch_wheels.MAX_TOTAL_BYTES <= 64 * 2**20
+
+
+def test_the_gpu_bench_times_eager_rows_first_pastis_first_and_bf16_channels_last_first_among_compiled(monkeypatch):
+    from benchmarks import gpu_campaign_steps as steps
+    from benchmarks.bench import PASTIS, Mode
+
+    gpu_modes = [Mode(a, cl, c) for a in ("off", "tf32", "bf16", "fp16") for cl in (False, True) for c in (False, True)]
+    monkeypatch.setattr(steps, "modes_for", lambda device, quick, try_compile: gpu_modes)
+    plan = steps.bench_plan(torch.device("cpu"), tiny=False)
+    assert len(plan) == 3 * len(gpu_modes)  # every row of make bench BENCH_ARGS=--compile, once
+    compiled = [m.compile for _, _, m in plan]
+    assert compiled == sorted(compiled)  # every eager row before the first compiled one
+    assert plan[0][0] == PASTIS and plan[0][2] == Mode()  # the reference of the PASTIS speed-ups first
+    first_compiled = next(row for row in plan if row[2].compile)
+    assert first_compiled[0] == PASTIS and first_compiled[2] == Mode("bf16", True, True)
+
+
+def test_the_output_folder_check_names_what_would_not_come_back(tmp_path):
+    for i in range(gpu_campaign.MAX_FILES + 1):
+        (tmp_path / f"f{i}.txt").write_text("x")
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("x")
+    (tmp_path / "odd name.txt").write_text("x")
+    problems = gpu_campaign.check_output_folder(tmp_path)
+    assert any("files in" in p for p in problems)
+    assert any(p.startswith("a/b/c/deep.txt: more than 2 folders down") for p in problems)
+    assert any(p.startswith("odd name.txt: a name with") for p in problems)
+
+
+def test_steps_past_the_campaigns_deadline_are_skipped_and_recorded(tmp_path):
+    plan = gpu_campaign.Plan(out=tmp_path / "out", work=tmp_path / "work", wheels=tmp_path / "wheels", cpu=True,
+                             jobs=1, threads=1, timeouts=dict(gpu_campaign.CPU_TIMEOUTS), fail=frozenset(),
+                             deadline_s=0)
+    results = gpu_campaign.campaign(plan)
+    assert [r.status for r in results] == ["skipped"] * len(gpu_campaign.STEPS)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["skipped"] * len(gpu_campaign.STEPS)
+    assert (tmp_path / "out" / "campaign.log").read_text().count("SKIPPED: the campaign's deadline") == 5
