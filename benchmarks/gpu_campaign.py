@@ -389,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the output folder that comes back (default: $OUT)")
     parser.add_argument("--work", default=None,
                         help="the study's results, the installed wheels, the dry run's data (default: "
-                             "<temp>/utae-gpu-campaign, kept so that a second call on a warm machine resumes)")
-    parser.add_argument("--wheels", default=str(REPO_ROOT / ".whl"), help="folder of the carried wheels")
+                             "<temp>/utae-gpu-campaign, or -cpu for the dry run; kept, so that a second call on "
+                             "a warm machine resumes the study)")
+    parser.add_argument("--wheels", default=None,
+                        help="folder of the carried wheels (default: .whl; the dry run installs none unless given: "
+                             "the wheels are built for the GPU machine's Python)")
     parser.add_argument("--cpu", action="store_true", help="the dry run: the same steps on tiny settings on the CPU")
     parser.add_argument("--steps", type=_steps, default=STEPS,
                         help=f"comma-separated steps to run (default: all: {','.join(STEPS)})")
@@ -409,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         parser.error("--out is required where $OUT is not set")
     fail = frozenset(_steps(args.fail)) if args.fail else frozenset()
-    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "utae-gpu-campaign"
-    plan = Plan(out=Path(args.out).resolve(), work=work.resolve(), wheels=Path(args.wheels).resolve(), cpu=args.cpu,
+    default_work = Path(tempfile.gettempdir()) / ("utae-gpu-campaign-cpu" if args.cpu else "utae-gpu-campaign")
+    work = Path(args.work) if args.work else default_work
+    wheels = Path(args.wheels) if args.wheels else (work / "no-wheels" if args.cpu else REPO_ROOT / ".whl")
+    plan = Plan(out=Path(args.out).resolve(), work=work.resolve(), wheels=wheels.resolve(), cpu=args.cpu,
                 jobs=args.jobs or (2 if args.cpu else GPU_JOBS),
                 threads=args.threads or (1 if args.cpu else GPU_THREADS),
                 timeouts=dict(CPU_TIMEOUTS if args.cpu else GPU_TIMEOUTS), fail=fail, deadline_s=args.deadline_s)
