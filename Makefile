@@ -44,6 +44,21 @@ bench-study: $(STAMP)
 bench-runs: $(STAMP)
 	$(PY) -m benchmarks.bench_runs $(BENCH_ARGS)
 
+# The GPU campaign (README, "A GPU in 15 minutes"): env check, bench --compile, bench-runs, the default study and
+# its export, each step with its own timeout, logged into the folder that comes back ($OUT, or --out).
+#   make gpu-wheels                                      the wheels the lent GPU machine lacks -> .whl/ (git-ignored)
+#   make gpu-campaign                                    on the GPU machine (python3 there: it has no .venv)
+#   make gpu-campaign CAMPAIGN_ARGS="--cpu --out /tmp/c" the dry run on the CPU, tiny settings (about a minute)
+CAMPAIGN_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+CAMPAIGN_ARGS ?=
+.PHONY: gpu-wheels gpu-campaign
+
+gpu-wheels: $(STAMP)
+	$(PY) -m benchmarks.fetch_wheels
+
+gpu-campaign:
+	$(CAMPAIGN_PYTHON) -m benchmarks.gpu_campaign $(CAMPAIGN_ARGS)
+
 # --------------------------------------------------------------------------------------------------
 # The study: every point of a sweep through one point runner (train_eval.ipynb executed with papermill into
 # its run folder, then its HTML report), then compare.html and the index: python -m utae.sweep run-all.
