@@ -159,6 +159,10 @@ def bench_mode(
         del ref_model
     with float32_math(tf32_enabled(mode.amp)):  # the arithmetic of the mode, for the timings below
         model = build(widths, mode, device)
+        if mode.compile:
+            # Each compiled row starts from a clean compiler cache: past torch's recompile limit, later rows
+            # would silently run eager and report eager timings as compiled.
+            torch._dynamo.reset()
         forward = torch.compile(model) if mode.compile else model
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         scaler = torch.amp.GradScaler(device.type) if use_scaler else None
