@@ -53,7 +53,9 @@ __all__ = [
     "LR_SCHEDULES",
     "NORM_STATS",
     "FOLD_PLACEHOLDER",
-    "config_differences",
+    "AMP_MODES",
+    "GPU_AMP_MODES",
+    "NOISE_SPACES",
     "read_yaml",
     "SweepError",
     "SweepPoint",
@@ -74,8 +76,16 @@ REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "train_eval.ipynb"
 COMPARE_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "compare.ipynb"
 DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long real-PASTIS training
-#: Fields that may differ between a stored run's config.json and a new config for the same run directory.
-HARMLESS_FIELDS: frozenset[str] = frozenset({"progress", "num_workers", "out_dir"})
+#: Fields that do not change a run's arithmetic: paths of a machine, worker processes, progress bars. They may
+#: differ between two configs of the same run (the same-run rule, :func:`utae.runfolder.config_differences`;
+#: of ``init_weights`` only whether it is set counts there, the file is identified by its recorded sha256).
+HARMLESS_FIELDS: frozenset[str] = frozenset({"dataset_root", "out_dir", "init_weights", "num_workers", "progress"})
+#: The precision modes of ``RunConfig.amp`` (see :mod:`utae.precision`).
+AMP_MODES: tuple[str, ...] = ("off", "tf32", "bf16", "fp16", "auto")
+#: The modes that need a GPU, with what they need: refused at once for device ``"cpu"``.
+GPU_AMP_MODES: dict[str, str] = {"fp16": "a CUDA GPU", "tf32": "an Ampere or newer CUDA GPU"}
+#: The units of ``RunConfig.noise_space`` (see :mod:`utae.noise`, whose NOISE_SPACES must equal it).
+NOISE_SPACES: tuple[str, ...] = ("normalized", "raw")
 #: The learning-rate schedules of ``RunConfig.lr_schedule`` (see :func:`utae.engine.make_scheduler`).
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "onecycle")
 #: The normalisation statistics of ``RunConfig.norm_stats`` (see :func:`utae.loaders.make_datasets`).
@@ -278,12 +288,6 @@ class RunConfig:
             raise ValueError(f"n_head ({self.n_head}) must divide every encoder width {self.encoder_widths}")
 
     def _check_choices(self) -> None:
-        # Imported here: reading a sweep file needs no torch (each point of `make reproduce` starts faster).
-        import torch
-
-        from utae.noise import NOISE_SPACES
-        from utae.precision import AMP_MODES, resolve_amp
-
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r} (unknown device)")
         if self.noise_space not in NOISE_SPACES:
@@ -294,8 +298,8 @@ class RunConfig:
             raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {self.norm_stats!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.device == "cpu" and self.amp != "auto":  # GPU-only modes fail here already ("auto" never fails;
-            resolve_amp(self.amp, torch.device("cpu"))  # a GPU's own modes are known at run time)
+        if self.device == "cpu" and self.amp in GPU_AMP_MODES:  # a GPU's own modes are known at run time
+            raise ValueError(f"amp={self.amp!r} needs {GPU_AMP_MODES[self.amp]}, got device cpu; use amp='off'")
 
     def _check_flags(self) -> None:
         for name in ("noise_resample", "deterministic", "channels_last", "compile", "progress"):
@@ -372,17 +376,6 @@ class RunConfig:
             raise ValueError(f"the parameters cell lacks RunConfig field(s) {missing}")
         return cls.from_dict({n: namespace[n] for n in names})
 
-
-def config_differences(stored: Mapping[str, Any], config: RunConfig) -> list[str]:
-    """The non-harmless fields whose values differ between a stored config.json and ``config``."""
-    try:
-        stored_cfg = RunConfig.from_dict(stored).to_dict()
-    except (TypeError, ValueError):
-        stored_cfg = dict(stored)
-    new = config.to_dict()
-    keys = sorted((set(stored_cfg) | set(new)) - HARMLESS_FIELDS)
-    return [f"{k}: stored {stored_cfg.get(k, '<absent>')!r} != new {new.get(k, '<absent>')!r}"
-            for k in keys if stored_cfg.get(k, "<absent>") != new.get(k, "<absent>")]
 
 # --------------------------------------------------------------------------------------------------
 # YAML: one loader for sweep files and --set values
