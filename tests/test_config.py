@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utae.config import HARMLESS_FIELDS, RunConfig, config_differences, load_config_file
+from utae.config import HARMLESS_FIELDS, RunConfig, load_config_file
 from utae.precision import resolve_amp
+from utae.runfolder import config_differences
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,7 @@ def test_roundtrip_and_coercion(root: str) -> None:
 
 def test_config_differences_ignore_harmless_fields(root: str) -> None:
     cfg = RunConfig(dataset_root=root)
-    assert HARMLESS_FIELDS == {"progress", "num_workers", "out_dir"}
+    assert HARMLESS_FIELDS == {"dataset_root", "out_dir", "init_weights", "num_workers", "progress"}
     changed = cfg.replace(progress=False, num_workers=2, out_dir="/elsewhere")
     assert config_differences(cfg.to_dict(), changed) == []
     diffs = config_differences(cfg.to_dict(), cfg.replace(noise_std=1.0))

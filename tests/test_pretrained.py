@@ -138,8 +138,8 @@ def _check_eval_only_run(out: Path, config: RunConfig, weights: Path) -> dict:
 def test_pretrained_sweep_evaluates_every_fold(release: Path, pastis: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """params/pretrained.yaml, made small (CPU, 2 patches a batch, 3 noise levels): fold 1 through the notebook
-    (utae.sweep.run_point), the other folds through utae.run.run with the sweep's own points."""
-    import utae.sweep as sw
+    (utae.point.run_point), the other folds through utae.run.run with the sweep's own points."""
+    import utae.point as pt
 
     doc = yaml.safe_load((REPO_ROOT / "params" / "pretrained.yaml").read_text())
     assert doc["fixed"]["init_weights"] == "${UTAE_WEIGHTS}/Fold_{fold}/model.pth.tar"
@@ -150,7 +150,7 @@ def test_pretrained_sweep_evaluates_every_fold(release: Path, pastis: str, tmp_p
     sweep = load_sweep(path, env={"PASTIS_ROOT": pastis, "UTAE_WEIGHTS": str(release)})
     assert [p.run_id for p in sweep.points] == [f"fold{k}" for k in range(1, 6)]
     results = tmp_path / "results"
-    assert sw.run_point(sweep, "fold1", results=results, platform="plat", threads=1, log=lambda m: None) \
+    assert pt.run_point(sweep, "fold1", results=results, platform="plat", threads=1) \
         == "executed"
     assert (results / "reports" / "plat" / "fold1.html").is_file()
     for point in sweep.points:

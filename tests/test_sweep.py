@@ -6,6 +6,7 @@ Nothing here starts a kernel: notebook execution is tested in test_notebooks.py.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -14,6 +15,8 @@ import nbformat
 import pytest
 import yaml
 
+from utae import cli
+from utae import point as pt
 from utae import sweep as sw
 from utae import config as cfg_mod
 from utae.config import RunConfig
@@ -209,21 +212,19 @@ def test_prepare_sweep_generates_the_synthetic_root_once(tmp_path, monkeypatch):
         Path(root).mkdir(parents=True)
         return Path(root)
 
-    import utae.synthetic
-
-    monkeypatch.setattr(utae.synthetic, "make_synthetic_pastis", fake_make)
+    monkeypatch.setattr(sw, "make_synthetic_pastis", fake_make)
     s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0, 1, 2]}}))
-    sw.prepare_sweep(s, synthetic_root=synth, log=lambda m: None)
+    sw.prepare_sweep(s, synthetic_root=synth)
     assert calls == [synth]  # three points, one dataset
-    sw.prepare_sweep(s, synthetic_root=synth, log=lambda m: None)
+    sw.prepare_sweep(s, synthetic_root=synth)
     assert calls == [synth]  # there now
     other = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(tmp_path / "real"), "grid": {"seed": [0]}},
                                            name="other.yaml"))
     with pytest.raises(cfg_mod.SweepError, match="PASTIS_ROOT"):
-        sw.prepare_sweep(other, synthetic_root=synth, log=lambda m: None)
+        sw.prepare_sweep(other, synthetic_root=synth)
 
 
-def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path):
+def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path, caplog):
     """A sweep's ``synthetic:`` options are the generator's: the dataset_root is written with them (recorded in
     SYNTHETIC.json), kept when they match, and refused, naming the differing option, when they do not."""
     import numpy as np
@@ -236,25 +237,26 @@ def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path)
            "grid": {"seed": [0, 1]}}
     s = cfg_mod.load_sweep(write_sweep(tmp_path, doc))
     assert s.synthetic["t_range"] == [3, 4] and s.synthetic["noise"] == 1.0  # the defaults filled in
-    logs: list[str] = []
-    sw.prepare_sweep(s, synthetic_root=None, log=logs.append)
+    caplog.set_level(logging.INFO, logger="utae")
+    sw.prepare_sweep(s, synthetic_root=None)
     assert read_generator_options(root) == s.synthetic
     images = sorted((root / "DATA_S2").glob("*.npy"))
     assert len(images) == 5
     assert {np.load(p, mmap_mode="r").shape[0] for p in images} <= {3, 4}
     stamp = (root / OPTIONS_FILE).stat().st_mtime_ns
-    sw.prepare_sweep(s, synthetic_root=None, log=logs.append)  # same options: kept, not rewritten
-    assert (root / OPTIONS_FILE).stat().st_mtime_ns == stamp and len(logs) == 1
+    sw.prepare_sweep(s, synthetic_root=None)  # same options: kept, not rewritten
+    written = [r for r in caplog.records if "synthetic dataset written" in r.getMessage()]
+    assert (root / OPTIONS_FILE).stat().st_mtime_ns == stamp and len(written) == 1
 
     changed = cfg_mod.load_sweep(write_sweep(tmp_path, {**doc, "synthetic": {**doc["synthetic"], "t_range": [5, 6]}},
                                              name="changed.yaml"))
     with pytest.raises(cfg_mod.SweepError, match=r"changed.yaml.*t_range.*\[3, 4\].*\[5, 6\].*delete the folder"):
-        sw.prepare_sweep(changed, synthetic_root=None, log=lambda m: None)
+        sw.prepare_sweep(changed, synthetic_root=None)
     assert image_path(root, int(images[0].stem.split("_")[1])).is_file()  # nothing deleted
 
     (root / OPTIONS_FILE).unlink()  # a dataset from before the record, or one copied by hand
     with pytest.raises(cfg_mod.SweepError, match="no record of its options"):
-        sw.prepare_sweep(s, synthetic_root=None, log=lambda m: None)
+        sw.prepare_sweep(s, synthetic_root=None)
 
 
 @pytest.mark.parametrize("synthetic, match", [
@@ -271,7 +273,7 @@ def test_bad_synthetic_key(tmp_path, synthetic, match):
 def test_prepare_sweep_checks_every_point_first(tmp_path, data_root):
     bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [1, 7]}}, name="bad.yaml")
     with pytest.raises(cfg_mod.SweepError, match="fold7.*fold"):
-        sw.prepare_sweep(cfg_mod.load_sweep(bad), synthetic_root=None, log=lambda m: None)
+        sw.prepare_sweep(cfg_mod.load_sweep(bad), synthetic_root=None)
 
 
 def test_study_folders(tmp_path, monkeypatch):
@@ -283,9 +285,9 @@ def test_study_folders(tmp_path, monkeypatch):
     assert sw.study_folders(tmp_path / "results") == [tmp_path / "results", tmp_path / "results" / "study-a"]
     monkeypatch.chdir(tmp_path / "results" / "bench")
     with pytest.raises(cfg_mod.SweepError, match="no results folder with finished runs"):
-        sw.report_studies([], log=lambda m: None)
+        sw.report_studies([])
     with pytest.raises(cfg_mod.SweepError, match="no finished run"):
-        sw.report_studies([tmp_path / "results" / "unfinished"], log=lambda m: None)
+        sw.report_studies([tmp_path / "results" / "unfinished"])
 
 
 def test_default_jobs(tmp_path, data_root, monkeypatch):
@@ -305,20 +307,20 @@ def test_default_jobs(tmp_path, data_root, monkeypatch):
 def test_make_jobs(monkeypatch, flags, jobs):
     monkeypatch.setenv("MAKEFLAGS", flags)
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 8)
-    assert sw._make_jobs() == (8 if jobs is None else jobs)
+    assert pt.make_jobs() == (8 if jobs is None else jobs)
 
 
 def test_thread_env(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 4)
     monkeypatch.setenv("MAKEFLAGS", " -j2")
-    assert sw._thread_env(None) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    assert sw._thread_env(3)["OMP_NUM_THREADS"] == "3"
+    assert pt._thread_env(None) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert pt._thread_env(3)["OMP_NUM_THREADS"] == "3"
     monkeypatch.setenv("MAKEFLAGS", "")
-    assert sw._thread_env(None) == {}
+    assert pt._thread_env(None) == {}
     monkeypatch.setenv("MAKEFLAGS", " -j2")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert sw._thread_env(None) == {}  # the user's setting wins
+    assert pt._thread_env(None) == {}  # the user's setting wins
 
 
 def _never(*args, **kwargs):
@@ -333,7 +335,7 @@ def test_finished_point_is_skipped_without_a_kernel(tmp_path, data_root, monkeyp
     report.parent.mkdir(parents=True)
     report.write_text("<html></html>")
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    assert sw.run_point(s, "seed0", results=tmp_path / "res", platform="plat", log=lambda m: None) == "skipped"
+    assert pt.run_point(s, "seed0", results=tmp_path / "res", platform="plat") == "skipped"
     assert report.read_text() == "<html></html>"
 
 
@@ -347,7 +349,7 @@ def test_finished_point_without_report_is_only_rendered(tmp_path, data_root, mon
                                              nbformat.v4.new_output("stream", text="visible output")])])
     nbformat.write(nb, run_dir / "run.ipynb")
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    assert sw.run_point(s, "seed0", results=tmp_path / "res", platform="plat", log=lambda m: None) == "rendered"
+    assert pt.run_point(s, "seed0", results=tmp_path / "res", platform="plat") == "rendered"
     page = report.read_text()
     assert "visible output" in page and "secret_code" not in page and "<title>A run</title>" in page
     assert 'href="../index.html"' in page
@@ -357,19 +359,19 @@ def test_bad_value_fails_before_any_kernel(tmp_path, data_root, monkeypatch):
     s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}))
     monkeypatch.setattr(sw, "execute_notebook", _never)
     with pytest.raises(cfg_mod.SweepError, match="fold"):
-        sw.run_point(s, "fold9", results=tmp_path / "res", platform="plat", log=lambda m: None)
+        pt.run_point(s, "fold9", results=tmp_path / "res", platform="plat")
 
 
 def test_cli_reports_errors(tmp_path, data_root, capsys):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"sede": [0]}})
-    assert sw.main(["list", str(path)]) == 2
+    assert cli.main(["list", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown parameter 'sede'" in err and str(path) in err
     good = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1]}}, name="good.yaml")
-    assert sw.main(["list", str(good)]) == 0
+    assert cli.main(["list", str(good)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in out] == ["seed0", "seed1"]
-    assert sw.main(["run-all", str(path), "--results", str(tmp_path / "r")]) == 2
+    assert cli.main(["run-all", str(path), "--results", str(tmp_path / "r")]) == 2
     assert "unknown parameter 'sede'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written before the sweep is valid
 

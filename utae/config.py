@@ -46,6 +46,7 @@ import yaml
 
 from utae.checks import is_int, is_number
 from utae.classes import N_CLASSES
+from utae.synthetic import generator_options
 
 __all__ = [
     "RunConfig",
@@ -620,8 +621,6 @@ def load_sweep(
         raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
     synthetic = doc.get("synthetic")
     if synthetic is not None:
-        from utae.synthetic import generator_options
-
         if not isinstance(synthetic, dict):
             raise SweepError(f"{path}: 'synthetic' must be a mapping of generator options (e.g. t_range: [10, 14]), "
                              f"got {type(synthetic).__name__}")

@@ -14,14 +14,20 @@ import sys
 __all__ = ["configure_logging"]
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Plain lines on whatever ``sys.stdout`` is when a message is logged (a redirected or captured stdout too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Show the package's log messages of ``level`` and above as plain lines on standard output. Does nothing
-    when the ``utae`` logger already has a handler (a second call, or an application that set up its own)."""
+    """Show the package's log messages of ``level`` and above as plain lines on standard output. A second call
+    only sets the level."""
     logger = logging.getLogger("utae")
     logger.setLevel(level)
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.propagate = False
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)

@@ -186,16 +186,19 @@ def execute_notebook(
 # --------------------------------------------------------------------------------------------------
 
 
-def _point_params(point: SweepPoint, run_dir: Path) -> dict[str, Any]:
-    """The notebook parameters of a point that runs into ``run_dir``."""
-    return {**point.params, "out_dir": repo_relative(run_dir), "run_id": point.run_id, "progress": False}
+def _point_params(point: SweepPoint, run_dir: Path | None = None) -> dict[str, Any]:
+    """The notebook parameters of a point (that runs into ``run_dir``, when given)."""
+    params = {**point.params, "run_id": point.run_id, "progress": False}
+    if run_dir is not None:
+        params["out_dir"] = repo_relative(run_dir)
+    return params
 
 
 def point_config(sweep: Sweep, run_id: str, run_dir: str | os.PathLike[str] | None = None) -> RunConfig:
-    """The :class:`utae.config.RunConfig` of point ``run_id`` running into ``run_dir`` (validated: a bad value
-    raises a SweepError naming the sweep file and the point)."""
-    point = sweep.point(run_id)
-    params = _point_params(point, Path(run_dir)) if run_dir is not None else dict(point.params)
+    """The :class:`utae.config.RunConfig` of point ``run_id`` (running into ``run_dir``, when given; the same run
+    either way under the same-run rule), validated: a bad value raises a SweepError naming the sweep file and the
+    point."""
+    params = _point_params(sweep.point(run_id), Path(run_dir) if run_dir is not None else None)
     fields = run_config_fields()
     try:
         return RunConfig.from_dict({k: v for k, v in params.items() if k in fields})

@@ -35,6 +35,7 @@ from utae.point import (
 )
 from utae.report import render_notebook_html, write_index
 from utae.runfolder import report_path, run_path
+from utae.synthetic import OPTIONS_FILE, generator_options, make_synthetic_pastis, read_generator_options
 
 __all__ = [
     "default_results",
@@ -79,8 +80,6 @@ def prepare_sweep(sweep: Sweep, synthetic_root: str | os.PathLike[str] | None = 
         SweepError: a missing dataset_root that is not synthetic, a synthetic dataset_root made with other
             options, or a point that is not a valid RunConfig (naming the sweep file and the point).
     """
-    from utae.synthetic import OPTIONS_FILE, generator_options, make_synthetic_pastis, read_generator_options
-
     synth = Path(synthetic_root).resolve() if synthetic_root else None
     for root in dict.fromkeys(str(p.params.get("dataset_root")) for p in sweep.points if p.params.get("dataset_root")):
         path = Path(root)
@@ -122,7 +121,7 @@ def default_jobs(sweep: Sweep, gpus: Sequence[str] = (), points: int | None = No
     """How many points run at a time when not told: one per GPU of ``gpus`` (or one) when a point runs on an
     accelerator, else one per CPU core (each then gets one torch thread), at most the number of points
     (``points``, default all of the sweep)."""
-    from utae.platform import resolve_device
+    from utae.platform import resolve_device  # imports torch: only when the job count is not given
 
     on_accelerator = False
     for device in {str(p.params.get("device", "auto")) for p in sweep.points}:
