@@ -201,6 +201,29 @@ def test_import_then_import_again_skips(archive, source, tmp_path):
     assert no_staging_left(dest)
 
 
+def test_a_run_made_again_with_the_same_results_is_the_same_run(source, tmp_path):
+    """Re-importing a run that differs only in its timings and its paths (made again in another session, folder or
+    machine of the same kind, with data elsewhere) skips it; a changed result is still refused."""
+    dest = tmp_path / "dest"
+    assert f"{PLAT}/noise0-seed0" in import_runs(source, dest).imported
+    again = tmp_path / "again" / "results"
+    shutil.copytree(source, again)
+    run_dir = run_path(again, PLAT, "noise0-seed0")
+    config = json.loads((run_dir / "config.json").read_text())
+    config.update(dataset_root="/nonexistent/elsewhere/pastis", out_dir="/nonexistent/elsewhere/run", num_workers=2)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["timing"] = {"sec_per_epoch": 9.5, "total_s": 30.0}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "history.csv").write_text("epoch,train_loss,val_miou,sec_epoch\n1,2.0,0.1,3.5\n2,1.5,0.2,3.75\n")
+    report = import_runs(again, dest)
+    assert f"{PLAT}/noise0-seed0" in report.skipped and f"{PLAT}/noise0-seed0" not in dict(report.refused)
+    metrics["test"]["oa"] = 0.125
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    reason = dict(import_runs(again, dest).refused)[f"{PLAT}/noise0-seed0"]
+    assert "another run of that id (metrics.json differ)" in reason
+
+
 def test_import_from_folders_and_a_legacy_archive(source, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="utae")
     first = import_runs(source, tmp_path / "a" / "results")  # a results folder
