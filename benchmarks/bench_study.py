@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="points at a time (default: cores)")
     args = parser.parse_args(argv)
 
-    from utae.config import load_sweep
+    from utae.sweepfile import load_sweep
     from utae.point import run_point
     from utae.sweep import run_compare
     from utae.synthetic import make_synthetic_pastis

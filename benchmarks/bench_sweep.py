@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.common import print_table
-from utae.config import load_sweep
+from utae.sweepfile import load_sweep
 from utae.executor import SlurmOptions
 from utae.sweep import run_all
 from utae.synthetic import make_synthetic_pastis

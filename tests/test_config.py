@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utae.config import HARMLESS_FIELDS, RunConfig, load_config_file
+from utae.config import HARMLESS_FIELDS, RunConfig
+
+from utae.sweepfile import load_config_file
 from utae.precision import resolve_amp
 from utae.runfolder import config_differences
 

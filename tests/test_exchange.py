@@ -26,7 +26,8 @@ from utae import archive as archive_mod
 from utae import merge
 from utae import cli as command_line
 from utae.archive import ARCHIVE_ROOT, ExchangeError, export_runs
-from utae.config import REPO_ROOT, run_config_fields
+from utae.config import run_config_fields
+from utae.sweepfile import REPO_ROOT
 from utae.merge import import_runs, records_conflict
 from utae.verify import metric_values, verify, verify_failures
 from utae.results import report_path, run_path
@@ -571,7 +572,8 @@ TINY = {
 
 
 def test_verify_reruns_a_point_and_compares(tmp_path, capsys):
-    from utae.config import RunConfig, load_sweep
+    from utae.config import RunConfig
+    from utae.sweepfile import load_sweep
     from utae.run import run
     from utae.synthetic import make_synthetic_pastis
 

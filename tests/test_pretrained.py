@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from utae.checkpoint import read_checkpoint
-from utae.config import REPO_ROOT, RunConfig, SweepError, load_sweep
+from utae.config import RunConfig
+from utae.sweepfile import REPO_ROOT, SweepError, load_sweep
 from utae.data import FOLD_ROTATIONS, fold_norm_stats, read_norm
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader

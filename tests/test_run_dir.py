@@ -19,7 +19,8 @@ import torch
 
 import utae.results as results_mod
 from utae.checkpoint import CheckpointError, read_checkpoint
-from utae.config import RunConfig, load_config_file, read_yaml
+from utae.config import RunConfig
+from utae.sweepfile import load_config_file, read_yaml
 from utae.results import read_json
 from utae.run import RunDirError, lock_run_dir, run
 from utae.synthetic import make_synthetic_pastis

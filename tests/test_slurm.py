@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from utae import config as cfg_mod
+from utae import sweepfile
 from utae import point as pt
 from utae import sweep as sw
 from utae.executor import PointTask, SlurmExecutor, SlurmOptions
@@ -69,11 +69,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                  seed=0)
 
 
-def tiny_sweep(folder: Path, data: Path, grid: dict, **fixed) -> cfg_mod.Sweep:
+def tiny_sweep(folder: Path, data: Path, grid: dict, **fixed) -> sweepfile.Sweep:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump({"name": "tiny", "dataset_root": str(data), "grid": grid,
                                     "fixed": {**TINY, **fixed}}, sort_keys=False))
-    return cfg_mod.load_sweep(path)
+    return sweepfile.load_sweep(path)
 
 
 def wait_for(what: str, condition, timeout: float = STATE_TIMEOUT, every: float = 0.1):
@@ -195,7 +195,7 @@ def test_failed_and_cancelled_points_are_reported(tmp_path, data, partition):
 
 def test_unknown_partition_is_refused_before_anything_is_written(tmp_path, data, partition):
     s = tiny_sweep(tmp_path, data, {"seed": [0]})
-    with pytest.raises(cfg_mod.SweepError, match=r"partition 'no-such-partition' does not exist.*partitions: "):
+    with pytest.raises(sweepfile.SweepError, match=r"partition 'no-such-partition' does not exist.*partitions: "):
         sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None,
                    slurm=SlurmOptions(partition="no-such-partition"))
     assert not (tmp_path / "res").exists()
@@ -213,6 +213,6 @@ def test_unreachable_controller_is_a_clear_error(tmp_path, data, monkeypatch):
                     "AuthType=auth/munge\nNodeName=localhost CPUs=1\nPartitionName=p Nodes=localhost\n")
     monkeypatch.setenv("SLURM_CONF", str(conf))
     s = tiny_sweep(tmp_path, data, {"seed": [0]})
-    with pytest.raises(cfg_mod.SweepError, match="Slurm controller does not answer.*EXECUTOR=local"):
+    with pytest.raises(sweepfile.SweepError, match="Slurm controller does not answer.*EXECUTOR=local"):
         sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None)
     assert not (tmp_path / "res").exists()

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from utae.atomic import atomic_write_bytes, read_json
-from utae.config import REPO_ROOT, SweepError, load_sweep
+from utae.sweepfile import REPO_ROOT, SweepError, load_sweep
 from utae.runfolder import is_finished, report_path
 
 __all__ = [
@@ -105,7 +105,7 @@ def _git_commit(repo: Path = REPO_ROOT) -> str | None:
 
 
 def _sweep_meta(sweep: PathLike | None) -> dict[str, Any] | None:
-    """The sweep of an export, read by the one sweep reader (:func:`utae.config.load_sweep`): its name, file
+    """The sweep of an export, read by the one sweep reader (:func:`utae.sweepfile.load_sweep`): its name, file
     name and text."""
     if sweep is None:
         return None

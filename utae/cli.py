@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utae.archive import export_runs
-from utae.config import DEFAULT_TIMEOUT, load_sweep
+from utae.sweepfile import DEFAULT_TIMEOUT, load_sweep
 from utae.console import configure_logging
 from utae.executor import SlurmOptions
 from utae.merge import import_runs

@@ -41,7 +41,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from utae.config import REPO_ROOT, Sweep, SweepError
+from utae.sweepfile import REPO_ROOT, Sweep, SweepError
 from utae.console import configure_logging
 from utae.point import LOG_TAIL_LINES, run_point, tail
 

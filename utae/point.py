@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from utae.atomic import read_json
-from utae.config import DEFAULT_TIMEOUT, REPO_ROOT, RunConfig, Sweep, SweepError, SweepPoint, run_config_fields
+from utae.config import RunConfig, run_config_fields
+from utae.sweepfile import DEFAULT_TIMEOUT, REPO_ROOT, Sweep, SweepError, SweepPoint
 from utae.report import render_notebook_html
 from utae.runfolder import (
     RunDirError,

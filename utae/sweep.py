@@ -1,7 +1,7 @@
 """Sweeps: prepare every point of a ``params/*.yaml`` sweep, run the unfinished ones with an executor, then the
 study report (compare.html and the index).
 
-A sweep file (see :mod:`utae.config`) is a grid of :class:`utae.config.RunConfig` values. :func:`run_all` prepares
+A sweep file (see :mod:`utae.sweepfile`) is a grid of :class:`utae.config.RunConfig` values. :func:`run_all` prepares
 the sweep once (:func:`prepare_sweep`: the synthetic dataset, every point's validated RunConfig), checks every
 point before anything runs (:func:`utae.point.point_state`, :func:`utae.point.check_platform_folder`), skips the
 finished ones and hands the others to an executor (:mod:`utae.executor`), which runs each with the one point
@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utae.config import COMPARE_NOTEBOOK, DEFAULT_TIMEOUT, REPO_ROOT, RunConfig, Sweep, SweepError, SweepPoint
+from utae.config import RunConfig
+
+from utae.sweepfile import COMPARE_NOTEBOOK, DEFAULT_TIMEOUT, REPO_ROOT, Sweep, SweepError, SweepPoint
 from utae.executor import LocalExecutor, PointResult, PointTask, SlurmExecutor, SlurmOptions
 from utae.point import (
     check_platform_folder,

@@ -22,7 +22,7 @@ import pandas as pd
 
 from utae.archive import ExchangeError, subdirs
 from utae.checks import is_int, is_number
-from utae.config import Sweep, SweepError, SweepPoint, load_sweep
+from utae.sweepfile import Sweep, SweepError, SweepPoint, load_sweep
 from utae.point import detect_platform, run_point
 from utae.runfolder import as_float, config_differences, is_finished, read_record, run_path
 
