@@ -259,7 +259,7 @@ def run_all(
             outcome.job_ids = [job.job_id for job in submitted]
             if no_wait:
                 log.info(f"[sweep] not waiting; once the jobs are done: make report RESULTS={results} "
-                    f"(or python -m utae.sweep report --results {results})")
+                    f"(or python -m utae report --results {results})")
                 return outcome
             outcome.results = cluster.wait(submitted, tasks)
     if report:
