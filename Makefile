@@ -61,7 +61,7 @@ gpu-campaign:
 
 # --------------------------------------------------------------------------------------------------
 # The study: every point of a sweep through one point runner (train_eval.ipynb executed with papermill into
-# its run folder, then its HTML report), then compare.html and the index: python -m utae.sweep run-all.
+# its run folder, then its HTML report), then compare.html and the index: python -m utae run-all.
 #   make reproduce                                            default sweep, synthetic data -> results/
 #   make reproduce SWEEP=params/paper.yaml PASTIS_ROOT=/path  real PASTIS -> results/paper/
 #   make reproduce GPUS=0,1                                   spread the points over GPUs 0 and 1
@@ -77,7 +77,7 @@ gpu-campaign:
 # NO_WAIT=1 submits, prints the job ids and returns (then make report). Job logs: RESULTS/.slurm/<time>/.
 #   make report        re-render the run reports, compare.html and index.html of RESULTS (no training); without
 #                      RESULTS or SWEEP: of results and of every study folder results/*/ that has runs
-#   make export [OUT=file.tar.gz]            pack RESULTS' runs and reports, with a manifest (utae.exchange)
+#   make export [OUT=file.tar.gz]            pack RESULTS' runs and reports, with a manifest (utae.archive)
 #   make import FROM=archive-or-folder [AS=platform-name]   add runs of another machine to RESULTS, checked
 #   make verify [POINTS=N or run ids]        rerun points of SWEEP here and compare with RESULTS' committed runs
 #   make lab           JupyterLab on the repository
@@ -126,21 +126,21 @@ endif
 .PHONY: reproduce report export import verify lab clean-results bench-sweep
 
 reproduce: $(VENV_DEP)
-	$(PY) -m utae.sweep run-all $(call quote,$(SWEEP)) $(strip $(SWEEP_OPTS))
+	$(PY) -m utae run-all $(call quote,$(SWEEP)) $(strip $(SWEEP_OPTS))
 
 report: $(VENV_DEP)
-	$(PY) -m utae.sweep report $(REPORT_OPTS)
+	$(PY) -m utae report $(REPORT_OPTS)
 
 export: $(VENV_DEP)
-	$(PY) -m utae.sweep export --results $(call quote,$(RESULTS)) $(if $(OUT),-o $(call quote,$(OUT))) \
+	$(PY) -m utae export --results $(call quote,$(RESULTS)) $(if $(OUT),-o $(call quote,$(OUT))) \
 	  $(if $(or $(filter-out file,$(origin SWEEP)),$(filter file,$(origin RESULTS))),--sweep $(call quote,$(SWEEP)))
 
 import: $(VENV_DEP)
 	@if [ -z $(call quote,$(FROM)) ]; then echo "make import needs FROM=<archive or folder>" >&2; exit 2; fi
-	$(PY) -m utae.sweep import $(call quote,$(FROM)) --results $(call quote,$(RESULTS)) $(if $(AS),--as $(call quote,$(AS)))
+	$(PY) -m utae import $(call quote,$(FROM)) --results $(call quote,$(RESULTS)) $(if $(AS),--as $(call quote,$(AS)))
 
 verify: $(VENV_DEP)
-	$(PY) -m utae.sweep verify $(call quote,$(SWEEP)) --results $(call quote,$(RESULTS)) \
+	$(PY) -m utae verify $(call quote,$(SWEEP)) --results $(call quote,$(RESULTS)) \
 	  $(if $(POINTS),--points $(call quote,$(POINTS))) $(if $(THREADS),--threads $(call quote,$(THREADS))) \
 	  $(if $(PLATFORM),--platform $(call quote,$(PLATFORM)))
 

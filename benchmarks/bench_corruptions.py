@@ -29,7 +29,8 @@ DEFAULT_CACHE = Path("data/bench_cache/default_point.pt")  # data/ is ignored by
 def default_point(seed: int = 0, epochs: int | None = None, sweep: str = "params/default.yaml") -> Any:
     """The :class:`utae.config.RunConfig` of the clean-trained point of ``sweep`` with ``seed`` (the dataset
     generated when missing); ``epochs`` overrides the sweep's."""
-    from utae.config import RunConfig, load_sweep
+    from utae.config import RunConfig
+    from utae.sweepfile import load_sweep
     from utae.synthetic import make_synthetic_pastis
 
     sw = load_sweep(sweep)

@@ -2,7 +2,7 @@
 extrapolated, both also in calibration blocks so that two machines compare by their compute.
 
 One point of the sweep (default: its first, of ``params/default.yaml``) runs through the point runner
-(:func:`utae.sweep.run_point`: kernel start, data, training, test at every noise level, report) into a scratch
+(:func:`utae.point.run_point`: kernel start, data, training, test at every noise level, report) into a scratch
 results folder, with one torch thread as in a parallel sweep; then the comparison notebook runs on that folder.
 The study's expected time is ``ceil(points / jobs) * point + compare``, with one point per core (the local
 executor's default): the last round may run alone, so an odd number of points costs a whole round.
@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="points at a time (default: cores)")
     args = parser.parse_args(argv)
 
-    from utae.config import load_sweep
-    from utae.sweep import run_compare, run_point
+    from utae.sweepfile import load_sweep
+    from utae.point import run_point
+    from utae.sweep import run_compare
     from utae.synthetic import make_synthetic_pastis
 
     sweep = load_sweep(args.sweep)
@@ -58,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_seconds()
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         start = time.perf_counter()
-        run_point(sweep, point.run_id, results=tmp, platform="bench", threads=1, log=lambda *a, **k: None)
+        run_point(sweep, point.run_id, results=tmp, platform="bench", threads=1)
         point_s = time.perf_counter() - start
         start = time.perf_counter()
-        run_compare(tmp, log=lambda *a, **k: None)
+        run_compare(tmp)
         compare_s = time.perf_counter() - start
     rounds = math.ceil(len(sweep.points) / max(1, args.jobs))
     study_s = rounds * point_s + compare_s

@@ -5,7 +5,7 @@ The sweep: two points (noise 0 and 0.5) of one epoch on a 10-patch synthetic dat
 notebook tests; no compare.html (it costs the same with either executor). For each executor the table gives
 
 * ``sweep_s``: :func:`utae.sweep.run_all` from start to end (preparing and checking the sweep included);
-* ``point_s``: the mean time a point spent in the point runner (:func:`utae.sweep.run_point`: kernel start,
+* ``point_s``: the mean time a point spent in the point runner (:func:`utae.point.run_point`: kernel start,
   training, test, report), measured inside the worker or the job;
 * ``overhead_s`` / ``overhead_max_s``: per point, the time from dispatch (local) or submission (Slurm) to the
   moment the executor saw the point end, minus ``point_s``: worker start, or queueing, job start, submitit and
@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.common import print_table
-from utae.config import load_sweep
+from utae.sweepfile import load_sweep
 from utae.executor import SlurmOptions
 from utae.sweep import run_all
 from utae.synthetic import make_synthetic_pastis
@@ -56,7 +56,7 @@ def measure(sweep_path: Path, results: Path, executor: str, partition: str | Non
     sweep = load_sweep(sweep_path)
     start = time.perf_counter()
     outcome = run_all(sweep, results=results, executor=executor, synthetic_root=None, report=False,
-                      slurm=SlurmOptions(partition=partition), log=lambda message: None)
+                      slurm=SlurmOptions(partition=partition))
     wall = time.perf_counter() - start
     failed = [f"{r.run_id}: {r.error}" for r in outcome.failed]
     if failed:

@@ -41,9 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The command line of the study (run-all, export, import), the one place that names it: ``python -m utae`` where
-#: the package has a ``__main__``, else ``python -m utae.sweep``.
-STUDY_CLI: tuple[str, ...] = ("-m", "utae") if (REPO_ROOT / "utae" / "__main__.py").is_file() else ("-m", "utae.sweep")
+#: The command line of the study (run-all, export, import), the one place that names it.
+STUDY_CLI: tuple[str, ...] = ("-m", "utae")
 STEPS: tuple[str, ...] = ("env", "bench", "bench-runs", "study", "export")
 #: Seconds per step on the GPU: 7 min 50 s in all, so that the device's 15 minutes hold the machine's start and a
 #: retry of the steps that failed. env: the install of 43 wheels, two torch imports, every module, four training

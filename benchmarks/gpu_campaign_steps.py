@@ -61,7 +61,7 @@ from benchmarks.common import SMALL_WIDTHS, print_table, train_step_fn
 from utae.model import UTAE
 from utae.platform import platform_id, platform_info, resolve_device
 from utae.precision import float32_math, resolve_amp, tf32_enabled
-from utae.results import atomic_write_csv, atomic_write_json
+from utae.atomic import atomic_write_csv, atomic_write_json
 from utae.synthetic import make_synthetic_pastis
 
 #: The distributions the study needs besides torch: the package's own ranges (pyproject.toml) and the notebook

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from utae.config import HARMLESS_FIELDS, RunConfig, config_differences, load_config_file
+from utae.config import HARMLESS_FIELDS, RunConfig
+
+from utae.sweepfile import load_config_file
 from utae.precision import resolve_amp
+from utae.runfolder import config_differences
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +106,7 @@ def test_roundtrip_and_coercion(root: str) -> None:
 
 def test_config_differences_ignore_harmless_fields(root: str) -> None:
     cfg = RunConfig(dataset_root=root)
-    assert HARMLESS_FIELDS == {"progress", "num_workers", "out_dir"}
+    assert HARMLESS_FIELDS == {"dataset_root", "out_dir", "init_weights", "num_workers", "progress"}
     changed = cfg.replace(progress=False, num_workers=2, out_dir="/elsewhere")
     assert config_differences(cfg.to_dict(), changed) == []
     diffs = config_differences(cfg.to_dict(), cfg.replace(noise_std=1.0))
@@ -218,3 +223,16 @@ def test_official_preset_normalises_like_the_official_code(root: str, monkeypatc
     monkeypatch.setenv("PASTIS_ROOT", root)
     doc, points = _sweep_points(REPO / "params" / "official.yaml")
     assert RunConfig.from_dict({**doc["fixed"], **points[0], "dataset_root": doc["dataset_root"]}).norm_stats == "own_folds"
+
+
+def test_the_config_check_needs_no_torch() -> None:
+    """Reading a sweep and validating its points' configs (the sweep process) imports no torch; the choices
+    RunConfig checks are the ones the torch modules use."""
+    code = ("import sys; from utae.config import AMP_MODES, NOISE_SPACES, RunConfig; "
+            "RunConfig(dataset_root='.', device='cpu', amp='bf16'); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    from utae.config import AMP_MODES, NOISE_SPACES
+    from utae.noise import NOISE_SPACES as noise_spaces
+    from utae.precision import AMP_MODES as amp_modes
+
+    assert (amp_modes, noise_spaces) == (AMP_MODES, NOISE_SPACES)

@@ -1,4 +1,4 @@
-"""Moving runs between machines (utae.exchange): export, import (validated, never overwriting), verify.
+"""Moving runs between machines (utae.archive, utae.merge, utae.verify): export, import (validated, never overwriting), verify.
 
 Runs are written by hand here (the files a finished run holds, with made-up numbers), so that every
 import case takes milliseconds; one test (:func:`test_verify_reruns_a_point_and_compares`) executes the
@@ -7,10 +7,10 @@ train notebook on a tiny sweep of one point and one epoch.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -22,20 +22,14 @@ import numpy as np
 import pytest
 import yaml
 
-from utae import exchange
-from utae.config import REPO_ROOT, run_config_fields
-from utae.exchange import (
-    ARCHIVE_ROOT,
-    ExchangeError,
-    add_commands,
-    export_runs,
-    import_runs,
-    metric_values,
-    records_conflict,
-    run_command,
-    verify,
-    verify_failures,
-)
+from utae import archive as archive_mod
+from utae import merge
+from utae import cli as command_line
+from utae.archive import ARCHIVE_ROOT, ExchangeError, export_runs
+from utae.config import run_config_fields
+from utae.sweepfile import REPO_ROOT
+from utae.merge import import_runs, records_conflict
+from utae.verify import metric_values, verify, verify_failures
 from utae.results import report_path, run_path
 
 from helpers import tiny_sweep_fixed
@@ -141,7 +135,7 @@ def source(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def archive(source: Path, tmp_path: Path) -> Path:
-    return export_runs(source, tmp_path / "out" / "study.tar.gz", platforms=[PLAT], log=None)
+    return export_runs(source, tmp_path / "out" / "study.tar.gz", platforms=[PLAT])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,7 +146,7 @@ def archive(source: Path, tmp_path: Path) -> Path:
 def test_export_writes_runs_reports_and_a_manifest_without_local_files(source, tmp_path):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text("name: tiny\ngrid:\n  seed: [0, 1]\n")
-    out = export_runs(source, tmp_path / "out" / "study", sweep=sweep, log=None)
+    out = export_runs(source, tmp_path / "out" / "study", sweep=sweep)
     assert out == tmp_path / "out" / "study.tar.gz"  # the suffix is added
     members = tar_members(out)
     expected = {f"results/runs/{p}/{r}/{f}" for p, r in [(PLAT, "noise0-seed0"), (PLAT, "noise0-seed1"),
@@ -165,7 +159,7 @@ def test_export_writes_runs_reports_and_a_manifest_without_local_files(source, t
     for name in expected:
         assert manifest["files"][name] == hashlib.sha256(members[name]).hexdigest()
         assert members[name] == (source.parent / name).read_bytes()
-    assert manifest["package"]["version"] == exchange._package_version() is not None
+    assert manifest["package"]["version"] == archive_mod._package_version() is not None
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert manifest["package"]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert manifest["created_utc"].endswith("Z")
@@ -179,12 +173,12 @@ def test_export_writes_runs_reports_and_a_manifest_without_local_files(source, t
 
 
 def test_export_of_chosen_platforms_and_unknown_platform(source, tmp_path):
-    out = export_runs(source, tmp_path / "one.tgz", platforms=["cpu-other"], log=None)
+    out = export_runs(source, tmp_path / "one.tgz", platforms=["cpu-other"])
     assert {n.split("/")[2] for n in tar_members(out) if n.count("/") > 2} == {"cpu-other"}
     with pytest.raises(ExchangeError, match=r"'cpu-nope'.*platforms: cpu-other, cpu-test"):
-        export_runs(source, tmp_path / "x.tar.gz", platforms=["cpu-nope"], log=None)
+        export_runs(source, tmp_path / "x.tar.gz", platforms=["cpu-nope"])
     with pytest.raises(ExchangeError, match="no such folder"):
-        export_runs(tmp_path / "empty", tmp_path / "x.tar.gz", log=None)
+        export_runs(tmp_path / "empty", tmp_path / "x.tar.gz")
     assert not (tmp_path / "x.tar.gz").exists()
 
 
@@ -195,7 +189,7 @@ def test_export_of_chosen_platforms_and_unknown_platform(source, tmp_path):
 
 def test_import_then_import_again_skips(archive, source, tmp_path):
     dest = tmp_path / "dest" / "results"
-    report = import_runs(archive, dest, log=None)
+    report = import_runs(archive, dest)
     assert report.imported == [f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"]
     assert report.skipped == [] and report.refused == [] and report.exit_status == 0
     for run_id in ("noise0-seed0", "noise0-seed1"):
@@ -205,47 +199,71 @@ def test_import_then_import_again_skips(archive, source, tmp_path):
             assert (got / name).read_bytes() == (run_path(source, PLAT, run_id) / name).read_bytes()
         assert report_path(dest, PLAT, run_id).read_bytes() == report_path(source, PLAT, run_id).read_bytes()
     before = snapshot(dest)
-    again = import_runs(archive, dest, log=None)
+    again = import_runs(archive, dest)
     assert again.imported == [] and again.skipped == report.imported and again.exit_status == 0
     assert snapshot(dest) == before
     assert no_staging_left(dest)
 
 
-def test_import_from_folders_and_a_legacy_archive(source, tmp_path):
-    lines: list[str] = []
-    first = import_runs(source, tmp_path / "a" / "results", log=lines.append)  # a results folder
+def test_a_run_made_again_with_the_same_results_is_the_same_run(source, tmp_path):
+    """Re-importing a run that differs only in its timings and its paths (made again in another session, folder or
+    machine of the same kind, with data elsewhere) skips it; a changed result is still refused."""
+    dest = tmp_path / "dest"
+    assert f"{PLAT}/noise0-seed0" in import_runs(source, dest).imported
+    again = tmp_path / "again" / "results"
+    shutil.copytree(source, again)
+    run_dir = run_path(again, PLAT, "noise0-seed0")
+    config = json.loads((run_dir / "config.json").read_text())
+    config.update(dataset_root="/nonexistent/elsewhere/pastis", out_dir="/nonexistent/elsewhere/run", num_workers=2)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["timing"] = {"sec_per_epoch": 9.5, "total_s": 30.0}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "history.csv").write_text("epoch,train_loss,val_miou,sec_epoch\n1,2.0,0.1,3.5\n2,1.5,0.2,3.75\n")
+    report = import_runs(again, dest)
+    assert f"{PLAT}/noise0-seed0" in report.skipped and f"{PLAT}/noise0-seed0" not in dict(report.refused)
+    metrics["test"]["oa"] = 0.125
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    reason = dict(import_runs(again, dest).refused)[f"{PLAT}/noise0-seed0"]
+    assert "another run of that id (metrics.json differ)" in reason
+
+
+def test_import_from_folders_and_a_legacy_archive(source, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="utae")
+    first = import_runs(source, tmp_path / "a" / "results")  # a results folder
+    lines = [r.getMessage() for r in caplog.records]
     assert sorted(first.imported) == ["cpu-other/noise0-seed0", f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"]
     assert any("no MANIFEST.json" in line for line in lines) and "3 imported" in lines[-1]
     assert not (tmp_path / "a" / "results" / "reports" / "index.html").exists()  # study-level files are remade
     holder = tmp_path / "holder"
     shutil.copytree(source, holder / "results")  # a folder holding results/
-    assert len(import_runs(holder, tmp_path / "b" / "results", log=None).imported) == 3
+    assert len(import_runs(holder, tmp_path / "b" / "results").imported) == 3
     # The shape of an archive made by hand before manifests: runs/ and reports/ at the top.
     files = {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*") if p.is_file()}
     legacy = write_tar(tmp_path / "legacy.tar.gz", files)
     with pytest.raises(ExchangeError, match="several platforms"):
-        import_runs(legacy, tmp_path / "c" / "results", as_platform="cpu-renamed", log=None)
-    report = import_runs(legacy, tmp_path / "c" / "results", log=None)
+        import_runs(legacy, tmp_path / "c" / "results", as_platform="cpu-renamed")
+    report = import_runs(legacy, tmp_path / "c" / "results")
     assert sorted(report.imported) == sorted(first.imported)
     assert not (run_path(tmp_path / "c" / "results", PLAT, "noise0-seed0") / "checkpoint.pt").exists()
 
 
 def test_as_platform_renames_the_platform_folder(archive, tmp_path):
     dest = tmp_path / "dest"
-    report = import_runs(archive, dest, as_platform="cpu-by-hand", log=None)
+    report = import_runs(archive, dest, as_platform="cpu-by-hand")
     assert report.imported == ["cpu-by-hand/noise0-seed0", "cpu-by-hand/noise0-seed1"]
     assert (run_path(dest, "cpu-by-hand", "noise0-seed0") / "metrics.json").is_file()
     assert report_path(dest, "cpu-by-hand", "noise0-seed1").is_file()
     assert not (dest / "runs" / PLAT).exists()
     with pytest.raises(ExchangeError, match="--as"):
-        import_runs(archive, dest, as_platform="../up", log=None)
+        import_runs(archive, dest, as_platform="../up")
 
 
 def test_dry_run_changes_nothing(archive, tmp_path):
     dest = tmp_path / "dest"
     make_run(dest, "cpu-x", "r", seed=5)
     before = snapshot(dest)
-    report = import_runs(archive, dest, dry_run=True, log=None)
+    report = import_runs(archive, dest, dry_run=True)
     assert report.imported == [f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"] and report.dry_run
     assert snapshot(dest) == before and no_staging_left(dest)
 
@@ -255,7 +273,7 @@ def test_an_existing_report_is_never_overwritten(archive, tmp_path):
     page = report_path(dest, PLAT, "noise0-seed0")
     page.parent.mkdir(parents=True)
     page.write_text("<html>mine</html>")
-    report = import_runs(archive, dest, log=None)
+    report = import_runs(archive, dest)
     assert len(report.imported) == 2 and page.read_text() == "<html>mine</html>"
     assert report.reports == [f"reports/{PLAT}/noise0-seed1.html"]
 
@@ -263,7 +281,7 @@ def test_an_existing_report_is_never_overwritten(archive, tmp_path):
 def test_skipped_run_gets_its_missing_report(archive, source, tmp_path):
     dest = tmp_path / "dest"
     shutil.copytree(run_path(source, PLAT, "noise0-seed0"), run_path(dest, PLAT, "noise0-seed0"))
-    report = import_runs(archive, dest, log=None)
+    report = import_runs(archive, dest)
     assert report.skipped == [f"{PLAT}/noise0-seed0"] and report.imported == [f"{PLAT}/noise0-seed1"]
     page = report_path(dest, PLAT, "noise0-seed0")
     assert page.read_bytes() == report_path(source, PLAT, "noise0-seed0").read_bytes()
@@ -303,7 +321,7 @@ def test_a_changed_file_fails_the_manifest(archive, dest, tmp_path):
     metrics["test"]["miou"] = 0.99  # still valid: only the hash tells
     bad = rewrite(archive, tmp_path, {name: json.dumps(metrics).encode()})
     before = snapshot(dest)
-    report = import_runs(bad, dest, log=None)
+    report = import_runs(bad, dest)
     assert report.imported == [f"{PLAT}/noise0-seed0"]
     [(label, reason)] = report.refused
     assert label == f"{PLAT}/noise0-seed1" and name in reason and "SHA-256" in reason
@@ -315,7 +333,7 @@ def test_a_changed_file_fails_the_manifest(archive, dest, tmp_path):
 def test_a_file_added_after_export_or_missing_fails_the_manifest(archive, dest, tmp_path):
     bad = rewrite(archive, tmp_path, {run_member("noise0-seed0", "extra.txt"): b"x",
                                       run_member("noise0-seed1", "history.csv"): None})
-    reasons = dict(import_runs(bad, dest, log=None).refused)
+    reasons = dict(import_runs(bad, dest).refused)
     assert "extra.txt: not listed in MANIFEST.json" in reasons[f"{PLAT}/noise0-seed0"]
     assert "history.csv: listed in MANIFEST.json but missing" in reasons[f"{PLAT}/noise0-seed1"]
 
@@ -325,7 +343,7 @@ def test_a_run_missing_metrics_json_is_refused(source, dest, tmp_path):
     (run_path(source, PLAT, "noise0-seed0") / "history.csv").unlink()
     (run_path(source, PLAT, "noise1-seed0") / "checkpoint.pt").unlink()  # an unfinished run: refused too
     before = snapshot(dest)
-    report = import_runs(source, dest, log=None)
+    report = import_runs(source, dest)
     reasons = dict(report.refused)
     assert "missing metrics.json, history.csv" in reasons[f"{PLAT}/noise0-seed0"]
     assert "missing metrics.json" in reasons[f"{PLAT}/noise1-seed0"]
@@ -337,21 +355,21 @@ def test_a_platform_conflict_is_refused_naming_both_machines(source, dest, tmp_p
     other = tmp_path / "b" / "results"
     make_run(other, PLAT, "noise0-seed0", seed=0, record=machine(FP_B, "Test CPU B"))
     before = snapshot(dest)
-    report = import_runs(other, dest, log=None)
+    report = import_runs(other, dest)
     [(label, reason)] = report.refused
     assert label == f"{PLAT}/noise0-seed0"
     assert "Test CPU A" in reason and FP_A in reason  # the machine of the runs already there
     assert "Test CPU B" in reason and FP_B in reason  # the incoming machine
     assert "--as cpu-test-a" in reason  # its own platform_id is free
     assert snapshot(dest) == before
-    assert import_runs(other, dest, as_platform="cpu-test-b", log=None).imported == ["cpu-test-b/noise0-seed0"]
+    assert import_runs(other, dest, as_platform="cpu-test-b").imported == ["cpu-test-b/noise0-seed0"]
 
 
 def test_the_same_run_id_with_other_content_is_refused(dest, tmp_path):
     other = tmp_path / "b" / "results"
     make_run(other, PLAT, "noise2-seed0", seed=10)  # same machine, other numbers
     before = snapshot(dest)
-    [(label, reason)] = import_runs(other, dest, log=None).refused
+    [(label, reason)] = import_runs(other, dest).refused
     assert label == f"{PLAT}/noise2-seed0" and "already holds another run" in reason and "metrics.json" in reason
     assert snapshot(dest) == before
 
@@ -365,7 +383,7 @@ def test_paths_that_escape_are_refused(archive, dest, tmp_path, member, match):
     bad = write_tar(tmp_path / "bad.tar.gz", {**tar_members(archive), member: b"boom"})
     before = snapshot(dest)
     with pytest.raises(ExchangeError, match=match) as err:
-        import_runs(bad, dest, log=None)
+        import_runs(bad, dest)
     assert repr(member) in str(err.value)
     assert snapshot(dest) == before and no_staging_left(dest)
     assert not (tmp_path / "evil.txt").exists() and not (dest.parent / "evil.txt").exists()
@@ -379,7 +397,7 @@ def test_links_and_devices_are_refused(archive, dest, tmp_path, kind):
     bad = write_tar(tmp_path / "bad.tar.gz", tar_members(archive), extra=[info])
     before = snapshot(dest)
     with pytest.raises(ExchangeError, match="notes") as err:
-        import_runs(bad, dest, log=None)
+        import_runs(bad, dest)
     assert ("'/etc'" in str(err.value)) == (kind != tarfile.CHRTYPE)
     assert snapshot(dest) == before and no_staging_left(dest)
 
@@ -388,7 +406,7 @@ def test_a_symlink_in_a_source_folder_is_refused(source, dest):
     (run_path(source, PLAT, "noise0-seed0") / "passwd").symlink_to("/etc/passwd")
     before = snapshot(dest)
     with pytest.raises(ExchangeError, match="passwd: a link"):
-        import_runs(source, dest, log=None)
+        import_runs(source, dest)
     assert snapshot(dest) == before
 
 
@@ -400,7 +418,7 @@ def test_a_symlink_in_a_source_folder_is_refused(source, dest):
 def test_corrupt_json_is_refused(source, dest, file, content, match):
     (run_path(source, PLAT, "noise0-seed1") / file).write_bytes(content)
     before = snapshot(dest)
-    report = import_runs(source, dest, log=None)
+    report = import_runs(source, dest)
     reason = dict(report.refused)[f"{PLAT}/noise0-seed1"]
     assert f"runs/{PLAT}/noise0-seed1/{file}" in reason
     assert re.search(match, reason), reason
@@ -430,7 +448,7 @@ def edit_json(path: Path, **changes: Any) -> None:
 ])
 def test_invalid_fields_are_refused_naming_them(source, dest, file, changes, match):
     edit_json(run_path(source, PLAT, "noise0-seed1") / file, **changes)
-    reason = dict(import_runs(source, dest, log=None).refused)[f"{PLAT}/noise0-seed1"]
+    reason = dict(import_runs(source, dest).refused)[f"{PLAT}/noise0-seed1"]
     assert f"noise0-seed1/{file}" in reason
     assert re.search(match, reason), reason
     assert not run_path(dest, PLAT, "noise0-seed1").exists()
@@ -444,7 +462,7 @@ def test_invalid_fields_are_refused_naming_them(source, dest, file, changes, mat
 ])
 def test_a_bad_confusion_matrix_is_refused(source, dest, array, match):
     np.save(run_path(source, PLAT, "noise0-seed1") / "confusion.npy", array, allow_pickle=True)
-    reason = dict(import_runs(source, dest, log=None).refused)[f"{PLAT}/noise0-seed1"]
+    reason = dict(import_runs(source, dest).refused)[f"{PLAT}/noise0-seed1"]
     assert "confusion.npy" in reason and re.search(match, reason), reason
 
 
@@ -452,19 +470,19 @@ def test_not_an_archive(tmp_path, dest):
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not gzip at all")
     with pytest.raises(ExchangeError, match="junk.tar.gz"):
-        import_runs(junk, dest, log=None)
+        import_runs(junk, dest)
     with pytest.raises(ExchangeError, match="no such archive or folder"):
-        import_runs(tmp_path / "missing.tar.gz", dest, log=None)
+        import_runs(tmp_path / "missing.tar.gz", dest)
     empty = write_tar(tmp_path / "empty.tar.gz", {"readme.txt": b"hi"})
     with pytest.raises(ExchangeError, match="holds no runs"):
-        import_runs(empty, dest, log=None)
+        import_runs(empty, dest)
     assert no_staging_left(dest)
 
 
 def test_an_unexpected_error_leaves_no_half_moved_run(archive, tmp_path, monkeypatch):
     dest = tmp_path / "dest"
     calls = []
-    real = exchange._place_file
+    real = merge._place_file
 
     def failing(src: Path, target: Path) -> None:
         calls.append(target)
@@ -472,9 +490,9 @@ def test_an_unexpected_error_leaves_no_half_moved_run(archive, tmp_path, monkeyp
             raise OSError(28, "No space left on device")
         real(src, target)
 
-    monkeypatch.setattr(exchange, "_place_file", failing)
+    monkeypatch.setattr(merge, "_place_file", failing)
     with pytest.raises(OSError, match="No space"):
-        import_runs(archive, dest, log=None)
+        import_runs(archive, dest)
     assert (run_path(dest, PLAT, "noise0-seed0") / "metrics.json").is_file()  # the first run, whole
     assert report_path(dest, PLAT, "noise0-seed0").is_file()
     assert not run_path(dest, PLAT, "noise0-seed1").exists()  # the second: moved back out
@@ -498,9 +516,7 @@ def test_records_conflict_with_and_without_fingerprints():
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utae.sweep")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    return run_command(parser.parse_args(list(argv)))
+    return command_line.main(list(argv))
 
 
 def test_command_line_export_import_and_errors(source, dest, tmp_path, capsys, monkeypatch):
@@ -543,7 +559,7 @@ def test_metric_values_flattens_every_result_number():
 
 def test_verify_refuses_to_rerun_into_the_committed_results(tmp_path, capsys):
     with pytest.raises(ExchangeError, match="--scratch"):
-        verify(tmp_path / "any.yaml", tmp_path / "results", scratch=tmp_path / "results" / ".." / "results", log=None)
+        verify(tmp_path / "any.yaml", tmp_path / "results", scratch=tmp_path / "results" / ".." / "results")
     assert cli("verify", str(tmp_path / "missing.yaml"), "--results", str(tmp_path)) == 2
     assert "missing.yaml not found" in capsys.readouterr().err
 
@@ -556,7 +572,8 @@ TINY = {
 
 
 def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
-    from utae.config import RunConfig, load_sweep
+    from utae.config import RunConfig
+    from utae.sweepfile import load_sweep
     from utae.run import run
 
     data = synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
@@ -570,7 +587,7 @@ def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
                              "out_dir": str(run_path(committed, "cpu-here", point.run_id))}))
     scratch = tmp_path / "scratch"
 
-    frame = verify(sweep_file, committed, points=1, scratch=scratch, log=None)  # this machine, run again
+    frame = verify(sweep_file, committed, points=1, scratch=scratch)  # this machine, run again
     assert set(frame.columns) >= {"platform", "run_id", "metric", "committed", "here", "diff", "same_machine"}
     assert set(frame["platform"]) == {"cpu-here"} and frame["same_machine"].all()
     assert {"test.oa", "test.miou", "test.loss", "val.miou", "train.loss", "test_noise[1].miou",
@@ -586,7 +603,7 @@ def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
             "--scratch", str(scratch)]  # the finished rerun in scratch is reused
     assert cli(*argv) == 1
     assert "DIFFER" in capsys.readouterr().out
-    failures = verify_failures(verify(sweep_file, committed, points=["noise0-seed0"], scratch=scratch, log=None))
+    failures = verify_failures(verify(sweep_file, committed, points=["noise0-seed0"], scratch=scratch))
     assert list(failures["metric"]) == ["test.oa"]
     assert failures["diff"].iloc[0] == pytest.approx(-0.001)
 
@@ -597,6 +614,6 @@ def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
     platform_file.write_text(json.dumps(record))
     assert cli(*argv) == 0
     assert "max |diff| 0.001" in capsys.readouterr().out
-    frame = verify(sweep_file, committed, points=1, scratch=scratch, log=None)
+    frame = verify(sweep_file, committed, points=1, scratch=scratch)
     assert not frame["same_machine"].any() and verify_failures(frame).empty
     assert frame.loc[frame["metric"] == "test.oa", "diff"].iloc[0] == pytest.approx(-0.001)

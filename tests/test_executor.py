@@ -8,6 +8,7 @@ The Slurm executor on a real cluster is tested in test_slurm.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utae import config as cfg_mod
+from utae import sweepfile
 from utae import executor as ex
+from utae import point as pt
 from utae import sweep as sw
 from utae.executor import LocalExecutor, PointResult, PointTask
 from utae.platform import OtherMachineError
@@ -28,16 +30,15 @@ from helpers import tiny_sweep_fixed, write_sweep
 pytestmark = pytest.mark.slow  # sweeps run by the executors, in processes of their own
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = tiny_sweep_fixed()
-QUIET = {"log": lambda message: None}
 
 
-def finished_run(sweep: cfg_mod.Sweep, run_id: str, results: Path, platform: str,
+def finished_run(sweep: sweepfile.Sweep, run_id: str, results: Path, platform: str,
                  config_changes: dict | None = None, record: dict | None = None) -> Path:
     """A finished run of a point written by hand: config.json (the point's, with ``config_changes``),
     metrics.json, the report and, when given, platform.json."""
     run_dir = run_path(results, platform, run_id)
     run_dir.mkdir(parents=True)
-    config = sw.point_config(sweep, run_id, run_dir).to_dict()
+    config = pt.point_config(sweep, run_id, run_dir).to_dict()
     (run_dir / "config.json").write_text(json.dumps({**config, **(config_changes or {})}))
     (run_dir / "metrics.json").write_text("{}")
     if record is not None:
@@ -61,50 +62,50 @@ def test_changed_sweep_is_refused_with_the_differing_fields(tmp_path, data_root,
     """A finished run whose config.json differs from the point (the sweep changed: epochs 1 -> 3) is neither
     skipped nor rerun: the error names the file, the field and the two ways forward."""
     results = tmp_path / "res"
-    old = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"epochs": 1},
+    old = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"epochs": 1},
                                                     "grid": {"seed": [0, 1]}}))
     for rid in ("seed0", "seed1"):
         finished_run(old, rid, results, "plat")
-    new = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"epochs": 3},
+    new = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"epochs": 3},
                                                     "grid": {"seed": [0, 1]}}, name="new.yaml"))
     monkeypatch.setattr(sw, "execute_notebook", _never)
     monkeypatch.setattr(LocalExecutor, "run", _never)
-    with pytest.raises(cfg_mod.SweepError) as info:
-        sw.run_point(new, "seed0", results=results, platform="plat", **QUIET)
+    with pytest.raises(sweepfile.SweepError) as info:
+        pt.run_point(new, "seed0", results=results, platform="plat")
     text = str(info.value)
     assert "config.json belongs to a different run; differing fields: epochs: stored 1 != new 3" in text
     assert str(run_path(results, "plat", "seed0") / "config.json") in text
     assert "RESULTS=" in text and "delete" in text
-    with pytest.raises(cfg_mod.SweepError, match="epochs: stored 1 != new 3"):
-        sw.run_all(new, results=results, platform="plat", synthetic_root=None, **QUIET)
+    with pytest.raises(sweepfile.SweepError, match="epochs: stored 1 != new 3"):
+        sw.run_all(new, results=results, platform="plat", synthetic_root=None)
     # The unchanged sweep skips both points.
-    assert sw.run_point(old, "seed0", results=results, platform="plat", **QUIET) == "skipped"
+    assert pt.run_point(old, "seed0", results=results, platform="plat") == "skipped"
 
 
 def test_moved_run_and_harmless_fields_do_not_count_as_a_change(tmp_path, data_root, monkeypatch):
     """A run copied from another clone has another out_dir and dataset_root; progress and num_workers change
     nothing a run computes: the point is still finished."""
     results = tmp_path / "res"
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}, **{}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}, **{}}))
     finished_run(s, "seed0", results, "plat", config_changes={
         "out_dir": "/elsewhere/results/runs/plat/seed0", "dataset_root": "/elsewhere/data", "progress": True,
         "num_workers": 4})
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    assert sw.run_point(s, "seed0", results=results, platform="plat", **QUIET) == "skipped"
+    assert pt.run_point(s, "seed0", results=results, platform="plat") == "skipped"
 
 
 def test_run_that_never_finished_an_epoch_takes_the_new_config(tmp_path, data_root):
     """Without a checkpoint or metrics nothing of the old run is kept, so its config is no conflict (utae.run
     replaces it)."""
     results = tmp_path / "res"
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
     run_dir = run_path(results, "plat", "seed0")
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({**sw.point_config(s, "seed0", run_dir).to_dict(), "epochs": 9}))
-    assert sw.point_state(s, "seed0", results, "plat") == "run"
+    (run_dir / "config.json").write_text(json.dumps({**pt.point_config(s, "seed0", run_dir).to_dict(), "epochs": 9}))
+    assert pt.point_state(s, "seed0", results, "plat") == "run"
     (run_dir / "checkpoint.pt").write_bytes(b"")
-    with pytest.raises(cfg_mod.SweepError, match="epochs: stored 9"):
-        sw.point_state(s, "seed0", results, "plat")
+    with pytest.raises(sweepfile.SweepError, match="epochs: stored 9"):
+        pt.point_state(s, "seed0", results, "plat")
 
 
 OTHER_MACHINE = {"device_name": "Some Other CPU 9000", "cpu_arch": "aarch64", "torch_version": "2.0.0",
@@ -115,13 +116,13 @@ def test_runs_of_another_machine_are_refused_before_anything_runs(tmp_path, data
     """A platform folder holding a run of another fingerprint: run_all stops before running any point (even one
     whose own folder is empty), and run_point names both machines."""
     results = tmp_path / "res"
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
                                                   "grid": {"seed": [0, 1]}}))
     finished_run(s, "seed0", results, "plat", record=OTHER_MACHINE)
     monkeypatch.setattr(sw, "execute_notebook", _never)
     monkeypatch.setattr(LocalExecutor, "run", _never)
     with pytest.raises(OtherMachineError) as info:
-        sw.run_all(s, results=results, platform="plat", synthetic_root=None, **QUIET)
+        sw.run_all(s, results=results, platform="plat", synthetic_root=None)
     text = str(info.value)
     assert "Some Other CPU 9000" in text and "0123456789ab" in text  # their machine
     from utae.platform import current_fingerprint
@@ -129,32 +130,32 @@ def test_runs_of_another_machine_are_refused_before_anything_runs(tmp_path, data
     assert current_fingerprint("cpu") in text  # and this one
     assert "PLATFORM=" in text
     with pytest.raises(OtherMachineError):  # the unfinished point of that folder too
-        sw.run_point(s, "seed1", results=results, platform="plat", **QUIET)
+        pt.run_point(s, "seed1", results=results, platform="plat")
     with pytest.raises(OtherMachineError):  # and the finished one is not skipped
-        sw.run_point(s, "seed0", results=results, platform="plat", **QUIET)
+        pt.run_point(s, "seed0", results=results, platform="plat")
     assert not run_path(results, "plat", "seed1").exists()
 
 
 def test_legacy_record_without_fingerprint_counts_as_another_machine(tmp_path, data_root):
     results = tmp_path / "res"
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
                                                   "grid": {"seed": [0]}}))
     legacy = {k: v for k, v in OTHER_MACHINE.items() if k != "fingerprint"}
     finished_run(s, "seed0", results, "plat", record=legacy)
     with pytest.raises(OtherMachineError, match="predates platform fingerprints"):
-        sw.check_platform_folder(results, "plat", "cpu")
+        pt.check_platform_folder(results, "plat", "cpu")
 
 
 def test_run_dir_in_use_is_a_clear_error(tmp_path, data_root, monkeypatch):
     from utae.run import lock_run_dir
 
     results = tmp_path / "res"
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
     run_dir = run_path(results, "plat", "seed0")
     monkeypatch.setattr(sw, "execute_notebook", _never)
     with lock_run_dir(run_dir):
-        with pytest.raises(cfg_mod.SweepError, match=f"{run_dir} is in use by another process"):
-            sw.run_point(s, "seed0", results=results, platform="plat", **QUIET)
+        with pytest.raises(sweepfile.SweepError, match=f"{run_dir} is in use by another process"):
+            pt.run_point(s, "seed0", results=results, platform="plat")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,26 +171,26 @@ def fake_worker(task: PointTask) -> PointResult:
     return PointResult(task.run_id, "executed", 0.0, f"pid={os.getpid()} threads={task.threads} gpu={task.gpu}")
 
 
-def test_local_executor_reports_a_failure_and_runs_the_others(tmp_path, data_root, monkeypatch):
+def test_local_executor_reports_a_failure_and_runs_the_others(tmp_path, data_root, monkeypatch, caplog):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1, 2, 3]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1, 2, 3]}}))
     tasks = [PointTask(sweep=s, run_id=p.run_id, results=str(tmp_path)) for p in s.points]
-    said: list[str] = []
-    out = LocalExecutor(jobs=2, cores=4, worker=fake_worker, log=said.append).run(tasks)
+    caplog.set_level(logging.INFO, logger="utae")
+    out = LocalExecutor(jobs=2, cores=4, worker=fake_worker).run(tasks)
     assert [r.run_id for r in out] == ["seed0", "seed1", "seed2", "seed3"]  # the order of the tasks
     assert [r.status for r in out] == ["executed", "failed", "executed", "executed"]
     assert all("threads=2 gpu=None" in r.error for r in out if r.status == "executed")  # 4 cores, 2 workers
     assert len({r.error.split()[0] for r in out if r.status == "executed"}) <= 2  # two worker processes at most
-    failure = [line for line in said if "seed1" in line and "FAILED" in line]
+    failure = [r.getMessage() for r in caplog.records if "seed1" in r.getMessage() and "FAILED" in r.getMessage()]
     assert len(failure) == 1 and "ValueError: boom" in failure[0]
     assert all(r.wall is not None and r.wall >= 0 for r in out)
 
 
 def test_local_executor_gives_each_worker_its_gpu(tmp_path, data_root, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 2, 3]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 2, 3]}}))
     tasks = [PointTask(sweep=s, run_id=p.run_id, results=str(tmp_path)) for p in s.points]
-    out = LocalExecutor(jobs=8, gpus=["3", "5"], cores=16, worker=fake_worker, **QUIET).run(tasks)
+    out = LocalExecutor(jobs=8, gpus=["3", "5"], cores=16, worker=fake_worker).run(tasks)
     assert {r.error.split("gpu=")[1] for r in out} <= {"3", "5"}
     assert all("threads=8" in r.error for r in out)  # 16 cores over 2 GPU workers
 
@@ -213,15 +214,15 @@ def test_sbatch_options():
     assert ex.parse_sbatch_options("--qos=high --account me --exclusive --comment 'a b'") == {
         "qos": "high", "account": "me", "exclusive": True, "comment": "a b"}
     assert ex.parse_sbatch_options("") == {}
-    with pytest.raises(cfg_mod.SweepError, match="long sbatch options.*'-A'"):
+    with pytest.raises(sweepfile.SweepError, match="long sbatch options.*'-A'"):
         ex.parse_sbatch_options("-A me")
 
 
 def test_slurm_without_sbatch_is_a_clear_error_and_writes_nothing(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
-    with pytest.raises(cfg_mod.SweepError, match="sbatch not found: .*install Slurm or use EXECUTOR=local"):
-        sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None, **QUIET)
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    with pytest.raises(sweepfile.SweepError, match="sbatch not found: .*install Slurm or use EXECUTOR=local"):
+        sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None)
     assert not (tmp_path / "res").exists()
 
 
@@ -245,7 +246,7 @@ def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_p
     sweep = write_sweep(tmp_path, tiny, name="tiny sweep.yaml")
     results = tmp_path / "res uni ü"
     shutil.copytree(study / "results", results)
-    platform = sw.detect_platform("cpu")
+    platform = pt.detect_platform("cpu")
     broken = run_path(results, platform, "noise1-seed0")
     broken.mkdir(parents=True)
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
@@ -295,16 +296,15 @@ class FakeCluster:
 ])
 def test_which_points_go_to_the_cluster(tmp_path, data_root, monkeypatch, nodes_are_here, platform, submitted):
     results = tmp_path / "res"
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
                                                   "grid": {"seed": [0, 1]}}))
-    folder = platform or sw.detect_platform("cpu")
+    folder = platform or pt.detect_platform("cpu")
     run_dir = finished_run(s, "seed0", results, folder)
     from utae.platform import current_fingerprint
 
     (run_dir / "platform.json").write_text(json.dumps({"fingerprint": current_fingerprint("cpu")}))
     cluster = FakeCluster(monkeypatch, nodes_are_here)
-    out = sw.run_all(s, results=results, executor="slurm", platform=platform, synthetic_root=None, report=False,
-                     **QUIET)
+    out = sw.run_all(s, results=results, executor="slurm", platform=platform, synthetic_root=None, report=False)
     assert [t.run_id for t in cluster.submitted] == submitted
     assert all(t.platform == platform for t in cluster.submitted)  # None: detected on the node
     assert out.job_ids == [f"7_{i}" for i in range(len(submitted))] and not out.failed

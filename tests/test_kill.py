@@ -122,12 +122,12 @@ def test_make_reproduce_killed_at_random_moments_ends_as_an_uninterrupted_sweep(
 
 KILL_IN_CHECKPOINT = r'''
 import os, sys, time
-import utae.results as results
+import utae.atomic as atomic
 from utae.config import RunConfig
 from utae.run import run
 
 marker = sys.argv[2]
-real = results.atomic_write_bytes
+real = atomic.atomic_write_bytes
 
 def slow_checkpoint(path, data):
     if str(path).endswith("checkpoint.pt") and os.path.exists(path):  # the second epoch's checkpoint
@@ -139,7 +139,7 @@ def slow_checkpoint(path, data):
         time.sleep(600)  # killed here, half-way through the write
     return real(path, data)
 
-results.atomic_write_bytes = slow_checkpoint
+atomic.atomic_write_bytes = slow_checkpoint
 run(RunConfig.from_dict(__import__("json").loads(sys.argv[1])))
 '''
 

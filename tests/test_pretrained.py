@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from utae.checkpoint import read_checkpoint
-from utae.config import REPO_ROOT, RunConfig, SweepError, load_sweep
+from utae.config import RunConfig
+from utae.sweepfile import REPO_ROOT, SweepError, load_sweep
 from utae.data import FOLD_ROTATIONS, fold_norm_stats, read_norm
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader
@@ -137,8 +138,8 @@ def _check_eval_only_run(out: Path, config: RunConfig, weights: Path) -> dict:
 def test_pretrained_sweep_evaluates_every_fold(release: Path, pastis: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """params/pretrained.yaml, made small (CPU, 2 patches a batch, 3 noise levels): fold 1 through the notebook
-    (utae.sweep.run_point), the other folds through utae.run.run with the sweep's own points."""
-    import utae.sweep as sw
+    (utae.point.run_point), the other folds through utae.run.run with the sweep's own points."""
+    import utae.point as pt
 
     doc = yaml.safe_load((REPO_ROOT / "params" / "pretrained.yaml").read_text())
     assert doc["fixed"]["init_weights"] == "${UTAE_WEIGHTS}/Fold_{fold}/model.pth.tar"
@@ -149,7 +150,7 @@ def test_pretrained_sweep_evaluates_every_fold(release: Path, pastis: str, tmp_p
     sweep = load_sweep(path, env={"PASTIS_ROOT": pastis, "UTAE_WEIGHTS": str(release)})
     assert [p.run_id for p in sweep.points] == [f"fold{k}" for k in range(1, 6)]
     results = tmp_path / "results"
-    assert sw.run_point(sweep, "fold1", results=results, platform="plat", threads=1, log=lambda m: None) \
+    assert pt.run_point(sweep, "fold1", results=results, platform="plat", threads=1) \
         == "executed"
     assert (results / "reports" / "plat" / "fold1.html").is_file()
     for point in sweep.points:

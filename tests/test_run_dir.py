@@ -19,7 +19,8 @@ import torch
 
 import utae.results as results_mod
 from utae.checkpoint import CheckpointError, read_checkpoint
-from utae.config import RunConfig, load_config_file, read_yaml
+from utae.config import RunConfig
+from utae.sweepfile import load_config_file, read_yaml
 from utae.results import read_json
 from utae.run import RunDirError, lock_run_dir, run
 from utae.train import parse_set
@@ -202,3 +203,21 @@ def test_numbers_are_read_as_people_type_them(root: str, tmp_path: Path) -> None
     cfg = load_config_file(path, parse_set(["seed=1", "lr=1e-3"]))
     assert cfg.lr == 0.001 and cfg.seed == 1
     assert load_config_file(path, {"seed": 0}).lr == 0.0005
+
+
+def test_a_run_folder_moved_with_its_data_resumes(tmp_path: Path) -> None:
+    """A run interrupted on one machine, moved with its data to other paths (the recorded ones no longer exist),
+    resumes there: the paths are no part of the same-run rule."""
+    first = tmp_path / "machine-a"
+    data = make_synthetic_pastis(first / "pastis", **V1_DATA)
+    assert run(config(str(data), first / "run"), max_epochs_this_call=1) is None
+    stored = read_json(first / "run" / "config.json")
+    second = tmp_path / "machine-b"
+    shutil.move(first, second)
+    assert not Path(stored["dataset_root"]).exists() and not Path(stored["out_dir"]).exists()
+    metrics = run(config(str(second / "pastis"), second / "run", num_workers=1))
+    assert metrics is not None and metrics["epochs_completed"] == 3
+    hist = pd.read_csv(second / "run" / "history.csv")
+    assert hist["epoch"].tolist() == [1, 2, 3]
+    with pytest.raises(RunDirError, match=r"belongs to a different run; differing fields: lr: stored 0.001 != new"):
+        run(config(str(second / "pastis"), second / "run", lr=0.01))  # another config is still refused

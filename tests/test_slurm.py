@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from utae import config as cfg_mod
+from utae import sweepfile
+from utae import point as pt
 from utae import sweep as sw
 from utae.executor import PointTask, SlurmExecutor, SlurmOptions
 from utae.results import report_path, run_path
@@ -29,7 +30,6 @@ from helpers import tiny_sweep_fixed
 
 pytestmark = pytest.mark.long  # jobs on a Slurm cluster
 TINY = tiny_sweep_fixed()
-QUIET = {"log": lambda message: None}
 #: Seconds a test waits for a job to reach a state before giving up (the jobs here start within seconds).
 STATE_TIMEOUT = 300
 
@@ -67,11 +67,11 @@ def data(synthetic_pastis) -> Path:
     return synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
 
 
-def tiny_sweep(folder: Path, data: Path, grid: dict, **fixed) -> cfg_mod.Sweep:
+def tiny_sweep(folder: Path, data: Path, grid: dict, **fixed) -> sweepfile.Sweep:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump({"name": "tiny", "dataset_root": str(data), "grid": grid,
                                     "fixed": {**TINY, **fixed}}, sort_keys=False))
-    return cfg_mod.load_sweep(path)
+    return sweepfile.load_sweep(path)
 
 
 def wait_for(what: str, condition, timeout: float = STATE_TIMEOUT, every: float = 0.1):
@@ -97,11 +97,11 @@ def test_two_point_sweep_end_to_end(tmp_path, data, partition):
     s = tiny_sweep(tmp_path, data, {"noise_std": [0.0, 0.5], "seed": [0]})
     results = tmp_path / "res"
     out = sw.run_all(s, results=results, executor="slurm", slurm=SlurmOptions(partition=partition),
-                     synthetic_root=None, **QUIET)
+                     synthetic_root=None)
     assert [r.status for r in out.results] == ["executed", "executed"], [r.error for r in out.results]
     array = out.job_ids[0].split("_")[0]
     assert out.job_ids == [f"{array}_0", f"{array}_1"]  # one array
-    platform = sw.detect_platform("cpu")
+    platform = pt.detect_platform("cpu")
     for i, point in enumerate(s.points):
         run_dir = run_path(results, platform, point.run_id)
         assert (run_dir / "metrics.json").is_file() and report_path(results, platform, point.run_id).is_file()
@@ -111,7 +111,7 @@ def test_two_point_sweep_end_to_end(tmp_path, data, partition):
     assert (results / "reports" / "compare.html").is_file() and (results / "reports" / "index.html").is_file()
     assert len(list((results / ".slurm").iterdir())) == 1  # the submission's own folder
     again = sw.run_all(s, results=results, executor="slurm", slurm=SlurmOptions(partition=partition),
-                       synthetic_root=None, **QUIET)
+                       synthetic_root=None)
     assert again.job_ids == [] and sorted(again.skipped) == sorted(p.run_id for p in s.points)
 
 
@@ -124,9 +124,9 @@ def test_requeued_job_resumes_to_the_uninterrupted_metrics(tmp_path, data, parti
     epochs = 10  # several epochs after the first, so the requeue lands mid-run (killing takes well under one)
     s = tiny_sweep(tmp_path, data, {"seed": [0]}, epochs=epochs)
     results = tmp_path / "res"
-    platform = sw.detect_platform("cpu")
+    platform = pt.detect_platform("cpu")
     run_dir = run_path(results, platform, "seed0")
-    cluster = SlurmExecutor(results, SlurmOptions(partition=partition), **QUIET)
+    cluster = SlurmExecutor(results, SlurmOptions(partition=partition))
     tasks = [PointTask(sweep=s, run_id="seed0", results=str(results), threads=1)]
     [job] = cluster.submit(tasks)
     wait_for("the first checkpoint", lambda: (run_dir / "checkpoint.pt").is_file(), every=0.05)
@@ -144,7 +144,7 @@ def test_requeued_job_resumes_to_the_uninterrupted_metrics(tmp_path, data, parti
     assert len(history) == epochs
     # A retrained epoch 1 would have its own timing: the resumed run kept the checkpoint's row.
     assert history.iloc[0]["sec_epoch"] == first_epoch["sec_epoch"]
-    local = run(sw.point_config(s, "seed0", tmp_path / "local" / "seed0"))
+    local = run(pt.point_config(s, "seed0", tmp_path / "local" / "seed0"))
     remote = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train", "val", "test", "test_noise", "best_epoch"):
         assert remote[key] == local[key], key  # same machine, same seed and threads: identical numbers
@@ -159,14 +159,14 @@ def test_point_trained_by_two_processes_in_one_job(tmp_path, data, partition):
     s = tiny_sweep(tmp_path, data, {"seed": [0]})
     results = tmp_path / "res"
     out = sw.run_all(s, results=results, executor="slurm", report=False, synthetic_root=None,
-                     slurm=SlurmOptions(partition=partition, tasks_per_point=2, cpus=2), **QUIET)
+                     slurm=SlurmOptions(partition=partition, tasks_per_point=2, cpus=2))
     assert [r.status for r in out.results] == ["executed"], out.results[0].error
-    run_dir = run_path(results, sw.detect_platform("cpu"), "seed0")
+    run_dir = run_path(results, pt.detect_platform("cpu"), "seed0")
     record = json.loads((run_dir / "platform.json").read_text())
     assert record["world_size"] == 2 and record["slurm"]["job_id"] == out.job_ids[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 1 and 0.0 <= metrics["test"]["miou"] <= 1.0
-    assert report_path(results, sw.detect_platform("cpu"), "seed0").is_file()
+    assert report_path(results, pt.detect_platform("cpu"), "seed0").is_file()
 
 
 def test_failed_and_cancelled_points_are_reported(tmp_path, data, partition):
@@ -174,12 +174,12 @@ def test_failed_and_cancelled_points_are_reported(tmp_path, data, partition):
     (scancel) with its state; nothing of either run is lost."""
     s = tiny_sweep(tmp_path, data, {"seed": [0, 1]}, epochs=500)
     results = tmp_path / "res"
-    platform = sw.detect_platform("cpu")
+    platform = pt.detect_platform("cpu")
     broken = run_path(results, platform, "seed0")
     broken.mkdir(parents=True)
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
     long_run = run_path(results, platform, "seed1")
-    cluster = SlurmExecutor(results, SlurmOptions(partition=partition), **QUIET)
+    cluster = SlurmExecutor(results, SlurmOptions(partition=partition))
     tasks = [PointTask(sweep=s, run_id=p.run_id, results=str(results)) for p in s.points]
     jobs = cluster.submit(tasks)
     wait_for("the long point's first checkpoint", lambda: (long_run / "checkpoint.pt").is_file())
@@ -193,9 +193,9 @@ def test_failed_and_cancelled_points_are_reported(tmp_path, data, partition):
 
 def test_unknown_partition_is_refused_before_anything_is_written(tmp_path, data, partition):
     s = tiny_sweep(tmp_path, data, {"seed": [0]})
-    with pytest.raises(cfg_mod.SweepError, match=r"partition 'no-such-partition' does not exist.*partitions: "):
+    with pytest.raises(sweepfile.SweepError, match=r"partition 'no-such-partition' does not exist.*partitions: "):
         sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None,
-                   slurm=SlurmOptions(partition="no-such-partition"), **QUIET)
+                   slurm=SlurmOptions(partition="no-such-partition"))
     assert not (tmp_path / "res").exists()
 
 
@@ -211,6 +211,6 @@ def test_unreachable_controller_is_a_clear_error(tmp_path, data, monkeypatch):
                     "AuthType=auth/munge\nNodeName=localhost CPUs=1\nPartitionName=p Nodes=localhost\n")
     monkeypatch.setenv("SLURM_CONF", str(conf))
     s = tiny_sweep(tmp_path, data, {"seed": [0]})
-    with pytest.raises(cfg_mod.SweepError, match="Slurm controller does not answer.*EXECUTOR=local"):
-        sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None, **QUIET)
+    with pytest.raises(sweepfile.SweepError, match="Slurm controller does not answer.*EXECUTOR=local"):
+        sw.run_all(s, results=tmp_path / "res", executor="slurm", synthetic_root=None)
     assert not (tmp_path / "res").exists()

@@ -6,6 +6,7 @@ Nothing here starts a kernel: notebook execution is tested in test_notebooks.py.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -13,8 +14,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from utae import cli
+from utae import point as pt
 from utae import sweep as sw
 from utae import config as cfg_mod
+from utae import sweepfile
 from utae.config import RunConfig
 from utae.results import report_path, run_path
 
@@ -29,20 +33,20 @@ def test_grid_times_fixed(tmp_path, data_root):
         "fixed": {"epochs": 2, "test_noise_stds": [0.0, 1.0]},
         "grid": {"noise_std": [0.0, 0.25, 1.0], "seed": [0, 1]},
     })
-    s = cfg_mod.load_sweep(path)
+    s = sweepfile.load_sweep(path)
     assert [p.run_id for p in s.points] == [
         "noise0-seed0", "noise0-seed1", "noise0.25-seed0", "noise0.25-seed1", "noise1-seed0", "noise1-seed1"]
     p = s.point("noise0.25-seed1")
     assert p.params == {"dataset_root": str(data_root), "epochs": 2, "test_noise_stds": [0.0, 1.0],
                         "noise_std": 0.25, "seed": 1}
     assert p.grid_values == {"noise_std": 0.25, "seed": 1}
-    assert s.name == "t" and s.timeout == cfg_mod.DEFAULT_TIMEOUT
-    with pytest.raises(cfg_mod.SweepError, match="noise0.25-seed2"):
+    assert s.name == "t" and s.timeout == sweepfile.DEFAULT_TIMEOUT
+    with pytest.raises(sweepfile.SweepError, match="noise0.25-seed2"):
         s.point("noise0.25-seed2")
 
 
 def test_no_grid_is_one_point(tmp_path, data_root):
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "epochs": 1}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "epochs": 1}))
     assert [p.run_id for p in s.points] == ["run"]
 
 
@@ -56,8 +60,8 @@ def test_unknown_parameter_is_a_clear_error(tmp_path, data_root, section):
     else:
         doc["noise_sdt"] = 1.0
     path = write_sweep(tmp_path, doc)
-    with pytest.raises(cfg_mod.SweepError) as info:
-        cfg_mod.load_sweep(path)
+    with pytest.raises(sweepfile.SweepError) as info:
+        sweepfile.load_sweep(path)
     text = str(info.value)
     assert "noise_sdt" in text and str(path) in text and "train_eval.ipynb" in text
     assert "noise_std" in text  # the suggestion
@@ -74,24 +78,24 @@ def test_parameter_unknown_to_the_notebook_fails_even_without_runconfig_check(tm
     nb_path = tmp_path / "nb.ipynb"
     nbformat.write(nb, nb_path)
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1]}})
-    with pytest.raises(cfg_mod.SweepError, match="unknown parameter 'seed' in grid"):
-        cfg_mod.load_sweep(path, notebook=nb_path, check_run_config=False)
+    with pytest.raises(sweepfile.SweepError, match="unknown parameter 'seed' in grid"):
+        sweepfile.load_sweep(path, notebook=nb_path, check_run_config=False)
 
 
 def test_notebook_without_parameters_cell(tmp_path, data_root):
     nb_path = tmp_path / "nb.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")], metadata=KERNELSPEC), nb_path)
     path = write_sweep(tmp_path, {"dataset_root": str(data_root)})
-    with pytest.raises(cfg_mod.SweepError, match="parameters"):
-        cfg_mod.load_sweep(path, notebook=nb_path)
+    with pytest.raises(sweepfile.SweepError, match="parameters"):
+        sweepfile.load_sweep(path, notebook=nb_path)
 
 
 def test_environment_variables(tmp_path, data_root):
     path = write_sweep(tmp_path, {"dataset_root": "${MY_DATA}", "fixed": {"epochs": 1}})
-    s = cfg_mod.load_sweep(path, env={"MY_DATA": str(data_root)})
+    s = sweepfile.load_sweep(path, env={"MY_DATA": str(data_root)})
     assert s.points[0].params["dataset_root"] == str(data_root)
-    with pytest.raises(cfg_mod.SweepError) as info:
-        cfg_mod.load_sweep(path, env={})
+    with pytest.raises(sweepfile.SweepError) as info:
+        sweepfile.load_sweep(path, env={})
     assert "MY_DATA" in str(info.value) and str(path) in str(info.value)
 
 
@@ -108,20 +112,20 @@ def test_environment_variables(tmp_path, data_root):
 ])
 def test_bad_sweeps(tmp_path, data_root, doc, match):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), **doc})
-    with pytest.raises(cfg_mod.SweepError, match=match):
-        cfg_mod.load_sweep(path)
+    with pytest.raises(sweepfile.SweepError, match=match):
+        sweepfile.load_sweep(path)
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(cfg_mod.SweepError, match="not found"):
-        cfg_mod.load_sweep(tmp_path / "missing.yaml")
+    with pytest.raises(sweepfile.SweepError, match="not found"):
+        sweepfile.load_sweep(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: [unclosed\n")
-    with pytest.raises(cfg_mod.SweepError, match="bad.yaml"):
-        cfg_mod.load_sweep(bad)
+    with pytest.raises(sweepfile.SweepError, match="bad.yaml"):
+        sweepfile.load_sweep(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(cfg_mod.SweepError, match="mapping"):
-        cfg_mod.load_sweep(bad)
+    with pytest.raises(sweepfile.SweepError, match="mapping"):
+        sweepfile.load_sweep(bad)
 
 
 def test_run_ids_are_filesystem_safe():
@@ -136,7 +140,7 @@ def test_run_ids_are_filesystem_safe():
 def test_notebook_parameters_mirror_runconfig():
     """The parameters cell of train_eval.ipynb has one variable per RunConfig field, with its default
     (dataset_root excepted: the notebook points at the synthetic dataset), plus repo_url for Colab."""
-    params = cfg_mod.notebook_parameters(cfg_mod.TRAIN_NOTEBOOK)
+    params = sweepfile.notebook_parameters(sweepfile.TRAIN_NOTEBOOK)
     fields = cfg_mod.run_config_fields()
     assert set(params) == set(fields) | {"repo_url"}
     for name, default in fields.items():
@@ -155,7 +159,7 @@ def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
     text = sweep_file.read_text()
     # Every ${VAR} the file uses (PASTIS_ROOT, UTAE_WEIGHTS, ...) points into the temporary folder.
     env = {name: str(tmp_path / name) for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)}
-    s = cfg_mod.load_sweep(sweep_file, env=env)
+    s = sweepfile.load_sweep(sweep_file, env=env)
     assert s.points
     for point in s.points:
         params = dict(point.params)
@@ -172,7 +176,7 @@ def test_shipped_sweeps_are_valid(sweep_file, tmp_path):
 
 
 def test_default_sweep_is_the_study_grid():
-    s = cfg_mod.load_sweep(REPO_ROOT / "params" / "default.yaml")
+    s = sweepfile.load_sweep(REPO_ROOT / "params" / "default.yaml")
     assert len(s.grid["noise_std"]) >= 5 and len(s.grid["seed"]) >= 3
     root = Path(s.fixed["dataset_root"])
     assert not root.is_absolute() and root.parts[0] == "data"  # generated inside the clone (ignored by git)
@@ -197,21 +201,19 @@ def test_prepare_sweep_generates_the_synthetic_root_once(tmp_path, monkeypatch):
         Path(root).mkdir(parents=True)
         return Path(root)
 
-    import utae.synthetic
-
-    monkeypatch.setattr(utae.synthetic, "make_synthetic_pastis", fake_make)
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0, 1, 2]}}))
-    sw.prepare_sweep(s, synthetic_root=synth, log=lambda m: None)
+    monkeypatch.setattr(sw, "make_synthetic_pastis", fake_make)
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(synth), "grid": {"seed": [0, 1, 2]}}))
+    sw.prepare_sweep(s, synthetic_root=synth)
     assert calls == [synth]  # three points, one dataset
-    sw.prepare_sweep(s, synthetic_root=synth, log=lambda m: None)
+    sw.prepare_sweep(s, synthetic_root=synth)
     assert calls == [synth]  # there now
-    other = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(tmp_path / "real"), "grid": {"seed": [0]}},
+    other = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(tmp_path / "real"), "grid": {"seed": [0]}},
                                            name="other.yaml"))
-    with pytest.raises(cfg_mod.SweepError, match="PASTIS_ROOT"):
-        sw.prepare_sweep(other, synthetic_root=synth, log=lambda m: None)
+    with pytest.raises(sweepfile.SweepError, match="PASTIS_ROOT"):
+        sw.prepare_sweep(other, synthetic_root=synth)
 
 
-def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path):
+def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path, caplog):
     """A sweep's ``synthetic:`` options are the generator's: the dataset_root is written with them (recorded in
     SYNTHETIC.json), kept when they match, and refused, naming the differing option, when they do not."""
     import numpy as np
@@ -222,27 +224,28 @@ def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path)
     root = tmp_path / "synth"
     doc = {"dataset_root": str(root), "synthetic": {"n_patches": 5, "size": 8, "t_range": [3, 4]},
            "grid": {"seed": [0, 1]}}
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, doc))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, doc))
     assert s.synthetic["t_range"] == [3, 4] and s.synthetic["noise"] == 1.0  # the defaults filled in
-    logs: list[str] = []
-    sw.prepare_sweep(s, synthetic_root=None, log=logs.append)
+    caplog.set_level(logging.INFO, logger="utae")
+    sw.prepare_sweep(s, synthetic_root=None)
     assert read_generator_options(root) == s.synthetic
     images = sorted((root / "DATA_S2").glob("*.npy"))
     assert len(images) == 5
     assert {np.load(p, mmap_mode="r").shape[0] for p in images} <= {3, 4}
     stamp = (root / OPTIONS_FILE).stat().st_mtime_ns
-    sw.prepare_sweep(s, synthetic_root=None, log=logs.append)  # same options: kept, not rewritten
-    assert (root / OPTIONS_FILE).stat().st_mtime_ns == stamp and len(logs) == 1
+    sw.prepare_sweep(s, synthetic_root=None)  # same options: kept, not rewritten
+    written = [r for r in caplog.records if "synthetic dataset written" in r.getMessage()]
+    assert (root / OPTIONS_FILE).stat().st_mtime_ns == stamp and len(written) == 1
 
-    changed = cfg_mod.load_sweep(write_sweep(tmp_path, {**doc, "synthetic": {**doc["synthetic"], "t_range": [5, 6]}},
+    changed = sweepfile.load_sweep(write_sweep(tmp_path, {**doc, "synthetic": {**doc["synthetic"], "t_range": [5, 6]}},
                                              name="changed.yaml"))
-    with pytest.raises(cfg_mod.SweepError, match=r"changed.yaml.*t_range.*\[3, 4\].*\[5, 6\].*delete the folder"):
-        sw.prepare_sweep(changed, synthetic_root=None, log=lambda m: None)
+    with pytest.raises(sweepfile.SweepError, match=r"changed.yaml.*t_range.*\[3, 4\].*\[5, 6\].*delete the folder"):
+        sw.prepare_sweep(changed, synthetic_root=None)
     assert image_path(root, int(images[0].stem.split("_")[1])).is_file()  # nothing deleted
 
     (root / OPTIONS_FILE).unlink()  # a dataset from before the record, or one copied by hand
-    with pytest.raises(cfg_mod.SweepError, match="no record of its options"):
-        sw.prepare_sweep(s, synthetic_root=None, log=lambda m: None)
+    with pytest.raises(sweepfile.SweepError, match="no record of its options"):
+        sw.prepare_sweep(s, synthetic_root=None)
 
 
 @pytest.mark.parametrize("synthetic, match", [
@@ -252,14 +255,14 @@ def test_synthetic_key_generates_its_dataset_and_refuses_other_options(tmp_path)
 ])
 def test_bad_synthetic_key(tmp_path, synthetic, match):
     path = write_sweep(tmp_path, {"dataset_root": str(tmp_path / "d"), "synthetic": synthetic, "grid": {"seed": [0]}})
-    with pytest.raises(cfg_mod.SweepError, match=match):
-        cfg_mod.load_sweep(path)
+    with pytest.raises(sweepfile.SweepError, match=match):
+        sweepfile.load_sweep(path)
 
 
 def test_prepare_sweep_checks_every_point_first(tmp_path, data_root):
     bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [1, 7]}}, name="bad.yaml")
-    with pytest.raises(cfg_mod.SweepError, match="fold7.*fold"):
-        sw.prepare_sweep(cfg_mod.load_sweep(bad), synthetic_root=None, log=lambda m: None)
+    with pytest.raises(sweepfile.SweepError, match="fold7.*fold"):
+        sw.prepare_sweep(sweepfile.load_sweep(bad), synthetic_root=None)
 
 
 def test_study_folders(tmp_path, monkeypatch):
@@ -270,16 +273,16 @@ def test_study_folders(tmp_path, monkeypatch):
         (tmp_path / rel).write_text("{}")
     assert sw.study_folders(tmp_path / "results") == [tmp_path / "results", tmp_path / "results" / "study-a"]
     monkeypatch.chdir(tmp_path / "results" / "bench")
-    with pytest.raises(cfg_mod.SweepError, match="no results folder with finished runs"):
-        sw.report_studies([], log=lambda m: None)
-    with pytest.raises(cfg_mod.SweepError, match="no finished run"):
-        sw.report_studies([tmp_path / "results" / "unfinished"], log=lambda m: None)
+    with pytest.raises(sweepfile.SweepError, match="no results folder with finished runs"):
+        sw.report_studies([])
+    with pytest.raises(sweepfile.SweepError, match="no finished run"):
+        sw.report_studies([tmp_path / "results" / "unfinished"])
 
 
 def test_default_jobs(tmp_path, data_root, monkeypatch):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
                                   "grid": {"seed": [0, 1, 2, 3, 4]}})
-    s = cfg_mod.load_sweep(path)
+    s = sweepfile.load_sweep(path)
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 4)
     assert sw.default_jobs(s) == 4  # one a core
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 16)
@@ -293,20 +296,20 @@ def test_default_jobs(tmp_path, data_root, monkeypatch):
 def test_make_jobs(monkeypatch, flags, jobs):
     monkeypatch.setenv("MAKEFLAGS", flags)
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 8)
-    assert sw._make_jobs() == (8 if jobs is None else jobs)
+    assert pt.make_jobs() == (8 if jobs is None else jobs)
 
 
 def test_thread_env(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(sw.os, "cpu_count", lambda: 4)
     monkeypatch.setenv("MAKEFLAGS", " -j2")
-    assert sw._thread_env(None) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    assert sw._thread_env(3)["OMP_NUM_THREADS"] == "3"
+    assert pt._thread_env(None) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert pt._thread_env(3)["OMP_NUM_THREADS"] == "3"
     monkeypatch.setenv("MAKEFLAGS", "")
-    assert sw._thread_env(None) == {}
+    assert pt._thread_env(None) == {}
     monkeypatch.setenv("MAKEFLAGS", " -j2")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert sw._thread_env(None) == {}  # the user's setting wins
+    assert pt._thread_env(None) == {}  # the user's setting wins
 
 
 def _never(*args, **kwargs):
@@ -314,19 +317,19 @@ def _never(*args, **kwargs):
 
 
 def test_finished_point_is_skipped_without_a_kernel(tmp_path, data_root, monkeypatch):
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
     run_dir, report = (run_path(tmp_path / "res", "plat", "seed0"), report_path(tmp_path / "res", "plat", "seed0"))
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text("{}")
     report.parent.mkdir(parents=True)
     report.write_text("<html></html>")
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    assert sw.run_point(s, "seed0", results=tmp_path / "res", platform="plat", log=lambda m: None) == "skipped"
+    assert pt.run_point(s, "seed0", results=tmp_path / "res", platform="plat") == "skipped"
     assert report.read_text() == "<html></html>"
 
 
 def test_finished_point_without_report_is_only_rendered(tmp_path, data_root, monkeypatch):
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}}))
     run_dir, report = (run_path(tmp_path / "res", "plat", "seed0"), report_path(tmp_path / "res", "plat", "seed0"))
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text("{}")
@@ -335,29 +338,29 @@ def test_finished_point_without_report_is_only_rendered(tmp_path, data_root, mon
                                              nbformat.v4.new_output("stream", text="visible output")])])
     nbformat.write(nb, run_dir / "run.ipynb")
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    assert sw.run_point(s, "seed0", results=tmp_path / "res", platform="plat", log=lambda m: None) == "rendered"
+    assert pt.run_point(s, "seed0", results=tmp_path / "res", platform="plat") == "rendered"
     page = report.read_text()
     assert "visible output" in page and "secret_code" not in page and "<title>A run</title>" in page
     assert 'href="../index.html"' in page
 
 
 def test_bad_value_fails_before_any_kernel(tmp_path, data_root, monkeypatch):
-    s = cfg_mod.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}))
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}))
     monkeypatch.setattr(sw, "execute_notebook", _never)
-    with pytest.raises(cfg_mod.SweepError, match="fold"):
-        sw.run_point(s, "fold9", results=tmp_path / "res", platform="plat", log=lambda m: None)
+    with pytest.raises(sweepfile.SweepError, match="fold"):
+        pt.run_point(s, "fold9", results=tmp_path / "res", platform="plat")
 
 
 def test_cli_reports_errors(tmp_path, data_root, capsys):
     path = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"sede": [0]}})
-    assert sw.main(["list", str(path)]) == 2
+    assert cli.main(["list", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown parameter 'sede'" in err and str(path) in err
     good = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0, 1]}}, name="good.yaml")
-    assert sw.main(["list", str(good)]) == 0
+    assert cli.main(["list", str(good)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in out] == ["seed0", "seed1"]
-    assert sw.main(["run-all", str(path), "--results", str(tmp_path / "r")]) == 2
+    assert cli.main(["run-all", str(path), "--results", str(tmp_path / "r")]) == 2
     assert "unknown parameter 'sede'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written before the sweep is valid
 

@@ -1,38 +1,22 @@
-"""The configuration of a run (:class:`RunConfig`) and the one reader of ``params/*.yaml``.
+"""The configuration of a run: one validated dataclass, :class:`RunConfig` (one field per parameter of
+``notebooks/train_eval.ipynb``), torch-free so that a sweep's process checks its points without importing torch.
 
-A run is defined by one validated dataclass, :class:`RunConfig` (one field per parameter of
-``notebooks/train_eval.ipynb``). Files are read by one reader, :func:`load_sweep`; :func:`load_config_file`
-(the command line's ``--config``) is one point of a sweep. A sweep file is a YAML mapping::
+Sweep files (``params/*.yaml``) are read by :mod:`utae.sweepfile`. Run ids have one rule, :func:`run_id_for`: the
+grid values in grid order, e.g. ``noise0.5-seed1``; a run outside a sweep is named from its fold, noise and seed
+(``fold1-noise0.5-seed0``). Which fields may differ within one run (paths, workers) is :data:`HARMLESS_FIELDS`,
+used by the same-run rule (:func:`utae.runfolder.config_differences`).
 
-    name: default                  # optional label (default: the file's stem)
-    description: ...               # optional
-    dataset_root: ${PASTIS_ROOT}   # any RunConfig field at the top level is a fixed value
-    fixed:                         # fixed values of RunConfig fields, the same for every point
-      epochs: 8
-      test_noise_stds: [0.0, 0.5, 1.0]
-    grid:                          # lists of values; the points are their Cartesian product
-      noise_std: [0.0, 0.25, 0.5]
-      seed: [0, 1, 2]
-    timeout: 3600                  # optional: papermill's execution timeout per cell, in seconds
-    synthetic:                     # optional: the dataset_root is synthetic data with these generator options
-      t_range: [10, 14]            #   (utae.synthetic.generator_options), written before the first point runs
-
-A file with neither ``fixed`` nor ``grid`` is a single run: every top-level key is a field. ``${VAR}`` in a
-string is replaced by the environment variable ``VAR`` (an unset one is an error that names it and the file).
-Every key of ``fixed`` and ``grid`` must be a parameter of the parameters cell of the sweep's notebook and a
-RunConfig field; ``out_dir`` and ``run_id`` are set by the sweep. Numbers are read as people type them:
-``1e-3`` is a float (plain YAML 1.1 reads it as a string).
-
-Run ids have one rule, :func:`run_id_for`: the grid values in grid order, e.g. ``noise0.5-seed1``; a run
-outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``).
+Adding a field (three places): (1) here, the field with its default, its line in the docstring and its check in
+``__post_init__`` (a choice list as a tuple constant, next to the others); (2) where it is used (the engine, the
+loaders...); (3) the parameters cell of ``notebooks/train_eval.ipynb``, one variable of the same name and default.
+The sweep-file reader, the notebook's ``from_namespace``, config.json, the same-run rule (an old run without the
+field counts as its default) and the command line's ``--set`` follow from the dataclass; a field that does not
+change the arithmetic (a path, a worker count) also goes into :data:`HARMLESS_FIELDS`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
-import itertools
 import math
 import os
 import re
@@ -42,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from utae.checks import is_int, is_number
 from utae.classes import N_CLASSES
@@ -53,29 +36,23 @@ __all__ = [
     "LR_SCHEDULES",
     "NORM_STATS",
     "FOLD_PLACEHOLDER",
-    "config_differences",
-    "read_yaml",
-    "SweepError",
-    "SweepPoint",
-    "Sweep",
-    "REPO_ROOT",
-    "TRAIN_NOTEBOOK",
-    "COMPARE_NOTEBOOK",
-    "expand_env",
-    "notebook_parameters",
+    "AMP_MODES",
+    "GPU_AMP_MODES",
+    "NOISE_SPACES",
     "run_config_fields",
     "run_id_for",
-    "load_sweep",
-    "load_config_file",
 ]
 
-REPO_ROOT: Path = Path(__file__).resolve().parent.parent
-"""The repository root: notebooks run with it as their working directory."""
-TRAIN_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "train_eval.ipynb"
-COMPARE_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "compare.ipynb"
-DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long real-PASTIS training
-#: Fields that may differ between a stored run's config.json and a new config for the same run directory.
-HARMLESS_FIELDS: frozenset[str] = frozenset({"progress", "num_workers", "out_dir"})
+#: Fields that do not change a run's arithmetic: paths of a machine, worker processes, progress bars. They may
+#: differ between two configs of the same run (the same-run rule, :func:`utae.runfolder.config_differences`;
+#: of ``init_weights`` only whether it is set counts there, the file is identified by its recorded sha256).
+HARMLESS_FIELDS: frozenset[str] = frozenset({"dataset_root", "out_dir", "init_weights", "num_workers", "progress"})
+#: The precision modes of ``RunConfig.amp`` (see :mod:`utae.precision`).
+AMP_MODES: tuple[str, ...] = ("off", "tf32", "bf16", "fp16", "auto")
+#: The modes that need a GPU, with what they need: refused at once for device ``"cpu"``.
+GPU_AMP_MODES: dict[str, str] = {"fp16": "a CUDA GPU", "tf32": "an Ampere or newer CUDA GPU"}
+#: The units of ``RunConfig.noise_space`` (see :mod:`utae.noise`, whose NOISE_SPACES must equal it).
+NOISE_SPACES: tuple[str, ...] = ("normalized", "raw")
 #: The learning-rate schedules of ``RunConfig.lr_schedule`` (see :func:`utae.engine.make_scheduler`).
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "onecycle")
 #: The normalisation statistics of ``RunConfig.norm_stats`` (see :func:`utae.loaders.make_datasets`).
@@ -83,11 +60,9 @@ NORM_STATS: tuple[str, ...] = ("train_folds", "own_folds")
 #: The placeholder of ``RunConfig.init_weights`` that is replaced by the run's fold.
 FOLD_PLACEHOLDER = "{fold}"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid", "synthetic"})
-_SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
 _ID_PREFIX = {"noise_std": "noise", "noise_fraction": "frac", "noise_space": "space", "noise_resample": "resample",
               "batch_size": "bs", "encoder_widths": "enc", "decoder_widths": "dec"}
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,12 +253,6 @@ class RunConfig:
             raise ValueError(f"n_head ({self.n_head}) must divide every encoder width {self.encoder_widths}")
 
     def _check_choices(self) -> None:
-        # Imported here: reading a sweep file needs no torch (each point of `make reproduce` starts faster).
-        import torch
-
-        from utae.noise import NOISE_SPACES
-        from utae.precision import AMP_MODES, resolve_amp
-
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r} (unknown device)")
         if self.noise_space not in NOISE_SPACES:
@@ -294,8 +263,8 @@ class RunConfig:
             raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {self.norm_stats!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.device == "cpu" and self.amp != "auto":  # GPU-only modes fail here already ("auto" never fails;
-            resolve_amp(self.amp, torch.device("cpu"))  # a GPU's own modes are known at run time)
+        if self.device == "cpu" and self.amp in GPU_AMP_MODES:  # a GPU's own modes are known at run time
+            raise ValueError(f"amp={self.amp!r} needs {GPU_AMP_MODES[self.amp]}, got device cpu; use amp='off'")
 
     def _check_flags(self) -> None:
         for name in ("noise_resample", "deterministic", "channels_last", "compile", "progress"):
@@ -373,148 +342,9 @@ class RunConfig:
         return cls.from_dict({n: namespace[n] for n in names})
 
 
-def config_differences(stored: Mapping[str, Any], config: RunConfig) -> list[str]:
-    """The non-harmless fields whose values differ between a stored config.json and ``config``."""
-    try:
-        stored_cfg = RunConfig.from_dict(stored).to_dict()
-    except (TypeError, ValueError):
-        stored_cfg = dict(stored)
-    new = config.to_dict()
-    keys = sorted((set(stored_cfg) | set(new)) - HARMLESS_FIELDS)
-    return [f"{k}: stored {stored_cfg.get(k, '<absent>')!r} != new {new.get(k, '<absent>')!r}"
-            for k in keys if stored_cfg.get(k, "<absent>") != new.get(k, "<absent>")]
-
-# --------------------------------------------------------------------------------------------------
-# YAML: one loader for sweep files and --set values
-# --------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader (no python objects), with YAML 1.2's reading of plain words: ``1e-3`` and ``1E5``
-    are floats (YAML 1.1 needs a dot in the mantissa), and only ``true``/``false`` are booleans (YAML 1.1 also
-    reads ``off``, ``on``, ``yes`` and ``no`` as booleans, so ``amp: off`` would not be the string "off")."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                |[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(text: str) -> Any:
-    """Parse YAML text safely (no code runs), reading ``1e-3`` as a float."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-
-
-# --------------------------------------------------------------------------------------------------
-# Sweep files
-# --------------------------------------------------------------------------------------------------
-
-
-class SweepError(ValueError):
-    """A sweep file or a sweep point that cannot be used; the message names the file and the key."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepPoint:
-    """One run of a sweep: its ``run_id`` and the notebook parameters (RunConfig fields, no out_dir)."""
-
-    run_id: str
-    params: dict[str, Any]
-    grid_values: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-    """A loaded sweep file (see the module docstring)."""
-
-    path: Path
-    name: str
-    description: str
-    notebook: Path
-    timeout: int
-    fixed: dict[str, Any]
-    grid: dict[str, list[Any]]
-    points: tuple[SweepPoint, ...]
-    #: the ``synthetic:`` key: full generator options of the sweep's synthetic dataset_root, or None
-    synthetic: dict[str, Any] | None = None
-
-    def point(self, run_id: str) -> SweepPoint:
-        """The point named ``run_id``; a SweepError lists the known ids otherwise."""
-        for p in self.points:
-            if p.run_id == run_id:
-                return p
-        close = difflib.get_close_matches(run_id, [p.run_id for p in self.points], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SweepError(f"{self.path}: no point {run_id!r}{hint}; points: {', '.join(p.run_id for p in self.points)}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading and validating
-# --------------------------------------------------------------------------------------------------
-
-
-def expand_env(value: Any, env: Mapping[str, str], source: str | os.PathLike[str]) -> Any:
-    """``value`` with every ``${VAR}`` in its strings replaced from ``env`` (recursing into lists and dicts).
-
-    Raises:
-        SweepError: naming the variable and ``source`` when a variable is unset or empty.
-    """
-    if isinstance(value, str):
-        def repl(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if not env.get(name):
-                raise SweepError(f"{source}: environment variable {name} is not set (used in {value!r}); "
-                                 f"set it, e.g. `make reproduce SWEEP={source} {name}=/path/to/...`")
-            return env[name]
-        return _ENV_RE.sub(repl, value)
-    if isinstance(value, list):
-        return [expand_env(v, env, source) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_env(v, env, source) for k, v in value.items()}
-    return value
-
-
-def notebook_parameters(notebook: str | os.PathLike[str] = TRAIN_NOTEBOOK) -> dict[str, Any]:
-    """The parameters defined by the cell tagged ``parameters`` of ``notebook``, with their defaults.
-
-    Raises:
-        SweepError: when the notebook is missing or has no parameters cell.
-    """
-    import papermill  # imported here: it is slow to import, and only sweeps need it
-
-    notebook = Path(notebook)
-    if not notebook.is_file():
-        raise SweepError(f"notebook {notebook} not found")
-    try:
-        params = papermill.inspect_notebook(str(notebook))
-    except (ValueError, OSError) as exc:
-        raise SweepError(f"cannot read the parameters cell of {notebook}: {exc}") from exc
-    if not params:
-        raise SweepError(f"{notebook} has no cell tagged 'parameters' (or it defines nothing)")
-    out = {}
-    for name, info in params.items():
-        default = info.get("default")
-        try:
-            out[name] = ast.literal_eval(default) if isinstance(default, str) else default
-        except (ValueError, SyntaxError):
-            out[name] = default
-    return out
-
 
 def run_config_fields() -> dict[str, Any]:
-    """The fields of :class:`utae.train.RunConfig` with their defaults (tuples for sequences)."""
+    """The fields of :class:`RunConfig` with their defaults (tuples for sequences)."""
     out = {}
     for f in dataclasses.fields(RunConfig):
         if f.default is not dataclasses.MISSING:
@@ -541,136 +371,3 @@ def run_id_for(grid_values: Mapping[str, Any]) -> str:
     ``"noise0.5-seed1"``; no grid -> ``"run"``."""
     parts = [f"{_ID_PREFIX.get(k, k.replace('_', ''))}{_id_value(v)}" for k, v in grid_values.items()]
     return "-".join(parts) or "run"
-
-
-def _unknown_key_error(path: Path, section: str, key: str, valid: Sequence[str], notebook: Path) -> SweepError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return SweepError(f"{path}: unknown parameter {key!r} in {section}: the parameters cell of {notebook} "
-                      f"(and RunConfig) define no such name.{hint} Valid names: {', '.join(sorted(valid))}")
-
-
-def load_sweep(
-    path: str | os.PathLike[str],
-    env: Mapping[str, str] | None = None,
-    notebook: str | os.PathLike[str] | None = None,
-    check_run_config: bool = True,
-) -> Sweep:
-    """Read, expand and validate a sweep file (see the module docstring).
-
-    Args:
-        path: the YAML file.
-        env: the environment for ``${VAR}`` (default ``os.environ``).
-        notebook: the run notebook whose parameters cell the keys are checked against (default the
-            sweep's ``notebook`` key, else ``notebooks/train_eval.ipynb``).
-        check_run_config: also check the keys against :class:`utae.train.RunConfig` (imports torch).
-
-    Raises:
-        SweepError: unreadable file, unknown or misplaced key, empty grid list, duplicate run ids,
-            unset environment variable; the message names the file and the key.
-    """
-    path = Path(path)
-    env = os.environ if env is None else env
-    try:
-        doc = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"sweep file {path} not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise SweepError(f"{path}: a sweep file must be a YAML mapping (fixed:, grid:), got {type(doc).__name__}")
-    nb_path = Path(notebook) if notebook is not None else Path(doc.get("notebook") or TRAIN_NOTEBOOK)
-    if not nb_path.is_absolute() and not nb_path.is_file():
-        nb_path = REPO_ROOT / nb_path
-    nb_params = notebook_parameters(nb_path)
-    valid = set(nb_params)
-    if check_run_config:
-        valid &= set(run_config_fields())
-
-    fixed_raw = doc.get("fixed") or {}
-    grid_raw = doc.get("grid") or {}
-    if not isinstance(fixed_raw, dict):
-        raise SweepError(f"{path}: 'fixed' must be a mapping of parameter: value, got {type(fixed_raw).__name__}")
-    if not isinstance(grid_raw, dict):
-        raise SweepError(f"{path}: 'grid' must be a mapping of parameter: [values], got {type(grid_raw).__name__}")
-    fixed: dict[str, Any] = {}
-    for key, value in doc.items():  # top-level RunConfig fields are fixed values
-        if key in _META_KEYS:
-            continue
-        if key not in valid:
-            raise _unknown_key_error(path, "the top level", str(key), sorted(valid | _META_KEYS), nb_path)
-        fixed[key] = value
-    for key, value in fixed_raw.items():
-        if key not in valid:
-            raise _unknown_key_error(path, "fixed", str(key), sorted(valid), nb_path)
-        if key in fixed:
-            raise SweepError(f"{path}: {key!r} is given both at the top level and in fixed")
-        fixed[key] = value
-    grid: dict[str, list[Any]] = {}
-    for key, values in grid_raw.items():
-        if key not in valid:
-            raise _unknown_key_error(path, "grid", str(key), sorted(valid), nb_path)
-        if key in fixed:
-            raise SweepError(f"{path}: {key!r} is both fixed and in the grid; keep one")
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
-        grid[key] = values
-    single_run = "fixed" not in doc and "grid" not in doc  # a file of one run may name its out_dir and run_id
-    for key in () if single_run else _SET_BY_SWEEP:
-        if key in fixed or key in grid:
-            raise SweepError(f"{path}: {key!r} is set by the sweep (results/runs/<platform>/<run_id>); remove it")
-    fixed = expand_env(fixed, env, path)
-    grid = expand_env(grid, env, path)
-
-    timeout = doc.get("timeout", DEFAULT_TIMEOUT)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
-    synthetic = doc.get("synthetic")
-    if synthetic is not None:
-        from utae.synthetic import generator_options
-
-        if not isinstance(synthetic, dict):
-            raise SweepError(f"{path}: 'synthetic' must be a mapping of generator options (e.g. t_range: [10, 14]), "
-                             f"got {type(synthetic).__name__}")
-        try:
-            synthetic = generator_options(synthetic, source=f"{path}: synthetic")
-        except ValueError as exc:
-            raise SweepError(str(exc)) from None
-        if "dataset_root" in grid:
-            raise SweepError(f"{path}: 'synthetic' describes one dataset_root; it cannot be combined with "
-                             "dataset_root in the grid")
-    points = []
-    seen: dict[str, dict[str, Any]] = {}
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo))
-        run_id = run_id_for(values)
-        if run_id in seen:
-            raise SweepError(f"{path}: grid points {seen[run_id]} and {values} both get run_id {run_id!r}")
-        seen[run_id] = values
-        points.append(SweepPoint(run_id=run_id, params={**fixed, **values}, grid_values=values))
-    return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
-                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points),
-                 synthetic=synthetic)
-
-
-
-def load_config_file(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """The RunConfig of one point of a sweep file (or of a single-run file), read by :func:`load_sweep`.
-
-    ``overrides`` (the command line's ``--set``) must pin every grid key, and may override any field.
-
-    Raises:
-        SweepError: naming the file and the key (see :func:`load_sweep`), or the grid keys not pinned.
-        ValueError: the point is not a valid RunConfig (the message names the field).
-    """
-    sweep = load_sweep(path)
-    overrides = dict(overrides or {})
-    known = set(run_config_fields())
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise SweepError(f"--set: unknown RunConfig field(s) {unknown}; known fields: {sorted(known)}")
-    missing = [k for k in sweep.grid if k not in overrides]
-    if missing:
-        raise SweepError(f"{path} is a sweep: choose its grid point with --set {missing[0]}=... "
-                         f"for every grid key {list(sweep.grid)} (missing {missing})")
-    return RunConfig.from_dict({**sweep.fixed, **overrides})

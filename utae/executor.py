@@ -1,6 +1,6 @@
 """Executors of sweep points: worker processes on this machine, or a Slurm job array.
 
-Both run the same point runner, :func:`utae.sweep.run_point`, on :class:`PointTask` s and give back one
+Both run the same point runner, :func:`utae.point.run_point`, on :class:`PointTask` s and give back one
 :class:`PointResult` a point; a failing point is reported (the tail of its traceback or log) while the others
 go on. :func:`utae.sweep.run_all` prepares and checks the sweep, picks the unfinished points and calls one of:
 
@@ -21,6 +21,7 @@ go on. :func:`utae.sweep.run_all` prepares and checks the sweep, picks the unfin
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -37,7 +38,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
-from utae.config import REPO_ROOT, Sweep, SweepError
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from utae.sweepfile import REPO_ROOT, Sweep, SweepError
+from utae.console import configure_logging
+from utae.point import LOG_TAIL_LINES, run_point, tail
 
 try:
     import submitit
@@ -57,9 +63,7 @@ __all__ = [
     "parse_sbatch_options",
 ]
 
-Log = Callable[[str], Any]
-#: Lines of a failed job's log shown in its error.
-LOG_TAIL_LINES = 20
+log = logging.getLogger(__name__)
 #: Default time limit of a point's Slurm job, minutes.
 DEFAULT_SLURM_TIME = 240
 #: A point's job is requeued after this many time-outs at most (preemptions do not count).
@@ -78,7 +82,7 @@ class PointTask:
         gpu: ``CUDA_VISIBLE_DEVICES`` of the point (local executor).
         threads: torch threads; None: decided by the executor.
         timeout: papermill's timeout per cell (None: the sweep's).
-        tasks: training processes of the point (see :func:`utae.sweep.run_point`).
+        tasks: training processes of the point (see :func:`utae.point.run_point`).
     """
 
     sweep: Sweep
@@ -96,7 +100,7 @@ class PointResult:
     """The outcome of one point.
 
     Attributes:
-        status: ``"executed"``, ``"rendered"``, ``"skipped"`` (see :func:`utae.sweep.run_point`) or ``"failed"``.
+        status: ``"executed"``, ``"rendered"``, ``"skipped"`` (see :func:`utae.point.run_point`) or ``"failed"``.
         seconds: time spent in the point runner (None where unknown, e.g. a job killed by the cluster).
         error: for a failed point, what went wrong and the tail of its traceback or log.
         job_id: the Slurm job (``<array>_<task>``), None locally.
@@ -112,38 +116,27 @@ class PointResult:
 
 
 def run_task(task: PointTask) -> PointResult:
-    """Run one point with :func:`utae.sweep.run_point`; an exception becomes a failed result (its message
+    """Run one point with :func:`utae.point.run_point`; an exception becomes a failed result (its message
     carries the traceback's tail)."""
-    from utae.sweep import run_point
-
     start = time.perf_counter()
     try:
         status = run_point(task.sweep, task.run_id, results=task.results, platform=task.platform, gpu=task.gpu,
-                           threads=task.threads, timeout=task.timeout, tasks=task.tasks,
-                           log=lambda message: print(message, flush=True))
+                           threads=task.threads, timeout=task.timeout, tasks=task.tasks)
     except Exception as exc:  # reported by the executor; the other points go on
         return PointResult(task.run_id, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
     return PointResult(task.run_id, status, time.perf_counter() - start)
 
 
-def _progress(total: int, desc: str) -> Any:
+def _progress(total: int, desc: str) -> tqdm:
     """A tqdm bar over points on a terminal; on a pipe or file no bar (the log lines say the same)."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="point", file=sys.stderr, disable=not sys.stderr.isatty(),
                 dynamic_ncols=True)
 
 
-def _write(bar: Any, log: Log) -> Log:
-    """A log function that prints above the progress bar."""
-    from tqdm import tqdm
-
-    def write(message: str) -> None:
-        if bar.disable or log is not print:
-            log(message)
-        else:
-            tqdm.write(message, file=sys.stdout)
-    return write
+def _init_worker(level: int) -> None:
+    """A worker process shows the point runner's messages as the parent does."""
+    if level <= logging.INFO:
+        configure_logging(level)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,14 +156,13 @@ class LocalExecutor:
     """
 
     def __init__(self, jobs: int, gpus: Sequence[str] = (), threads: int | None = None, cores: int | None = None,
-                 log: Log = print, worker: Callable[[PointTask], PointResult] = run_task) -> None:
+                 worker: Callable[[PointTask], PointResult] = run_task) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.jobs = jobs if not gpus else min(jobs, len(gpus))
         self.gpus = list(gpus)
         self.threads = threads
         self.cores = cores or os.cpu_count() or 1
-        self.log = log
         self.worker = worker
 
     def threads_for(self) -> int | None:
@@ -187,15 +179,22 @@ class LocalExecutor:
             return None
         return max(1, self.cores // self.jobs)
 
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                                   initargs=(logging.getLogger("utae").getEffectiveLevel(),))
+
     def run(self, tasks: Sequence[PointTask]) -> list[PointResult]:
         """Run ``tasks`` (at most ``jobs`` at a time) and return one result each, in the order of ``tasks``."""
+        with logging_redirect_tqdm(loggers=[logging.getLogger("utae")]):  # log lines above the bar
+            return self._run(tasks)
+
+    def _run(self, tasks: Sequence[PointTask]) -> list[PointResult]:
         queue = list(tasks)
         results: dict[str, PointResult] = {}
         running: dict[Future[PointResult], tuple[PointTask, float, str | None]] = {}
         free_gpus = list(self.gpus)
         bar = _progress(len(queue), "points")
-        say = _write(bar, self.log)
-        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn"))
+        pool = self._pool()
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
@@ -206,7 +205,7 @@ class LocalExecutor:
                         future = pool.submit(self.worker, task)
                     except BrokenProcessPool:  # a worker died (killed, out of memory): start a new pool
                         pool.shutdown(wait=False, cancel_futures=True)
-                        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn"))
+                        pool = self._pool()
                         future = pool.submit(self.worker, task)
                     running[future] = (task, time.perf_counter(), gpu)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -225,10 +224,10 @@ class LocalExecutor:
                     results[task.run_id] = result
                     bar.update(1)
                     if result.status == "failed":
-                        say(f"[sweep] {task.run_id}: FAILED after {result.wall:.1f} s ({len(results)}/{len(tasks)}): "
+                        log.info(f"[sweep] {task.run_id}: FAILED after {result.wall:.1f} s ({len(results)}/{len(tasks)}): "
                             f"{result.error}")
                     else:
-                        say(f"[sweep] {task.run_id}: {result.status} ({len(results)}/{len(tasks)} points done)")
+                        log.info(f"[sweep] {task.run_id}: {result.status} ({len(results)}/{len(tasks)} points done)")
         except BaseException:  # Ctrl-C: do not wait for the running points (their runs resume next time)
             pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
@@ -300,7 +299,7 @@ def _run_command(cmd: Sequence[str], timeout: float = 30) -> subprocess.Complete
 
 
 class PointJob(Checkpointable):  # type: ignore[misc,valid-type]
-    """One point as a Slurm job: calls :func:`utae.sweep.run_point` into the shared results folder.
+    """One point as a Slurm job: calls :func:`utae.point.run_point` into the shared results folder.
 
     The point's torch threads are the job's CPUs (``SLURM_CPUS_PER_TASK``) unless the task names them. A failed
     point raises (the job ends FAILED and its log holds the traceback).
@@ -311,15 +310,14 @@ class PointJob(Checkpointable):  # type: ignore[misc,valid-type]
         self.submitted_at = submitted_at
 
     def __call__(self) -> PointResult:
-        from utae.sweep import run_point
-
+        configure_logging()  # the job's log shows the point runner's messages
         task = self.task
         threads = task.threads
         if threads is None and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
             threads = max(1, int(os.environ["SLURM_CPUS_PER_TASK"]) // (task.tasks if task.tasks > 1 else 1))
         start = time.perf_counter()
         status = run_point(task.sweep, task.run_id, results=task.results, platform=task.platform, threads=threads,
-                           timeout=task.timeout, tasks=task.tasks, log=lambda message: print(message, flush=True))
+                           timeout=task.timeout, tasks=task.tasks)
         array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         job_id = f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
         return PointResult(task.run_id, status, time.perf_counter() - start, job_id=job_id)
@@ -341,11 +339,10 @@ class SlurmExecutor:
     """
 
     def __init__(self, results: str | os.PathLike[str], options: SlurmOptions | None = None, jobs: int | None = None,
-                 log: Log = print, poll_s: float = 2.0) -> None:
+                 poll_s: float = 2.0) -> None:
         self.results = Path(results)
         self.options = options or SlurmOptions()
         self.jobs = jobs
-        self.log = log
         self.poll_s = poll_s
         self.extra = parse_sbatch_options(self.options.extra)
         if self.options.tasks_per_point < 1:
@@ -448,9 +445,9 @@ class SlurmExecutor:
         self.folder = folder
         self.submitted_at = now
         array = jobs[0].job_id.split("_")[0] if jobs else "?"
-        self.log(f"[sweep] submitted job array {array} ({len(jobs)} point(s), logs in {folder}):")
+        log.info(f"[sweep] submitted job array {array} ({len(jobs)} point(s), logs in {folder}):")
         for job, task in zip(jobs, tasks):
-            self.log(f"[sweep]   {job.job_id}  {task.run_id}")
+            log.info(f"[sweep]   {job.job_id}  {task.run_id}")
         return jobs
 
     # -- waiting -----------------------------------------------------------------------------------
@@ -461,8 +458,11 @@ class SlurmExecutor:
         a point that failed in its job is a failed result with the tail of the job's log.
         """
         results: dict[int, PointResult] = {}
+        with logging_redirect_tqdm(loggers=[logging.getLogger("utae")]):  # log lines above the bar
+            return self._wait(jobs, tasks)
+
+    def _wait(self, jobs: Sequence[Any], tasks: Sequence[PointTask]) -> list[PointResult]:
         bar = _progress(len(jobs), "points (slurm)")
-        say = _write(bar, self.log)
         start = getattr(self, "submitted_at", time.time())
         watcher = jobs[0].watcher if jobs else None
         last_update = 0.0
@@ -481,15 +481,15 @@ class SlurmExecutor:
                     results[i] = result
                     bar.update(1)
                     if result.status == "failed":
-                        say(f"[sweep] {task.run_id} (job {job.job_id}): FAILED ({len(results)}/{len(jobs)}): "
+                        log.info(f"[sweep] {task.run_id} (job {job.job_id}): FAILED ({len(results)}/{len(jobs)}): "
                             f"{result.error}")
                     else:
-                        say(f"[sweep] {task.run_id} (job {job.job_id}): {result.status} in {result.seconds:.1f} s "
+                        log.info(f"[sweep] {task.run_id} (job {job.job_id}): {result.status} in {result.seconds:.1f} s "
                             f"({len(results)}/{len(jobs)} points done)")
                 if len(results) < len(jobs):
                     time.sleep(self.poll_s)
         except KeyboardInterrupt:
-            self.log(f"[sweep] stopped waiting; the jobs go on (squeue; scancel {jobs[0].job_id.split('_')[0]} "
+            log.info(f"[sweep] stopped waiting; the jobs go on (squeue; scancel {jobs[0].job_id.split('_')[0]} "
                      f"cancels them). Once they are done: make report RESULTS={self.results}")
             raise
         finally:
@@ -528,8 +528,6 @@ class SlurmExecutor:
 
     @staticmethod
     def _log_tail(job: Any, fallback: str) -> str:
-        from utae.sweep import _tail
-
         lines: list[str] = []
         for path in (job.paths.stderr, job.paths.stdout):
             try:
@@ -539,4 +537,4 @@ class SlurmExecutor:
             lines = [line for line in lines if "submitit" not in line or "ERROR" in line]
             if lines:
                 break
-        return _tail(lines or fallback.splitlines(), LOG_TAIL_LINES) or "    (no log)"
+        return tail(lines or fallback.splitlines(), LOG_TAIL_LINES) or "    (no log)"

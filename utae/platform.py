@@ -404,7 +404,7 @@ def check_same_machine(record: Mapping[str, Any], device: str | torch.device, wh
     raise OtherMachineError(
         f"{where} was made on {describe_record(record)}, not on this machine, {mine}: {why}, so it is neither "
         "skipped nor resumed here. To run this sweep on this machine too, give its runs their own platform folder "
-        "(make reproduce PLATFORM=<name>, or python -m utae.sweep ... --platform <name>); to check that this "
+        "(make reproduce PLATFORM=<name>, or python -m utae ... --platform <name>); to check that this "
         "machine reproduces those runs, use make verify.")
 
 

@@ -26,9 +26,10 @@ from collections.abc import Iterator
 
 import torch
 
+from utae.config import AMP_MODES  # the torch-free list that RunConfig checks against
+
 __all__ = ["AMP_MODES", "resolve_amp", "amp_name", "autocast", "float32_math", "tf32_enabled", "torch_settings"]
 
-AMP_MODES = ("off", "tf32", "bf16", "fp16", "auto")
 log = logging.getLogger(__name__)
 
 

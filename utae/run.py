@@ -36,9 +36,7 @@ new config. Global torch settings (deterministic algorithms, the float32 math) h
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from utae.checkpoint import TrainState, checkpoint_dict, read_checkpoint, restore, rng_state, seed_everything
-from utae.config import RunConfig, config_differences
+from utae.atomic import (
+    atomic_save_npy,
+    atomic_savez,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    read_json,
+    remove_stale_temp,
+)
+from utae.config import RunConfig
 from utae.data import pad_collate
 from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
 from utae.engine import Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
@@ -59,14 +66,13 @@ from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
 from utae.platform import resolve_device
 from utae.precision import amp_name, autocast, float32_math, resolve_amp, tf32_enabled, torch_settings
-from utae.results import (
-    atomic_save_npy,
-    atomic_savez,
-    atomic_torch_save,
-    atomic_write_csv,
-    atomic_write_json,
-    read_json,
-    remove_stale_temp,
+from utae.runfolder import (
+    RunDirError,
+    config_differences,
+    is_finished,
+    is_started,
+    lock_run_dir,
+    read_record,
     run_path,
 )
 from utae.weights import load_init_weights
@@ -88,11 +94,6 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "epoch", "train_loss", "train_oa", "train_miou", "val_loss", "val_oa", "val_miou", "lr",
     "sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb",
 )
-LOCK_FILE = ".lock"
-
-
-class RunDirError(ValueError):
-    """A run directory that this run cannot use: in use by another process, or holding another run."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,52 +124,21 @@ def run_dir(config: RunConfig, device: torch.device | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# The run directory: lock, config checks
+# The run directory: config checks (the lock and the same-run rule are utae.runfolder's)
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def lock_run_dir(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run directory ``out`` (its ``.lock`` file) for the block.
-
-    Raises:
-        RunDirError: another process holds it; the message names the directory and that process.
-    """
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirError(f"{out} is in use by another process (pid {holder}, lock {path}): wait for it to "
-                              "finish, or give this run another out_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 def _check_run_dir(out: Path, config: RunConfig) -> None:
-    """A run directory that holds another run's config.json is an error (runs are never mixed), unless that
-    run never finished an epoch (no checkpoint, no metrics): then the new config replaces it."""
+    """A run directory that holds another run's config.json (the same-run rule,
+    :func:`utae.runfolder.config_differences`) is an error (runs are never mixed), unless that run never finished
+    an epoch (no checkpoint, no metrics): then the new config replaces it."""
     path = out / "config.json"
     if not path.exists():
         return
-    diffs = config_differences(read_json(path), config)
+    diffs = config_differences(read_record(out, "config.json"), config)
     if not diffs:
         return
-    if not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists():
+    if not is_started(out):
         log.info("%s: the run there never finished an epoch; its config is replaced (%s)", out, "; ".join(diffs))
         return
     raise RunDirError(f"{path} belongs to a different run; differing fields: {'; '.join(diffs)}. "
@@ -176,10 +146,8 @@ def _check_run_dir(out: Path, config: RunConfig) -> None:
 
 
 def _check_checkpoint_config(path: Path, ckpt: Mapping[str, Any], config: RunConfig) -> None:
-    """A checkpoint written by another run (another lr, say) is never resumed. ``dataset_root`` and
-    ``init_weights`` may differ: a run folder moved to another machine sees its data and weights elsewhere."""
-    diffs = [d for d in config_differences(ckpt["config"], config)
-             if not d.startswith(("dataset_root:", "init_weights:"))]
+    """A checkpoint written by another run (another ``lr``, say; the same-run rule) is never resumed."""
+    diffs = config_differences(ckpt["config"], config)
     if diffs:
         raise RunDirError(f"{path} is the checkpoint of a different run; differing fields: {'; '.join(diffs)}. "
                           "Delete it to start this run from scratch.")
@@ -279,10 +247,9 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
         if ctx.is_main:
             remove_stale_temp(out)  # a killed write's leftovers; the files themselves are whole
         _check_run_dir(out, config)
-        started = (out / "metrics.json").exists() or (out / "checkpoint.pt").exists()
-        if started and (out / "platform.json").exists():
+        if is_started(out) and (out / "platform.json").exists():
             check_same_machine(read_json(out / "platform.json"), device, out)
-        if (out / "metrics.json").exists():
+        if is_finished(out):
             return read_json(out / "metrics.json")
         created_group = init_process_group(ctx, device)
         try:

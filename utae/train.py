@@ -7,27 +7,28 @@ YAML, so ``--set lr=1e-3`` is a number), also under ``torchrun`` for several GPU
     torchrun --nproc_per_node=4 -m utae.train --config params/paper.yaml --set noise_std=1.0 --set seed=0
 
 The work is done by :func:`utae.run.run` (the run directory), :mod:`utae.engine` (the training loop) and
-:mod:`utae.config` (the config and its reader).
+:mod:`utae.config` (the config) and :mod:`utae.sweepfile` (its reader).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from utae.config import load_config_file, read_yaml
+from utae.sweepfile import load_config_file, read_yaml
+from utae.console import configure_logging
 from utae.distributed import dist_context
-from utae.run import RunDirError, run
+from utae.run import run
+from utae.runfolder import RunDirError
 
 __all__ = ["parse_set", "main"]
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
     """``["lr=1e-3", "seed=2"]`` -> ``{"lr": 0.001, "seed": 2}`` (values parsed as YAML, see
-    :func:`utae.config.read_yaml`)."""
+    :func:`utae.sweepfile.read_yaml`)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_epochs_this_call is not None and args.max_epochs_this_call < 1:
         parser.error(f"--max-epochs-this-call must be at least 1, got {args.max_epochs_this_call}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     try:
         config = load_config_file(args.config, parse_set(args.overrides))
     except ValueError as exc:  # SweepError included

@@ -1,0 +1,502 @@
+"""The run folder: where a run lives, which files make it finished, how they are read, and when two are one run.
+
+One run is one folder, ``<results>/runs/<platform>/<run_id>/`` (:func:`run_path`; its HTML report is
+:func:`report_path`). :func:`utae.run.run` writes it::
+
+    config.json      RunConfig.to_dict()
+    platform.json    utae.platform.platform_info(...): software, hardware, the machine's fingerprint
+    history.csv      one row an epoch (utae.run.HISTORY_COLUMNS)
+    checkpoint.pt    after every epoch (utae.checkpoint): an interrupted run resumes from it
+    confusion.npy    the clean test confusion matrix, (20, 20) int64
+    predictions.npz  optional: a few test patches for maps
+    metrics.json     written last: a run with it is finished (:func:`is_finished`)
+
+Reading. :func:`read_record` is the one validating reader of ``config.json``, ``metrics.json`` and
+``platform.json`` (a non-empty JSON object; metrics sections checked); :func:`validate_run` checks every file of
+a finished run (import uses it); :func:`read_run` loads them all; :func:`readable_runs` walks a runs tree.
+
+The same-run rule, :func:`config_differences`. Two configs are the same run when every field that can change
+the arithmetic is equal. Exempt (:data:`utae.config.HARMLESS_FIELDS`): paths of a machine (``dataset_root``,
+``out_dir``; of ``init_weights`` only whether it is set counts, the file itself is identified by the sha256
+that metrics.json and the checkpoint record), ``num_workers`` and ``progress``. A field absent from an older
+file counts as its default, so fields added since compare equal while the new value is the default. Nothing is
+validated against this machine (a recorded data folder need not exist here). The sweep (skip or resume a point),
+the run (its folder, its checkpoint), import and verify all use this rule; import and verify also compare the
+results with :func:`result_differences` (equal apart from timings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from utae.atomic import read_json, sha256_file
+from utae.checks import is_int, is_number
+from utae.classes import N_CLASSES
+from utae.config import HARMLESS_FIELDS, RunConfig, run_config_fields
+
+__all__ = [
+    "REQUIRED_FILES",
+    "OPTIONAL_FILES",
+    "IDENTITY_FILES",
+    "TIMING_COLUMNS",
+    "RunFolderError",
+    "RunDirError",
+    "lock_run_dir",
+    "SkippedRunWarning",
+    "RunFiles",
+    "run_path",
+    "report_path",
+    "is_finished",
+    "is_started",
+    "read_record",
+    "metric_section",
+    "check_metrics",
+    "check_config_record",
+    "validate_run",
+    "read_run",
+    "finished_run_dirs",
+    "readable_runs",
+    "normal_config",
+    "config_differences",
+    "result_differences",
+    "as_float",
+]
+
+PathLike = str | os.PathLike
+
+CONFIG, PLATFORM, METRICS, HISTORY, CONFUSION = "config.json", "platform.json", "metrics.json", "history.csv", \
+    "confusion.npy"
+CHECKPOINT, PREDICTIONS, LOCK_FILE = "checkpoint.pt", "predictions.npz", ".lock"
+#: Files every finished run has (``predictions.npz`` is optional).
+REQUIRED_FILES: tuple[str, ...] = (CONFIG, PLATFORM, METRICS, HISTORY, CONFUSION)
+OPTIONAL_FILES: tuple[str, ...] = (PREDICTIONS,)
+#: The files that hold a run's results (``platform.json`` holds thread counts, OS strings... that differ between
+#: two sessions of one machine): two runs whose files agree (:func:`result_differences`) are the same run.
+IDENTITY_FILES: tuple[str, ...] = (CONFIG, METRICS, CONFUSION, HISTORY)
+#: Columns of history.csv that measure speed, not results (the ``timing`` section of metrics.json likewise).
+TIMING_COLUMNS: tuple[str, ...] = ("sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb")
+_ABSENT = "<absent>"
+
+
+class RunFolderError(ValueError):
+    """A run folder file that is missing, unreadable or malformed; the message names the file."""
+
+
+class RunDirError(ValueError):
+    """A run directory that this run cannot use: in use by another process, or holding another run."""
+
+
+class SkippedRunWarning(UserWarning):
+    """A run folder that a report cannot read (a truncated or malformed file): it is left out, by name."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Where, and whether finished
+# --------------------------------------------------------------------------------------------------
+
+
+def run_path(results: PathLike, platform: str, run_id: str) -> Path:
+    """The run directory of ``run_id`` on ``platform``: ``<results>/runs/<platform>/<run_id>``."""
+    return Path(results) / "runs" / platform / run_id
+
+
+def report_path(results: PathLike, platform: str, run_id: str) -> Path:
+    """The HTML report of a run: ``<results>/reports/<platform>/<run_id>.html``."""
+    return Path(results) / "reports" / platform / f"{run_id}.html"
+
+
+def is_finished(run_dir: PathLike) -> bool:
+    """A finished run: its ``metrics.json`` (written last) is there."""
+    return (Path(run_dir) / METRICS).is_file()
+
+
+def is_started(run_dir: PathLike) -> bool:
+    """A run that finished an epoch (``checkpoint.pt``) or the whole run: one whose config must not be replaced."""
+    return is_finished(run_dir) or (Path(run_dir) / CHECKPOINT).is_file()
+
+
+def as_float(value: Any) -> float:
+    """A metric value as float; null, missing, a bool or a non-number is NaN."""
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@contextlib.contextmanager
+def lock_run_dir(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory ``out`` (its ``.lock`` file) for the block.
+
+    Raises:
+        RunDirError: another process holds it; the message names the directory and that process.
+    """
+    import fcntl  # POSIX only: the rest of this module reads run folders anywhere
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(f"{out} is in use by another process (pid {holder}, lock {path}): wait for it to "
+                              "finish, or give this run another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# The validating readers
+# --------------------------------------------------------------------------------------------------
+
+
+def read_record(run_dir: PathLike, name: str, shown: str | None = None) -> dict[str, Any]:
+    """``config.json``, ``platform.json`` or ``metrics.json`` of ``run_dir``: a non-empty JSON object (the
+    metrics' ``test``, ``val``, ``train`` and ``timing`` sections objects or null).
+
+    Raises:
+        RunFolderError: naming the file (as ``shown`` when given): missing, corrupt, not an object, empty.
+    """
+    file = Path(run_dir) / name
+    where = shown or str(file)
+    try:
+        value = read_json(file)
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(str(exc).replace(str(file), where)) from None
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    if not value:
+        raise RunFolderError(f"{where}: records nothing (an empty object)")
+    if name == METRICS:
+        for key in ("test", "val", "train", "timing"):
+            metric_section(value, key, where)
+    return value
+
+
+def metric_section(metrics: Mapping[str, Any], key: str, where: PathLike) -> dict[str, Any]:
+    """``metrics[key]`` as a dict (``{}`` when null or absent); anything else is a RunFolderError naming ``where``."""
+    value = metrics.get(key) or {}
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{where}: '{key}' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_score(value: Any, where: str) -> None:
+    """A fraction in [0, 1], or None/NaN (undefined)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return
+    if not is_number(value) or not 0.0 <= float(value) <= 1.0:
+        raise RunFolderError(f"{where}: expected a fraction in [0, 1] (or null), got {value!r}")
+
+
+def _check_section(section: Any, where: str) -> None:
+    if not isinstance(section, dict):
+        raise RunFolderError(f"{where}: expected a JSON object, got {type(section).__name__}")
+    for key, value in section.items():
+        if key == "loss":
+            if value is not None and not (is_number(value) and (math.isnan(value) or 0.0 <= value < math.inf)):
+                raise RunFolderError(f"{where}.loss: expected a number >= 0 (or null), got {value!r}")
+        elif key == "iou":
+            if not isinstance(value, list):
+                raise RunFolderError(f"{where}.iou: expected a list, got {type(value).__name__}")
+            for i, v in enumerate(value):
+                _check_score(v, f"{where}.iou[{i}]")
+        elif key in ("oa", "miou") or key.startswith(("macro_", "micro_")):
+            _check_score(value, f"{where}.{key}")
+    for key in ("oa", "miou"):
+        if key not in section:
+            raise RunFolderError(f"{where}: lacks {key!r}")
+
+
+def check_metrics(metrics: Any, config: Mapping[str, Any], run_id: str, shown: str) -> None:
+    """The values of a finished run's ``metrics.json``: its run id, epochs, score ranges, test-noise curve.
+
+    Raises:
+        RunFolderError: naming ``shown`` and the key.
+    """
+    if not isinstance(metrics, dict):
+        raise RunFolderError(f"{shown}: expected a JSON object, got {type(metrics).__name__}")
+    if metrics.get("run_id") not in (None, run_id):
+        raise RunFolderError(f"{shown}: run_id {metrics['run_id']!r}, but the folder is {run_id!r}")
+    best, done = metrics.get("best_epoch"), metrics.get("epochs_completed")
+    for key, value in (("best_epoch", best), ("epochs_completed", done)):
+        if not is_int(value) or value < 1:
+            raise RunFolderError(f"{shown}: {key} must be an int >= 1, got {value!r}")
+    if best > done:
+        raise RunFolderError(f"{shown}: best_epoch {best} > epochs_completed {done}")
+    epochs = config.get("epochs")
+    if is_int(epochs) and done > epochs:
+        raise RunFolderError(f"{shown}: epochs_completed {done} > the config's epochs {epochs}")
+    for key in ("train", "val", "test"):
+        if key not in metrics:
+            raise RunFolderError(f"{shown}: lacks {key!r}")
+        _check_section(metrics[key], f"{shown}: {key}")
+    curve = metrics.get("test_noise", [])
+    if not isinstance(curve, list):
+        raise RunFolderError(f"{shown}: test_noise: expected a list, got {type(curve).__name__}")
+    for i, entry in enumerate(curve):
+        where = f"{shown}: test_noise[{i}]"
+        if not isinstance(entry, dict):
+            raise RunFolderError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+        std = entry.get("std")
+        if not is_number(std) or not math.isfinite(std) or std < 0:
+            raise RunFolderError(f"{where}.std: expected a number >= 0, got {std!r}")
+        _check_section(entry, where)
+
+
+def check_config_record(config: Any, run_id: str, shown: str, existing_dir: Path) -> None:
+    """A stored ``config.json``: every field a RunConfig field and every value valid. ``dataset_root``, a path of
+    the machine that made the run, is only checked to be a non-empty string (``existing_dir``, any folder of this
+    machine, stands in for it while the rest is validated).
+
+    Raises:
+        RunFolderError: naming ``shown`` and the field.
+    """
+    if not isinstance(config, dict):
+        raise RunFolderError(f"{shown}: expected a JSON object, got {type(config).__name__}")
+    known = run_config_fields()
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise RunFolderError(f"{shown}: unknown RunConfig field(s) {unknown} (written by another version of utae?); "
+                             f"known fields: {', '.join(sorted(known))}")
+    root = config.get("dataset_root")
+    if not isinstance(root, str) or not root.strip():
+        raise RunFolderError(f"{shown}: dataset_root must be a non-empty path, got {root!r}")
+    try:
+        RunConfig.from_dict({**config, "dataset_root": str(existing_dir)})
+    except (TypeError, ValueError) as exc:
+        raise RunFolderError(f"{shown}: {exc}") from None
+    if config.get("run_id") not in (None, run_id):
+        raise RunFolderError(f"{shown}: run_id {config['run_id']!r}, but the folder is {run_id!r}")
+
+
+def validate_run(run_dir: Path, run_id: str, shown: str) -> dict[str, Any]:
+    """Check every file of a finished run directory; returns its ``platform.json`` dict.
+
+    Raises:
+        RunFolderError: naming the file (``shown/<file>``): a missing required file, unreadable JSON, a config
+            that is not a valid RunConfig, metrics out of range, a bad fingerprint, an unreadable history, a
+            confusion matrix that is not ``(20, 20)`` non-negative integers, a predictions file that is not a
+            plain ``.npz``.
+    """
+    from utae.platform import record_fingerprint  # torch: only when a run is validated
+
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            raise RunFolderError(f"{shown}/{entry.name}: a folder or special file where a run holds plain files only")
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise RunFolderError(f"{shown}: missing {', '.join(missing)} (an unfinished or incomplete run)")
+    config = read_record(run_dir, CONFIG, f"{shown}/{CONFIG}")
+    check_config_record(config, run_id, f"{shown}/{CONFIG}", run_dir)
+    metrics = read_record(run_dir, METRICS, f"{shown}/{METRICS}")
+    check_metrics(metrics, config, run_id, f"{shown}/{METRICS}")
+    record = read_record(run_dir, PLATFORM, f"{shown}/{PLATFORM}")
+    try:
+        record_fingerprint(record)
+    except ValueError as exc:
+        raise RunFolderError(f"{shown}/{PLATFORM}: {exc}") from None
+    try:
+        history = pd.read_csv(run_dir / HISTORY)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise RunFolderError(f"{shown}/{HISTORY}: unreadable CSV ({exc})") from None
+    if "epoch" not in history.columns or len(history) == 0:
+        raise RunFolderError(f"{shown}/{HISTORY}: expected an 'epoch' column and one row per epoch")
+    try:
+        cm = np.load(run_dir / CONFUSION, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RunFolderError(f"{shown}/{CONFUSION}: not a plain .npy array ({exc})") from None
+    if not isinstance(cm, np.ndarray) or cm.shape != (N_CLASSES, N_CLASSES) or cm.dtype.kind not in "iu":
+        raise RunFolderError(f"{shown}/{CONFUSION}: expected a ({N_CLASSES}, {N_CLASSES}) integer matrix, got "
+                             f"{getattr(cm, 'shape', '?')} {getattr(cm, 'dtype', type(cm).__name__)}")
+    if (cm < 0).any():
+        raise RunFolderError(f"{shown}/{CONFUSION}: negative counts")
+    predictions = run_dir / PREDICTIONS
+    if predictions.is_file():
+        try:
+            with np.load(predictions, allow_pickle=False) as npz:
+                for key in npz.files:
+                    npz[key]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise RunFolderError(f"{shown}/{PREDICTIONS}: not a plain .npz archive ({exc})") from None
+    return record
+
+
+@dataclass
+class RunFiles:
+    """The files of one run directory, loaded.
+
+    Attributes:
+        run_dir: the directory.
+        config: ``config.json``; platform: ``platform.json``; metrics: ``metrics.json``.
+        history: ``history.csv`` (one row an epoch).
+        confusion: ``confusion.npy``, ``(n_classes, n_classes)`` int64 counts of the clean test set.
+        predictions: ``predictions.npz`` as a dict (``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred``
+            ``(N, H, W)``, ``patch_id`` ``(N,)``), or None when the run wrote none.
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    platform: dict[str, Any]
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    confusion: np.ndarray
+    predictions: dict[str, np.ndarray] | None
+
+
+def read_run(run_dir: PathLike) -> RunFiles:
+    """Load the files of a finished run directory (see :class:`RunFiles`).
+
+    Raises:
+        FileNotFoundError: naming the run directory and the missing file.
+        RunFolderError: a JSON file that is corrupt or not an object (see :func:`read_record`).
+    """
+    run_dir = Path(run_dir)
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)} (is the run finished?)")
+    predictions = None
+    if (run_dir / PREDICTIONS).is_file():
+        with np.load(run_dir / PREDICTIONS, allow_pickle=False) as npz:
+            predictions = {key: npz[key] for key in npz.files}
+    return RunFiles(
+        run_dir=run_dir,
+        config=read_record(run_dir, CONFIG),
+        platform=read_record(run_dir, PLATFORM),
+        metrics=read_record(run_dir, METRICS),
+        history=pd.read_csv(run_dir / HISTORY),
+        confusion=np.load(run_dir / CONFUSION, allow_pickle=False),
+        predictions=predictions,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# A tree of runs
+# --------------------------------------------------------------------------------------------------
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def finished_run_dirs(root: PathLike = "results/runs", include_unfinished: bool = False
+                      ) -> Iterator[tuple[str, str, Path]]:
+    """Yield ``(platform, run_id, run_dir)`` for every run directory ``<root>/<platform>/<run_id>``
+    holding ``metrics.json`` (every run directory with ``include_unfinished``), sorted by platform then run id.
+    A missing root yields nothing."""
+    base = Path(root)
+    if not base.exists():
+        return
+    if not base.is_dir():
+        raise ValueError(f"{base}: the runs root must be a directory (<root>/<platform>/<run_id>/)")
+    for platform_dir in _subdirs(base):
+        for run_dir in _subdirs(platform_dir):
+            if include_unfinished or is_finished(run_dir):
+                yield platform_dir.name, run_dir.name, run_dir
+
+
+def readable_runs(root: PathLike = "results/runs") -> Iterator[tuple[str, str, Path, dict, dict, dict]]:
+    """``(platform, run_id, run_dir, config, platform_json, metrics)`` of every finished run under ``root``
+    whose files read (:func:`read_record`); a broken run is skipped with a :class:`SkippedRunWarning` that names
+    it and why."""
+    for platform, run_id, run_dir in finished_run_dirs(root):
+        try:
+            config, plat, metrics = (read_record(run_dir, name) for name in (CONFIG, PLATFORM, METRICS))
+        except (ValueError, OSError) as exc:
+            warnings.warn(SkippedRunWarning(f"{run_dir}: left out of the report: {exc}"), stacklevel=2)
+            continue
+        yield platform, run_id, run_dir, config, plat, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# The same-run rule
+# --------------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (config.json holds lists; a RunConfig tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def normal_config(config: Mapping[str, Any] | RunConfig) -> dict[str, Any]:
+    """A config (a config.json dict or a RunConfig) as the same-run rule compares it: RunConfig's defaults for
+    absent fields, lists for tuples, ``init_weights`` reduced to whether it is set, and without the
+    :data:`utae.config.HARMLESS_FIELDS`. Nothing is checked against this machine."""
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    full = {**run_config_fields(), **values}
+    out = {k: _plain(v) for k, v in full.items() if k not in HARMLESS_FIELDS}
+    out["init_weights"] = None if full.get("init_weights") is None else "set"
+    return out
+
+
+def config_differences(stored: Mapping[str, Any] | RunConfig, new: Mapping[str, Any] | RunConfig) -> list[str]:
+    """The same-run rule (see the module docstring): the fields that make ``stored`` and ``new`` two runs, one
+    ``"<field>: stored <value> != new <value>"`` each; empty for the same run."""
+    a, b = normal_config(stored), normal_config(new)
+    return [f"{k}: stored {a.get(k, _ABSENT)!r} != new {b.get(k, _ABSENT)!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
+def _result_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics.json without what measures speed (``timing``) or names a path (``init_weights.path``)."""
+    out = {k: v for k, v in metrics.items() if k != "timing"}
+    if isinstance(out.get("init_weights"), Mapping):
+        out["init_weights"] = {k: v for k, v in out["init_weights"].items() if k != "path"}
+    return out
+
+
+def _same_history(a: Path, b: Path) -> bool:
+    frames = [pd.read_csv(p) for p in (a, b)]
+    frames = [f.drop(columns=[c for c in TIMING_COLUMNS if c in f.columns]) for f in frames]
+    return frames[0].columns.tolist() == frames[1].columns.tolist() and frames[0].equals(frames[1])
+
+
+def result_differences(a: Path, b: Path) -> list[str]:
+    """The :data:`IDENTITY_FILES` in which two finished run directories differ, under the same-run rule:
+    config.json by :func:`config_differences`, metrics.json and history.csv apart from timings, confusion.npy
+    byte for byte. A missing or unreadable file differs. Empty: the same run with the same results."""
+    differ = []
+    for name in IDENTITY_FILES:
+        fa, fb = a / name, b / name
+        try:
+            if name == CONFIG:
+                same = not config_differences(read_json(fa), read_json(fb))
+            elif name == METRICS:
+                same = _result_metrics(read_json(fa)) == _result_metrics(read_json(fb))
+            elif name == HISTORY:
+                same = _same_history(fa, fb)
+            else:
+                same = sha256_file(fa) == sha256_file(fb)
+        except (OSError, ValueError, AttributeError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            same = False
+        if not same:
+            differ.append(name)
+    return differ
+
