@@ -205,11 +205,11 @@ def test_numbers_are_read_as_people_type_them(root: str, tmp_path: Path) -> None
     assert load_config_file(path, {"seed": 0}).lr == 0.0005
 
 
-def test_a_run_folder_moved_with_its_data_resumes(tmp_path: Path) -> None:
+def test_a_run_folder_moved_with_its_data_resumes(tmp_path: Path, synthetic_pastis) -> None:
     """A run interrupted on one machine, moved with its data to other paths (the recorded ones no longer exist),
     resumes there: the paths are no part of the same-run rule."""
     first = tmp_path / "machine-a"
-    data = make_synthetic_pastis(first / "pastis", **V1_DATA)
+    data = synthetic_pastis(copy_to=first / "pastis", **V1_DATA)
     assert run(config(str(data), first / "run"), max_epochs_this_call=1) is None
     stored = read_json(first / "run" / "config.json")
     second = tmp_path / "machine-b"
