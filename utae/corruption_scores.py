@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from utae.checks import require_columns
-from utae.corruptions import KINDS
+from utae.corruptions import KINDS, SEVERITY_TABLE
 from utae.study import AUGMENTATION_COLUMNS, config_columns, with_augmentation, with_dataset
 
 __all__ = [
@@ -54,6 +54,9 @@ __all__ = [
     "severity_curves",
     "augmentation_table",
     "robustness_answer_text",
+    "clean_trained_run",
+    "unpaired_text",
+    "severity_table",
 ]
 
 #: The augmentation label of the clean-trained model (:func:`utae.study.training_augmentation`).
@@ -91,7 +94,8 @@ def clean_partners(runs: pd.DataFrame) -> pd.DataFrame:
                      "their runs are not paired")
     unique = counts[counts["run_id"].map(len) == 1].assign(clean_run_id=lambda f: f["run_id"].map(lambda r: r[0]))
     out = runs.merge(unique[[*keys, "clean_run_id"]], on=keys, how="left")
-    out["clean_run_id"] = out["clean_run_id"].astype(object).where(out["clean_run_id"].notna(), None)
+    out["clean_run_id"] = pd.Series([r if isinstance(r, str) else None for r in out["clean_run_id"]], index=out.index,
+                                    dtype=object)
     out.attrs["notes"] = notes + _lonely_notes(out)
     return out
 
@@ -189,6 +193,8 @@ def corruption_scores(runs: pd.DataFrame, corruptions: pd.DataFrame) -> pd.DataF
     columns = [*dict.fromkeys([*keys, "cfg_seed", "run_id", "augmentation", "eval_mode"]), "kind", "n_severities",
                "clean", "mpc", "mpc_oa", "rpc", "clean_run_id", "ce"]
     out = pd.DataFrame(rows, columns=columns)
+    out["clean_run_id"] = pd.Series([r if isinstance(r, str) else None for r in out["clean_run_id"]], index=out.index,
+                                    dtype=object)
     out.attrs["notes"] = notes
     return out
 
@@ -226,6 +232,9 @@ def severity_curves(runs: pd.DataFrame, corruptions: pd.DataFrame) -> pd.DataFra
     grouped = long.groupby([*keys, "augmentation", "kind", "severity"], dropna=False, sort=True)["miou"]
     out = grouped.agg(n="count", miou_mean="mean", miou_std=lambda s: s.std(ddof=1), miou_min="min",
                       miou_max="max").reset_index()
+    order = {k: i for i, k in enumerate(kinds_in_order(list(out["kind"])))}
+    out = out.sort_values([*keys, "augmentation", "kind", "severity"], key=lambda c: c.map(order) if c.name == "kind"
+                          else c, ignore_index=True)
     several = len(out.groupby(keys, dropna=False)) > 1 if len(out) else False
     out.insert(len(keys) + 1, "label", [_line_label(keys, [r[k] for k in keys], r["augmentation"], several)
                                         for _, r in out.iterrows()])
@@ -239,8 +248,9 @@ def _t_interval(d: np.ndarray, alpha: float) -> tuple[float, float, float]:
 
     if len(d) < 2:
         return math.nan, math.nan, math.nan
-    if np.all(d == d[0]):
-        return float(d[0]), float(d[0]), math.nan
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-9):
+        # every difference equal up to the rounding of the means they come from: no spread to test against
+        return float(d.mean()), float(d.mean()), math.nan
     test = stats.ttest_1samp(d, 0.0)
     ci = test.confidence_interval(confidence_level=1.0 - alpha)
     return float(ci.low), float(ci.high), float(test.pvalue)
@@ -427,3 +437,35 @@ def robustness_answer_text(table: pd.DataFrame, alpha: float = 0.05) -> str:
     out.append(f"Each augmentation x kind cell is tested on its own (t test over the seed pairs, alpha {alpha:g}), "
                "without correction for the number of cells.")
     return "\n\n".join(out)
+
+
+def clean_trained_run(runs: pd.DataFrame, scores: pd.DataFrame) -> str | None:
+    """The run folder of the first clean-trained run (by platform, then seed, then run id) tested on corruptions
+    (a row of ``scores``, :func:`corruption_scores`), e.g. for :mod:`utae.corruption_examples`; None when
+    there is none."""
+    require_columns(runs, ["platform", "run_id", "run_dir"], "clean_trained_run(runs)")
+    if scores.empty:
+        return None
+    clean = scores[scores["augmentation"] == CLEAN].sort_values(["platform", "cfg_seed", "run_id"])
+    if clean.empty:
+        return None
+    first = clean.iloc[0]
+    match = runs[(runs["platform"] == first["platform"]) & (runs["run_id"] == first["run_id"])]
+    return str(match["run_dir"].iloc[0]) if len(match) else None
+
+
+def unpaired_text(scores: pd.DataFrame) -> str:
+    """The runs :func:`corruption_scores` left out of the CE and the paired differences, as Markdown ("" when
+    every run is paired)."""
+    notes = scores.attrs.get("notes", [])
+    if not notes:
+        return ""
+    return "**Left out of the paired comparison:**\n" + "\n".join(f"* {n}" for n in notes)
+
+
+def severity_table() -> pd.DataFrame:
+    """:data:`utae.corruptions.SEVERITY_TABLE` for a report: one row a kind, one column a severity, each cell its
+    parameters (e.g. ``"date_share 0.1, cover 0.3"``)."""
+    return pd.DataFrame({s: {kind: ", ".join(f"{k} {v:g}" for k, v in levels[s].items())
+                             for kind, levels in SEVERITY_TABLE.items()} for s in (1, 2, 3, 4, 5)}
+                        ).rename_axis(index="kind", columns="severity")
