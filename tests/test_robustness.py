@@ -141,6 +141,16 @@ def test_augmentation_table_paired_difference_and_ci_match_scipy(hand_made):
     assert list(table[table["augmentation"] == "none"]["kind"]) == ["clouds", "haze", cs.ALL_KINDS]
 
 
+def test_augmentation_text_table(hand_made):
+    runs, corruptions = hand_made
+    text = cs.augmentation_text_table(cs.augmentation_table(cs.corruption_scores(runs, corruptions)))
+    assert text.index.names == ["augmentation", "kind"]  # one platform and configuration: not repeated
+    row = text.loc[("clouds 1-5", "clouds")]
+    assert row["mPC"] == "42.0 ± 8.5" and row["mPC - clean-trained [95% CI]"].startswith("+13.0 [")
+    assert text.loc[("none", "clouds"), "mPC - clean-trained [95% CI]"] == "" and text.loc[("none", "haze"), "CE"] == \
+        "1.00 ± 0.00"
+
+
 def test_answer_text_names_the_worst_corruption_and_the_verdicts(hand_made):
     runs, corruptions = hand_made
     table = cs.augmentation_table(cs.corruption_scores(runs, corruptions))
@@ -168,9 +178,9 @@ def test_severity_curves_and_their_figure(hand_made):
     fig = plots.corruption_curves(curves)
     assert len(fig.axes) == 2  # one panel per kind
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert labels == ["clouds 1-5", "none"]  # no haze-trained run was tested on clouds
+    assert labels == ["none", "clouds 1-5"]  # the clean-trained model first; no haze-trained run was tested on clouds
     assert len(fig.axes[1].get_lines()) == 3
-    np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), clean["miou_mean"])
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), clean["miou_mean"])
     assert len(fig.axes[0].collections) == 2  # a seed band per line of two seeds
     fig = plots.corruption_curves(curves, kinds=["haze", "clouds", "gaussian"], ncols=2)
     assert len(fig.axes) == 3 and fig.axes[0].get_title() == "haze"
@@ -217,7 +227,7 @@ def make_corruption_results(tmp: Path, dataset: Path | None = None) -> Path:
     """A results folder from the committed runs: the clean-trained runs (noise 0) and the Gaussian-trained runs of
     noise 0.5, seeds 0 and 1, tested on three corruption kinds (the other runs stay in today's format), plus
     clouds-trained copies of the clean runs and a haze-trained run without a clean partner. With ``dataset``, the
-    first clean-trained run names it as its dataset, and its predictions.npz a patch of its test fold."""
+    runs name it as their dataset, and the first clean-trained run's predictions.npz holds a patch of its test fold."""
     root = tmp / "results"
     shutil.copytree(COMMITTED, root / "runs")
     plat_dir = next((root / "runs").iterdir())
@@ -243,13 +253,13 @@ def make_corruption_results(tmp: Path, dataset: Path | None = None) -> Path:
         metrics.update(eval_mode="pad_free", test_corruptions=_entries(metrics["test"]["miou"], kinds, gain))
         (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    if dataset is not None:
+    if dataset is not None:  # every run names it (one dataset, one configuration)
         from utae.data import FOLD_ROTATIONS, PastisDataset
 
+        for run_dir in plat_dir.iterdir():
+            config = json.loads((run_dir / "config.json").read_text())
+            (run_dir / "config.json").write_text(json.dumps({**config, "dataset_root": str(dataset)}))
         run_dir = plat_dir / "noise0-seed0"
-        config = json.loads((run_dir / "config.json").read_text())
-        config["dataset_root"] = str(dataset)
-        (run_dir / "config.json").write_text(json.dumps(config))
         test = PastisDataset(dataset, folds=FOLD_ROTATIONS[config["fold"] - 1][2])
         item = test[0]
         np.savez(run_dir / "predictions.npz", rgb=np.zeros((1, *item["mask"].shape, 3), np.float32),

@@ -57,6 +57,7 @@ __all__ = [
     "clean_trained_run",
     "unpaired_text",
     "severity_table",
+    "augmentation_text_table",
 ]
 
 #: The augmentation label of the clean-trained model (:func:`utae.study.training_augmentation`).
@@ -235,6 +236,7 @@ def severity_curves(runs: pd.DataFrame, corruptions: pd.DataFrame) -> pd.DataFra
     order = {k: i for i, k in enumerate(kinds_in_order(list(out["kind"])))}
     out = out.sort_values([*keys, "augmentation", "kind", "severity"], key=lambda c: c.map(order) if c.name == "kind"
                           else c, ignore_index=True)
+    out = out.sort_values("augmentation", key=lambda c: c != CLEAN, kind="stable", ignore_index=True)
     several = len(out.groupby(keys, dropna=False)) > 1 if len(out) else False
     out.insert(len(keys) + 1, "label", [_line_label(keys, [r[k] for k in keys], r["augmentation"], several)
                                         for _, r in out.iterrows()])
@@ -346,6 +348,10 @@ def _verdict(row: pd.Series, alpha: float) -> str:
 
 def _effect_words(row: pd.Series) -> str:
     diff = float(row["diff_mpc"])
+    if int(row["n_pairs"]) == 0:
+        return "(no clean-trained run of the same seed)"
+    if float(row["ci_low"]) == float(row["ci_high"]) and not math.isfinite(float(row["p_value"])):
+        return f"{diff:+.1f} points (the same in each of the {int(row['n_pairs'])} seeds: no spread to test against)"
     if not math.isfinite(float(row["ci_low"])):
         return f"{diff:+.1f} points ({int(row['n_pairs'])} pair{'s' if int(row['n_pairs']) != 1 else ''}: no interval)"
     return (f"{diff:+.1f} points (95% CI {_pts(float(row['ci_low']))} to {_pts(float(row['ci_high']))}, "
@@ -469,3 +475,28 @@ def severity_table() -> pd.DataFrame:
     return pd.DataFrame({s: {kind: ", ".join(f"{k} {v:g}" for k, v in levels[s].items())
                              for kind, levels in SEVERITY_TABLE.items()} for s in (1, 2, 3, 4, 5)}
                         ).rename_axis(index="kind", columns="severity")
+
+
+def augmentation_text_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`augmentation_table` as text for a report: one row per (platform and configuration where they vary,)
+    training augmentation and kind; columns ``seeds``, ``clean mIoU``, ``mPC`` (points, mean ± std over seeds),
+    ``rPC``, ``CE`` (mCE on the ``all kinds`` rows), ``mPC - clean-trained`` (the paired difference, points, with
+    its 95% CI) and ``p``."""
+    require_columns(table, ["platform", *ROBUSTNESS_COLUMNS], "augmentation_text_table(table)")
+    keys = [c for c in table.columns if c not in ROBUSTNESS_COLUMNS]
+    keys = [c for c in keys if table[c].astype(str).nunique() > 1]
+
+    def diff(row: pd.Series) -> str:
+        if int(row["n_pairs"]) == 0:
+            return ""
+        if not math.isfinite(float(row["ci_low"])):
+            return f"{float(row['diff_mpc']):+.1f} (1 pair)"
+        return f"{float(row['diff_mpc']):+.1f} [{float(row['ci_low']):.1f}, {float(row['ci_high']):.1f}]"
+
+    out = table[[*keys, "augmentation", "kind"]].copy()
+    out["seeds"] = table["seeds"]
+    for col, label, digits in (("clean", "clean mIoU", 1), ("mpc", "mPC", 1), ("rpc", "rPC", 2), ("ce", "CE", 2)):
+        out[label] = [_pm(m, s, digits) for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+    out["mPC - clean-trained [95% CI]"] = [diff(r) for _, r in table.iterrows()]
+    out["p"] = [_p(float(p)).removeprefix("= ") if math.isfinite(float(p)) else "" for p in table["p_value"]]
+    return out.set_index([*keys, "augmentation", "kind"])
