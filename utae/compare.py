@@ -145,6 +145,7 @@ def loading_text(study: Study) -> str:
                      "or copied by hand): " + "; ".join(f"`{r.platform}` holds {r.n_runs} run(s) recorded as "
                      f"`{r.recorded}`" for r in mismatch.itertuples()) + ".")
     runs = study.runs
-    parts.append(f"**{len(runs)} finished runs** on {runs['platform'].nunique()} platform(s). "
-                 "Runs per platform and training noise level:")
+    trained_on_corruptions = "cfg_train_corruption" in runs.columns and runs["cfg_train_corruption"].notna().any()
+    parts.append(f"**{len(runs)} finished runs** on {runs['platform'].nunique()} platform(s). Runs per platform and "
+                 f"training {'augmentation' if trained_on_corruptions else 'noise level'}:")
     return "\n\n".join(parts)
