@@ -5,7 +5,8 @@ notes the run folders it had to leave out and the platform folders named otherwi
 the summary (:func:`utae.study.study_summary`), the platform effect
 (:func:`utae.platform_effect.platform_effect`) and, where runs were tested on corruptions, their scores
 (:mod:`utae.corruption_scores`), and writes them as ``summary.csv``, ``platform_effect.csv`` and
-``robustness.csv`` (:func:`write_study_tables`). The result is a :class:`Study`; :func:`loading_text` says what was read.
+``robustness.csv`` (:func:`write_study_tables`). The result is a :class:`Study`; :func:`loading_text` says what was
+read.
 """
 
 from __future__ import annotations

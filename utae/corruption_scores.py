@@ -411,7 +411,8 @@ def _group_text(table: pd.DataFrame, alpha: float) -> list[str]:
             answer = (f"it helps against {len(helped)} of the {len(sub)} realistic corruptions tested "
                       f"({', '.join(helped)})" + (f" and hurts against {', '.join(hurt)}" if hurt else ""))
         elif hurt:
-            answer = f"it helps against none of the {len(sub)} realistic corruptions, and hurts against {', '.join(hurt)}"
+            answer = (f"it helps against none of the {len(sub)} realistic corruptions, and hurts against "
+                      f"{', '.join(hurt)}")
         else:
             answer = (f"it helps detectably against none of the {len(sub)} realistic corruptions tested (every 95% "
                       "CI of the paired difference reaches 0, or there are too few seeds)")

@@ -736,6 +736,8 @@ def corruption_gallery(
             ax.set_yticks([])
     maps = [target] + ([np.asarray(pred)] if pred is not None else [])
     present = sorted(set().union(*(np.unique(m).tolist() for m in maps)))
-    handles = [Patch(facecolor=crgb[c], edgecolor="0.3", label=f"{c} {names[c]}") for c in present if 0 <= c < len(names)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, max(1, len(handles))), fontsize=7, frameon=False)
+    handles = [Patch(facecolor=crgb[c], edgecolor="0.3", label=f"{c} {names[c]}")
+               for c in present if 0 <= c < len(names)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, max(1, len(handles))), fontsize=7,
+               frameon=False)
     return fig

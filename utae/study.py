@@ -60,8 +60,8 @@ __all__ = [
 # Configurations, counts, settings, summary
 # --------------------------------------------------------------------------------------------------
 
-_EXTRA_CONFIG = ("cfg_train_corruption", "cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample", "cfg_fold", "cfg_epochs",
-                 "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset")
+_EXTRA_CONFIG = ("cfg_train_corruption", "cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample", "cfg_fold",
+                 "cfg_epochs", "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset")
 _STUDY_METRICS = ("test_miou", "test_oa", "val_miou", "train_oa", "sec_per_epoch", "train_samples_per_s",
                   "eval_samples_per_s", "peak_mem_mb")
 
