@@ -33,7 +33,7 @@ from benchmarks.common import SMALL_WIDTHS, print_table, time_fn, train_step_fn
 from utae.model import UTAE
 from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
 from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
-from utae.results import atomic_write_csv
+from utae.atomic import atomic_write_csv
 
 #: Peak dense throughput (TFLOP/s) of known GPUs by name fragment: (float32, tf32, bf16/fp16 tensor cores).
 KNOWN_PEAKS_TFLOPS: dict[str, tuple[float, float, float]] = {

@@ -21,7 +21,7 @@ import pandas as pd
 from benchmarks.bench import supported_amps
 from benchmarks.common import SMALL_WIDTHS, print_table
 from utae.platform import platform_id, resolve_device
-from utae.results import read_json
+from utae.atomic import read_json
 from utae.synthetic import make_synthetic_pastis
 from utae.config import RunConfig
 from utae.run import run

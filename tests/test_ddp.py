@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from utae.metrics import scores
-from utae.results import read_json
+from utae.atomic import read_json
 from utae.config import RunConfig
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader

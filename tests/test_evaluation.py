@@ -8,7 +8,6 @@ give identical confusion matrices and losses, also under test noise and a corrup
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

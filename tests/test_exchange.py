@@ -30,7 +30,7 @@ from utae.config import run_config_fields
 from utae.sweepfile import REPO_ROOT
 from utae.merge import import_runs, records_conflict
 from utae.verify import metric_values, verify, verify_failures
-from utae.results import report_path, run_path
+from utae.runfolder import report_path, run_path
 
 from helpers import tiny_sweep_fixed
 

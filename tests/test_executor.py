@@ -23,7 +23,7 @@ from utae import point as pt
 from utae import sweep as sw
 from utae.executor import LocalExecutor, PointResult, PointTask
 from utae.platform import OtherMachineError
-from utae.results import report_path, run_path
+from utae.runfolder import report_path, run_path
 
 from helpers import tiny_sweep_fixed, write_sweep
 

@@ -153,6 +153,37 @@ def test_compare_notebook_and_summary(study):
     assert "No benchmark tables" in page  # no results/bench in the temporary study
 
 
+def test_compare_notebook_robustness_section_on_runs_tested_on_corruptions(tmp_path):
+    """The committed runs, some given corruption results and training corruptions by hand
+    (tests/test_robustness.py), and a tiny synthetic dataset for the gallery: compare.ipynb shows the section, writes
+    robustness.csv, and the runs of today's format render beside them."""
+    from test_robustness import make_corruption_results
+    from utae.synthetic import make_synthetic_pastis
+    from utae.sweep import run_compare
+
+    data = make_synthetic_pastis(tmp_path / "data", n_patches=10, size=32, t_range=(6, 8), seed=0)
+    results = make_corruption_results(tmp_path, dataset=data)
+    page_path = run_compare(results, log=lambda *_: None)
+    nb = nbformat.read(results / "runs" / "compare.ipynb", as_version=4)
+    assert error_outputs(nb) == []
+    page = page_path.read_text()
+    assert "Robustness to corruptions" in page and "Which corruption hurts most?" in page
+    assert "Does Gaussian-noise training (gaussian σ=0.5) protect against realistic corruptions?" in page
+    assert "haze-seed9" in page  # the run without a clean-trained partner is named
+    assert "date_shift moves" not in page and "Test patch" in page  # gallery of the kinds tested
+    assert "None of the runs was tested on corruptions" not in page
+    # the study's figures, plus the severity curves and the gallery of the corruption section
+    assert len(PNG.findall(page)) == COMPARE_FIGURES + 2
+    table = pd.read_csv(results / "robustness.csv")
+    assert set(table["kind"]) == {"gaussian", "clouds", "missing_dates", "all kinds"}
+
+
+def test_compare_notebook_says_when_no_run_was_tested_on_corruptions(study):
+    page = (study / "results" / "reports" / "compare.html").read_text()
+    assert "None of the runs was tested on corruptions" in page
+    assert not (study / "results" / "robustness.csv").exists()
+
+
 def test_index_links_every_report(study):
     reports = study / "results" / "reports"
     page = (reports / "index.html").read_text()

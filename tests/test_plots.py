@@ -14,9 +14,8 @@ from matplotlib.figure import Figure
 
 from utae import notebook, plots, report
 from utae.classes import CLASS_COLORS, CLASS_NAMES
-from utae.results import read_run
+from utae.runfolder import read_run
 
-from helpers import make_runs
 
 
 def png_size(fig: Figure) -> tuple[int, int, int]:

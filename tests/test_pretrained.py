@@ -27,7 +27,7 @@ from utae.data import FOLD_ROTATIONS, fold_norm_stats, read_norm
 from utae.engine import build_model, evaluate
 from utae.loaders import make_datasets, make_loader
 from utae.metrics import scores
-from utae.results import read_json
+from utae.atomic import read_json
 from utae.run import HISTORY_COLUMNS, run
 from utae.weights import WeightsError, load_init_weights, load_official_weights, read_state_dict
 

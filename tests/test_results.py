@@ -14,23 +14,9 @@ import pytest
 import torch
 
 from utae.classes import CLASS_NAMES
-from utae.results import (
-    PER_CLASS_COLUMNS,
-    RUN_COLUMNS,
-    TEST_NOISE_COLUMNS,
-    SkippedRunWarning,
-    atomic_save_npy,
-    atomic_torch_save,
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-    load_histories,
-    load_per_class_iou,
-    load_runs,
-    load_test_noise,
-    platform_mismatches,
-    read_json,
-)
+from utae.results import PER_CLASS_COLUMNS, RUN_COLUMNS, TEST_NOISE_COLUMNS, load_histories, load_per_class_iou, load_runs, load_test_noise, platform_mismatches
+from utae.atomic import atomic_save_npy, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from utae.runfolder import SkippedRunWarning
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -304,7 +290,7 @@ def test_written_json_is_plain_json(runs_root: Path) -> None:
 def test_atomic_writes_make_ordinary_file_modes(tmp_path):
     import stat
 
-    from utae.results import atomic_write_json
+    from utae.atomic import atomic_write_json
 
     path = atomic_write_json(tmp_path / "m.json", {"a": 1})
     mode = stat.S_IMODE(path.stat().st_mode)

@@ -13,7 +13,7 @@ import torch
 
 import utae.engine as engine_mod
 from utae.config import RunConfig
-from utae.results import read_json
+from utae.atomic import read_json
 from utae.run import run
 
 from helpers import tiny_model

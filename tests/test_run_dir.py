@@ -21,7 +21,7 @@ import utae.results as results_mod
 from utae.checkpoint import CheckpointError, read_checkpoint
 from utae.config import RunConfig
 from utae.sweepfile import load_config_file, read_yaml
-from utae.results import read_json
+from utae.atomic import read_json
 from utae.run import RunDirError, lock_run_dir, run
 from utae.train import parse_set
 

@@ -24,7 +24,7 @@ from utae import sweepfile
 from utae import point as pt
 from utae import sweep as sw
 from utae.executor import PointTask, SlurmExecutor, SlurmOptions
-from utae.results import report_path, run_path
+from utae.runfolder import report_path, run_path
 
 from helpers import tiny_sweep_fixed
 

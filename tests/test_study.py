@@ -456,7 +456,7 @@ def test_validation_curves_draw_one_line_per_run_and_panel_per_platform():
 def write_results(results_dir, runs: pd.DataFrame):  # type: ignore[no-untyped-def]
     """Run folders (``runs/<platform>/<run_id>/``: config, platform, metrics, history) holding ``runs``' scores,
     written with the package's writers as a finished run writes them."""
-    from utae.results import atomic_write_csv, atomic_write_json
+    from utae.atomic import atomic_write_csv, atomic_write_json
 
     for row in runs.itertuples():
         run_dir = results_dir / "runs" / row.platform / row.run_id

@@ -20,7 +20,7 @@ from utae import sweep as sw
 from utae import config as cfg_mod
 from utae import sweepfile
 from utae.config import RunConfig
-from utae.results import report_path, run_path
+from utae.runfolder import report_path, run_path
 
 from helpers import write_sweep
 

@@ -20,7 +20,7 @@ from utae.data import PastisDataset, pad_collate
 from utae.distributed import ShardSampler
 from utae.metrics import SCORE_KEYS
 from utae.noise import NoisyDataset
-from utae.results import read_json
+from utae.atomic import read_json
 from utae.checkpoint import TrainState, checkpoint_dict, read_checkpoint, restore
 from utae.config import RunConfig
 from utae.engine import NonFiniteLossError, build_engine, compute_loss, evaluate, is_better, train_one_epoch

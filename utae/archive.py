@@ -143,7 +143,7 @@ def export_runs(
     The manifest holds ``format``, ``created_utc``, ``package`` (``name``, ``version``, ``git_commit``),
     ``sweep`` (``name``, ``file``, ``text``; None without ``sweep``), ``platforms``
     (``{platform: {"runs": [...], "machines": [{"fingerprint", "machine", "runs"}]}}``) and ``files``
-    (``{member: sha256}``). The archive is written atomically (:func:`utae.results.atomic_write_bytes`).
+    (``{member: sha256}``). The archive is written atomically (:func:`utae.atomic.atomic_write_bytes`).
 
     Args:
         output: the archive; ``.tar.gz`` is appended when it ends in neither ``.tar.gz`` nor ``.tgz``.

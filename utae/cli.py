@@ -212,11 +212,5 @@ def _run_all(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
-def _platform_list(values: Sequence[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [p.strip() for v in values for p in v.split(",") if p.strip()]
-
-
 if __name__ == "__main__":
     sys.exit(main())

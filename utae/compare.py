@@ -2,9 +2,11 @@
 
 :func:`load_study` reads every finished run under ``<results_dir>/runs`` once (through :mod:`utae.results`),
 notes the run folders it had to leave out and the platform folders named otherwise than their runs, computes
-the summary (:func:`utae.study.study_summary`) and the platform effect
-(:func:`utae.platform_effect.platform_effect`), and writes them as ``summary.csv`` and ``platform_effect.csv``
-(:func:`write_study_tables`). The result is a :class:`Study`; :func:`loading_text` says what was read.
+the summary (:func:`utae.study.study_summary`), the platform effect
+(:func:`utae.platform_effect.platform_effect`) and, where runs were tested on corruptions, their scores
+(:mod:`utae.corruption_scores`), and writes them as ``summary.csv``, ``platform_effect.csv`` and
+``robustness.csv`` (:func:`write_study_tables`). The result is a :class:`Study`; :func:`loading_text` says what was
+read.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from pathlib import Path
 import pandas as pd
 
 from utae import results
+from utae.atomic import atomic_write_csv
+from utae.runfolder import SkippedRunWarning
+from utae.corruption_scores import augmentation_table, corruption_scores
 from utae.platform_effect import platform_effect
 from utae.study import load_bench, study_summary
 
-__all__ = ["Study", "load_study", "write_study_tables", "loading_text", "SUMMARY_CSV", "EFFECT_CSV"]
+__all__ = ["Study", "load_study", "write_study_tables", "loading_text", "SUMMARY_CSV", "EFFECT_CSV", "ROBUSTNESS_CSV"]
 
 #: The study's tables, written in the results folder.
 SUMMARY_CSV = "summary.csv"
 EFFECT_CSV = "platform_effect.csv"
+ROBUSTNESS_CSV = "robustness.csv"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class Study:
         effect: :func:`utae.platform_effect.platform_effect` of ``runs`` (``platform_effect.csv``).
         summary: :func:`utae.study.study_summary` of ``runs`` (``summary.csv``).
         bench: :func:`utae.study.load_bench` of ``results_dir / "bench"`` (empty without benchmark tables).
+        corruptions: :func:`utae.results.load_test_corruptions` (one row a run and tested corruption; empty
+            when no run was tested on corruptions, as in runs written before they existed).
+        corruption_scores: :func:`utae.corruption_scores.corruption_scores` (one row a run and kind; its
+            ``attrs["notes"]`` name the runs without a clean-trained partner), empty without corruptions.
+        robustness: :func:`utae.corruption_scores.augmentation_table` (``robustness.csv``), empty without
+            corruptions.
     """
 
     results_dir: Path
@@ -60,6 +72,14 @@ class Study:
     effect: pd.DataFrame
     summary: pd.DataFrame
     bench: dict[str, pd.DataFrame]
+    corruptions: pd.DataFrame
+    corruption_scores: pd.DataFrame
+    robustness: pd.DataFrame
+
+    @property
+    def has_corruptions(self) -> bool:
+        """Whether some run was tested on corruptions."""
+        return not self.corruptions.empty
 
 
 def load_study(results_dir: str | os.PathLike[str], *, effect_metrics: Sequence[str] = ("test_miou", "test_oa"),
@@ -70,7 +90,7 @@ def load_study(results_dir: str | os.PathLike[str], *, effect_metrics: Sequence[
         results_dir: holds ``runs/<platform>/<run_id>/``; ``bench/*.csv`` where benchmarks were run.
         effect_metrics: the metrics of the platform effect (the first one is the report's answer).
         detect: the platform effect, in points, that the seeds-needed estimate is for.
-        write_tables: write ``summary.csv`` and ``platform_effect.csv`` into ``results_dir``
+        write_tables: write ``summary.csv``, ``platform_effect.csv`` (and ``robustness.csv``) into ``results_dir``
             (:func:`write_study_tables`).
 
     Raises:
@@ -82,31 +102,38 @@ def load_study(results_dir: str | os.PathLike[str], *, effect_metrics: Sequence[
     if not metrics:
         raise ValueError("load_study: effect_metrics is empty; expected one metric or more, e.g. ('test_miou',)")
     with warnings.catch_warnings(record=True) as skipped:  # broken run folders are named, not raised
-        warnings.simplefilter("always", results.SkippedRunWarning)
+        warnings.simplefilter("always", SkippedRunWarning)
         runs = results.load_runs(root / "runs")
         test_noise = results.load_test_noise(root / "runs")
         per_class = results.load_per_class_iou(root / "runs")
+        corruptions = results.load_test_corruptions(root / "runs")
     if runs.empty:
         raise ValueError(f"no finished run under {root / 'runs'}: run `make reproduce` first")
-    left_out = sorted({str(w.message) for w in skipped if issubclass(w.category, results.SkippedRunWarning)})
+    left_out = sorted({str(w.message) for w in skipped if issubclass(w.category, SkippedRunWarning)})
     try:
         histories, histories_error = results.load_histories(root / "runs"), ""
     except ValueError as exc:  # an unreadable history.csv: the report says so and goes on
         histories, histories_error = None, str(exc)
+    scores = corruption_scores(runs, corruptions) if not corruptions.empty else pd.DataFrame()
     study = Study(results_dir=root, runs=runs, test_noise=test_noise, per_class=per_class, histories=histories,
                   histories_error=histories_error, left_out=tuple(left_out),
                   platform_mismatches=results.platform_mismatches(runs), effect_metrics=metrics,
                   effect=platform_effect(runs, metrics=metrics, detect=detect), summary=study_summary(runs),
-                  bench=load_bench(root / "bench"))
+                  bench=load_bench(root / "bench"), corruptions=corruptions, corruption_scores=scores,
+                  robustness=augmentation_table(scores) if not scores.empty else pd.DataFrame())
     if write_tables:
         write_study_tables(study)
     return study
 
 
 def write_study_tables(study: Study) -> list[Path]:
-    """Write ``summary.csv`` and ``platform_effect.csv`` into ``study.results_dir`` (atomically); their paths."""
-    return [results.atomic_write_csv(study.results_dir / SUMMARY_CSV, study.summary),
-            results.atomic_write_csv(study.results_dir / EFFECT_CSV, study.effect)]
+    """Write ``summary.csv``, ``platform_effect.csv`` and, when some run was tested on corruptions,
+    ``robustness.csv`` into ``study.results_dir`` (atomically); their paths."""
+    written = [atomic_write_csv(study.results_dir / SUMMARY_CSV, study.summary),
+               atomic_write_csv(study.results_dir / EFFECT_CSV, study.effect)]
+    if not study.robustness.empty:
+        written.append(atomic_write_csv(study.results_dir / ROBUSTNESS_CSV, study.robustness))
+    return written
 
 
 def loading_text(study: Study) -> str:
@@ -121,6 +148,7 @@ def loading_text(study: Study) -> str:
                      "or copied by hand): " + "; ".join(f"`{r.platform}` holds {r.n_runs} run(s) recorded as "
                      f"`{r.recorded}`" for r in mismatch.itertuples()) + ".")
     runs = study.runs
-    parts.append(f"**{len(runs)} finished runs** on {runs['platform'].nunique()} platform(s). "
-                 "Runs per platform and training noise level:")
+    trained_on_corruptions = "cfg_train_corruption" in runs.columns and runs["cfg_train_corruption"].notna().any()
+    parts.append(f"**{len(runs)} finished runs** on {runs['platform'].nunique()} platform(s). Runs per platform and "
+                 f"training {'augmentation' if trained_on_corruptions else 'noise level'}:")
     return "\n\n".join(parts)

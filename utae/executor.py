@@ -457,11 +457,11 @@ class SlurmExecutor:
         A job the cluster ended (cancelled, out of memory, node failure) is a failed result naming its state;
         a point that failed in its job is a failed result with the tail of the job's log.
         """
-        results: dict[int, PointResult] = {}
         with logging_redirect_tqdm(loggers=[logging.getLogger("utae")]):  # log lines above the bar
             return self._wait(jobs, tasks)
 
     def _wait(self, jobs: Sequence[Any], tasks: Sequence[PointTask]) -> list[PointResult]:
+        results: dict[int, PointResult] = {}
         bar = _progress(len(jobs), "points (slurm)")
         start = getattr(self, "submitted_at", time.time())
         watcher = jobs[0].watcher if jobs else None

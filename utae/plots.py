@@ -43,6 +43,8 @@ __all__ = [
     "seed_spread",
     "validation_curves",
     "paired_differences",
+    "corruption_curves",
+    "corruption_gallery",
 ]
 
 DEFAULT_DPI: float = 72.0
@@ -623,4 +625,119 @@ def paired_differences(
     ax.set_title(f"{_label(metric)}: {title} (dot: one seed; bar: mean)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Corruptions
+# --------------------------------------------------------------------------------------------------
+
+
+def corruption_curves(curves: pd.DataFrame, kinds: Sequence[str] | None = None, ncols: int = 4,
+                      dpi: float = DEFAULT_DPI) -> Figure:
+    """Test mIoU against corruption severity, one panel per kind, one line per training augmentation.
+
+    Args:
+        curves: :func:`utae.corruption_scores.severity_curves` (columns ``label``, ``kind``, ``severity``
+            (0 = clean test), ``miou_mean``, ``miou_std``, ``n``): the line is the mean over seeds, the band
+            plus or minus one std over seeds (none for a single run).
+        kinds: the panels, in this order (default: every kind of ``curves`` in its order of appearance).
+        ncols: panels per row.
+    """
+    require_columns(curves, ["label", "kind", "severity", "miou_mean", "miou_std"], "corruption_curves(curves)")
+    _require_rows(curves, "corruption_curves(curves)")
+    kinds = list(dict.fromkeys(curves["kind"])) if kinds is None else list(kinds)
+    labels = list(dict.fromkeys(curves["label"]))
+    colors = _platform_colors(labels)
+    ncols = max(1, min(ncols, len(kinds)))
+    nrows = -(-len(kinds) // ncols)
+    fig = Figure(figsize=(2.9 * ncols + 0.4, 2.5 * nrows + 0.7), dpi=dpi, layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax in grid.flat[len(kinds):]:
+        fig.delaxes(ax)
+    for ax, kind in zip(grid.flat, kinds):
+        sub = curves[curves["kind"] == kind]
+        for label in labels:
+            line = sub[sub["label"] == label].sort_values("severity")
+            if line.empty:
+                continue
+            x = line["severity"].to_numpy(dtype=float)
+            y = line["miou_mean"].to_numpy(dtype=float)
+            sd = line["miou_std"].to_numpy(dtype=float)
+            ax.plot(x, y, marker="o", ms=3, color=colors[label], label=label)
+            if np.isfinite(sd).any():
+                ax.fill_between(x, y - np.nan_to_num(sd), y + np.nan_to_num(sd), color=colors[label], alpha=0.15,
+                                lw=0)
+        ax.set_title(kind.replace("_", " "), fontsize=9)
+        ax.set_xticks(range(6))
+        ax.set_xlabel("severity (0 = clean)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in grid[:, 0]:
+        ax.set_ylabel("test mIoU")
+    handles = [Line2D([], [], color=colors[lb], marker="o", ms=3, label=lb) for lb in labels]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
+               title="training augmentation (mean ± std over seeds)", title_fontsize=8)
+    return fig
+
+
+def corruption_gallery(
+    clean: np.ndarray,
+    corrupted: Mapping[str, Mapping[int, np.ndarray]],
+    target: np.ndarray,
+    pred: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    colors: Sequence[Any] | None = None,
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """What each corruption looks like on one test patch.
+
+    The top row holds the clean RGB frame, the label and (when given) the clean-trained model's prediction;
+    below, one row per kind with the corrupted RGB frame at each severity.
+
+    Args:
+        clean: ``(H, W, 3)`` RGB in [0, 1] (shown as is: stretch every frame with the same limits beforehand so
+            that the frames compare).
+        corrupted: kind -> severity -> ``(H', W', 3)`` RGB in [0, 1]; every kind must have the same severities.
+        target, pred: ``(H, W)`` integer class maps.
+    """
+    names, crgb = _classes(class_names, colors)
+    clean, target = np.asarray(clean), np.asarray(target)
+    if clean.ndim != 3 or clean.shape[-1] != 3:
+        raise ValueError(f"corruption_gallery: clean must be (H, W, 3), got {clean.shape}")
+    if target.shape != clean.shape[:2] or (pred is not None and np.asarray(pred).shape != clean.shape[:2]):
+        raise ValueError(f"corruption_gallery: target and pred must be (H, W) = {clean.shape[:2]}")
+    if not corrupted:
+        raise ValueError("corruption_gallery: no corrupted frames to show")
+    severities = [sorted(v) for v in corrupted.values()]
+    if any(s != severities[0] for s in severities):
+        raise ValueError(f"corruption_gallery: every kind needs the same severities, got {severities}")
+    sevs = severities[0]
+    ncols = max(3, len(sevs))
+    cmap = ListedColormap(crgb)
+    fig = Figure(figsize=(2.0 * ncols + 0.8, 2.0 * (len(corrupted) + 1) + 0.6), dpi=dpi, layout="constrained")
+    grid = fig.subplots(len(corrupted) + 1, ncols, squeeze=False)
+    top = [(clean, None, "clean"), (target, cmap, "label")]
+    if pred is not None:
+        top.append((np.asarray(pred), cmap, "clean-trained prediction"))
+    panels = [top, *[[(img, None, f"{kind.replace('_', ' ')}, severity {s}") for s, img in sorted(frames.items())]
+                     for kind, frames in corrupted.items()]]
+    for row, items in zip(grid, panels):
+        for col, ax in enumerate(row):
+            if col >= len(items):
+                fig.delaxes(ax)
+                continue
+            img, cm, title = items[col]
+            if cm is None:
+                ax.imshow(np.clip(np.asarray(img, dtype=float), 0.0, 1.0), interpolation="nearest")
+            else:
+                ax.imshow(img, cmap=cm, vmin=0, vmax=len(names) - 1, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    maps = [target] + ([np.asarray(pred)] if pred is not None else [])
+    present = sorted(set().union(*(np.unique(m).tolist() for m in maps)))
+    handles = [Patch(facecolor=crgb[c], edgecolor="0.3", label=f"{c} {names[c]}")
+               for c in present if 0 <= c < len(names)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, max(1, len(handles))), fontsize=7,
+               frameon=False)
     return fig

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from utae.results import atomic_write_text, read_json
+from utae.atomic import atomic_write_text, read_json
 
 __all__ = [
     "format_value",

@@ -10,9 +10,6 @@ Layout read by the loaders (one directory a run, owned by :mod:`utae.runfolder`;
 
 Runs without ``metrics.json`` are unfinished and skipped; a run whose files do not read is left out with a
 :class:`utae.runfolder.SkippedRunWarning` naming it. ``null`` metric values are read back as NaN.
-
-For the callers of one import, this module also offers the run folder's readers (:mod:`utae.runfolder`: where a
-run lives, :func:`read_run`) and the atomic writers (:mod:`utae.atomic`).
 """
 
 from __future__ import annotations
@@ -24,30 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from utae.atomic import (
-    atomic_save_npy,
-    atomic_savez,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-    remove_stale_temp,
-    to_jsonable,
-)
 from utae.classes import CLASS_NAMES
-from utae.runfolder import (
-    as_float,
-    RunFiles,
-    SkippedRunWarning,
-    finished_run_dirs,
-    metric_section,
-    read_run,
-    readable_runs,
-    report_path,
-    run_path,
-)
+from utae.runfolder import as_float, finished_run_dirs, metric_section, readable_runs
 
 __all__ = [
     "load_runs",
@@ -58,25 +33,8 @@ __all__ = [
     "RUN_COLUMNS",
     "TEST_NOISE_COLUMNS",
     "PER_CLASS_COLUMNS",
-    # the run folder (utae.runfolder)
-    "RunFiles",
-    "SkippedRunWarning",
-    "finished_run_dirs",
-    "read_run",
-    "readable_runs",
-    "report_path",
-    "run_path",
-    # atomic writers (utae.atomic)
-    "atomic_save_npy",
-    "atomic_savez",
-    "atomic_torch_save",
-    "atomic_write_bytes",
-    "atomic_write_csv",
-    "atomic_write_json",
-    "atomic_write_text",
-    "read_json",
-    "remove_stale_temp",
-    "to_jsonable",
+    "load_test_corruptions",
+    "TEST_CORRUPTION_COLUMNS",
 ]
 
 PathLike = str | os.PathLike
@@ -218,6 +176,56 @@ def load_test_noise(root: PathLike = "results/runs") -> pd.DataFrame:
             rows.append({**base, "test_noise_std": 0.0, "oa": as_float(test.get("oa")), "miou": as_float(test.get("miou"))})
     frame = pd.DataFrame(rows, columns=list(TEST_NOISE_COLUMNS))
     return frame.sort_values(["platform", "run_id", "test_noise_std"], ignore_index=True) if rows else frame
+
+
+#: Columns of :func:`load_test_corruptions`.
+TEST_CORRUPTION_COLUMNS: tuple[str, ...] = ("platform", "run_id", "cfg_noise_std", "cfg_seed", "eval_mode", "kind",
+                                            "severity", "oa", "miou", "iou")
+
+
+def load_test_corruptions(root: PathLike = "results/runs") -> pd.DataFrame:
+    """Long frame of test scores under the corruptions of :mod:`utae.corruptions`: one row per (finished run,
+    ``metrics.json`` ``test_corruptions`` entry).
+
+    Columns: :data:`TEST_CORRUPTION_COLUMNS`: platform, run_id, cfg_noise_std, cfg_seed, ``eval_mode`` (the
+    run's ``metrics.json`` field; ``"padded_batches"`` where it is missing, as in every run written before the
+    field existed), ``kind``, ``severity`` (int 1..5), ``oa``, ``miou`` and ``iou`` (a tuple of the per-class
+    IoUs, NaN where undefined). Runs without ``test_corruptions`` (older ``metrics.json`` files, or runs not
+    tested on corruptions) add no row; the clean test score is in :func:`load_runs` (``test_miou``).
+
+    Raises:
+        ValueError: naming the ``metrics.json`` whose ``test_corruptions`` is not a list of objects with a
+            string ``kind`` and an integer ``severity`` from 1 to 5, or that lists one (kind, severity) twice.
+    """
+    rows: list[dict[str, Any]] = []
+    for platform, run_id, run_dir, config, _, metrics in readable_runs(root):
+        file = run_dir / "metrics.json"
+        entries = metrics.get("test_corruptions") or []
+        if not isinstance(entries, list):
+            raise ValueError(f"{file}: 'test_corruptions' must be a list, got {type(entries).__name__}")
+        mode = metrics.get("eval_mode") or "padded_batches"
+        seen: set[tuple[str, int]] = set()
+        for entry in entries:
+            kind = entry.get("kind") if isinstance(entry, dict) else None
+            severity = entry.get("severity") if isinstance(entry, dict) else None
+            if not isinstance(kind, str) or isinstance(severity, bool) or not isinstance(severity, int) \
+                    or not 1 <= severity <= 5:
+                raise ValueError(f"{file}: every 'test_corruptions' entry needs a string 'kind' and an integer "
+                                 f"'severity' from 1 to 5, got {entry!r}")
+            if (kind, severity) in seen:
+                raise ValueError(f"{file}: 'test_corruptions' lists {kind}:{severity} more than once")
+            seen.add((kind, severity))
+            iou = entry.get("iou") or []
+            if not isinstance(iou, list):
+                raise ValueError(f"{file}: 'iou' of test corruption {kind}:{severity} must be a list, got {iou!r}")
+            rows.append({"platform": platform, "run_id": run_id, "cfg_noise_std": as_float(config.get("noise_std")),
+                         "cfg_seed": config.get("seed"), "eval_mode": str(mode), "kind": kind,
+                         "severity": severity, "oa": as_float(entry.get("oa")), "miou": as_float(entry.get("miou")),
+                         "iou": tuple(as_float(v) for v in iou)})
+    frame = pd.DataFrame(rows, columns=list(TEST_CORRUPTION_COLUMNS))
+    if not rows:
+        return frame.astype({"severity": "int64", "oa": float, "miou": float})
+    return frame.sort_values(["platform", "run_id", "kind", "severity"], ignore_index=True)
 
 
 def load_per_class_iou(root: PathLike = "results/runs") -> pd.DataFrame:

@@ -23,7 +23,7 @@ validation scores (the train columns empty); metrics.json has ``best_epoch`` 0, 
 checkpoint whose architecture was compared); a fine-tuning run keeps that record in its checkpoint, so a resumed
 run reports the file it started from.
 
-Paths. One rule places every run (:func:`utae.results.run_path`): ``<results>/runs/<platform>/<run_id>``; a
+Paths. One rule places every run (:func:`utae.runfolder.run_path`): ``<results>/runs/<platform>/<run_id>``; a
 config without ``out_dir`` runs into ``results/runs/<this machine's platform>/<config.default_run_id()>``.
 
 Safety. Every file is written atomically (:mod:`utae.results`). A run directory is locked while a process

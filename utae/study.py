@@ -20,6 +20,7 @@ study loaded and its CSVs written in one call is :func:`utae.compare.load_study`
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,9 @@ from utae.report import format_value
 __all__ = [
     "config_columns",
     "with_dataset",
+    "AUGMENTATION_COLUMNS",
+    "training_augmentation",
+    "with_augmentation",
     "run_counts",
     "platform_settings",
     "study_summary",
@@ -56,8 +60,8 @@ __all__ = [
 # Configurations, counts, settings, summary
 # --------------------------------------------------------------------------------------------------
 
-_EXTRA_CONFIG = ("cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample", "cfg_fold", "cfg_epochs",
-                 "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset")
+_EXTRA_CONFIG = ("cfg_train_corruption", "cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample", "cfg_fold",
+                 "cfg_epochs", "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset")
 _STUDY_METRICS = ("test_miou", "test_oa", "val_miou", "train_oa", "sec_per_epoch", "train_samples_per_s",
                   "eval_samples_per_s", "peak_mem_mb")
 
@@ -70,9 +74,47 @@ def with_dataset(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+#: The configuration columns that say how a run's training inputs were augmented (:func:`training_augmentation`).
+AUGMENTATION_COLUMNS: tuple[str, ...] = ("cfg_noise_std", "cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample",
+                                         "cfg_train_corruption")
+
+
+def training_augmentation(noise_std: Any, train_corruption: Any = None) -> str:
+    """A run's training augmentation in words: ``"none"`` (no noise, no ``train_corruption``), ``"gaussian σ=<std>"``
+    (``noise_std`` > 0), ``"<kind> <severity>"`` or ``"<kind> <lo>-<hi>"`` for ``train_corruption`` (a
+    ``config.json`` object ``{"kind", "severity", "fraction"}``, or its JSON text as :func:`utae.results.load_runs`
+    holds it; None or NaN for none), both joined by ``" + "``."""
+    parts = []
+    std = float(noise_std) if noise_std is not None and not _missing(noise_std) else 0.0
+    if std > 0:
+        parts.append(f"gaussian σ={std:g}")
+    spec = train_corruption
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"train_corruption: expected a JSON object, got {train_corruption!r}") from exc
+    if spec is not None and not (not isinstance(spec, Mapping) and _missing(spec)):
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("kind"), str) or "severity" not in spec:
+            raise ValueError(f"train_corruption: expected {{'kind': str, 'severity': int or [lo, hi], "
+                             f"'fraction': float}} or null, got {train_corruption!r}")
+        sev = spec["severity"]
+        sev_text = f"{sev[0]}-{sev[1]}" if isinstance(sev, (list, tuple)) else str(sev)
+        parts.append(f"{spec['kind']} {sev_text}")
+    return " + ".join(parts) if parts else "none"
+
+
+def with_augmentation(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with an ``augmentation`` column (:func:`training_augmentation` of ``cfg_noise_std`` and
+    ``cfg_train_corruption``; runs written before ``train_corruption`` existed have none)."""
+    require_columns(runs, ["cfg_noise_std"], "with_augmentation(runs)")
+    corruption = runs["cfg_train_corruption"] if "cfg_train_corruption" in runs.columns else [None] * len(runs)
+    return runs.assign(augmentation=[training_augmentation(s, c) for s, c in zip(runs["cfg_noise_std"], corruption)])
+
+
 def config_columns(runs: pd.DataFrame) -> list[str]:
     """The columns that define a configuration of the study: ``cfg_noise_std``, plus any of the
-    fraction / space / fold / epochs / batch size / lr / train limit / dataset name that vary.
+    training corruption (``train_corruption``) / noise fraction / space / fold / epochs / batch size / lr / train limit / dataset name that vary.
 
     Seeds and platforms are not configuration: they are what the study compares within a configuration.
     """
@@ -87,9 +129,14 @@ def config_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def run_counts(runs: pd.DataFrame) -> pd.DataFrame:
-    """How many finished runs (seeds) each platform has at each training noise level."""
+    """How many finished runs (seeds) each platform has at each training noise level (at each training
+    augmentation, :func:`with_augmentation`, where some run was trained on a corruption)."""
     if len(runs) == 0:
         raise ValueError("run_counts: no runs")
+    if "cfg_train_corruption" in runs.columns and runs["cfg_train_corruption"].notna().any():
+        runs = with_augmentation(runs)
+        return runs.pivot_table(index="platform", columns="augmentation", values="run_id", aggfunc="count",
+                                fill_value=0)
     table = runs.pivot_table(index="platform", columns="cfg_noise_std", values="run_id", aggfunc="count", fill_value=0)
     table.columns = [f"noise {float(c):g}" for c in table.columns]
     return table
