@@ -129,6 +129,18 @@ def test_config_columns_split_other_settings():
     assert len(study.study_summary(runs)) == 6
 
 
+def test_runs_evaluated_otherwise_are_never_paired_across_platforms():
+    """A platform whose runs were evaluated in padded batches (every run before eval_mode was recorded) and one
+    evaluated pad-free differ by the evaluation too: the platform effect must not pair them."""
+    runs = make_runs({"cpu-a": 0.0, "cpu-b": 0.0})
+    runs["eval_mode"] = "pad_free"
+    assert platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b").shape[0] == 9
+    runs.loc[runs.platform == "cpu-a", "eval_mode"] = "padded_batches"
+    assert study.config_columns(runs) == ["cfg_noise_std", "eval_mode"]
+    assert platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b").empty
+    assert set(study.platform_settings(runs)["evaluation"]) == {"padded_batches", "pad_free"}
+
+
 def test_bench_table_side_by_side(tmp_path):
     bench = tmp_path / "bench"
     bench.mkdir()

@@ -122,7 +122,9 @@ def corruption_long(runs: pd.DataFrame, corruptions: pd.DataFrame) -> pd.DataFra
                     "corruption_long(corruptions)")
     runs = with_augmentation(with_dataset(runs))
     keys = pairing_columns(runs)
-    info = runs[[*dict.fromkeys([*keys, "run_id", "cfg_seed", "augmentation", "test_miou", "test_oa"])]]
+    # eval_mode comes with the corruption results (it may also be a pairing key, when the runs' modes differ)
+    info = runs[[c for c in dict.fromkeys([*keys, "run_id", "cfg_seed", "augmentation", "test_miou", "test_oa"])
+                 if c != "eval_mode"]]
     cols = ["platform", "run_id", "kind", "severity", "miou", "oa"]
     mode = corruptions["eval_mode"] if "eval_mode" in corruptions.columns else "padded_batches"
     tested = corruptions[cols].assign(eval_mode=mode)

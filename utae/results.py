@@ -33,6 +33,7 @@ __all__ = [
     "RUN_COLUMNS",
     "TEST_NOISE_COLUMNS",
     "PER_CLASS_COLUMNS",
+    "LEGACY_EVAL_MODE",
     "load_test_corruptions",
     "TEST_CORRUPTION_COLUMNS",
 ]
@@ -62,7 +63,11 @@ RUN_COLUMNS: tuple[str, ...] = (
     "eval_samples_per_s",
     "peak_mem_mb",
     "total_s",
+    "eval_mode",
 )
+#: How a run's validation and test batches were formed (metrics.json "eval_mode"): runs written before it was
+#: recorded were evaluated in padded batches.
+LEGACY_EVAL_MODE = "padded_batches"
 TEST_NOISE_COLUMNS: tuple[str, ...] = ("platform", "run_id", "cfg_noise_std", "cfg_seed", "test_noise_std", "oa", "miou")
 PER_CLASS_COLUMNS: tuple[str, ...] = ("platform", "run_id", "cfg_noise_std", "cfg_seed", "class_id", "class_name", "iou")
 _HISTORY_KEYS: tuple[str, ...] = ("platform", "run_id")
@@ -120,6 +125,7 @@ def _run_row(platform: str, run_id: str, run_dir: Path, config: dict, plat: dict
         "eval_samples_per_s": as_float(timing.get("eval_samples_per_s")),
         "peak_mem_mb": as_float(timing.get("peak_mem_mb")),
         "total_s": as_float(timing.get("total_s")),
+        "eval_mode": str(metrics.get("eval_mode") or LEGACY_EVAL_MODE),
     }
     row.update(_prefixed(config, "cfg_", run_dir / "config.json"))
     row.update(_prefixed(plat, "plat_", run_dir / "platform.json"))
@@ -203,7 +209,7 @@ def load_test_corruptions(root: PathLike = "results/runs") -> pd.DataFrame:
         entries = metrics.get("test_corruptions") or []
         if not isinstance(entries, list):
             raise ValueError(f"{file}: 'test_corruptions' must be a list, got {type(entries).__name__}")
-        mode = metrics.get("eval_mode") or "padded_batches"
+        mode = metrics.get("eval_mode") or LEGACY_EVAL_MODE
         seen: set[tuple[str, int]] = set()
         for entry in entries:
             kind = entry.get("kind") if isinstance(entry, dict) else None

@@ -61,7 +61,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 _EXTRA_CONFIG = ("cfg_train_corruption", "cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample", "cfg_fold",
-                 "cfg_epochs", "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset")
+                 "cfg_epochs", "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset", "eval_mode")
 _STUDY_METRICS = ("test_miou", "test_oa", "val_miou", "train_oa", "sec_per_epoch", "train_samples_per_s",
                   "eval_samples_per_s", "peak_mem_mb")
 
@@ -153,7 +153,8 @@ _IDENTITY = (("plat_cpu_arch", "CPU arch"), ("plat_cpu_isa", "instruction set"),
 _SETTINGS = (("plat_torch_version", "torch"), ("plat_cuda_version", "CUDA"),
              ("plat_amp", "amp"), ("plat_float32_math", "float32 math"), ("plat_deterministic", "deterministic"),
              ("plat_deterministic_warn_only", "deterministic (warn only)"), ("plat_channels_last", "channels last"),
-             ("plat_compile", "compile"), ("plat_world_size", "processes"), ("plat_torch_threads", "torch threads"))
+             ("plat_compile", "compile"), ("plat_world_size", "processes"), ("plat_torch_threads", "torch threads"),
+             ("eval_mode", "evaluation"))
 NOT_RECORDED = "not recorded"
 
 
