@@ -60,7 +60,7 @@ from utae.atomic import (
 from utae.config import RunConfig
 from utae.data import pad_collate
 from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
-from utae.engine import Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
+from utae.engine import EVAL_MODE, Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
 from utae.loaders import Splits, make_datasets, make_loader
 from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
@@ -398,6 +398,7 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
     best = state.history[state.best_epoch - 1] if state.best_epoch >= 1 else None
     metrics = {
         "run_id": config.default_run_id(),
+        "eval_mode": EVAL_MODE,  # validation and test patch by patch, unpadded (utae.engine.evaluate_epoch)
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epoch,
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
