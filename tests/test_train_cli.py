@@ -34,6 +34,7 @@ def _error_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # a new python process: seconds of imports
 def test_a_missing_dataset_root_is_one_line_in_a_subprocess(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-pastis"
     path = _config_file(tmp_path, missing)
@@ -57,10 +58,10 @@ def test_a_malformed_set_value_is_one_line(tmp_path: Path, data_root: Path, caps
 
 def test_a_key_given_twice_is_one_line(tmp_path: Path, data_root: Path, capsys) -> None:
     path = tmp_path / "dup.yaml"
-    path.write_text(f"dataset_root: {data_root}\nepochs: 1\nlr: 0.01\nepochs: 2\n")
+    path.write_text(f"dataset_root: {data_root}\nout_dir: {tmp_path / 'out'}\nepochs: 1\nlr: 0.01\nepochs: 2\n")
     assert train_mod.main(["--config", str(path)]) == 2
     line = _error_line(capsys.readouterr().err)
-    assert line == (f"error: {path}: line 4, column 1: the key 'epochs' is given twice, on lines 2 and 4 "
+    assert line == (f"error: {path}: line 5, column 1: the key 'epochs' is given twice, on lines 3 and 5 "
                     "(YAML would keep only the last); keep one")
 
 
