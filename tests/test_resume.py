@@ -5,6 +5,7 @@ TensorBoard curves hold each epoch once."""
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import utae.engine as engine_mod
 from utae.arithmetic import arithmetic_differences
 from utae.checkpoint import read_checkpoint
 from utae.config import RunConfig
+from utae.merge import import_runs
 from utae.atomic import read_json
 from utae.run import RunDirError, run
 from utae.tensorboard_log import read_scalars, tensorboard_dir
@@ -174,3 +176,14 @@ def test_an_evaluation_only_run_writes_its_one_curve_point(root: str, reference,
                     **{**TINY, "epochs": 0, "init_weights": str(reference[1] / "checkpoint.pt")})
     assert run(cfg) is not None
     assert [step for step, _ in read_scalars(tensorboard_dir(out))["miou/val"]] == [0]
+
+
+def test_the_curves_stay_on_their_machine_and_do_not_block_an_import(reference, tmp_path: Path) -> None:
+    """tensorboard/ is no result file: a results folder holding it imports, without it."""
+    src = tmp_path / "theirs" / "runs" / "plat-a" / "fold1-noise0.5-seed0"
+    shutil.copytree(reference[1], src)
+    assert (src / "tensorboard").is_dir()
+    report = import_runs(tmp_path / "theirs", tmp_path / "mine")
+    assert report.exit_status == 0, report
+    imported = tmp_path / "mine" / "runs" / "plat-a" / "fold1-noise0.5-seed0"
+    assert (imported / "metrics.json").is_file() and not (imported / "tensorboard").exists()
