@@ -108,8 +108,9 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_undefined(self, node: yaml.Node) -> Any:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise yaml.constructor.ConstructorError(
-            None, None, f"the YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} is not allowed: write plain values (numbers, strings, lists, "
+            None, None, f"the YAML tag {tag!r} is not allowed: write plain values (numbers, strings, lists, "
             "mappings) without tags", node.start_mark)
 
 
