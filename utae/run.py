@@ -243,7 +243,8 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
         The metrics.json dict, or None when stopped early by ``max_epochs_this_call``.
 
     Raises:
-        RunDirError: the run directory is in use, or holds another run's config or checkpoint.
+        RunDirError: the run directory is in use, or holds another run's config or checkpoint, or a checkpoint
+            trained under other arithmetic settings (:mod:`utae.arithmetic`; one line naming each and its value).
         utae.weights.WeightsError: ``init_weights`` cannot be used (the message names the fold and the file).
         utae.platform.OtherMachineError: the run there was started on another kind of machine (it is neither
             returned nor resumed).
