@@ -1,9 +1,11 @@
 """Resume: a run stopped after any epoch (or killed in the middle of one) ends with the metrics of an
-uninterrupted deterministic run on CPU."""
+uninterrupted deterministic run on CPU; it resumes only under the arithmetic settings it started with; its
+TensorBoard curves hold each epoch once."""
 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,13 @@ import pytest
 import torch
 
 import utae.engine as engine_mod
+from utae.arithmetic import arithmetic_differences
+from utae.checkpoint import read_checkpoint
 from utae.config import RunConfig
+from utae.merge import import_runs
 from utae.atomic import read_json
-from utae.run import run
+from utae.run import RunDirError, run
+from utae.tensorboard_log import read_scalars, tensorboard_dir
 
 from helpers import tiny_model
 
@@ -100,3 +106,84 @@ def test_a_leftover_history_row_is_dropped_on_resume(root: str, reference, tmp_p
     pd.concat([hist, hist.assign(epoch=2)]).to_csv(tmp_path / "run" / "history.csv", index=False)
     metrics = run(cfg)
     _assert_same_run(tmp_path / "run", ref_out, metrics, ref_metrics)
+
+
+def _assert_curves_are_the_history(out: Path, epochs: list[int]) -> None:
+    """The TensorBoard curves of a run folder show each epoch once, with the values of history.csv."""
+    hist = pd.read_csv(out / "history.csv")
+    assert hist["epoch"].tolist() == epochs
+    curves = read_scalars(tensorboard_dir(out))
+    for tag, column in (("loss/train", "train_loss"), ("miou/val", "val_miou")):
+        assert [step for step, _ in curves[tag]] == epochs, tag
+        # event files hold float32: the values equal the history's rounded to float32
+        np.testing.assert_array_equal(np.array([v for _, v in curves[tag]], np.float32),
+                                      hist[column].to_numpy(np.float32))
+
+
+def test_an_uninterrupted_run_writes_its_curves(reference) -> None:
+    _assert_curves_are_the_history(reference[1], [1, 2, 3])
+
+
+def test_a_resume_under_other_threads_is_refused_and_under_the_same_ones_is_bit_identical(
+        root: str, reference, tmp_path: Path) -> None:
+    """A sweep that resumes a point with another torch thread count (the cores freed by finished points) would
+    change its numbers: the checkpoint records the settings, and a resume under others is refused, naming them,
+    before anything of the run folder is rewritten."""
+    ref_metrics, ref_out = reference
+    out = tmp_path / "run"
+    cfg = RunConfig(dataset_root=root, out_dir=str(out), **TINY)
+    threads = torch.get_num_threads()
+    assert run(cfg, max_epochs_this_call=1) is None
+    assert read_checkpoint(out / "checkpoint.pt")["arithmetic"]["torch_threads"] == threads
+    before = {name: (out / name).read_bytes() for name in ("platform.json", "checkpoint.pt", "history.csv")}
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.raises(RunDirError) as refused:
+            run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    message = str(refused.value)
+    assert message == (f"{out / 'checkpoint.pt'} was trained with torch threads {threads}, this process has "
+                       f"{threads + 1}: resume with THREADS={threads} (or --threads {threads} / "
+                       f"torch.set_num_threads({threads}))")
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not (out / "metrics.json").exists()
+    _scramble_global_rngs()
+    metrics = run(cfg)
+    _assert_same_run(out, ref_out, metrics, ref_metrics)
+    assert read_json(out / "platform.json")["torch_threads"] == threads
+    _assert_curves_are_the_history(out, [1, 2, 3])  # the resumed run wrote epoch 1 again, once
+
+
+def test_every_differing_setting_is_named_with_the_value_to_set() -> None:
+    recorded = {"torch_threads": 1, "amp": "off", "float32_math": "ieee", "device_kind": "cpu",
+                "device_name": "CPU A", "deterministic": True, "channels_last": False, "compile": False,
+                "world_size": 2}
+    now = {**recorded, "device_name": "CPU B", "deterministic": False, "world_size": 1}
+    assert arithmetic_differences(recorded, now) == [
+        "device model CPU A, this process has CPU B: resume on CPU A",
+        "deterministic True, this process has False: resume with deterministic=True",
+        "processes (world_size) 2, this process has 1: resume with torchrun --nproc_per_node=2 "
+        "(or --tasks-per-point 2)",
+    ]
+    assert arithmetic_differences(recorded, recorded) == []
+    assert arithmetic_differences(None, now) == []  # a checkpoint from before the record: resumed unchecked
+
+
+def test_an_evaluation_only_run_writes_its_one_curve_point(root: str, reference, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    cfg = RunConfig(dataset_root=root, out_dir=str(out),
+                    **{**TINY, "epochs": 0, "init_weights": str(reference[1] / "checkpoint.pt")})
+    assert run(cfg) is not None
+    assert [step for step, _ in read_scalars(tensorboard_dir(out))["miou/val"]] == [0]
+
+
+def test_the_curves_stay_on_their_machine_and_do_not_block_an_import(reference, tmp_path: Path) -> None:
+    """tensorboard/ is no result file: a results folder holding it imports, without it."""
+    src = tmp_path / "theirs" / "runs" / "plat-a" / "fold1-noise0.5-seed0"
+    shutil.copytree(reference[1], src)
+    assert (src / "tensorboard").is_dir()
+    report = import_runs(tmp_path / "theirs", tmp_path / "mine")
+    assert report.exit_status == 0, report
+    imported = tmp_path / "mine" / "runs" / "plat-a" / "fold1-noise0.5-seed0"
+    assert (imported / "metrics.json").is_file() and not (imported / "tensorboard").exists()

@@ -95,6 +95,8 @@ def test_a_format_1_checkpoint_of_the_previous_version_resumes(root: str, tmp_pa
     assert hist.loc[0, "train_loss"] == old["history"][0]["train_loss"]
     new = read_checkpoint(out / "checkpoint.pt")
     assert new["format"] == 2 and new["epoch"] == 3
+    # The old checkpoint had no record of its arithmetic settings (it resumed unchecked); the new one has.
+    assert "arithmetic" not in old and new["arithmetic"]["torch_threads"] == torch.get_num_threads()
     # The current format is plain data: it loads with torch's own weights-only unpickler and nothing allowed.
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 3
 

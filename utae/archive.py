@@ -56,7 +56,7 @@ PathLike = str | os.PathLike[str]
 ARCHIVE_ROOT = "results"
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_FORMAT = 1
-_EXCLUDED_NAMES = frozenset({"checkpoint.pt", "run.ipynb"})
+_EXCLUDED_NAMES = frozenset({"checkpoint.pt", "run.ipynb", "tensorboard"})  # tensorboard/: live curves
 _EXCLUDED_SUFFIXES = (".tmp", ".partial.ipynb")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -67,8 +67,8 @@ class ExchangeError(ValueError):
 
 
 def is_excluded(name: str) -> bool:
-    """Whether a file of a run directory stays on its machine: ``checkpoint.pt``, ``run.ipynb``, ``.lock`` and
-    other hidden files, ``*.tmp``, ``*.partial.ipynb``."""
+    """Whether a file of a run directory stays on its machine: ``checkpoint.pt``, ``run.ipynb``, the
+    ``tensorboard`` folder, ``.lock`` and other hidden files, ``*.tmp``, ``*.partial.ipynb``."""
     return name in _EXCLUDED_NAMES or name.startswith(".") or name.endswith(_EXCLUDED_SUFFIXES)
 
 
@@ -276,7 +276,7 @@ def _wanted(rel: tuple[str, ...]) -> bool:
     if rel == (MANIFEST_NAME,):
         return True
     if len(rel) >= 4 and rel[0] == "runs":
-        return not is_excluded(rel[-1])
+        return not any(is_excluded(part) for part in rel[3:])
     return len(rel) == 3 and rel[0] == "reports" and rel[2].endswith(".html")
 
 

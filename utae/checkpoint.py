@@ -3,7 +3,9 @@
 A checkpoint (``checkpoint.pt``) holds the model, the optimizer, the grad scaler, the epoch reached, the best
 epoch (score, weights, validation scores), the history and every process's RNG states, so that a killed run
 resumes from its last complete epoch, bit for bit on the CPU. It also holds the run's config: a checkpoint of
-another run (another ``lr``, say) is refused rather than resumed.
+another run (another ``lr``, say) is refused rather than resumed, and the arithmetic settings it was trained
+under (``"arithmetic"``, :func:`utae.arithmetic.arithmetic_settings`: threads, amp, device...), under which
+alone it resumes.
 
 Safety. A ``.pt`` file is a pickle, and a pickle can run code when it is loaded. Checkpoints are read with
 ``torch.load(weights_only=True)``, which rebuilds only tensors and plain containers; the current format (2)
@@ -127,11 +129,13 @@ def _plain(obj: Any) -> Any:
 
 def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
                     config: Mapping[str, Any], *, scaler: Any = None, scheduler: Any = None,
-                    rng_states: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                    rng_states: Sequence[Mapping[str, Any]] | None = None,
+                    arithmetic: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint of a run after ``state.epoch`` epochs, as tensors and plain containers only.
 
     ``rng_states``: every process's RNG states in rank order (see :func:`utae.distributed.gather_objects`);
-    by default this process's alone. ``config`` is the run's ``RunConfig.to_dict()``.
+    by default this process's alone. ``config`` is the run's ``RunConfig.to_dict()``. ``arithmetic``: the
+    run's :func:`utae.arithmetic.arithmetic_settings` (None: not recorded).
     """
     rng_states = list(rng_states) if rng_states is not None else [rng_state()]
     return _plain({
@@ -141,6 +145,7 @@ def checkpoint_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: T
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "best_epoch": state.best_epoch, "best_score": state.best_score, "best_model": state.best_model,
         "best_val": state.best_val, "history": state.history, "rng_per_rank": rng_states,
+        "arithmetic": dict(arithmetic) if arithmetic is not None else None,
     })
 
 

@@ -5,9 +5,11 @@ with the best validation mIoU (a tie goes to the later epoch), tests that model 
 every test-time noise level, and writes its run directory:
 
 * ``config.json``: the :class:`RunConfig`; ``platform.json``: software and hardware (:mod:`utae.platform`);
-* ``history.csv``: one row per epoch (:data:`HISTORY_COLUMNS`), rewritten after every epoch;
+* ``history.csv``: one row per epoch (:data:`HISTORY_COLUMNS`), rewritten after every epoch; the same rows as
+  TensorBoard event files in ``tensorboard/`` (:mod:`utae.tensorboard_log`, live curves; not a result file);
 * ``checkpoint.pt``: after every epoch (:mod:`utae.checkpoint`), so that a killed run resumes from its last
-  complete epoch;
+  complete epoch, under the arithmetic settings recorded there (:mod:`utae.arithmetic`: threads, amp, device...)
+  or not at all;
 * ``confusion.npy``: the clean test confusion matrix, ``(20, 20)`` int64, rows = true class;
 * ``predictions.npz``: a few test patches for maps: ``rgb`` ``(N, H, W, 3)`` in [0, 1], ``target`` and
   ``pred`` ``(N, H, W)``, ``patch_id`` ``(N,)``;
@@ -47,6 +49,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from utae.arithmetic import arithmetic_differences, arithmetic_settings
 from utae.checkpoint import TrainState, checkpoint_dict, read_checkpoint, restore, rng_state, seed_everything
 from utae.atomic import (
     atomic_save_npy,
@@ -66,6 +69,7 @@ from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
 from utae.platform import resolve_device
 from utae.precision import amp_name, autocast, float32_math, resolve_amp, tf32_enabled, torch_settings
+from utae.tensorboard_log import EpochScalars, tensorboard_dir
 from utae.runfolder import (
     RunDirError,
     config_differences,
@@ -153,6 +157,15 @@ def _check_checkpoint_config(path: Path, ckpt: Mapping[str, Any], config: RunCon
                           "Delete it to start this run from scratch.")
 
 
+def _check_arithmetic(path: Path, ckpt: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """A checkpoint resumes only under the arithmetic settings it was trained with (:mod:`utae.arithmetic`), so
+    that every epoch of the run computes alike. A checkpoint without the record (written before it existed)
+    resumes as it always did, unchecked."""
+    diffs = arithmetic_differences(ckpt.get("arithmetic"), current)
+    if diffs:
+        raise RunDirError(f"{path} was trained with {'; '.join(diffs)}")
+
+
 @contextlib.contextmanager
 def _explained_errors(config: RunConfig, device: torch.device) -> Iterator[None]:
     """Turn the cryptic failures of deterministic mode and torch.compile into errors that name the setting."""
@@ -230,7 +243,8 @@ def run(config: RunConfig | Mapping[str, Any], *, max_epochs_this_call: int | No
         The metrics.json dict, or None when stopped early by ``max_epochs_this_call``.
 
     Raises:
-        RunDirError: the run directory is in use, or holds another run's config or checkpoint.
+        RunDirError: the run directory is in use, or holds another run's config or checkpoint, or a checkpoint
+            trained under other arithmetic settings (:mod:`utae.arithmetic`; one line naming each and its value).
         utae.weights.WeightsError: ``init_weights`` cannot be used (the message names the fold and the file).
         utae.platform.OtherMachineError: the run there was started on another kind of machine (it is neither
             returned nor resumed).
@@ -277,8 +291,10 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     barrier(ctx)  # every process has checked the run directory before rank 0 writes to it
     ckpt_path = out / "checkpoint.pt"
     ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if ckpt is not None:
+    arithmetic = arithmetic_settings(config, device, amp_dtype, ctx.world_size)
+    if ckpt is not None:  # both checks come before platform.json is rewritten: a refused resume leaves it as it was
         _check_checkpoint_config(ckpt_path, ckpt, config)
+        _check_arithmetic(ckpt_path, ckpt, arithmetic)
     if ctx.is_main:
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "platform.json", _platform_record(config, device, amp_dtype, ctx))
@@ -307,18 +323,36 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
         if ctx.is_main:
             log.info("%s: initial weights %s (sha256 %s)", out, init["path"], init["sha256"])
     del ckpt
+    # Live curves (rank 0): the restored rows first, then one row an epoch, right after history.csv.
+    scalars = EpochScalars(tensorboard_dir(out), history=state.history) if ctx.is_main else None
+    try:
+        return _train(config, ctx, engine, splits, train_loader, val_loader, test_loader, out, state, init,
+                      arithmetic, scalars, max_epochs_this_call)
+    finally:
+        if scalars is not None:
+            scalars.close()
+
+
+def _train(config: RunConfig, ctx: DistContext, engine: Engine, splits: Splits, train_loader: DataLoader,
+           val_loader: DataLoader, test_loader: DataLoader, out: Path, state: TrainState,
+           init: dict[str, Any] | None, arithmetic: Mapping[str, Any], scalars: EpochScalars | None,
+           max_epochs_this_call: int | None) -> dict[str, Any] | None:
+    """The epochs of :func:`_run` from ``state`` on (a checkpoint and a history row each), then the test."""
+    ckpt_path = out / "checkpoint.pt"
     if config.epochs == 0:
-        return _evaluate_only(config, engine, splits, val_loader, test_loader, out, init)
+        return _evaluate_only(config, engine, splits, val_loader, test_loader, out, init, scalars)
 
     def save(st: TrainState) -> None:
         rng_states = gather_objects(rng_state(), ctx)  # every process takes part
         if ctx.is_main:
             ckpt_out = checkpoint_dict(engine.raw, engine.optimizer, st, config.to_dict(), scaler=engine.scaler,
-                                       scheduler=engine.scheduler, rng_states=rng_states)
+                                       scheduler=engine.scheduler, rng_states=rng_states, arithmetic=arithmetic)
             if init is not None:
                 ckpt_out["init_weights"] = init
             atomic_torch_save(ckpt_path, ckpt_out)
             _write_history(out, st.history)
+            if scalars is not None:
+                scalars.add(st.history[-1])
         barrier(ctx)
 
     if ctx.is_main and state.history:
@@ -331,7 +365,8 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
 
 
 def _evaluate_only(config: RunConfig, engine: Engine, splits: Splits, val_loader: DataLoader,
-                   test_loader: DataLoader, out: Path, init: Mapping[str, Any] | None) -> dict[str, Any]:
+                   test_loader: DataLoader, out: Path, init: Mapping[str, Any] | None,
+                   scalars: EpochScalars | None = None) -> dict[str, Any]:
     """``epochs`` 0: the loaded weights are "epoch 0": validate them (clean), write the one-row history, then
     test them as :func:`_finish` tests a best epoch. No checkpoint is written."""
     device = engine.device
@@ -349,6 +384,8 @@ def _evaluate_only(config: RunConfig, engine: Engine, splits: Splits, val_loader
                        best_val={**va_s, "loss": va.loss}, history=[row])
     if engine.ctx.is_main:
         _write_history(out, state.history)
+        if scalars is not None:
+            scalars.add(row)
     return _finish(config, engine, state, splits, test_loader, out, init)
 
 

@@ -22,7 +22,9 @@ A file with neither ``fixed`` nor ``grid`` is a single run: every top-level key 
 string is replaced by the environment variable ``VAR`` (an unset one is an error that names it and the file).
 Every key of ``fixed`` and ``grid`` must be a parameter of the parameters cell of the sweep's notebook and a
 RunConfig field; ``out_dir`` and ``run_id`` are set by the sweep. Numbers are read as people type them:
-``1e-3`` is a float (plain YAML 1.1 reads it as a string).
+``1e-3`` is a float (plain YAML 1.1 reads it as a string). A key given twice in one mapping (at any level) is an
+error naming both lines, and so is a YAML tag (``!!python/object``, ``!foo``): a sweep file holds plain values only.
+The command line's ``--set key=value`` values are read by the same reader (:func:`parse_set`).
 
 Run ids have one rule, :func:`utae.config.run_id_for`: the grid values in grid order, e.g. ``noise0.5-seed1``; a run
 outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``).
@@ -31,12 +33,14 @@ outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import itertools
+import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ __all__ = [
     "COMPARE_NOTEBOOK",
     "DEFAULT_TIMEOUT",
     "read_yaml",
+    "parse_set",
     "SweepError",
     "SweepPoint",
     "Sweep",
@@ -75,10 +80,41 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # --------------------------------------------------------------------------------------------------
 
 
+class SweepError(ValueError):
+    """A sweep file or a sweep point that cannot be used; the message names the file and the key."""
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader (no python objects), with YAML 1.2's reading of plain words: ``1e-3`` and ``1E5``
     are floats (YAML 1.1 needs a dot in the mantissa), and only ``true``/``false`` are booleans (YAML 1.1 also
-    reads ``off``, ``on``, ``yes`` and ``no`` as booleans, so ``amp: off`` would not be the string "off")."""
+    reads ``off``, ``on``, ``yes`` and ``no`` as booleans, so ``amp: off`` would not be the string "off").
+
+    Stricter than YAML: a key given twice in one mapping is an error (YAML would keep the last silently), and so
+    is a tag that the safe loader does not know (``!!python/object``, ``!foo``), which would otherwise surface as
+    PyYAML's multi-line ConstructorError."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a merge key (<<) may repeat keys on purpose; a list or mapping key is rare enough
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice, on lines {seen[key]} and {line} (YAML would "
+                    "keep only the last); keep one", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_undefined(self, node: yaml.Node) -> Any:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the YAML tag {tag!r} is not allowed: write plain values (numbers, strings, lists, "
+            "mappings) without tags", node.start_mark)
+
+
+_Loader.add_constructor(None, _Loader.construct_undefined)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -98,18 +134,55 @@ _Loader.add_implicit_resolver(
 )
 
 
-def read_yaml(text: str) -> Any:
-    """Parse YAML text safely (no code runs), reading ``1e-3`` as a float."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+def _one_line(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (``line L, column C``) and what was expected or found."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).split())
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = "; ".join(part for part in (exc.context, exc.problem) if part)
+    return where + " ".join(what.split())
+
+
+def read_yaml(text: str, source: str | os.PathLike[str] = "<yaml>") -> Any:
+    """Parse YAML text safely (no code runs), reading ``1e-3`` as a float (see :class:`_Loader`).
+
+    Raises:
+        SweepError: one line naming ``source`` (the file, or the ``--set`` argument) and the line: not YAML, a key
+            given twice in one mapping (both lines named), a YAML tag.
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise SweepError(f"{source}: {_one_line(exc)}") from None
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """The command line's ``--set`` values: ``["lr=1e-3", "seed=2"]`` -> ``{"lr": 0.001, "seed": 2}`` (each value
+    read by :func:`read_yaml`).
+
+    Raises:
+        SweepError: naming the ``--set`` argument: no ``=``, an empty key, a key given twice, or a value that is
+            not YAML (what was expected, e.g. a list written ``[8, 8]``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SweepError(f"--set {item}: expected key=value, e.g. --set lr=1e-3")
+        if key in out:
+            raise SweepError(f"--set {item}: {key} is set twice; keep one")
+        try:
+            out[key] = read_yaml(value, source=f"--set {item}")
+        except SweepError as exc:
+            raise SweepError(f"{exc} (the value is read as YAML: a number, a string, a list [8, 8])") from None
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Sweep files
 # --------------------------------------------------------------------------------------------------
-
-
-class SweepError(ValueError):
-    """A sweep file or a sweep point that cannot be used; the message names the file and the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +245,18 @@ def expand_env(value: Any, env: Mapping[str, str], source: str | os.PathLike[str
     return value
 
 
+@contextlib.contextmanager
+def _quiet_papermill() -> Iterator[None]:
+    """Papermill's INFO lines ("Input Notebook: ...") are no news to a person who only reads a parameters cell."""
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def notebook_parameters(notebook: str | os.PathLike[str] = TRAIN_NOTEBOOK) -> dict[str, Any]:
     """The parameters defined by the cell tagged ``parameters`` of ``notebook``, with their defaults.
 
@@ -184,7 +269,8 @@ def notebook_parameters(notebook: str | os.PathLike[str] = TRAIN_NOTEBOOK) -> di
     if not notebook.is_file():
         raise SweepError(f"notebook {notebook} not found")
     try:
-        params = papermill.inspect_notebook(str(notebook))
+        with _quiet_papermill():
+            params = papermill.inspect_notebook(str(notebook))
     except (ValueError, OSError) as exc:
         raise SweepError(f"cannot read the parameters cell of {notebook}: {exc}") from exc
     if not params:
@@ -229,11 +315,12 @@ def load_sweep(
     path = Path(path)
     env = os.environ if env is None else env
     try:
-        doc = read_yaml(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise SweepError(f"sweep file {path} not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from None
+    doc = read_yaml(text, source=path)
     if not isinstance(doc, dict):
         raise SweepError(f"{path}: a sweep file must be a YAML mapping (fixed:, grid:), got {type(doc).__name__}")
     nb_path = Path(notebook) if notebook is not None else Path(doc.get("notebook") or TRAIN_NOTEBOOK)

@@ -6,6 +6,9 @@ YAML, so ``--set lr=1e-3`` is a number), also under ``torchrun`` for several GPU
     python -m utae.train --config params/default.yaml --set noise_std=1.0 --set seed=0 --set out_dir=results/x
     torchrun --nproc_per_node=4 -m utae.train --config params/paper.yaml --set noise_std=1.0 --set seed=0
 
+Errors a person can fix (a config or sweep-file error, a dataset that is not PASTIS, a run folder of another run
+or machine, a checkpoint that cannot resume) print one line, ``error: ...``, and exit with status 2.
+
 The work is done by :func:`utae.run.run` (the run directory), :mod:`utae.engine` (the training loop) and
 :mod:`utae.config` (the config) and :mod:`utae.sweepfile` (its reader).
 """
@@ -15,27 +18,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from utae.sweepfile import load_config_file, read_yaml
+from utae.checkpoint import CheckpointError
 from utae.console import configure_logging
 from utae.distributed import dist_context
+from utae.engine import NonFiniteLossError
 from utae.run import run
-from utae.runfolder import RunDirError
+from utae.sweepfile import load_config_file, parse_set
 
-__all__ = ["parse_set", "main"]
+__all__ = ["USER_ERRORS", "parse_set", "main"]
+
+#: The errors of a run that a person fixes by changing the config, the data or the run folder: shown as one line.
+#: The package's errors of bad input are ValueErrors whose message names the file or field: SweepError,
+#: utae.data.PastisFormatError, utae.runfolder.RunDirError, utae.platform.OtherMachineError,
+#: utae.weights.WeightsError, and RunConfig's own checks; a data file that is missing (the message names it), a
+#: checkpoint that cannot be read and a diverging loss (which names its epoch and batch) are fixed by the user too.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError)
 
 
-def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """``["lr=1e-3", "seed=2"]`` -> ``{"lr": 0.001, "seed": 2}`` (values parsed as YAML, see
-    :func:`utae.sweepfile.read_yaml`)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = read_yaml(value)
-    return out
+def _fail(exc: BaseException) -> int:
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,13 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         config = load_config_file(args.config, parse_set(args.overrides))
-    except ValueError as exc:  # SweepError included
-        parser.error(str(exc))
+    except ValueError as exc:  # SweepError, and a RunConfig field out of range (the message names it)
+        return _fail(exc)
     try:
         metrics = run(config, max_epochs_this_call=args.max_epochs_this_call)
-    except RunDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _fail(exc)
     if not dist_context().is_main:
         return 0
     if metrics is None:
