@@ -20,10 +20,9 @@ import torch
 import utae.results as results_mod
 from utae.checkpoint import CheckpointError, read_checkpoint
 from utae.config import RunConfig
-from utae.sweepfile import load_config_file, read_yaml
+from utae.sweepfile import load_config_file, parse_set, read_yaml
 from utae.atomic import read_json
 from utae.run import RunDirError, lock_run_dir, run
-from utae.train import parse_set
 
 from helpers import tiny_model
 

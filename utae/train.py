@@ -26,7 +26,7 @@ from utae.engine import NonFiniteLossError
 from utae.run import run
 from utae.sweepfile import load_config_file, parse_set
 
-__all__ = ["USER_ERRORS", "parse_set", "main"]
+__all__ = ["USER_ERRORS", "main"]
 
 #: The errors of a run that a person fixes by changing the config, the data or the run folder: shown as one line.
 #: The package's errors of bad input are ValueErrors whose message names the file or field: SweepError,
