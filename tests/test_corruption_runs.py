@@ -125,7 +125,7 @@ def test_make_datasets_wraps_the_corruption_inside_the_noise(tiny_root: str, tmp
 def corrupted_run(tiny_root: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, dict, Path]:
     out = tmp_path_factory.mktemp("runs") / "cpu" / "r"  # <results>/runs/<platform>/<run_id>
     cfg = RunConfig(dataset_root=tiny_root, out_dir=str(out), epochs=1, train_corruption=TRAIN_CLOUDS,
-                    test_corruptions=["clouds:1", "missing_dates:5"], test_noise_stds=(0.0, 1.0), **TINY)
+                    test_corruptions=["clouds:1", "missing_dates:5", "gaussian:4"], test_noise_stds=(0.0, 1.0), **TINY)
     return cfg, run(cfg), out
 
 
@@ -134,7 +134,7 @@ def test_a_run_writes_eval_mode_and_its_test_corruptions(corrupted_run) -> None:
     stored = read_json(out / "metrics.json")
     assert stored == metrics and metrics["eval_mode"] == EVAL_MODE == "pad_free"
     entries = metrics["test_corruptions"]
-    assert [(e["kind"], e["severity"]) for e in entries] == [("clouds", 1), ("missing_dates", 5)]
+    assert [(e["kind"], e["severity"]) for e in entries] == [("clouds", 1), ("missing_dates", 5), ("gaussian", 4)]
     for e in entries:
         assert set(e) == {"kind", "severity", "oa", "miou", "iou"}
         assert 0.0 <= e["oa"] <= 1.0 and 0.0 <= e["miou"] <= 1.0 and len(e["iou"]) == 20
@@ -142,12 +142,14 @@ def test_a_run_writes_eval_mode_and_its_test_corruptions(corrupted_run) -> None:
         defined = [v for v in e["iou"] if v is not None]
         assert math.isclose(e["miou"], sum(defined) / len(defined), rel_tol=1e-9)
     assert [c["std"] for c in metrics["test_noise"]] == [0.0, 1.0]  # the noise levels as before
+    noise1 = metrics["test_noise"][1]  # gaussian:4 is std 1.0, the same draws: the run reuses that evaluation
+    assert {k: entries[2][k] for k in ("oa", "miou", "iou")} == {k: noise1[k] for k in ("oa", "miou", "iou")}
     assert metrics["timing"]["test_corruptions_s"] > 0
     config = read_json(out / "config.json")
     assert config["train_corruption"] == TRAIN_CLOUDS
-    assert config["test_corruptions"] == ["clouds:1", "missing_dates:5"]
+    assert config["test_corruptions"] == ["clouds:1", "missing_dates:5", "gaussian:4"]
     frame = load_test_corruptions(out.parent.parent)
-    assert list(frame["kind"]) == ["clouds", "missing_dates"] and set(frame["eval_mode"]) == {"pad_free"}
+    assert sorted(frame["kind"]) == ["clouds", "gaussian", "missing_dates"] and set(frame["eval_mode"]) == {"pad_free"}
 
 
 def test_the_corruption_scores_do_not_depend_on_the_batch_size(corrupted_run, tmp_path: Path) -> None:
@@ -246,9 +248,30 @@ def test_the_real_data_corruption_presets(name: str, tmp_path: Path, monkeypatch
 
 
 def test_the_readme_severity_table_is_the_modules() -> None:
-    """README's severity table lists every (kind, severity) with the parameters of SEVERITY_TABLE."""
+    """README's severity table: one row a kind, the parameters of SEVERITY_TABLE at severities 1 to 5."""
     text = (REPO / "README.md").read_text()
-    for row in severity_table_rows():
-        params = ", ".join(f"{k} {v:g}" for k, v in row.items() if k not in ("kind", "severity"))
-        assert re.search(rf"\| `{row['kind']}` \| {row['severity']} \| {re.escape(params)} \|", text), row
-    assert len(severity_table_rows()) == len(KINDS) * len(SEVERITIES)
+    rows = severity_table_rows()
+    assert len(rows) == len(KINDS) * len(SEVERITIES)
+    for kind in KINDS:
+        cells = [", ".join(f"{k} {v:g}" for k, v in r.items() if k not in ("kind", "severity"))
+                 for r in rows if r["kind"] == kind]
+        assert f"| `{kind}` | " + " | ".join(cells) + " |" in text, kind
+
+
+def test_gaussian_corruption_is_the_test_noise_so_the_run_reuses_it(tiny_root: str) -> None:
+    """The run scores gaussian:4 with its noise-1.0 evaluation: valid only because both draw the same noise."""
+    from utae.engine import build_engine, evaluate_epoch
+    from utae.loaders import make_loader
+    from utae.corruption_spec import SEVERITY_TABLE
+
+    cfg = RunConfig(dataset_root=tiny_root, **TINY)
+    splits = make_datasets(cfg)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_engine(cfg, cpu, None, steps_per_epoch=1).raw
+    loader = make_loader(splits.test, batch_size=2, train=False, seed=0, device=cpu)
+    for severity in SEVERITIES:
+        std = SEVERITY_TABLE["gaussian"][severity]["std"]
+        noisy = evaluate_epoch(model, loader, cpu, noise_std=std, seed=5)
+        corrupted = evaluate_epoch(model, loader, cpu, corruption=("gaussian", severity), seed=5)
+        assert np.array_equal(noisy.cm, corrupted.cm) and noisy.loss == corrupted.loss

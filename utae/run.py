@@ -61,6 +61,7 @@ from utae.atomic import (
     remove_stale_temp,
 )
 from utae.config import RunConfig
+from utae.corruptions import SEVERITY_TABLE
 from utae.data import pad_collate
 from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
 from utae.engine import EVAL_MODE, Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
@@ -379,6 +380,10 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, splits: Spl
     of ``config.test_corruptions`` (on the clean images, seeded from the run seed and the patch id; the
     corruptions defined on raw reflectance use the statistics the test split is normalised with).
 
+    ``gaussian`` is the test-time noise itself (the same draws of ``(seed, patch id, std)``, in normalised units):
+    a ``gaussian`` severity whose std is one of the noise levels just evaluated in ``"normalized"`` units reuses
+    that evaluation instead of repeating it.
+
     Returns ``{"clean": EpochResult, "test_noise": [...], "test_corruptions": [...], "seconds": total,
     "corruption_seconds": of the corruptions}``: the ``metrics.json`` entries ``{"std" | "kind", "severity",
     "oa", "miou", "iou"}`` in the config's order.
@@ -398,12 +403,16 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, splits: Spl
     corruption_seconds = 0.0
     for name in config.test_corruptions:
         kind, severity = name.split(":")
-        res = evaluate_epoch(engine.eval_model, loader, engine.device, corruption=(kind, int(severity)),
-                             norm=(splits.test_mean, splits.test_std), desc=f"test ({name})", **common)
+        same_noise = float(SEVERITY_TABLE[kind][int(severity)]["std"]) if kind == "gaussian" else None
+        if same_noise in results and config.noise_space == "normalized":
+            res = results[same_noise]
+        else:
+            res = evaluate_epoch(engine.eval_model, loader, engine.device, corruption=(kind, int(severity)),
+                                 norm=(splits.test_mean, splits.test_std), desc=f"test ({name})", **common)
+            corruption_seconds += res.seconds
         s = scores(res.cm)
         corrupted.append({"kind": kind, "severity": int(severity), "oa": s["oa"], "miou": s["miou"],
                           "iou": s["iou"]})
-        corruption_seconds += res.seconds
     return {"clean": results[0.0], "test_noise": curve, "test_corruptions": corrupted,
             "seconds": sum(r.seconds for r in results.values()) + corruption_seconds,
             "corruption_seconds": corruption_seconds}
