@@ -178,7 +178,8 @@ def test_case_keys_set_fields_together_with_readable_run_ids(tmp_path: Path, tin
     assert [p.run_id for p in sweep.points] == ["aug-none-seed0", "aug-none-seed1", "aug-gaussian-seed0",
                                                  "aug-gaussian-seed1", "aug-clouds-seed0", "aug-clouds-seed1"]
     by_id = {p.run_id: p for p in sweep.points}
-    assert by_id["aug-none-seed1"].params["noise_std"] == 0.0 and "train_corruption" not in by_id["aug-none-seed1"].params
+    none = by_id["aug-none-seed1"].params
+    assert none["noise_std"] == 0.0 and "train_corruption" not in none
     assert by_id["aug-gaussian-seed0"].params["noise_std"] == 1.0  # a case overrides fixed
     assert by_id["aug-clouds-seed1"].params["train_corruption"] == TRAIN_CLOUDS
     assert by_id["aug-clouds-seed1"].grid_values == {"aug": "clouds", "seed": 1}

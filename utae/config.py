@@ -2,9 +2,10 @@
 ``notebooks/train_eval.ipynb``), torch-free so that a sweep's process checks its points without importing torch.
 
 Sweep files (``params/*.yaml``) are read by :mod:`utae.sweepfile`. Run ids have one rule, :func:`run_id_for`: the
-grid values in grid order, e.g. ``noise0.5-seed1``; a run outside a sweep is named from its fold, noise and seed
-(``fold1-noise0.5-seed0``). Which fields may differ within one run (paths, workers) is :data:`HARMLESS_FIELDS`,
-used by the same-run rule (:func:`utae.runfolder.config_differences`).
+grid values in grid order, e.g. ``noise0.5-seed1`` (a sweep's case key reads ``key-label``: ``aug-clouds-seed0``);
+a run outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``). Which fields may differ
+within one run (paths, workers) is :data:`HARMLESS_FIELDS`, used by the same-run rule
+(:func:`utae.runfolder.config_differences`).
 
 Adding a field (three places): (1) here, the field with its default, its line in the docstring and its check in
 ``__post_init__`` (a choice list as a tuple constant, next to the others); (2) where it is used (the engine, the
