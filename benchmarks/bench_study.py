@@ -75,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"calibration block (1 thread): {calib * 1e3:.1f} ms")
     print(f"one point ({point.run_id}, end to end, 1 thread): {point_s:.1f} s = {point_s / calib:,.0f} blocks")
     print(f"comparison notebook: {compare_s:.1f} s = {compare_s / calib:,.0f} blocks")
-    test_s = float(timing.get("test_s") or 0.0)
     suite_s = float(timing.get("test_corruptions_s") or 0.0)
     if n_corruptions:
-        print(f"test phase: {test_s:.1f} s, of which the corruption suite ({n_corruptions} corruptions): "
-              f"{suite_s:.1f} s = {100 * suite_s / point_s:.1f}% of the point; it adds "
-              f"{100 * suite_s / max(point_s - suite_s, 1e-9):.1f}% to the point without it (target: at most 25%)")
+        print(f"corruption suite ({n_corruptions} corruptions): {suite_s:.1f} s = {100 * suite_s / point_s:.1f}% of "
+              f"the point; it adds {100 * suite_s / max(point_s - suite_s, 1e-9):.1f}% to the point without it "
+              "(target: at most 25%)")
     else:
-        print(f"test phase: {test_s:.1f} s; this point is tested on no corruption (test_corruptions is empty)")
+        print("this point is tested on no corruption (test_corruptions is empty)")
     print(f"{sweep.name}: {len(sweep.points)} points, {args.jobs} at a time -> {rounds} rounds; expected "
           f"make reproduce: {study_s / 60:.1f} min = {study_s / calib:,.0f} blocks "
           f"(15 min on a machine whose block takes {900 / (study_s / calib) * 1e3:.0f} ms)")

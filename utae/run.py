@@ -424,7 +424,7 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
     Best epoch 0 (an evaluation-only run) has no train scores (``train`` null). Test-time noise in raw units uses
     the std the test split is normalised with (``splits.test_std``). metrics.json records the evaluation mode
     (``eval_mode``: :data:`utae.engine.EVAL_MODE`, "pad_free") and the scores at each of ``test_corruptions``
-    (``[]`` without any); its ``timing`` adds ``test_s`` (the whole test phase) and ``test_corruptions_s``."""
+    (``[]`` without any); with any, its ``timing`` adds ``test_corruptions_s`` (their evaluations' seconds)."""
     engine.raw.load_state_dict(state.best_model)
     reset_peak_memory(engine.device)
     tested = _test_all(engine, test_loader, config, splits)
@@ -442,9 +442,10 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
         "test_noise": tested["test_noise"],
         "eval_mode": EVAL_MODE,
         "test_corruptions": tested["test_corruptions"],
-        "timing": {**_timing(state.history, test_seconds, float(peak_memory_mb(engine.device))),
-                   "test_s": test_seconds, "test_corruptions_s": tested["corruption_seconds"]},
+        "timing": _timing(state.history, test_seconds, float(peak_memory_mb(engine.device))),
     }
+    if config.test_corruptions:
+        metrics["timing"]["test_corruptions_s"] = tested["corruption_seconds"]
     if init is not None:
         metrics["init_weights"] = dict(init)
     if engine.ctx.is_main:
