@@ -64,7 +64,16 @@ from utae.config import RunConfig
 from utae.corruptions import SEVERITY_TABLE
 from utae.data import pad_collate
 from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
-from utae.engine import EVAL_MODE, Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
+from utae.engine import (
+    EVAL_MODE,
+    Engine,
+    EpochResult,
+    NonFiniteLossError,
+    build_engine,
+    evaluate_epoch,
+    fit,
+    to_device,
+)
 from utae.loaders import Splits, make_datasets, make_loader
 from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
