@@ -7,6 +7,11 @@ results folder, with one torch thread as in a parallel sweep; then the compariso
 The study's expected time is ``ceil(points / jobs) * point + compare``, with one point per core (the local
 executor's default): the last round may run alone, so an odd number of points costs a whole round.
 
+The test-time corruption suite. When the point is tested on corruptions (``test_corruptions``, e.g. every kind at
+5 severities in ``params/corruptions.yaml``), its ``metrics.json`` times them (``timing.test_corruptions_s``,
+the evaluations alone): the benchmark states what they add to the point, ``suite / (point - suite)``, the
+point's time with the suite against the same point without it (target: at most 25%).
+
 The calibration block is :func:`benchmarks.bench.calibration_step` (two plain 3x3 convolutions, batch 24,
 64x64, forward and backward, one thread). A machine whose block takes twice as long will take about twice
 as long for the study: the figure in blocks is what stays the same.
@@ -21,7 +26,6 @@ import math
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -46,21 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="points at a time (default: cores)")
     args = parser.parse_args(argv)
 
-    from utae.sweepfile import load_sweep
+    from utae.atomic import read_json
     from utae.point import run_point
-    from utae.sweep import run_compare
-    from utae.synthetic import make_synthetic_pastis
+    from utae.runfolder import run_path
+    from utae.sweep import prepare_sweep, run_compare
+    from utae.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep)
     point = sweep.point(args.point) if args.point else sweep.points[0]
-    root = Path(str(point.params.get("dataset_root", "")))
-    if not root.is_dir():
-        make_synthetic_pastis(root)
+    prepare_sweep(sweep)  # the synthetic data of the sweep's generator options, when missing
     calib = calibration_seconds()
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         start = time.perf_counter()
         run_point(sweep, point.run_id, results=tmp, platform="bench", threads=1)
         point_s = time.perf_counter() - start
+        timing = read_json(run_path(tmp, "bench", point.run_id) / "metrics.json").get("timing") or {}
+        n_corruptions = len(read_json(run_path(tmp, "bench", point.run_id) / "config.json")
+                            .get("test_corruptions") or [])
         start = time.perf_counter()
         run_compare(tmp)
         compare_s = time.perf_counter() - start
@@ -69,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"calibration block (1 thread): {calib * 1e3:.1f} ms")
     print(f"one point ({point.run_id}, end to end, 1 thread): {point_s:.1f} s = {point_s / calib:,.0f} blocks")
     print(f"comparison notebook: {compare_s:.1f} s = {compare_s / calib:,.0f} blocks")
+    suite_s = float(timing.get("test_corruptions_s") or 0.0)
+    if n_corruptions:
+        print(f"corruption suite ({n_corruptions} corruptions): {suite_s:.1f} s = {100 * suite_s / point_s:.1f}% of "
+              f"the point; it adds {100 * suite_s / max(point_s - suite_s, 1e-9):.1f}% to the point without it "
+              "(target: at most 25%)")
+    else:
+        print("this point is tested on no corruption (test_corruptions is empty)")
     print(f"{sweep.name}: {len(sweep.points)} points, {args.jobs} at a time -> {rounds} rounds; expected "
           f"make reproduce: {study_s / 60:.1f} min = {study_s / calib:,.0f} blocks "
           f"(15 min on a machine whose block takes {900 / (study_s / calib) * 1e3:.0f} ms)")

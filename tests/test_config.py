@@ -236,3 +236,57 @@ def test_the_config_check_needs_no_torch() -> None:
     from utae.precision import AMP_MODES as amp_modes
 
     assert (amp_modes, noise_spaces) == (AMP_MODES, NOISE_SPACES)
+
+
+# --------------------------------------------------------------------------------------------------
+# train_corruption and test_corruptions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_old_config_without_the_corruption_fields_reads_as_none(root: str) -> None:
+    old = RunConfig(dataset_root=root).to_dict()
+    del old["train_corruption"], old["test_corruptions"]  # a config.json written before the fields existed
+    cfg = RunConfig.from_dict(old)
+    assert cfg.train_corruption is None and cfg.test_corruptions == ()
+    assert config_differences(old, cfg) == []  # the same run under the same-run rule
+
+
+def test_the_corruption_fields_are_normalised_and_round_trip(root: str) -> None:
+    cfg = RunConfig(dataset_root=root, train_corruption={"kind": "clouds", "severity": [1, 5], "fraction": 1},
+                    test_corruptions=["clouds:1", {"kind": "missing_dates", "severity": 5}])
+    assert cfg.train_corruption == {"kind": "clouds", "severity": [1, 5], "fraction": 1.0}
+    assert cfg.test_corruptions == ("clouds:1", "missing_dates:5")
+    d = cfg.to_dict()
+    assert d["test_corruptions"] == ["clouds:1", "missing_dates:5"] and RunConfig.from_dict(d) == cfg
+    d["train_corruption"]["fraction"] = 0.5  # to_dict shares nothing with the config
+    assert cfg.train_corruption["fraction"] == 1.0
+    everything = RunConfig(dataset_root=root, test_corruptions="all").test_corruptions
+    assert len(everything) == 35 and everything[0] == "gaussian:1" and everything[-1] == "date_shift:5"
+    assert RunConfig(dataset_root=root, train_corruption="none").train_corruption is None
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("train_corruption", {"kind": "snow", "severity": 1, "fraction": 0.5}, r"train_corruption\.kind must be one of "
+                                                                             r"gaussian, clouds, .*; got 'snow'"),
+    ("train_corruption", {"kind": "clouds", "severity": 7, "fraction": 0.5}, r"train_corruption\.severity .*1, 2, 3, "
+                                                                               r"4, 5; got 7"),
+    ("train_corruption", {"kind": "clouds", "severity": [1, 5]}, r"train_corruption\.fraction is required"),
+    ("train_corruption", {"kind": "clouds", "severity": 2, "fraction": 0}, r"train_corruption\.fraction .*\(0, 1\]"),
+    ("test_corruptions", ["clouds:7"], r"test_corruptions\.severity .*1, 2, 3, 4, 5; got 7"),
+    ("test_corruptions", ["fog:1"], r"test_corruptions\.kind must be one of gaussian"),
+    ("test_corruptions", ["clouds:1", "clouds:1"], r"test_corruptions lists clouds:1 more than once"),
+    ("test_corruptions", [{"kind": "clouds", "severity": 1, "fraction": 0.5}], r"test_corruptions\.fraction"),
+    ("test_corruptions", 3, r"test_corruptions must be a list"),
+])
+def test_bad_corruption_values_name_the_field_in_one_line(root: str, field: str, value: object,
+                                                          message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        RunConfig(dataset_root=root, **{field: value})
+    assert "\n" not in str(info.value)
+
+
+def test_the_corruption_fields_are_checked_without_torch() -> None:
+    code = ("import sys; from utae.config import RunConfig; "
+            "c = RunConfig(dataset_root='.', train_corruption={'kind': 'clouds', 'severity': [1, 5], 'fraction': 0.5}, "
+            "test_corruptions='all'); assert len(c.test_corruptions) == 35; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -104,9 +104,9 @@ def test_run_writes_every_file_with_valid_values(finished_run) -> None:
         assert (hist[col] > 0).all() and np.isfinite(hist[col]).all(), col
 
     assert metrics == read_json(out / "metrics.json")
-    assert set(metrics) == {"run_id", "eval_mode", "best_epoch", "epochs_completed", "n_train", "n_val", "n_test",
-                            "train", "val", "test", "test_noise", "timing"}
-    assert metrics["eval_mode"] == "pad_free"
+    assert set(metrics) == {"run_id", "best_epoch", "epochs_completed", "n_train", "n_val", "n_test", "train",
+                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing"}
+    assert metrics["eval_mode"] == "pad_free" and metrics["test_corruptions"] == []  # no test_corruptions asked
     assert metrics["run_id"] == "fold1-noise1-seed0"  # one run-id rule (utae.config.run_id_for)
     assert metrics["best_epoch"] in (1, 2) and metrics["epochs_completed"] == 2
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (9, 3, 3)

@@ -2,9 +2,10 @@
 ``notebooks/train_eval.ipynb``), torch-free so that a sweep's process checks its points without importing torch.
 
 Sweep files (``params/*.yaml``) are read by :mod:`utae.sweepfile`. Run ids have one rule, :func:`run_id_for`: the
-grid values in grid order, e.g. ``noise0.5-seed1``; a run outside a sweep is named from its fold, noise and seed
-(``fold1-noise0.5-seed0``). Which fields may differ within one run (paths, workers) is :data:`HARMLESS_FIELDS`,
-used by the same-run rule (:func:`utae.runfolder.config_differences`).
+grid values in grid order, e.g. ``noise0.5-seed1`` (a sweep's case key reads ``key-label``: ``aug-clouds-seed0``);
+a run outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``). Which fields may differ
+within one run (paths, workers) is :data:`HARMLESS_FIELDS`, used by the same-run rule
+(:func:`utae.runfolder.config_differences`).
 
 Adding a field (three places): (1) here, the field with its default, its line in the docstring and its check in
 ``__post_init__`` (a choice list as a tuple constant, next to the others); (2) where it is used (the engine, the
@@ -29,6 +30,9 @@ import numpy as np
 
 from utae.checks import is_int, is_number
 from utae.classes import N_CLASSES
+from utae.corruption_spec import ALL as ALL_CORRUPTIONS
+from utae.corruption_spec import KINDS as CORRUPTION_KINDS
+from utae.corruption_spec import parse_corruption_spec, parse_test_corruptions
 
 __all__ = [
     "RunConfig",
@@ -39,6 +43,8 @@ __all__ = [
     "AMP_MODES",
     "GPU_AMP_MODES",
     "NOISE_SPACES",
+    "CORRUPTION_KINDS",
+    "ALL_CORRUPTIONS",
     "run_config_fields",
     "run_id_for",
 ]
@@ -97,6 +103,14 @@ class RunConfig:
             seeded ``noise_fraction`` of the training samples, in the ``"normalized"`` input or in ``"raw"``
             reflectance x 10,000 units, the same every epoch or fresh each epoch.
         test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
+        train_corruption: None (no corruption in training), or a corruption of :mod:`utae.corruptions` as a
+            training augmentation: ``{"kind": one of CORRUPTION_KINDS, "severity": 1..5 or [low, high],
+            "fraction": f in (0, 1]}``: exactly ``round(f * n_train)`` training samples, chosen by ``seed``, are
+            corrupted, each at its severity (drawn per sample in a range), the same every epoch
+            (:class:`utae.corrupted_dataset.CorruptedDataset`); the Gaussian noise fields keep their meaning and
+            apply on top. Stored as that mapping (``severity`` a list for a range).
+        test_corruptions: the ``"kind:severity"`` corruptions (severity 1..5) at which the best model is also
+            tested, in this order (``"all"``: every kind at every severity, 35 entries); ``()`` none.
         train_limit, val_limit, test_limit: size of a seeded random subset of each split (None: all).
         norm_stats: the statistics each split is normalised with: ``"train_folds"`` (all three splits with the
             training folds' NORM_S2_patch.json statistics) or ``"own_folds"`` (each split with its own folds'
@@ -134,6 +148,8 @@ class RunConfig:
     noise_space: str = "normalized"
     noise_resample: bool = False
     test_noise_stds: tuple[float, ...] = (0.0,)
+    train_corruption: dict[str, Any] | None = None
+    test_corruptions: tuple[str, ...] = ()
     train_limit: int | None = None
     val_limit: int | None = None
     test_limit: int | None = None
@@ -155,6 +171,7 @@ class RunConfig:
         self._check_floats()
         self._check_widths()
         self._check_choices()
+        self._check_corruptions()
         self._check_flags()
         self._check_init_weights()
         for name in ("out_dir", "run_id"):
@@ -266,6 +283,16 @@ class RunConfig:
         if self.device == "cpu" and self.amp in GPU_AMP_MODES:  # a GPU's own modes are known at run time
             raise ValueError(f"amp={self.amp!r} needs {GPU_AMP_MODES[self.amp]}, got device cpu; use amp='off'")
 
+    def _check_corruptions(self) -> None:
+        """``train_corruption`` and ``test_corruptions`` through :mod:`utae.corruption_spec`'s checks (the errors
+        name the field and the allowed kinds and severities)."""
+        value = self.train_corruption
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            self.train_corruption = None
+        else:
+            self.train_corruption = parse_corruption_spec(value, training=True, field="train_corruption").to_json()
+        self.test_corruptions = parse_test_corruptions(self.test_corruptions, field="test_corruptions")
+
     def _check_flags(self) -> None:
         for name in ("noise_resample", "deterministic", "channels_last", "compile", "progress"):
             value = getattr(self, name)
@@ -307,7 +334,7 @@ class RunConfig:
     # -- conversion --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
@@ -343,6 +370,15 @@ class RunConfig:
 
 
 
+def _plain(value: Any) -> Any:
+    """A field's value as JSON types: tuples become lists, mappings new dicts (nothing shared with the config)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def run_config_fields() -> dict[str, Any]:
     """The fields of :class:`RunConfig` with their defaults (tuples for sequences)."""
     out = {}
@@ -368,6 +404,10 @@ def _id_value(value: Any) -> str:
 
 def run_id_for(grid_values: Mapping[str, Any]) -> str:
     """A filesystem-safe run id from the grid values, in order: ``{"noise_std": 0.5, "seed": 1}`` ->
-    ``"noise0.5-seed1"``; no grid -> ``"run"``."""
-    parts = [f"{_ID_PREFIX.get(k, k.replace('_', ''))}{_id_value(v)}" for k, v in grid_values.items()]
+    ``"noise0.5-seed1"``; a key that is no RunConfig field is a case key of a sweep (its value the case's label,
+    see :mod:`utae.sweepfile`) and reads ``key-label``: ``{"aug": "clouds", "seed": 0}`` -> ``"aug-clouds-seed0"``;
+    no grid -> ``"run"``."""
+    names = {f.name for f in fields(RunConfig)}
+    parts = [f"{_ID_PREFIX.get(k, k.replace('_', ''))}{_id_value(v)}" if k in names
+             else f"{_id_value(k)}-{_id_value(v)}" for k, v in grid_values.items()]
     return "-".join(parts) or "run"

@@ -1,5 +1,5 @@
-"""The datasets and loaders of a run: the fold rotation's three splits, seeded subsets, the training noise,
-and loaders that shard over processes and shuffle from ``(seed, epoch)`` alone.
+"""The datasets and loaders of a run: the fold rotation's three splits, seeded subsets, the training noise and
+training corruption, and loaders that shard over processes and shuffle from ``(seed, epoch)`` alone.
 
 :func:`make_datasets` builds :class:`Splits` from a :class:`utae.config.RunConfig`; :func:`make_loader` wraps a
 split in a DataLoader whose batches are :func:`utae.data.pad_collate` dicts (``image`` ``(B, T, C, H, W)``,
@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from utae.config import RunConfig
+from utae.corrupted_dataset import CorruptedDataset
 from utae.data import FOLD_ROTATIONS, PastisDataset, pad_collate
 from utae.distributed import DistContext, ShardSampler
 from utae.noise import NoiseSpec, NoisyDataset
@@ -63,7 +64,10 @@ def _limit(dataset: Dataset, limit: int | None, seed: int, name: str, stream: in
 
 def make_datasets(config: RunConfig) -> Splits:
     """Train, val and test datasets of ``config.fold``'s rotation, limited to seeded subsets, with the training
-    noise wrapped around the training set.
+    corruption (``config.train_corruption``, :class:`utae.corrupted_dataset.CorruptedDataset`) and then the
+    training noise (:class:`utae.noise.NoisyDataset`) wrapped around the training set: a sample may be corrupted
+    (clouds over the scene) and then noisy, as a sensor would see it. Without a training corruption the training
+    set is the one of runs written before the field existed.
 
     Normalisation (``config.norm_stats``): ``"train_folds"`` normalises all three splits with the training
     folds' statistics (the mean over those folds of the NORM_S2_patch.json mean and std vectors);
@@ -76,6 +80,8 @@ def make_datasets(config: RunConfig) -> Splits:
     val = PastisDataset(config.dataset_root, folds=val_folds, norm_stats=stats)
     test = PastisDataset(config.dataset_root, folds=test_folds, norm_stats=stats)
     train_sub = _limit(train, config.train_limit, config.seed, "train_limit", 0)
+    if config.train_corruption is not None:
+        train_sub = CorruptedDataset(train_sub, config.train_corruption, config.seed, norm=(train.mean, train.std))
     if config.noise_std > 0 and config.noise_fraction > 0:
         spec = NoiseSpec(std=config.noise_std, fraction=config.noise_fraction, space=config.noise_space,
                          resample=config.noise_resample, seed=config.seed)

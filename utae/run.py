@@ -1,8 +1,9 @@
 """A run: from a :class:`utae.config.RunConfig` to a finished run directory, with resume.
 
 :func:`run` trains U-TAE on one fold rotation of a PASTIS-format dataset (:mod:`utae.engine`), keeps the epoch
-with the best validation mIoU (a tie goes to the later epoch), tests that model on the clean test set and at
-every test-time noise level, and writes its run directory:
+with the best validation mIoU (a tie goes to the later epoch), tests that model on the clean test set, at
+every test-time noise level and at every corruption of ``test_corruptions`` (pad-free, :data:`utae.engine.EVAL_MODE`),
+and writes its run directory:
 
 * ``config.json``: the :class:`RunConfig`; ``platform.json``: software and hardware (:mod:`utae.platform`);
 * ``history.csv``: one row per epoch (:data:`HISTORY_COLUMNS`), rewritten after every epoch; the same rows as
@@ -14,6 +15,8 @@ every test-time noise level, and writes its run directory:
 * ``predictions.npz``: a few test patches for maps: ``rgb`` ``(N, H, W, 3)`` in [0, 1], ``target`` and
   ``pred`` ``(N, H, W)``, ``patch_id`` ``(N,)``;
 * ``metrics.json``: written last, it marks a finished run; starting a finished run again returns it at once.
+  ``eval_mode`` names how the test was evaluated ("pad_free"; a file without it was evaluated in padded batches)
+  and ``test_corruptions`` holds ``{"kind", "severity", "oa", "miou", "iou"}`` per corruption of the config.
 
 Initial weights. With ``init_weights`` (:func:`utae.weights.load_init_weights`: official weights or a run
 checkpoint, checked against the config's architecture) the run starts from those weights: ``epochs`` >= 1
@@ -61,9 +64,19 @@ from utae.atomic import (
     remove_stale_temp,
 )
 from utae.config import RunConfig
+from utae.corruptions import SEVERITY_TABLE
 from utae.data import pad_collate
 from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
-from utae.engine import EVAL_MODE, Engine, EpochResult, NonFiniteLossError, build_engine, evaluate_epoch, fit, to_device
+from utae.engine import (
+    EVAL_MODE,
+    Engine,
+    EpochResult,
+    NonFiniteLossError,
+    build_engine,
+    evaluate_epoch,
+    fit,
+    to_device,
+)
 from utae.loaders import Splits, make_datasets, make_loader
 from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
@@ -408,30 +421,60 @@ def _timing(history: Sequence[Mapping[str, Any]], test_seconds: float, peak_test
     }
 
 
-def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, channel_std: np.ndarray
-              ) -> tuple[EpochResult, list[dict[str, Any]], float]:
-    """Clean test, then every test-time noise level; returns (clean result, test_noise entries, seconds)."""
+def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, splits: Splits) -> dict[str, Any]:
+    """The test phase of the best model: clean, then every test-time noise level, then every ``(kind, severity)``
+    of ``config.test_corruptions`` (on the clean images, seeded from the run seed and the patch id; the
+    corruptions defined on raw reflectance use the statistics the test split is normalised with).
+
+    ``gaussian`` is the test-time noise itself (the same draws of ``(seed, patch id, std)``, in normalised units):
+    a ``gaussian`` severity whose std is one of the noise levels just evaluated in ``"normalized"`` units reuses
+    that evaluation instead of repeating it.
+
+    Returns ``{"clean": EpochResult, "test_noise": [...], "test_corruptions": [...], "seconds": total,
+    "corruption_seconds": of the corruptions}``: the ``metrics.json`` entries ``{"std" | "kind", "severity",
+    "oa", "miou", "iou"}`` in the config's order.
+    """
+    common = dict(seed=config.seed, amp_dtype=engine.amp_dtype, ctx=engine.ctx, progress=config.progress,
+                  eval_mode=EVAL_MODE)
     results: dict[float, EpochResult] = {}
     for std in sorted({0.0, *config.test_noise_stds}):
-        results[std] = evaluate_epoch(engine.eval_model, loader, engine.device, noise_std=std, seed=config.seed,
-                                      noise_space=config.noise_space, channel_std=channel_std,
-                                      amp_dtype=engine.amp_dtype, ctx=engine.ctx, progress=config.progress,
-                                      desc=f"test (noise {std:g})")
+        results[std] = evaluate_epoch(engine.eval_model, loader, engine.device, noise_std=std,
+                                      noise_space=config.noise_space, channel_std=splits.test_std,
+                                      desc=f"test (noise {std:g})", **common)
     curve = []
     for std in config.test_noise_stds:
         s = scores(results[std].cm)
         curve.append({"std": std, "oa": s["oa"], "miou": s["miou"], "iou": s["iou"]})
-    return results[0.0], curve, sum(r.seconds for r in results.values())
+    corrupted = []
+    corruption_seconds = 0.0
+    for name in config.test_corruptions:
+        kind, severity = name.split(":")
+        same_noise = float(SEVERITY_TABLE[kind][int(severity)]["std"]) if kind == "gaussian" else None
+        if same_noise in results and config.noise_space == "normalized":
+            res = results[same_noise]
+        else:
+            res = evaluate_epoch(engine.eval_model, loader, engine.device, corruption=(kind, int(severity)),
+                                 norm=(splits.test_mean, splits.test_std), desc=f"test ({name})", **common)
+            corruption_seconds += res.seconds
+        s = scores(res.cm)
+        corrupted.append({"kind": kind, "severity": int(severity), "oa": s["oa"], "miou": s["miou"],
+                          "iou": s["iou"]})
+    return {"clean": results[0.0], "test_noise": curve, "test_corruptions": corrupted,
+            "seconds": sum(r.seconds for r in results.values()) + corruption_seconds,
+            "corruption_seconds": corruption_seconds}
 
 
 def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits, test_loader: DataLoader,
             out: Path, init: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Test the best model and write confusion.npy, predictions.npz and (last) metrics.json. Best epoch 0 (an
-    evaluation-only run) has no train scores (``train`` null). Test-time noise in raw units uses the std the test
-    split is normalised with (``splits.test_std``)."""
+    """Test the best model (:func:`_test_all`) and write confusion.npy, predictions.npz and (last) metrics.json.
+    Best epoch 0 (an evaluation-only run) has no train scores (``train`` null). Test-time noise in raw units uses
+    the std the test split is normalised with (``splits.test_std``). metrics.json records the evaluation mode
+    (``eval_mode``: :data:`utae.engine.EVAL_MODE`, "pad_free") and the scores at each of ``test_corruptions``
+    (``[]`` without any); with any, its ``timing`` adds ``test_corruptions_s`` (their evaluations' seconds)."""
     engine.raw.load_state_dict(state.best_model)
     reset_peak_memory(engine.device)
-    test, curve, test_seconds = _test_all(engine, test_loader, config, splits.test_std)
+    tested = _test_all(engine, test_loader, config, splits)
+    test, test_seconds = tested["clean"], tested["seconds"]
     best = state.history[state.best_epoch - 1] if state.best_epoch >= 1 else None
     metrics = {
         "run_id": config.default_run_id(),
@@ -443,9 +486,12 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
                                             "loss": best["train_loss"]},
         "val": state.best_val,
         "test": {**scores(test.cm), "loss": test.loss},
-        "test_noise": curve,
+        "test_noise": tested["test_noise"],
+        "test_corruptions": tested["test_corruptions"],
         "timing": _timing(state.history, test_seconds, float(peak_memory_mb(engine.device))),
     }
+    if config.test_corruptions:
+        metrics["timing"]["test_corruptions_s"] = tested["corruption_seconds"]
     if init is not None:
         metrics["init_weights"] = dict(init)
     if engine.ctx.is_main:

@@ -18,6 +18,21 @@ file is a YAML mapping::
     synthetic:                     # optional: the dataset_root is synthetic data with these generator options
       t_range: [10, 14]            #   (utae.synthetic.generator_options), written before the first point runs
 
+A grid key that is not a field names **cases**: a mapping of labels to the fields each case sets, for fields
+that change together (a training augmentation is the noise or a corruption, never a product of both)::
+
+    grid:
+      aug:                         # a case key: its points are the labels
+        none: {}                   #   the fixed values (or the defaults) as they are
+        gaussian: {noise_std: 1.0}
+        clouds: {train_corruption: {kind: clouds, severity: [1, 5], fraction: 0.25}}
+      seed: [0, 1, 2]
+
+A case's fields override ``fixed`` (which gives the value of the cases that do not set them); a field may belong
+to one case key only and not be a plain grid key too. The run id names a case by its key and label
+(``aug-clouds-seed0``, :func:`utae.config.run_id_for`); ``--set aug=clouds`` picks it in
+:func:`load_config_file`.
+
 A file with neither ``fixed`` nor ``grid`` is a single run: every top-level key is a field. ``${VAR}`` in a
 string is replaced by the environment variable ``VAR`` (an unset one is an error that names it and the file).
 Every key of ``fixed`` and ``grid`` must be a parameter of the parameters cell of the sweep's notebook and a
@@ -208,6 +223,8 @@ class Sweep:
     points: tuple[SweepPoint, ...]
     #: the ``synthetic:`` key: full generator options of the sweep's synthetic dataset_root, or None
     synthetic: dict[str, Any] | None = None
+    #: the case keys of the grid: key -> label -> the fields that case sets (``grid[key]`` lists the labels)
+    cases: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
     def point(self, run_id: str) -> SweepPoint:
         """The point named ``run_id``; a SweepError lists the known ids otherwise."""
@@ -351,7 +368,12 @@ def load_sweep(
             raise SweepError(f"{path}: {key!r} is given both at the top level and in fixed")
         fixed[key] = value
     grid: dict[str, list[Any]] = {}
+    cases: dict[str, dict[str, dict[str, Any]]] = {}
     for key, values in grid_raw.items():
+        if key not in valid and isinstance(values, dict):
+            cases[str(key)] = _read_cases(path, str(key), values, valid, nb_path)
+            grid[str(key)] = list(cases[str(key)])
+            continue
         if key not in valid:
             raise _unknown_key_error(path, "grid", str(key), sorted(valid), nb_path)
         if key in fixed:
@@ -360,11 +382,13 @@ def load_sweep(
             raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
         grid[key] = values
     single_run = "fixed" not in doc and "grid" not in doc  # a file of one run may name its out_dir and run_id
+    case_fields = _check_case_fields(path, cases, grid)
     for key in () if single_run else _SET_BY_SWEEP:
-        if key in fixed or key in grid:
+        if key in fixed or key in grid or key in case_fields:
             raise SweepError(f"{path}: {key!r} is set by the sweep (results/runs/<platform>/<run_id>); remove it")
     fixed = expand_env(fixed, env, path)
     grid = expand_env(grid, env, path)
+    cases = expand_env(cases, env, path)
 
     timeout = doc.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
@@ -378,7 +402,7 @@ def load_sweep(
             synthetic = generator_options(synthetic, source=f"{path}: synthetic")
         except ValueError as exc:
             raise SweepError(str(exc)) from None
-        if "dataset_root" in grid:
+        if "dataset_root" in grid or "dataset_root" in case_fields:
             raise SweepError(f"{path}: 'synthetic' describes one dataset_root; it cannot be combined with "
                              "dataset_root in the grid")
     points = []
@@ -389,10 +413,47 @@ def load_sweep(
         if run_id in seen:
             raise SweepError(f"{path}: grid points {seen[run_id]} and {values} both get run_id {run_id!r}")
         seen[run_id] = values
-        points.append(SweepPoint(run_id=run_id, params={**fixed, **values}, grid_values=values))
+        params = dict(fixed)
+        for key, value in values.items():
+            params.update(cases[key][value] if key in cases else {key: value})
+        points.append(SweepPoint(run_id=run_id, params=params, grid_values=values))
     return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
                  notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points),
-                 synthetic=synthetic)
+                 synthetic=synthetic, cases=cases)
+
+
+def _read_cases(path: Path, key: str, values: dict, valid: set[str], notebook: Path) -> dict[str, dict[str, Any]]:
+    """The cases of grid key ``key`` (a name that is no field): label -> the fields that case sets."""
+    if not values:
+        raise SweepError(f"{path}: grid.{key} must map case labels to the fields each sets, got an empty mapping")
+    out: dict[str, dict[str, Any]] = {}
+    for label, case in values.items():
+        if not isinstance(label, (str, int, float)) or isinstance(label, bool) or not str(label).strip():
+            raise SweepError(f"{path}: grid.{key} labels must be names (e.g. none, gaussian, clouds), got {label!r}")
+        case = {} if case is None else case
+        if not isinstance(case, dict):
+            raise SweepError(f"{path}: grid.{key}.{label} must be a mapping of field: value (or {{}} for the fixed "
+                             f"values), got {case!r}")
+        for field in case:
+            if field not in valid:
+                raise _unknown_key_error(path, f"grid.{key}.{label}", str(field), sorted(valid), notebook)
+        out[str(label)] = dict(case)
+    return out
+
+
+def _check_case_fields(path: Path, cases: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                       grid: Mapping[str, list[Any]]) -> dict[str, str]:
+    """field -> the case key that sets it; a field set by two case keys, or also a plain grid key, is an error."""
+    owner: dict[str, str] = {}
+    for key, labelled in cases.items():
+        for field in dict.fromkeys(f for case in labelled.values() for f in case):
+            if field in grid and field not in cases:
+                raise SweepError(f"{path}: {field!r} is set by the cases of grid.{key} and is a grid key too; keep one")
+            if field in owner:
+                raise SweepError(f"{path}: {field!r} is set by the cases of both grid.{owner[field]} and grid.{key}; "
+                                 "one case key per field")
+            owner[field] = key
+    return owner
 
 
 
@@ -408,11 +469,17 @@ def load_config_file(path: str | os.PathLike[str], overrides: Mapping[str, Any] 
     sweep = load_sweep(path)
     overrides = dict(overrides or {})
     known = set(run_config_fields())
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - known - set(sweep.cases))
     if unknown:
         raise SweepError(f"--set: unknown RunConfig field(s) {unknown}; known fields: {sorted(known)}")
     missing = [k for k in sweep.grid if k not in overrides]
     if missing:
         raise SweepError(f"{path} is a sweep: choose its grid point with --set {missing[0]}=... "
                          f"for every grid key {list(sweep.grid)} (missing {missing})")
-    return RunConfig.from_dict({**sweep.fixed, **overrides})
+    chosen: dict[str, Any] = {}
+    for key, labelled in sweep.cases.items():
+        label = str(overrides.pop(key))
+        if label not in labelled:
+            raise SweepError(f"--set {key}={label}: {path} has no such case; cases of {key}: {', '.join(labelled)}")
+        chosen.update(labelled[label])
+    return RunConfig.from_dict({**sweep.fixed, **chosen, **overrides})
