@@ -347,8 +347,8 @@ def _plan(entries: Sequence[tuple[tuple[str, ...], int]], source: PathLike, max_
         name = "/".join(parts)
         total += size
         if total > max_bytes:
-            raise ExchangeError(f"{source}: its files hold more than {human_bytes(max_bytes)} in all (at {name!r}); "
-                                "an import is limited to that (nothing was extracted)")
+            raise ExchangeError(f"{source}: its files hold more than {human_bytes(max_bytes)} in all (at {name!r}), "
+                                "the limit of an import; refused (nothing was extracted)")
         if parts[:len(root)] != root:
             left_out["other"] = left_out.get("other", 0) + 1
             continue
@@ -426,11 +426,14 @@ def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES)
                                         "extracted)")
                 if member.isfile():
                     declared += member.size
-                    if member.size > MAX_MEMBER_BYTES or declared > max_bytes:
-                        limit = (f"the limit of {human_bytes(MAX_MEMBER_BYTES)} a member"
-                                 if member.size > MAX_MEMBER_BYTES else f"{human_bytes(max_bytes)} in all")
+                    if member.size > MAX_MEMBER_BYTES:
                         raise ExchangeError(f"{archive}: member {member.name!r} declares {human_bytes(member.size)}"
-                                            f", over {limit}; refused (nothing was extracted)")
+                                            f", over the limit of {human_bytes(MAX_MEMBER_BYTES)} a member; refused "
+                                            "(nothing was extracted)")
+                    if declared > max_bytes:
+                        raise ExchangeError(f"{archive}: its members hold more than {human_bytes(max_bytes)} in all "
+                                            f"(at {member.name!r}), the limit of an import; refused (nothing was "
+                                            "extracted)")
                 members.append(member)
         except _TAR_ERRORS as exc:
             raise ExchangeError(f"{archive}: corrupt tar archive ({exc})") from exc
