@@ -219,7 +219,8 @@ def test_predictions_with_more_patches_than_n_examples_are_refused(source, tmp_p
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda p: p.update(pred=p["pred"] + 40), r"member 'pred' holds values from .*; expected class indices in \[0, 20\)"),
+    (lambda p: p.update(pred=p["pred"] + 40),
+     r"member 'pred' holds values from .*; expected class indices in \[0, 20\)"),
     (lambda p: p.update(target=p["target"][:, :3]), r"member 'target' declares .* expected shape \(2, 4, 4\)"),
     (lambda p: p.pop("patch_id"), "lacks the member"),
 ])

@@ -284,9 +284,9 @@ def load_npz(path: str | os.PathLike[str], members: Mapping[str, Shape | None], 
 
     ``members`` maps each allowed member to its expected shape (see the module docstring; named wildcards are
     shared across members; ``limits`` bounds named wildcards, ``{"N": 4}``). Every member of ``members`` not in
-    ``optional`` must be present; any other member is refused. Each member's declared size (zip directory and ``.npy`` header) must be at most ``max_bytes``, and
-    their sum at most ``max_total_bytes`` (default: no limit beyond ``max_bytes`` each). All checks run on every
-    member before any member's data is decompressed.
+    ``optional`` must be present; any other member is refused. Each member's declared size (zip directory and
+    ``.npy`` header) must be at most ``max_bytes``, and their sum at most ``max_total_bytes`` (default: no limit
+    beyond ``max_bytes`` each). All checks run on every member before any member's data is decompressed.
 
     Raises :class:`ArrayFileError` naming the archive (and member) and what was expected; ``FileNotFoundError``
     when it is missing.

@@ -8,12 +8,16 @@ One run is one folder, ``<results>/runs/<platform>/<run_id>/`` (:func:`run_path`
     history.csv      one row an epoch (utae.run.HISTORY_COLUMNS)
     checkpoint.pt    after every epoch (utae.checkpoint): an interrupted run resumes from it
     confusion.npy    the clean test confusion matrix, (20, 20) int64
-    predictions.npz  optional: a few test patches for maps
+    predictions.npz  optional: a few test patches for maps (rgb, target, pred, patch_id)
     metrics.json     written last: a run with it is finished (:func:`is_finished`)
 
 Reading. :func:`read_record` is the one validating reader of ``config.json``, ``metrics.json`` and
-``platform.json`` (a non-empty JSON object; metrics sections checked); :func:`validate_run` checks every file of
-a finished run (import uses it); :func:`read_run` loads them all; :func:`readable_runs` walks a runs tree.
+``platform.json`` (a non-empty JSON object; metrics sections checked); :func:`read_confusion` and
+:func:`read_predictions` read the arrays with bounded memory (:mod:`utae.arrays`: headers, shapes and sizes
+checked before any data); :func:`validate_run` checks every file of a finished run (import uses it): only
+:data:`RUN_FILES`, each within its :data:`FILE_LIMITS`, every score finite, the test scores equal to those of the
+confusion matrix and of the std-0 test noise (:func:`check_consistency`; verify uses it through
+:func:`read_checked_metrics`); :func:`read_run` loads them all; :func:`readable_runs` walks a runs tree.
 
 The same-run rule, :func:`config_differences`. Two configs are the same run when every field that can change
 the arithmetic is equal. Exempt (:data:`utae.config.HARMLESS_FIELDS`): paths of a machine (``dataset_root``,
