@@ -20,7 +20,8 @@ import yaml
 
 from utae import merge
 from utae.archive import ExchangeError, export_runs
-from utae.runfolder import FILE_LIMITS, run_path, report_path
+from utae import runfolder
+from utae.runfolder import report_path, run_path
 from utae.sweep import run_all
 from utae.sweepfile import load_sweep
 from utae.verify import verify
@@ -153,7 +154,7 @@ def test_the_total_and_a_folder_are_bounded_too(source, archive, tmp_path):
     # A folder: sizes from the file system, before anything is copied.
     big = run_path(source, PLAT, RUN) / "history.csv"
     with big.open("ab") as fh:
-        fh.truncate(FILE_LIMITS["history.csv"] + 1)  # sparse: no disk used
+        fh.truncate(runfolder.FILE_LIMITS["history.csv"] + 1)  # sparse: no disk used
     with pytest.raises(ExchangeError, match=r"history.csv'?: 16.0 MB, over the limit of 16 MB"):
         merge.import_runs(source, dest, reports=False)
     assert not dest.exists() and no_staging_left(dest)
