@@ -335,3 +335,13 @@ def test_helpers() -> None:
     assert bound == {"N": 2, "M": 5}
     with pytest.raises(ArrayFileError, match=r"x declares 80 B \(shape \(2, 5\) float64\); expected shape \(N, N\)"):
         check_header(header, "x", shape=("N", "N"), bound={})
+
+
+def test_named_wildcards_are_bounded_before_any_data_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.npz"
+    np.savez_compressed(path, pred=np.zeros((5, 8, 8), np.int64), patch_id=np.arange(5))
+    members = {"pred": ("N", "S", "S"), "patch_id": ("N",)}
+    with pytest.raises(ArrayFileError, match=r"member 'pred' declares .*\(shape \(5, 8, 8\) int64\); expected shape "
+                                             r"\(N, S, S\) with N at most 4$"):
+        load_npz(path, members, max_bytes=MB, limits={"N": 4, "S": 128})
+    assert load_npz(path, members, max_bytes=MB, limits={"N": 5, "S": 8})["pred"].shape == (5, 8, 8)

@@ -26,9 +26,11 @@ from utae import archive as archive_mod
 from utae import merge
 from utae import cli as command_line
 from utae.archive import ARCHIVE_ROOT, ExchangeError, export_runs
+from utae.atomic import to_jsonable
 from utae.config import run_config_fields
+from utae.metrics import scores
 from utae.sweepfile import REPO_ROOT
-from utae.merge import import_runs, records_conflict
+from utae.merge import records_conflict
 from utae.verify import metric_values, verify, verify_failures
 from utae.runfolder import report_path, run_path
 
@@ -39,12 +41,21 @@ FP_A = "a1a1a1a1a1a1"
 FP_B = "b2b2b2b2b2b2"
 PLAT = "cpu-test"
 RUN_FILES = ("config.json", "platform.json", "metrics.json", "history.csv", "confusion.npy", "predictions.npz")
-LOCAL_FILES = ("checkpoint.pt", "run.ipynb", ".lock", ".metrics.json.x1.tmp")
+LOCAL_FILES = ("checkpoint.pt", "run.ipynb", ".lock", ".metrics.json.x1.tmp", "tensorboard/events.out.tfevents.1")
+HISTORY = ("epoch,train_loss,val_loss,train_oa,val_oa,train_miou,val_miou,sec_epoch\n"
+           "1,2.0,2.1,0.3,0.25,0.1,0.1,1.5\n2,1.5,1.6,0.5,0.45,0.2,0.15,1.25\n")
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers: runs written by hand, snapshots, archives
 # --------------------------------------------------------------------------------------------------
+
+
+def import_runs(*args: Any, **kwargs: Any) -> merge.ImportReport:
+    """merge.import_runs, without rendering the imported runs' reports (about a second a run) unless a test asks
+    for them with ``reports=True``."""
+    kwargs.setdefault("reports", False)
+    return merge.import_runs(*args, **kwargs)
 
 
 def machine(fingerprint: str | None = FP_A, name: str = "Test CPU A") -> dict[str, Any]:
@@ -66,22 +77,26 @@ def make_run(results: Path, platform: str, run_id: str, *, seed: int = 0, record
     config.update(dataset_root="data/synthetic_pastis", epochs=2, seed=seed, run_id=run_id, device="cpu",
                   out_dir=f"results/runs/{platform}/{run_id}", progress=False)
     cm = rng.integers(0, 50, size=(20, 20)).astype(np.int64)
-    oa = float(np.trace(cm) / cm.sum())
-    scores = {"oa": oa, "miou": float(rng.uniform()), "iou": [float(v) for v in rng.uniform(size=19)] + [None],
-              "macro_f1": 0.5, "loss": 1.25}
+    clean = {k: v for k, v in to_jsonable(scores(cm)).items()}  # what a run writes: the scores of its matrix
+    noisy = to_jsonable(scores(cm + np.diag(-np.diag(cm) // 2)))  # fewer pixels right under noise
+    test = {**clean, "loss": 1.25}
     metrics = {"run_id": run_id, "best_epoch": 2, "epochs_completed": 2, "n_train": 8, "n_val": 4, "n_test": 4,
-               "train": {"oa": 0.7, "miou": 0.4, "loss": 1.0}, "val": dict(scores), "test": dict(scores),
-               "test_noise": [{"std": 0.0, "oa": oa, "miou": scores["miou"], "iou": scores["iou"]},
-                              {"std": 1.0, "oa": oa / 2, "miou": None, "iou": [None] * 20}],
+               "train": {"oa": 0.7, "miou": 0.4, "loss": 1.0}, "val": {**clean, "miou": float(rng.uniform())},
+               "test": test,
+               "test_noise": [{"std": 0.0, "oa": clean["oa"], "miou": clean["miou"], "iou": clean["iou"]},
+                              {"std": 1.0, "oa": noisy["oa"], "miou": noisy["miou"], "iou": noisy["iou"]}],
                "timing": {"sec_per_epoch": 1.0}}
     (d / "config.json").write_text(json.dumps(config, indent=2))
     (d / "platform.json").write_text(json.dumps(record or machine(), indent=2))
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (d / "history.csv").write_text("epoch,train_loss,val_miou\n1,2.0,0.1\n2,1.5,0.2\n")
+    (d / "history.csv").write_text(HISTORY)
     np.save(d / "confusion.npy", cm)
-    np.savez(d / "predictions.npz", pred=rng.integers(0, 20, size=(2, 4, 4)), patch_id=np.arange(2))
+    np.savez_compressed(d / "predictions.npz", rgb=rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
+                        target=rng.integers(0, 20, size=(2, 4, 4)), pred=rng.integers(0, 20, size=(2, 4, 4)),
+                        patch_id=np.arange(2))
     if local_files:
         for name in LOCAL_FILES:
+            (d / name).parent.mkdir(exist_ok=True)
             (d / name).write_bytes(b"stays on this machine")
     if report:
         page = report_path(results, platform, run_id)
@@ -189,7 +204,7 @@ def test_export_of_chosen_platforms_and_unknown_platform(source, tmp_path):
 
 def test_import_then_import_again_skips(archive, source, tmp_path):
     dest = tmp_path / "dest" / "results"
-    report = import_runs(archive, dest)
+    report = import_runs(archive, dest, reports=True)
     assert report.imported == [f"{PLAT}/noise0-seed0", f"{PLAT}/noise0-seed1"]
     assert report.skipped == [] and report.refused == [] and report.exit_status == 0
     for run_id in ("noise0-seed0", "noise0-seed1"):
@@ -197,9 +212,11 @@ def test_import_then_import_again_skips(archive, source, tmp_path):
         assert sorted(p.name for p in got.iterdir()) == sorted(RUN_FILES)
         for name in RUN_FILES:
             assert (got / name).read_bytes() == (run_path(source, PLAT, run_id) / name).read_bytes()
-        assert report_path(dest, PLAT, run_id).read_bytes() == report_path(source, PLAT, run_id).read_bytes()
+        page = report_path(dest, PLAT, run_id).read_text()  # rendered here, not the source's report
+        miou = json.loads((got / "metrics.json").read_text())["test"]["miou"]
+        assert page != report_path(source, PLAT, run_id).read_text() and f"{miou:.4f}" in page
     before = snapshot(dest)
-    again = import_runs(archive, dest)
+    again = import_runs(archive, dest, reports=True)
     assert again.imported == [] and again.skipped == report.imported and again.exit_status == 0
     assert snapshot(dest) == before
     assert no_staging_left(dest)
@@ -219,10 +236,10 @@ def test_a_run_made_again_with_the_same_results_is_the_same_run(source, tmp_path
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["timing"] = {"sec_per_epoch": 9.5, "total_s": 30.0}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    (run_dir / "history.csv").write_text("epoch,train_loss,val_miou,sec_epoch\n1,2.0,0.1,3.5\n2,1.5,0.2,3.75\n")
+    (run_dir / "history.csv").write_text(HISTORY.replace(",1.5\n", ",3.5\n").replace(",1.25\n", ",3.75\n"))
     report = import_runs(again, dest)
     assert f"{PLAT}/noise0-seed0" in report.skipped and f"{PLAT}/noise0-seed0" not in dict(report.refused)
-    metrics["test"]["oa"] = 0.125
+    metrics["val"]["oa"] = 0.125  # (a test score would disagree with confusion.npy: refused before comparing)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     reason = dict(import_runs(again, dest).refused)[f"{PLAT}/noise0-seed0"]
     assert "another run of that id (metrics.json differ)" in reason
@@ -250,7 +267,7 @@ def test_import_from_folders_and_a_legacy_archive(source, tmp_path, caplog):
 
 def test_as_platform_renames_the_platform_folder(archive, tmp_path):
     dest = tmp_path / "dest"
-    report = import_runs(archive, dest, as_platform="cpu-by-hand")
+    report = import_runs(archive, dest, as_platform="cpu-by-hand", reports=True)
     assert report.imported == ["cpu-by-hand/noise0-seed0", "cpu-by-hand/noise0-seed1"]
     assert (run_path(dest, "cpu-by-hand", "noise0-seed0") / "metrics.json").is_file()
     assert report_path(dest, "cpu-by-hand", "noise0-seed1").is_file()
@@ -273,7 +290,7 @@ def test_an_existing_report_is_never_overwritten(archive, tmp_path):
     page = report_path(dest, PLAT, "noise0-seed0")
     page.parent.mkdir(parents=True)
     page.write_text("<html>mine</html>")
-    report = import_runs(archive, dest)
+    report = import_runs(archive, dest, reports=True)
     assert len(report.imported) == 2 and page.read_text() == "<html>mine</html>"
     assert report.reports == [f"reports/{PLAT}/noise0-seed1.html"]
 
@@ -281,10 +298,10 @@ def test_an_existing_report_is_never_overwritten(archive, tmp_path):
 def test_skipped_run_gets_its_missing_report(archive, source, tmp_path):
     dest = tmp_path / "dest"
     shutil.copytree(run_path(source, PLAT, "noise0-seed0"), run_path(dest, PLAT, "noise0-seed0"))
-    report = import_runs(archive, dest)
+    report = import_runs(archive, dest, reports=True)
     assert report.skipped == [f"{PLAT}/noise0-seed0"] and report.imported == [f"{PLAT}/noise0-seed1"]
-    page = report_path(dest, PLAT, "noise0-seed0")
-    assert page.read_bytes() == report_path(source, PLAT, "noise0-seed0").read_bytes()
+    page = report_path(dest, PLAT, "noise0-seed0").read_text()  # rendered from the run's files
+    assert "<h1>U-TAE run cpu-test/noise0-seed0</h1>" in page and "<script" not in page
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,7 +351,7 @@ def test_a_file_added_after_export_or_missing_fails_the_manifest(archive, dest, 
     bad = rewrite(archive, tmp_path, {run_member("noise0-seed0", "extra.txt"): b"x",
                                       run_member("noise0-seed1", "history.csv"): None})
     reasons = dict(import_runs(bad, dest).refused)
-    assert "extra.txt: not listed in MANIFEST.json" in reasons[f"{PLAT}/noise0-seed0"]
+    assert "noise0-seed0/extra.txt: not a run-folder file" in reasons[f"{PLAT}/noise0-seed0"]
     assert "history.csv: listed in MANIFEST.json but missing" in reasons[f"{PLAT}/noise0-seed1"]
 
 
@@ -441,9 +458,9 @@ def edit_json(path: Path, **changes: Any) -> None:
     ("config.json", {"foo": 1}, r"unknown RunConfig field\(s\) \['foo'\]"),
     ("config.json", {"fold": 9}, "fold must be from 1 to 5"),
     ("config.json", {"run_id": "other"}, "run_id 'other', but the folder is 'noise0-seed1'"),
-    ("metrics.json", {"test__oa": 1.5}, r"test.oa: expected a fraction in \[0, 1\]"),
+    ("metrics.json", {"test__oa": 1.5}, r"test.oa: expected a finite fraction in \[0, 1\], got 1.5"),
     ("metrics.json", {"best_epoch": 3}, "best_epoch 3 > epochs_completed 2"),
-    ("metrics.json", {"val__loss": -1}, "val.loss: expected a number >= 0"),
+    ("metrics.json", {"val__loss": -1}, "val.loss: expected a finite number >= 0"),
     ("platform.json", {"fingerprint": "XYZ"}, "fingerprint"),
 ])
 def test_invalid_fields_are_refused_naming_them(source, dest, file, changes, match):
@@ -455,10 +472,10 @@ def test_invalid_fields_are_refused_naming_them(source, dest, file, changes, mat
 
 
 @pytest.mark.parametrize("array, match", [
-    (np.zeros((19, 20), dtype=np.int64), r"\(20, 20\) integer matrix"),
-    (np.zeros((20, 20), dtype=np.float64), r"\(20, 20\) integer matrix"),
+    (np.zeros((19, 20), dtype=np.int64), r"declares 3.0 kB \(shape \(19, 20\) int64\); expected shape \(20, 20\)"),
+    (np.zeros((20, 20), dtype=np.float64), r"\(20, 20\) float64\); expected .* dtype int/uint"),
     (np.full((20, 20), -1, dtype=np.int64), "negative counts"),
-    (np.array([{"a": 1}], dtype=object), "not a plain .npy array"),
+    (np.array([{"a": 1}], dtype=object), "declares dtype object .* refused"),
 ])
 def test_a_bad_confusion_matrix_is_refused(source, dest, array, match):
     np.save(run_path(source, PLAT, "noise0-seed1") / "confusion.npy", array, allow_pickle=True)
@@ -492,7 +509,7 @@ def test_an_unexpected_error_leaves_no_half_moved_run(archive, tmp_path, monkeyp
 
     monkeypatch.setattr(merge, "_place_file", failing)
     with pytest.raises(OSError, match="No space"):
-        import_runs(archive, dest)
+        import_runs(archive, dest, reports=True)
     assert (run_path(dest, PLAT, "noise0-seed0") / "metrics.json").is_file()  # the first run, whole
     assert report_path(dest, PLAT, "noise0-seed0").is_file()
     assert not run_path(dest, PLAT, "noise0-seed1").exists()  # the second: moved back out
@@ -597,14 +614,14 @@ def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
     # A committed number that this machine does not reproduce is a failure (exit status 1).
     metrics_file = run_path(committed, "cpu-here", "noise0-seed0") / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
-    metrics["test"]["oa"] += 0.001
+    metrics["val"]["oa"] += 0.001  # a test score would no longer agree with confusion.npy: refused, not compared
     metrics_file.write_text(json.dumps(metrics))
     argv = ["verify", str(sweep_file), "--results", str(committed), "--points", "noise0-seed0",
             "--scratch", str(scratch)]  # the finished rerun in scratch is reused
     assert cli(*argv) == 1
     assert "DIFFER" in capsys.readouterr().out
     failures = verify_failures(verify(sweep_file, committed, points=["noise0-seed0"], scratch=scratch))
-    assert list(failures["metric"]) == ["test.oa"]
+    assert list(failures["metric"]) == ["val.oa"]
     assert failures["diff"].iloc[0] == pytest.approx(-0.001)
 
     # The same numbers committed by another machine: differences are reported, not failures.
@@ -616,4 +633,4 @@ def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
     assert "max |diff| 0.001" in capsys.readouterr().out
     frame = verify(sweep_file, committed, points=1, scratch=scratch)
     assert not frame["same_machine"].any() and verify_failures(frame).empty
-    assert frame.loc[frame["metric"] == "test.oa", "diff"].iloc[0] == pytest.approx(-0.001)
+    assert frame.loc[frame["metric"] == "val.oa", "diff"].iloc[0] == pytest.approx(-0.001)

@@ -153,17 +153,16 @@ def test_compare_notebook_and_summary(study):
     assert "No benchmark tables" in page  # no results/bench in the temporary study
 
 
-def test_compare_notebook_robustness_section_on_runs_tested_on_corruptions(tmp_path):
+def test_compare_notebook_robustness_section_on_runs_tested_on_corruptions(tmp_path, synthetic_pastis):
     """The committed runs, some given corruption results and training corruptions by hand
     (tests/test_robustness.py), and a tiny synthetic dataset for the gallery: compare.ipynb shows the section, writes
     robustness.csv, and the runs of today's format render beside them."""
     from test_robustness import make_corruption_results
-    from utae.synthetic import make_synthetic_pastis
     from utae.sweep import run_compare
 
-    data = make_synthetic_pastis(tmp_path / "data", n_patches=10, size=32, t_range=(6, 8), seed=0)
+    data = synthetic_pastis(n_patches=10, size=32, t_range=(6, 8), seed=0)
     results = make_corruption_results(tmp_path, dataset=data)
-    page_path = run_compare(results, log=lambda *_: None)
+    page_path = run_compare(results)
     nb = nbformat.read(results / "runs" / "compare.ipynb", as_version=4)
     assert error_outputs(nb) == []
     page = page_path.read_text()

@@ -71,3 +71,62 @@ def test_results_equal_apart_from_timings_and_paths_are_the_same_run(tmp_path: P
     (c / "confusion.npy").unlink()
     assert result_differences(a, c) == ["metrics.json", "confusion.npy"]  # a missing file differs
     assert result_differences(a, write_run(tmp_path / "d", stored(lr=0.01), sec_epoch=1.5)) == ["config.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The files a run folder holds, their limits, and results that agree with themselves
+# --------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def committed_runs() -> list[Path]:
+    """Every finished run committed in the repository's results folders."""
+    return sorted(p.parent for p in (REPO / "results").glob("**/runs/*/*/metrics.json"))
+
+
+def test_every_committed_run_passes_the_checks_of_an_import() -> None:
+    from utae.runfolder import read_checked_metrics, validate_run
+
+    runs = committed_runs()
+    assert len(runs) >= 15
+    for run_dir in runs:
+        validate_run(run_dir, run_dir.name, str(run_dir))  # finite, consistent, arrays of the run's shapes
+        assert read_checked_metrics(run_dir)["test"]["miou"] > 0
+
+
+def test_only_run_files_within_their_limits_are_run_files() -> None:
+    import pytest
+
+    from utae.runfolder import FILE_LIMITS, RUN_FILES, RunFolderError, check_file_size, is_local_file
+
+    assert set(FILE_LIMITS) == set(RUN_FILES)
+    check_file_size("confusion.npy", 3328, "x/confusion.npy")
+    with pytest.raises(RunFolderError, match=r"^x/confusion.npy: 64.0 kB, over the limit of 64 kB for a run's "):
+        check_file_size("confusion.npy", 64_001, "x/confusion.npy")
+    with pytest.raises(RunFolderError, match=r"^x/notes.txt: not a run-folder file \(a run folder holds config.json"):
+        check_file_size("notes.txt", 1, "x/notes.txt")
+    assert all(is_local_file(n) for n in ("checkpoint.pt", "run.ipynb", ".lock", "tensorboard", "a.tmp"))
+    assert not any(is_local_file(n) for n in RUN_FILES)
+
+
+def test_scores_agree_with_the_confusion_matrix_to_float64_rounding_only() -> None:
+    import pytest
+
+    from utae.metrics import scores
+    from utae.runfolder import SCORE_TOLERANCE, RunFolderError, check_consistency
+
+    cm = np.random.default_rng(0).integers(0, 100, size=(20, 20))
+    test = {k: v for k, v in scores(cm).items()}
+    metrics = {"test": json.loads(json.dumps(test)), "test_noise": [{"std": 0.0, "oa": test["oa"],
+                                                                     "miou": test["miou"]}]}
+    check_consistency(metrics, cm, "m.json")  # what a run writes, read back from JSON: exactly equal
+    ulp = float(np.spacing(test["miou"]))
+    check_consistency({**metrics, "test": {**metrics["test"], "miou": test["miou"] + 4 * ulp}}, cm, "m.json")
+    assert SCORE_TOLERANCE < 1e-12  # far below any change of a count: one pixel moves OA by 1 / cm.sum()
+    with pytest.raises(RunFolderError, match=r"^m.json: test.miou = .* disagrees with the score computed from "):
+        check_consistency({**metrics, "test": {**metrics["test"], "miou": test["miou"] + 1e-12}}, cm, "m.json")
+    bad_iou = list(metrics["test"]["iou"])
+    bad_iou[3] = None  # an undefined IoU where the matrix defines one
+    with pytest.raises(RunFolderError, match=r"test.iou\[3\] = None disagrees"):
+        check_consistency({**metrics, "test": {**metrics["test"], "iou": bad_iou}}, cm, "m.json")

@@ -2,19 +2,26 @@
 safely by :func:`stage_archive` / :func:`stage_folder` (for :mod:`utae.merge`).
 
 Member names are ``results/runs/<platform>/<run_id>/<file>`` and ``results/reports/<platform>/<run_id>.html``,
-whatever the results folder is called, so an archive unpacks into any study. Checkpoints, executed notebooks, lock
-and temporary files are left out (:func:`is_excluded`). ``results/MANIFEST.json`` records the SHA-256 of every
+whatever the results folder is called, so an archive unpacks into any study. Only the run files travel
+(:data:`utae.runfolder.RUN_FILES`): checkpoints, executed notebooks, locks, temporary files and ``tensorboard/``
+are left out (:func:`is_excluded`). ``results/MANIFEST.json`` records the SHA-256 of every
 other member, the package version and git commit, the export time (UTC), the sweep (name and file text, when
 given) and each platform's machine (``platform.json`` fingerprint).
 
-Reading. Archives are checked member by member before anything is extracted (no absolute path, no ``..``, no
-link, no device: an :class:`ExchangeError` names the member), then extracted with ``tarfile``'s ``"data"`` filter
-into a staging folder. Archives written before manifests existed (``runs/...`` at the top, no ``MANIFEST.json``)
+Reading. Nothing is written before every member is checked from its header: safe (no absolute path, no ``..``,
+no link, no device), bounded (:data:`MAX_MEMBERS` members, :data:`MAX_MEMBER_BYTES` each, :data:`MAX_IMPORT_BYTES`
+in all, each run file within :data:`utae.runfolder.FILE_LIMITS`: an :class:`ExchangeError` names the member and
+the limit) and allow-listed: only the run files (:data:`utae.runfolder.RUN_FILES`) and the manifest are extracted
+(with ``tarfile``'s ``"data"`` filter) into a staging folder; a run holding any other file, or a file the manifest
+does not list, is refused before extraction; files that stay on their machine and study-level files are ignored;
+run reports are never copied (the importer renders them from the runs' files). Folders are checked the same way
+from their file sizes. Archives written before manifests existed (``runs/...`` at the top, no ``MANIFEST.json``)
 are accepted; only the hash check is then impossible.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -31,9 +38,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from utae.arrays import human_bytes
 from utae.atomic import atomic_write_bytes, read_json
 from utae.sweepfile import REPO_ROOT, SweepError, load_sweep
-from utae.runfolder import is_finished, report_path
+from utae.runfolder import RUN_FILES, RunFolderError, check_file_size, is_finished, is_local_file, is_run_file, \
+    report_path
 
 __all__ = [
     "ExchangeError",
@@ -42,10 +51,15 @@ __all__ = [
     "is_excluded",
     "subdirs",
     "export_runs",
+    "Staged",
     "stage_archive",
     "stage_folder",
-    "read_manifest",
+    "parse_manifest",
     "TAR_SUFFIXES",
+    "MAX_IMPORT_BYTES",
+    "MAX_MEMBER_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_MEMBERS",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,8 +70,16 @@ PathLike = str | os.PathLike[str]
 ARCHIVE_ROOT = "results"
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_FORMAT = 1
-_EXCLUDED_NAMES = frozenset({"checkpoint.pt", "run.ipynb", "tensorboard"})  # tensorboard/: live curves
-_EXCLUDED_SUFFIXES = (".tmp", ".partial.ipynb")
+#: The most an import reads from a source: the sizes of all its files together (a study of 100 runs of the
+#: default size takes about 200 MB).
+MAX_IMPORT_BYTES = 2_000_000_000
+#: The largest member of an archive (files that stay on their machine included, which are read through but not
+#: extracted: a legacy archive's checkpoints).
+MAX_MEMBER_BYTES = 256_000_000
+#: The largest manifest (a line per file and the sweep's text: about 150 bytes a file).
+MAX_MANIFEST_BYTES = 32_000_000
+#: The most members an archive (or files a folder) may hold.
+MAX_MEMBERS = 200_000
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -67,9 +89,9 @@ class ExchangeError(ValueError):
 
 
 def is_excluded(name: str) -> bool:
-    """Whether a file of a run directory stays on its machine: ``checkpoint.pt``, ``run.ipynb``, the
-    ``tensorboard`` folder, ``.lock`` and other hidden files, ``*.tmp``, ``*.partial.ipynb``."""
-    return name in _EXCLUDED_NAMES or name.startswith(".") or name.endswith(_EXCLUDED_SUFFIXES)
+    """Whether a file of a run directory is left out of an export: any but the run files
+    (:data:`utae.runfolder.RUN_FILES`): ``checkpoint.pt``, ``run.ipynb``, ``.lock``, ``tensorboard/``..."""
+    return not is_run_file(name)
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -271,35 +293,164 @@ def _find_root(paths: Iterable[tuple[str, ...]], source: PathLike) -> tuple[str,
     return roots[0]
 
 
-def _wanted(rel: tuple[str, ...]) -> bool:
-    """Whether a path (relative to the results root) is imported: the manifest, run files, run reports."""
+def _kind(rel: tuple[str, ...]) -> str:
+    """What a file (its path relative to the results root) is to an import: ``"manifest"``; ``"run"``, a run
+    file (:data:`utae.runfolder.RUN_FILES`), staged; ``"report"``, a run's HTML report, never copied (reports
+    are rendered here from the run's files); ``"local"``, a file that stays on its machine
+    (:func:`utae.runfolder.is_local_file`: checkpoint, notebook, lock, ``tensorboard/``...), ignored;
+    ``"unknown"``, any other file in a run folder: its run is refused; ``"other"``, study-level files, ignored."""
     if rel == (MANIFEST_NAME,):
-        return True
+        return "manifest"
     if len(rel) >= 4 and rel[0] == "runs":
-        return not any(is_excluded(part) for part in rel[3:])
-    return len(rel) == 3 and rel[0] == "reports" and rel[2].endswith(".html")
+        if any(is_local_file(part) for part in rel[3:]):
+            return "local"
+        return "run" if len(rel) == 4 and is_run_file(rel[3]) else "unknown"
+    if len(rel) == 3 and rel[0] == "reports" and rel[2].endswith(".html"):
+        return "report"
+    return "other"
+
+
+@dataclasses.dataclass
+class Staged:
+    """A source staged for import (:func:`stage_archive`, :func:`stage_folder`).
+
+    Attributes:
+        root: the staged results folder (``runs/<platform>/<run_id>/<file>``, ``MANIFEST.json``).
+        manifest: the source's manifest (:func:`parse_manifest`), or None.
+        refused: ``{(platform, run_id): reason}`` of the runs refused before anything of theirs was written (a
+            file that is not a run file, or not listed in the manifest); they are not staged.
+        notes: what was left out (files that stay on their machine, run reports, study-level files).
+    """
+
+    root: Path
+    manifest: dict[str, Any] | None
+    refused: dict[tuple[str, str], str]
+    notes: list[str]
+
+
+def _plan(entries: Sequence[tuple[tuple[str, ...], int]], source: PathLike, max_bytes: int
+          ) -> tuple[tuple[str, ...], list[tuple[str, ...]], dict[tuple[str, str], list[str]], dict[str, int]]:
+    """Check the files of a source by name and size before anything is written: ``entries`` are
+    ``(path parts, size in bytes)``. Returns ``(root, files to stage (relative to the root), unknown files by
+    run, counts of the files left out by kind)``.
+
+    Raises:
+        ExchangeError: naming the file and the limit: a run file over its :data:`utae.runfolder.FILE_LIMITS`,
+            a manifest or report over its limit, the files over ``max_bytes`` in all.
+    """
+    root = _find_root([parts for parts, _ in entries], source)
+    total = 0
+    staged: list[tuple[str, ...]] = []
+    unknown: dict[tuple[str, str], list[str]] = {}
+    left_out: dict[str, int] = {}
+    for parts, size in entries:
+        name = "/".join(parts)
+        total += size
+        if total > max_bytes:
+            raise ExchangeError(f"{source}: its files hold more than {human_bytes(max_bytes)} in all (at {name!r}), "
+                                "the limit of an import; refused (nothing was extracted)")
+        if parts[:len(root)] != root:
+            left_out["other"] = left_out.get("other", 0) + 1
+            continue
+        rel = parts[len(root):]
+        kind = _kind(rel)
+        if kind == "run":
+            try:
+                check_file_size(rel[3], size, f"{source}: {name!r}")
+            except RunFolderError as exc:
+                raise ExchangeError(f"{exc} (nothing was extracted)") from None
+            staged.append(rel)
+        elif kind == "manifest":
+            if size > MAX_MANIFEST_BYTES:
+                raise ExchangeError(f"{source}: {name!r}: {human_bytes(size)}, over the limit of "
+                                    f"{human_bytes(MAX_MANIFEST_BYTES)} for {MANIFEST_NAME} (nothing was extracted)")
+            staged.append(rel)
+        elif kind == "unknown":
+            unknown.setdefault((rel[1], rel[2]), []).append("/".join(rel))
+        else:
+            left_out[kind] = left_out.get(kind, 0) + 1
+    return root, staged, unknown, left_out
+
+
+def _refusals(staged: Sequence[tuple[str, ...]], unknown: Mapping[tuple[str, str], list[str]],
+              manifest: Mapping[str, Any] | None) -> dict[tuple[str, str], str]:
+    """The runs refused before extraction: a file that is not a run file, a run file not listed in the
+    manifest (added after the export)."""
+    refused = {run: (f"{files[0]}: not a run-folder file (a run folder holds {', '.join(RUN_FILES)}); refused "
+                     "before extraction") for run, files in unknown.items()}
+    if manifest is not None:
+        top = str(manifest.get("root") or ARCHIVE_ROOT)
+        for rel in staged:
+            key = f"{top}/{'/'.join(rel)}"
+            if rel[0] == "runs" and key not in manifest["files"]:
+                refused.setdefault((rel[1], rel[2]), f"{key}: not listed in {MANIFEST_NAME} (added after the "
+                                                     "export); refused before extraction")
+    return refused
+
+
+def _notes(left_out: Mapping[str, int], source: PathLike) -> list[str]:
+    words = {"report": "run report(s) not copied (each imported run's report is rendered here from its files)",
+             "local": "file(s) that stay on their machine (checkpoints, notebooks, locks, tensorboard/) ignored",
+             "other": "study-level file(s) outside runs/ ignored (the study's reports and tables are remade here)"}
+    return [f"{source}: {n} {words[kind]}" for kind, n in sorted(left_out.items()) if n]
 
 
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 
-def stage_archive(archive: Path, stage: Path) -> Path:
-    """Check every member of ``archive``, extract the wanted ones under ``stage``; returns the results root."""
+def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES) -> Staged:
+    """Check every member of ``archive`` from its header, then extract the run files of the runs that pass under
+    ``stage``.
+
+    Before anything is extracted: every member is safe (:func:`_check_member`), at most :data:`MAX_MEMBERS`,
+    each file at most :data:`MAX_MEMBER_BYTES` and all of them at most ``max_bytes`` (the sizes their headers
+    declare, so that a small archive that would expand to gigabytes is refused unread), each run file within its
+    :data:`utae.runfolder.FILE_LIMITS`; a run holding another file, or a run file the manifest does not list, is
+    refused. Only run files (:data:`utae.runfolder.RUN_FILES`) and the manifest are extracted.
+
+    Raises:
+        ExchangeError: naming the archive, the member and the limit; nothing was extracted then.
+    """
     try:
         tar = tarfile.open(archive, "r:*")
     except _TAR_ERRORS as exc:
         raise ExchangeError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tar:
+        members: list[tarfile.TarInfo] = []
+        declared = 0
         try:
-            members = tar.getmembers()
+            while (member := tar.next()) is not None:  # header by header: an oversized member is never read
+                _check_member(archive, member)
+                if len(members) >= MAX_MEMBERS:
+                    raise ExchangeError(f"{archive}: more than {MAX_MEMBERS} members; refused (nothing was "
+                                        "extracted)")
+                if member.isfile():
+                    declared += member.size
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise ExchangeError(f"{archive}: member {member.name!r} declares {human_bytes(member.size)}"
+                                            f", over the limit of {human_bytes(MAX_MEMBER_BYTES)} a member; refused "
+                                            "(nothing was extracted)")
+                    if declared > max_bytes:
+                        raise ExchangeError(f"{archive}: its members hold more than {human_bytes(max_bytes)} in all "
+                                            f"(at {member.name!r}), the limit of an import; refused (nothing was "
+                                            "extracted)")
+                members.append(member)
         except _TAR_ERRORS as exc:
             raise ExchangeError(f"{archive}: corrupt tar archive ({exc})") from exc
-        for member in members:
-            _check_member(archive, member)
-        parts = [PurePosixPath(m.name).parts for m in members if m.isfile()]
-        root = _find_root(parts, archive)
-        selected = [m for m, p in zip([m for m in members if m.isfile()], parts)
-                    if p[:len(root)] == root and _wanted(p[len(root):])]
+        files = [m for m in members if m.isfile()]
+        parts = [PurePosixPath(m.name).parts for m in files]
+        root, staged, unknown, left_out = _plan([(p, m.size) for p, m in zip(parts, files)], archive, max_bytes)
+        by_rel = {p[len(root):]: m for p, m in zip(parts, files) if p[:len(root)] == root}
+        manifest = None
+        if (MANIFEST_NAME,) in by_rel:
+            try:
+                handle = tar.extractfile(by_rel[(MANIFEST_NAME,)])
+                data = handle.read(MAX_MANIFEST_BYTES + 1) if handle is not None else b""
+            except _TAR_ERRORS as exc:
+                raise ExchangeError(f"{archive}: cannot read {MANIFEST_NAME} ({exc})") from exc
+            manifest = parse_manifest(data, f"{archive}: {MANIFEST_NAME}")
+        refused = _refusals(staged, unknown, manifest)
+        selected = [by_rel[rel] for rel in staged if rel[0] != "runs" or (rel[1], rel[2]) not in refused]
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4+ / 3.10.12+
         try:
             tar.extractall(stage, members=selected, **extra)
@@ -307,18 +458,19 @@ def stage_archive(archive: Path, stage: Path) -> Path:
             raise ExchangeError(f"{archive}: refused by the safe-extraction filter ({exc})") from exc
         except _TAR_ERRORS as exc:
             raise ExchangeError(f"{archive}: cannot extract ({exc})") from exc
-    return stage.joinpath(*root)
+    return Staged(stage.joinpath(*root), manifest, refused, _notes(left_out, archive))
 
 
-def stage_folder(folder: Path, stage: Path) -> Path:
-    """Copy the wanted files of a results folder (or of a folder holding ``results/``) under ``stage``."""
+def stage_folder(folder: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES) -> Staged:
+    """Copy the run files of a results folder (or of a folder holding ``results/``) under ``stage``, checked by
+    name and size (as :func:`stage_archive`) before anything is copied. Links and special files are refused."""
     if (folder / "runs").is_dir():
         root = folder
     elif (folder / ARCHIVE_ROOT / "runs").is_dir():
         root = folder / ARCHIVE_ROOT
     else:
         raise ExchangeError(f"{folder}: holds neither runs/ nor results/runs/ (not a results folder)")
-    files: list[Path] = []
+    entries: list[tuple[tuple[str, ...], int]] = []
     for top in ("runs", "reports"):
         base = root / top
         if not base.is_dir():
@@ -329,34 +481,44 @@ def stage_folder(folder: Path, stage: Path) -> Path:
                 if path.is_symlink():
                     raise ExchangeError(f"{path}: a link in the source folder; results hold plain files only "
                                         "(nothing was imported)")
+            dirnames[:] = [d for d in dirnames if not is_local_file(d)]  # tensorboard/, hidden: never read
             for name in filenames:
                 path = Path(dirpath, name)
                 if not path.is_file():
                     raise ExchangeError(f"{path}: a device, pipe or other special file; refused (nothing was imported)")
-                if _wanted(path.relative_to(root).parts):
-                    files.append(path)
-    if (root / MANIFEST_NAME).is_file():
-        files.append(root / MANIFEST_NAME)
+                entries.append((path.relative_to(root).parts, path.stat().st_size))
+            if len(entries) > MAX_MEMBERS:
+                raise ExchangeError(f"{folder}: more than {MAX_MEMBERS} files; refused (nothing was imported)")
+    manifest_file = root / MANIFEST_NAME
+    if manifest_file.is_file():
+        entries.insert(0, ((MANIFEST_NAME,), manifest_file.stat().st_size))
+    _, staged, unknown, left_out = _plan(entries, folder, max_bytes)
+    manifest = None
+    if manifest_file.is_file():
+        manifest = parse_manifest(manifest_file.read_bytes()[:MAX_MANIFEST_BYTES + 1], f"{folder}: {MANIFEST_NAME}")
+    refused = _refusals(staged, unknown, manifest)
     staged_root = stage / ARCHIVE_ROOT
-    for path in files:
-        dest = staged_root / path.relative_to(root)
+    for rel in staged:
+        if rel[0] == "runs" and (rel[1], rel[2]) in refused:
+            continue
+        dest = staged_root.joinpath(*rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest)
-    return staged_root
+        shutil.copyfile(root.joinpath(*rel), dest)
+    return Staged(staged_root, manifest, refused, _notes(left_out, folder))
 
 
-def read_manifest(root: Path, shown: str) -> dict[str, Any] | None:
-    """The staged ``MANIFEST.json`` (None when there is none), its ``files`` checked."""
-    file = root / MANIFEST_NAME
-    if not file.is_file():
-        return None
+def parse_manifest(data: bytes, shown: str) -> dict[str, Any]:
+    """A ``MANIFEST.json`` from its bytes, its ``files`` checked (``{member: sha256 hex}``).
+
+    Raises:
+        ExchangeError: naming ``shown``: corrupt JSON, not an object, a bad ``files`` field.
+    """
     try:
-        manifest = read_json(file)
-    except ValueError as exc:
-        raise ExchangeError(str(exc).replace(str(file), f"{shown}: {MANIFEST_NAME}")) from None
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ExchangeError(f"{shown}: corrupt JSON ({exc})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) and _SHA256_RE.fullmatch(v)
                                               for k, v in files.items()):
-        raise ExchangeError(f"{shown}: {MANIFEST_NAME} field 'files': expected {{member: sha256 hex}}")
+        raise ExchangeError(f"{shown} field 'files': expected {{member: sha256 hex}}")
     return manifest
-

@@ -208,9 +208,11 @@ def _shape_problem(shape: tuple[int, ...], expected: Shape | None, bound: dict[s
 
 
 def check_header(header: ArrayHeader, where: str, *, shape: Shape | None = None, max_bytes: int | None = None,
-                 kinds: str = DEFAULT_KINDS, bound: dict[str, int] | None = None) -> None:
-    """Refuse ``header`` unless its dtype kind is in ``kinds``, its shape matches ``shape`` and its data takes at
-    most ``max_bytes``. ``bound`` holds the values of named wildcards already seen (updated on success).
+                 kinds: str = DEFAULT_KINDS, bound: dict[str, int] | None = None,
+                 limits: Mapping[str, int] | None = None) -> None:
+    """Refuse ``header`` unless its dtype kind is in ``kinds``, its shape matches ``shape``, the named wildcards
+    of ``shape`` are at most their ``limits`` (``{"N": 4}``) and its data takes at most ``max_bytes``. ``bound``
+    holds the values of named wildcards already seen (updated on success).
 
     Raises :class:`ArrayFileError` naming ``where``, the declared size, shape and dtype, and what was expected.
     """
@@ -228,6 +230,10 @@ def check_header(header: ArrayHeader, where: str, *, shape: Shape | None = None,
     if wrong_kind or _shape_problem(header.shape, shape, bound) or (
             max_bytes is not None and header.nbytes > max_bytes):
         raise ArrayFileError(where, f"declares {header.describe()}; expected {' and '.join(expected)}")
+    for name, limit in (limits or {}).items():
+        if bound.get(name, 0) > limit:
+            raise ArrayFileError(where, f"declares {header.describe()}; expected shape {format_shape(shape or ())} "
+                                        f"with {name} at most {limit}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,14 +279,14 @@ def load_npy(path: str | os.PathLike[str], *, shape: Shape | None = None, max_by
 
 def load_npz(path: str | os.PathLike[str], members: Mapping[str, Shape | None], *, max_bytes: int,
              max_total_bytes: int | None = None, optional: Collection[str] = (),
-             kinds: str = DEFAULT_KINDS) -> dict[str, np.ndarray]:
+             kinds: str = DEFAULT_KINDS, limits: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """The arrays of the ``.npz`` archive ``path``, by member name (without ``.npy``).
 
     ``members`` maps each allowed member to its expected shape (see the module docstring; named wildcards are
-    shared across members). Every member of ``members`` not in ``optional`` must be present; any other member is
-    refused. Each member's declared size (zip directory and ``.npy`` header) must be at most ``max_bytes``, and
-    their sum at most ``max_total_bytes`` (default: no limit beyond ``max_bytes`` each). All checks run on every
-    member before any member's data is decompressed.
+    shared across members; ``limits`` bounds named wildcards, ``{"N": 4}``). Every member of ``members`` not in
+    ``optional`` must be present; any other member is refused. Each member's declared size (zip directory and
+    ``.npy`` header) must be at most ``max_bytes``, and their sum at most ``max_total_bytes`` (default: no limit
+    beyond ``max_bytes`` each). All checks run on every member before any member's data is decompressed.
 
     Raises :class:`ArrayFileError` naming the archive (and member) and what was expected; ``FileNotFoundError``
     when it is missing.
@@ -321,7 +327,8 @@ def load_npz(path: str | os.PathLike[str], members: Mapping[str, Shape | None], 
                 mwhere = f"{where}: member {stem!r}"
                 with zf.open(info) as fh:
                     header = read_npy_header(fh, mwhere, _expected_array(members[stem]))
-                check_header(header, mwhere, shape=members[stem], max_bytes=max_bytes, kinds=kinds, bound=bound)
+                check_header(header, mwhere, shape=members[stem], max_bytes=max_bytes, kinds=kinds, bound=bound,
+                             limits=limits)
                 if info.file_size != header.offset + header.nbytes:
                     raise ArrayFileError(mwhere, f"is declared {info.file_size} bytes uncompressed by the zip "
                                                  f"directory but its .npy header declares {header.offset + header.nbytes} "

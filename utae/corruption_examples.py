@@ -20,6 +20,7 @@ import torch
 from utae.corruptions import KINDS, corrupt
 from utae.data import FOLD_ROTATIONS, PastisDataset
 from utae.atomic import read_json
+from utae.runfolder import read_predictions
 
 __all__ = ["RGB_BANDS", "GALLERY_SEVERITIES", "rgb_frame", "gallery_frames", "gallery_or_reason"]
 
@@ -74,10 +75,10 @@ def gallery_frames(run_dir: str | os.PathLike[str], kinds: Sequence[str] = KINDS
     npz_path = run_dir / "predictions.npz"
     if not npz_path.is_file():
         raise FileNotFoundError(f"{run_dir} has no predictions.npz")
-    with np.load(npz_path, allow_pickle=False) as npz:
-        if len(npz["patch_id"]) == 0:
-            raise ValueError(f"{npz_path} holds no patch")
-        patch_id, target, pred = int(npz["patch_id"][0]), np.asarray(npz["target"][0]), np.asarray(npz["pred"][0])
+    npz = read_predictions(run_dir, config)
+    if len(npz["patch_id"]) == 0:
+        raise ValueError(f"{npz_path} holds no patch")
+    patch_id, target, pred = int(npz["patch_id"][0]), npz["target"][0], npz["pred"][0]
     test = _test_set(config, run_dir / "config.json")
     if patch_id not in test.ids:
         raise ValueError(f"patch {patch_id} of {npz_path} is not in the test folds of {config.get('dataset_root')}")

@@ -2,8 +2,11 @@
 
 The source is an exchange archive (``.tar.gz``, ``.tgz``, ``.tar``; :mod:`utae.archive`) or a folder (a results
 folder, or a folder holding ``results/``). It is staged in a temporary folder beside the results folder ``R``
-(never in ``R``). Every run is validated (:func:`utae.runfolder.validate_run`: complete files, JSON, config fields,
-metric ranges, the confusion matrix; and the manifest hashes), compared with what ``R`` holds (same platform
+(never in ``R``), after every file was checked by name and size (:func:`utae.archive.stage_archive`: only run
+files, within their limits). Every run is validated (:func:`utae.runfolder.validate_run`: complete files, JSON,
+config fields, finite metrics that agree with the confusion matrix and the std-0 test noise, arrays read with
+bounded memory and shapes checked; and the manifest hashes), its HTML report rendered here from those files
+(:mod:`utae.run_page`; a report in the source is never copied), compared with what ``R`` holds (same platform
 folder, other machine: refused; the same run with the same results, :func:`utae.runfolder.result_differences`:
 skipped; another run of that id: refused, never overwritten), then moved into place with one ``os.replace`` of
 its directory.
@@ -16,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -27,16 +29,18 @@ from typing import Any
 from utae.archive import (
     ARCHIVE_ROOT,
     MANIFEST_NAME,
+    MAX_IMPORT_BYTES,
     TAR_SUFFIXES,
     ExchangeError,
-    is_excluded,
-    read_manifest,
+    Staged,
     stage_archive,
     stage_folder,
     subdirs,
 )
 from utae.atomic import fsync_dir, read_json, sha256_file
-from utae.runfolder import RunFolderError, report_path, result_differences, run_path, validate_run
+from utae.checks import PATH_NAME_RE, safe_path_name
+from utae.run_page import render_run_page
+from utae.runfolder import RunFolderError, is_run_file, report_path, result_differences, run_path, validate_run
 
 __all__ = ["ImportReport", "LEGACY_IDENTITY_FIELDS", "records_conflict", "import_runs"]
 
@@ -46,7 +50,6 @@ PathLike = str | os.PathLike[str]
 
 #: Fields compared when a ``platform.json`` predates fingerprints (see :func:`records_conflict`).
 LEGACY_IDENTITY_FIELDS: tuple[str, ...] = ("device_name", "cpu_model", "torch_version")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 class _Refused(Exception):
@@ -70,7 +73,7 @@ def _check_hashes(manifest: Mapping[str, Any] | None, root: Path, files: Sequenc
             raise _Refused(f"{key}: its SHA-256 differs from {MANIFEST_NAME} (changed after the export)")
     for key in listed:
         if key not in seen and any(key.startswith(f"{top}/{p}") for p in expected_prefixes) \
-                and not is_excluded(key.rsplit("/", 1)[-1]):
+                and is_run_file(key.rsplit("/", 1)[-1]):
             raise _Refused(f"{key}: listed in {MANIFEST_NAME} but missing")
 
 
@@ -124,7 +127,7 @@ def _suggest_name(results: Path, platform: str, record: Mapping[str, Any]) -> st
     candidates = [str(record.get("platform_id") or ""), f"{platform}-{fingerprint[:6]}" if isinstance(fingerprint, str)
                   else "", *(f"{platform}-{i}" for i in range(2, 100))]
     for name in candidates:
-        if name and name != platform and name not in taken and _NAME_RE.fullmatch(name):
+        if name and name != platform and name not in taken and PATH_NAME_RE.fullmatch(name):
             return name
     return f"{platform}-other"
 
@@ -229,6 +232,8 @@ def import_runs(
     *,
     as_platform: str | None = None,
     dry_run: bool = False,
+    reports: bool = True,
+    max_bytes: int = MAX_IMPORT_BYTES,
 ) -> ImportReport:
     """Import the runs of an archive or folder into the results folder ``results`` (see the module docstring).
 
@@ -244,13 +249,16 @@ def import_runs(
         src: a ``.tar.gz``/``.tgz``/``.tar`` archive, a results folder, or a folder holding ``results/``.
         as_platform: the platform folder name to import under (the source must hold one platform).
         dry_run: check and report only; nothing in ``results`` changes.
+        reports: render each imported run's HTML report here from its files (where none is there yet).
+        max_bytes: the most the source's files may hold in all (checked before anything is written).
 
     Returns:
         An :class:`ImportReport`; its ``exit_status`` is 0 when nothing was refused, else 1.
 
     Raises:
         ExchangeError: a missing or unreadable source, an unsafe archive member (absolute path, ``..``, link,
-            device), a corrupt manifest, a bad ``as_platform``; nothing in ``results`` has changed then.
+            device), a file over its size limit or more than ``max_bytes`` in all, a corrupt manifest, a bad
+            ``as_platform`` (:func:`utae.checks.safe_path_name`); nothing in ``results`` has changed then.
         OSError: an unexpected failure while moving a run: that run is not left half-moved, the runs before
             it are in place, whole.
     """
@@ -258,30 +266,38 @@ def import_runs(
     dest_root = Path(results)
     if not source.exists():
         raise ExchangeError(f"{source}: no such archive or folder")
-    if as_platform is not None and not _NAME_RE.fullmatch(as_platform):
-        raise ExchangeError(f"--as {as_platform!r}: a platform folder name is letters, digits, '.', '_', '+', '-' "
-                            "(starting with a letter or digit)")
+    if as_platform is not None:
+        try:
+            safe_path_name(as_platform, "--as")
+        except ValueError as exc:
+            raise ExchangeError(str(exc)) from None
     if dest_root.exists() and not dest_root.is_dir():
         raise ExchangeError(f"{dest_root}: not a folder")
     report = ImportReport(source=str(source), results=str(dest_root), dry_run=dry_run)
     dest_root.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=dest_root.parent, prefix=f".{dest_root.name}.import-"))
     try:
+        staged: Staged
         if source.is_dir():
-            root = stage_folder(source, stage)
+            staged = stage_folder(source, stage, max_bytes)
         elif source.name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(source):
-            root = stage_archive(source, stage)
+            staged = stage_archive(source, stage, max_bytes)
         else:
             raise ExchangeError(f"{source}: neither a folder nor a .tar.gz/.tgz/.tar archive")
-        manifest = read_manifest(root, str(source))
+        root, manifest = staged.root, staged.manifest
+        report.notes.extend(staged.notes)
         if manifest is None:
             report.notes.append(f"{source} has no {MANIFEST_NAME}: file hashes cannot be checked")
         runs = _staged_runs(root)
-        platforms = sorted({p for p, _, _ in runs})
+        platforms = sorted({p for p, _, _ in runs} | {p for p, _ in staged.refused})
         if as_platform is not None and len(platforms) > 1:
             raise ExchangeError(f"--as {as_platform}: {source} holds several platforms ({', '.join(platforms)}); "
                                 "--as renames one")
-        seen_runs = {(p, r) for p, r, _ in runs}
+        for (plat, run_id), reason in sorted(staged.refused.items()):
+            label = f"{as_platform or plat}/{run_id}"
+            report.refused.append((label, reason))
+            log.info(f"[import] REFUSED {label}: {reason}")
+        seen_runs = {(p, r) for p, r, _ in runs} | set(staged.refused)
         if manifest is not None:
             top = str(manifest.get("root") or ARCHIVE_ROOT)
             listed = {tuple(k.split("/")[2:4]) for k in manifest["files"] if k.startswith(f"{top}/runs/")}
@@ -293,9 +309,9 @@ def import_runs(
                     report.refused.append((f"{as_platform or plat}/{run_id}",
                                            f"runs/{label}: listed in {MANIFEST_NAME} but missing from {source}"))
         known: dict[str, dict[str, tuple[dict[str, Any], str]]] = {}
-        for plat, run_id, staged in runs:
-            _import_one(report, root, manifest, plat, run_id, staged, dest_root, as_platform or plat, dry_run,
-                        known)
+        for plat, run_id, staged_dir in runs:
+            _import_one(report, root, manifest, plat, run_id, staged_dir, dest_root, as_platform or plat, dry_run,
+                        known, reports)
         if report.notes:
             for note in report.notes:
                 log.info(f"[import] note: {note}")
@@ -309,25 +325,30 @@ def import_runs(
 
 def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | None, plat: str, run_id: str,
                 staged: Path, dest_root: Path, dest_plat: str, dry_run: bool,
-                known: dict[str, dict[str, tuple[dict[str, Any], str]]]) -> None:
+                known: dict[str, dict[str, tuple[dict[str, Any], str]]], reports: bool = True) -> None:
     """Check, compare and move one staged run; records the outcome in ``report``. ``known`` caches the
-    machine records of each destination platform folder, the runs accepted so far included."""
+    machine records of each destination platform folder, the runs accepted so far included. With ``reports``
+    the run's HTML report is rendered from its files (:func:`utae.run_page.render_run_page`) where none is."""
     from utae.platform import describe_record  # imports torch: only when runs are imported
 
     label = f"{dest_plat}/{run_id}"
     shown = f"runs/{plat}/{run_id}"
-    staged_report = root / "reports" / plat / f"{run_id}.html"
-    staged_report = staged_report if staged_report.is_file() else None
     try:
-        if not _NAME_RE.fullmatch(plat) or not _NAME_RE.fullmatch(run_id):
-            raise _Refused(f"{shown}: unusual folder name (letters, digits, '.', '_', '+', '-' only)")
+        for name in (plat, run_id):
+            try:
+                safe_path_name(name, f"{shown}: folder name")
+            except ValueError as exc:
+                raise _Refused(str(exc)) from None
         files = sorted(p for p in staged.rglob("*") if p.is_file())
-        _check_hashes(manifest, root, files + ([staged_report] if staged_report else []),
-                      [f"runs/{plat}/{run_id}/", f"reports/{plat}/{run_id}.html"])
+        _check_hashes(manifest, root, files, [f"runs/{plat}/{run_id}/"])
         try:
             record = validate_run(staged, run_id, shown)
         except RunFolderError as exc:
             raise _Refused(str(exc)) from None
+        staged_report = None
+        if reports and not dry_run:  # rendered here from the checked files, never copied from the source
+            staged_report = render_run_page(staged, root / "reports" / plat / f"{run_id}.html",
+                                            title=f"U-TAE run {dest_plat}/{run_id}")
         if dest_plat not in known:
             known[dest_plat] = _existing_records(dest_root / "runs" / dest_plat)
         for existing, other_run in known[dest_plat].values():
@@ -345,7 +366,7 @@ def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | 
                                "overwritten. Remove it first, or import under another platform name with --as NAME")
             report.skipped.append(label)
             added = ""
-            if staged_report is not None and not dest_report.exists() and not dry_run:
+            if staged_report is not None and not dest_report.exists():
                 _make_dirs(dest_report.parent)
                 _place_file(staged_report, dest_report)
                 report.reports.append(str(dest_report.relative_to(dest_root)))

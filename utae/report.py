@@ -25,6 +25,7 @@ __all__ = [
     "figure_png",
     "use_compact_figures",
     "render_notebook_html",
+    "static_page",
     "write_index",
 ]
 
@@ -94,6 +95,21 @@ def _page(title: str, body: str, nav: str = "") -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
             f"<style>{_CSS}</style>\n</head>\n<body>\n{nav}{body}\n</body>\n</html>\n")
+
+
+#: The Content-Security-Policy of a page rendered from data (:func:`static_page`): no script, no frame, nothing
+#: fetched from anywhere; images only inlined (``data:``), styles only the page's own.
+STATIC_PAGE_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+def static_page(title: str, body: str, index_href: str | None = None) -> str:
+    """A page in the reports' style for ``body`` (HTML whose text the caller escaped), with a
+    Content-Security-Policy that forbids any script or outside resource (:data:`STATIC_PAGE_POLICY`): how a run
+    imported from another machine is shown (:mod:`utae.run_page`). ``index_href``: a link back to the index."""
+    nav = f'<nav><a href="{html.escape(index_href)}">&larr; all reports</a></nav>\n' if index_href else ""
+    policy = f'<meta http-equiv="Content-Security-Policy" content="{html.escape(STATIC_PAGE_POLICY)}">\n'
+    page = _page(title, body, nav)
+    return page.replace('<meta charset="utf-8">\n', '<meta charset="utf-8">\n' + policy, 1)
 
 
 def _notebook_title(nb: Any, default: str) -> str:

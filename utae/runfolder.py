@@ -8,12 +8,16 @@ One run is one folder, ``<results>/runs/<platform>/<run_id>/`` (:func:`run_path`
     history.csv      one row an epoch (utae.run.HISTORY_COLUMNS)
     checkpoint.pt    after every epoch (utae.checkpoint): an interrupted run resumes from it
     confusion.npy    the clean test confusion matrix, (20, 20) int64
-    predictions.npz  optional: a few test patches for maps
+    predictions.npz  optional: a few test patches for maps (rgb, target, pred, patch_id)
     metrics.json     written last: a run with it is finished (:func:`is_finished`)
 
 Reading. :func:`read_record` is the one validating reader of ``config.json``, ``metrics.json`` and
-``platform.json`` (a non-empty JSON object; metrics sections checked); :func:`validate_run` checks every file of
-a finished run (import uses it); :func:`read_run` loads them all; :func:`readable_runs` walks a runs tree.
+``platform.json`` (a non-empty JSON object; metrics sections checked); :func:`read_confusion` and
+:func:`read_predictions` read the arrays with bounded memory (:mod:`utae.arrays`: headers, shapes and sizes
+checked before any data); :func:`validate_run` checks every file of a finished run (import uses it): only
+:data:`RUN_FILES`, each within its :data:`FILE_LIMITS`, every score finite, the test scores equal to those of the
+confusion matrix and of the std-0 test noise (:func:`check_consistency`; verify uses it through
+:func:`read_checked_metrics`); :func:`read_run` loads them all; :func:`readable_runs` walks a runs tree.
 
 The same-run rule, :func:`config_differences`. Two configs are the same run when every field that can change
 the arithmetic is equal. Exempt (:data:`utae.config.HARMLESS_FIELDS`): paths of a machine (``dataset_root``,
@@ -32,8 +36,6 @@ import errno
 import math
 import os
 import warnings
-import zipfile
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from utae.arrays import ArrayFileError, human_bytes, load_npy, load_npz
 from utae.atomic import read_json, sha256_file
 from utae.checks import is_int, is_number
 from utae.classes import N_CLASSES
@@ -50,6 +53,18 @@ from utae.config import HARMLESS_FIELDS, RunConfig, run_config_fields
 __all__ = [
     "REQUIRED_FILES",
     "OPTIONAL_FILES",
+    "RUN_FILES",
+    "FILE_LIMITS",
+    "MAX_PATCH_SIDE",
+    "PREDICTION_SHAPES",
+    "SCORE_TOLERANCE",
+    "is_run_file",
+    "is_local_file",
+    "check_file_size",
+    "read_confusion",
+    "read_predictions",
+    "check_consistency",
+    "read_checked_metrics",
     "IDENTITY_FILES",
     "TIMING_COLUMNS",
     "RunFolderError",
@@ -83,6 +98,33 @@ CHECKPOINT, PREDICTIONS, LOCK_FILE = "checkpoint.pt", "predictions.npz", ".lock"
 #: Files every finished run has (``predictions.npz`` is optional).
 REQUIRED_FILES: tuple[str, ...] = (CONFIG, PLATFORM, METRICS, HISTORY, CONFUSION)
 OPTIONAL_FILES: tuple[str, ...] = (PREDICTIONS,)
+#: The files of a finished run that travel between machines (export, import): nothing else is ever imported.
+RUN_FILES: tuple[str, ...] = REQUIRED_FILES + OPTIONAL_FILES
+#: Files and folders of a run directory that stay on the machine that made it: the checkpoint, the executed
+#: notebook, the lock, TensorBoard's event files (utae.tensorboard_log.TENSORBOARD_DIR); also hidden and
+#: temporary files (:func:`is_local_file`).
+LOCAL_FILES: tuple[str, ...] = (CHECKPOINT, "run.ipynb", LOCK_FILE, "tensorboard")
+_LOCAL_SUFFIXES = (".tmp", ".partial.ipynb")
+#: The largest size in bytes of each run file accepted from another machine, checked before anything is written
+#: or read. Each is far above what a run writes: config.json and platform.json about 1 kB; metrics.json about
+#: 5 kB (10 kB more per test-noise level); history.csv about 130 B an epoch; confusion.npy 3,328 B (a (20, 20)
+#: int64 .npy); predictions.npz about 1.8 MB for the default 4 PASTIS patches of 128 x 128 (compressed less).
+FILE_LIMITS: dict[str, int] = {CONFIG: 256_000, PLATFORM: 256_000, METRICS: 4_000_000, HISTORY: 16_000_000,
+                               CONFUSION: 64_000, PREDICTIONS: 64_000_000}
+#: The largest side of a patch in predictions.npz (PASTIS patches are 128 x 128).
+MAX_PATCH_SIDE = 1024
+#: The members of predictions.npz and their shapes (``N`` patches of ``S x S`` pixels; see :mod:`utae.arrays`).
+PREDICTION_SHAPES: dict[str, tuple[int | str, ...]] = {"rgb": ("N", "S", "S", 3), "target": ("N", "S", "S"),
+                                                        "pred": ("N", "S", "S"), "patch_id": ("N",)}
+#: How far a test score of metrics.json may be from the same score computed again from confusion.npy (and the
+#: clean test score from the test-noise entry at std 0). Both are float64 functions of the same integer counts
+#: and JSON keeps a float exactly (Python writes the shortest repr that reads back to the same float64), so the
+#: only difference can come from summing the up to N_CLASSES per-class IoUs in another order (numpy's pairwise
+#: sum, another numpy version or SIMD width): each rounding is at most one eps relative on a sum of fractions
+#: <= 1, so at most N_CLASSES roundings, with a factor 4 to spare. Any real disagreement is far larger.
+SCORE_TOLERANCE: float = 4 * N_CLASSES * float(np.finfo(np.float64).eps)
+#: The score keys of a metrics section (the others: ``loss``, ``iou``).
+_SCALAR_SCORES = ("oa", "miou")
 #: The files that hold a run's results (``platform.json`` holds thread counts, OS strings... that differ between
 #: two sessions of one machine): two runs whose files agree (:func:`result_differences`) are the same run.
 IDENTITY_FILES: tuple[str, ...] = (CONFIG, METRICS, CONFUSION, HISTORY)
@@ -116,6 +158,31 @@ def run_path(results: PathLike, platform: str, run_id: str) -> Path:
 def report_path(results: PathLike, platform: str, run_id: str) -> Path:
     """The HTML report of a run: ``<results>/reports/<platform>/<run_id>.html``."""
     return Path(results) / "reports" / platform / f"{run_id}.html"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether ``name`` is a file of a finished run that may travel between machines (:data:`RUN_FILES`)."""
+    return name in RUN_FILES
+
+
+def is_local_file(name: str) -> bool:
+    """Whether an entry of a run directory stays on its machine (:data:`LOCAL_FILES`, hidden and temporary
+    files): left out of an export, ignored on import."""
+    return name in LOCAL_FILES or name.startswith(".") or name.endswith(_LOCAL_SUFFIXES)
+
+
+def check_file_size(name: str, size: int, shown: str) -> None:
+    """Refuse a run file ``name`` of ``size`` bytes over its :data:`FILE_LIMITS` (or any file not in
+    :data:`RUN_FILES`), before it is written or read.
+
+    Raises:
+        RunFolderError: naming ``shown`` (the file or archive member), its size and the limit.
+    """
+    if name not in FILE_LIMITS:
+        raise RunFolderError(f"{shown}: not a run-folder file (a run folder holds {', '.join(RUN_FILES)})")
+    if size > FILE_LIMITS[name]:
+        raise RunFolderError(f"{shown}: {human_bytes(size)}, over the limit of {human_bytes(FILE_LIMITS[name])} "
+                             f"for a run's {name}")
 
 
 def is_finished(run_dir: PathLike) -> bool:
@@ -206,12 +273,18 @@ def metric_section(metrics: Mapping[str, Any], key: str, where: PathLike) -> dic
     return value
 
 
-def _check_score(value: Any, where: str) -> None:
-    """A fraction in [0, 1], or None/NaN (undefined)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _undefined(value: Any) -> bool:
+    """null, or NaN: a score that is undefined (JSON has no NaN; :mod:`utae.atomic` writes it as null)."""
+    return value is None or (is_number(value) and math.isnan(value))
+
+
+def _check_score(value: Any, where: str, *, undefined_ok: bool = False) -> None:
+    """A finite fraction in [0, 1]; with ``undefined_ok`` (a per-class IoU: a class absent from both the target
+    and the prediction, and void) also null or NaN."""
+    if undefined_ok and _undefined(value):
         return
-    if not is_number(value) or not 0.0 <= float(value) <= 1.0:
-        raise RunFolderError(f"{where}: expected a fraction in [0, 1] (or null), got {value!r}")
+    if not is_number(value) or not math.isfinite(value) or not 0.0 <= float(value) <= 1.0:
+        raise RunFolderError(f"{where}: expected a finite fraction in [0, 1], got {value!r}")
 
 
 def _check_section(section: Any, where: str) -> None:
@@ -219,14 +292,14 @@ def _check_section(section: Any, where: str) -> None:
         raise RunFolderError(f"{where}: expected a JSON object, got {type(section).__name__}")
     for key, value in section.items():
         if key == "loss":
-            if value is not None and not (is_number(value) and (math.isnan(value) or 0.0 <= value < math.inf)):
-                raise RunFolderError(f"{where}.loss: expected a number >= 0 (or null), got {value!r}")
+            if not (is_number(value) and math.isfinite(value) and value >= 0.0):
+                raise RunFolderError(f"{where}.loss: expected a finite number >= 0, got {value!r}")
         elif key == "iou":
             if not isinstance(value, list):
                 raise RunFolderError(f"{where}.iou: expected a list, got {type(value).__name__}")
             for i, v in enumerate(value):
-                _check_score(v, f"{where}.iou[{i}]")
-        elif key in ("oa", "miou") or key.startswith(("macro_", "micro_")):
+                _check_score(v, f"{where}.iou[{i}]", undefined_ok=True)
+        elif key in _SCALAR_SCORES or key.startswith(("macro_", "micro_")):
             _check_score(value, f"{where}.{key}")
     for key in ("oa", "miou"):
         if key not in section:
@@ -269,6 +342,52 @@ def check_metrics(metrics: Any, config: Mapping[str, Any], run_id: str, shown: s
         _check_section(entry, where)
 
 
+def _score_differs(a: Any, b: Any) -> bool:
+    """Two scores that disagree: one undefined and not the other, or further apart than SCORE_TOLERANCE."""
+    if _undefined(a) or _undefined(b):
+        return not (_undefined(a) and _undefined(b))
+    return abs(float(a) - float(b)) > SCORE_TOLERANCE
+
+
+def _compare_scores(have: Mapping[str, Any], want: Mapping[str, Any], keys: Any, where: str, other: str) -> None:
+    for key in keys:
+        if key not in have or key not in want:
+            continue
+        a, b = have[key], want[key]
+        if key == "iou":
+            if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+                raise RunFolderError(f"{where}.iou: {len(a) if isinstance(a, list) else a!r} classes, but "
+                                     f"{other} has {len(b) if isinstance(b, list) else b!r}")
+            bad = [i for i, (x, y) in enumerate(zip(a, b)) if _score_differs(x, y)]
+            if bad:
+                i = bad[0]
+                raise RunFolderError(f"{where}.iou[{i}] = {a[i]!r} disagrees with {other} ({b[i]!r}; tolerance "
+                                     f"{SCORE_TOLERANCE:.1e})")
+        elif _score_differs(a, b):
+            raise RunFolderError(f"{where}.{key} = {a!r} disagrees with {other} ({b!r}; tolerance "
+                                 f"{SCORE_TOLERANCE:.1e})")
+
+
+def check_consistency(metrics: Mapping[str, Any], confusion: np.ndarray, shown: str) -> None:
+    """A finished run's ``metrics.json`` agrees with itself and with ``confusion.npy``: every test score
+    (OA, mIoU, per-class IoU, macro and micro P/R/F1) equals :func:`utae.metrics.scores` of the confusion matrix,
+    and the test-noise entry at std 0, when there is one, repeats the clean test scores (to
+    :data:`SCORE_TOLERANCE`). Call it after :func:`check_metrics`.
+
+    Raises:
+        RunFolderError: naming ``shown`` and the field, both values and the tolerance.
+    """
+    from utae.metrics import SCORE_KEYS, scores  # torch: only when a run's results are checked
+
+    test = metric_section(metrics, "test", shown)
+    _compare_scores(test, scores(confusion), SCORE_KEYS, f"{shown}: test",
+                    f"the score computed from {CONFUSION}")
+    for i, entry in enumerate(metrics.get("test_noise") or []):
+        if isinstance(entry, Mapping) and is_number(entry.get("std")) and entry["std"] == 0:
+            _compare_scores(entry, test, ("oa", "miou", "iou"), f"{shown}: test_noise[{i}] (std 0)",
+                            "the clean test score")
+
+
 def check_config_record(config: Any, run_id: str, shown: str, existing_dir: Path) -> None:
     """A stored ``config.json``: every field a RunConfig field and every value valid. ``dataset_root``, a path of
     the machine that made the run, is only checked to be a non-empty string (``existing_dir``, any folder of this
@@ -301,14 +420,19 @@ def validate_run(run_dir: Path, run_id: str, shown: str) -> dict[str, Any]:
     Raises:
         RunFolderError: naming the file (``shown/<file>``): a missing required file, unreadable JSON, a config
             that is not a valid RunConfig, metrics out of range, a bad fingerprint, an unreadable history, a
-            confusion matrix that is not ``(20, 20)`` non-negative integers, a predictions file that is not a
-            plain ``.npz``.
+            confusion matrix that is not ``(20, 20)`` non-negative integers, test scores that disagree with it
+            or with the test-noise entry at std 0 (:func:`check_consistency`), a predictions file whose arrays
+            are not those of the run (:func:`read_predictions`), a file that is not a run file or is over its
+            :data:`FILE_LIMITS` (files that stay on their machine, :func:`is_local_file`, are ignored).
     """
     from utae.platform import record_fingerprint  # torch: only when a run is validated
 
     for entry in sorted(run_dir.iterdir()):
+        if is_local_file(entry.name):
+            continue
         if entry.is_symlink() or not entry.is_file():
             raise RunFolderError(f"{shown}/{entry.name}: a folder or special file where a run holds plain files only")
+        check_file_size(entry.name, entry.stat().st_size, f"{shown}/{entry.name}")
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         raise RunFolderError(f"{shown}: missing {', '.join(missing)} (an unfinished or incomplete run)")
@@ -327,24 +451,90 @@ def validate_run(run_dir: Path, run_id: str, shown: str) -> dict[str, Any]:
         raise RunFolderError(f"{shown}/{HISTORY}: unreadable CSV ({exc})") from None
     if "epoch" not in history.columns or len(history) == 0:
         raise RunFolderError(f"{shown}/{HISTORY}: expected an 'epoch' column and one row per epoch")
-    try:
-        cm = np.load(run_dir / CONFUSION, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RunFolderError(f"{shown}/{CONFUSION}: not a plain .npy array ({exc})") from None
-    if not isinstance(cm, np.ndarray) or cm.shape != (N_CLASSES, N_CLASSES) or cm.dtype.kind not in "iu":
-        raise RunFolderError(f"{shown}/{CONFUSION}: expected a ({N_CLASSES}, {N_CLASSES}) integer matrix, got "
-                             f"{getattr(cm, 'shape', '?')} {getattr(cm, 'dtype', type(cm).__name__)}")
-    if (cm < 0).any():
-        raise RunFolderError(f"{shown}/{CONFUSION}: negative counts")
-    predictions = run_dir / PREDICTIONS
-    if predictions.is_file():
-        try:
-            with np.load(predictions, allow_pickle=False) as npz:
-                for key in npz.files:
-                    npz[key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise RunFolderError(f"{shown}/{PREDICTIONS}: not a plain .npz archive ({exc})") from None
+    cm = read_confusion(run_dir, f"{shown}/{CONFUSION}")
+    check_consistency(metrics, cm, f"{shown}/{METRICS}")
+    if (run_dir / PREDICTIONS).is_file():
+        read_predictions(run_dir, config, f"{shown}/{PREDICTIONS}")
     return record
+
+
+def _array_error(exc: Exception, file: Path, where: str) -> RunFolderError:
+    return RunFolderError(str(exc).replace(str(file), where))
+
+
+def read_confusion(run_dir: PathLike, shown: str | None = None) -> np.ndarray:
+    """``confusion.npy``: ``(20, 20)`` non-negative integer counts as int64, read with bounded memory
+    (:func:`utae.arrays.load_npy`: the header is checked before any data is read, no pickle).
+
+    Raises:
+        RunFolderError: naming the file (as ``shown`` when given) and what was expected.
+    """
+    file = Path(run_dir) / CONFUSION
+    where = shown or str(file)
+    try:
+        cm = load_npy(file, shape=(N_CLASSES, N_CLASSES), max_bytes=N_CLASSES * N_CLASSES * 8, kinds="iu")
+    except ArrayFileError as exc:
+        raise _array_error(exc, file, where) from None
+    except OSError as exc:
+        raise RunFolderError(f"{where}: unreadable ({exc.strerror or exc})") from None
+    if (cm < 0).any():
+        raise RunFolderError(f"{where}: negative counts; expected a ({N_CLASSES}, {N_CLASSES}) confusion matrix of "
+                             "counts")
+    return cm.astype(np.int64)
+
+
+def read_predictions(run_dir: PathLike, config: Mapping[str, Any], shown: str | None = None
+                     ) -> dict[str, np.ndarray]:
+    """``predictions.npz``, read with bounded memory (:func:`utae.arrays.load_npz`): exactly the members of
+    :data:`PREDICTION_SHAPES`, ``rgb`` ``(N, S, S, 3)`` finite floats, ``target`` and ``pred`` ``(N, S, S)``
+    class indices in ``[0, 20)``, ``patch_id`` ``(N,)`` ints, with ``N`` at most the config's ``n_examples`` and
+    ``S`` at most :data:`MAX_PATCH_SIDE`; shapes and sizes are checked in the headers before any data is read.
+
+    Raises:
+        RunFolderError: naming the file (as ``shown`` when given), the member and what was expected.
+    """
+    file = Path(run_dir) / PREDICTIONS
+    where = shown or str(file)
+    n_max = config.get("n_examples", run_config_fields()["n_examples"])
+    if not is_int(n_max) or n_max < 0:
+        raise RunFolderError(f"{where}: the config's n_examples {n_max!r} is not an int >= 0")
+    limit = FILE_LIMITS[PREDICTIONS]
+    try:
+        arrays = load_npz(file, PREDICTION_SHAPES, max_bytes=limit, max_total_bytes=limit,
+                          limits={"N": int(n_max), "S": MAX_PATCH_SIDE})
+    except ArrayFileError as exc:
+        raise _array_error(exc, file, where) from None
+    except OSError as exc:
+        raise RunFolderError(f"{where}: unreadable ({exc.strerror or exc})") from None
+    kinds = {"rgb": "f", "target": "iu", "pred": "iu", "patch_id": "iu"}
+    for name, array in arrays.items():
+        if array.dtype.kind not in kinds[name]:
+            raise RunFolderError(f"{where}: member {name!r} holds {array.dtype}; expected "
+                                 f"{'floats' if kinds[name] == 'f' else 'integers'}")
+    if not np.isfinite(arrays["rgb"]).all():
+        raise RunFolderError(f"{where}: member 'rgb' holds NaN or infinite values; expected finite colours")
+    for name in ("target", "pred"):
+        values = arrays[name]
+        if values.size and (values.min() < 0 or values.max() >= N_CLASSES):
+            raise RunFolderError(f"{where}: member {name!r} holds values from {values.min()} to {values.max()}; "
+                                 f"expected class indices in [0, {N_CLASSES})")
+    return arrays
+
+
+def read_checked_metrics(run_dir: PathLike, shown: str | None = None) -> dict[str, Any]:
+    """``metrics.json`` of a finished run, checked (:func:`check_metrics`: every score finite and in range) and
+    consistent with itself and with ``confusion.npy`` (:func:`check_consistency`): what verify compares.
+
+    Raises:
+        RunFolderError: naming the file and the field.
+    """
+    run_dir = Path(run_dir)
+    shown = shown or str(run_dir)
+    config = read_record(run_dir, CONFIG, f"{shown}/{CONFIG}")
+    metrics = read_record(run_dir, METRICS, f"{shown}/{METRICS}")
+    check_metrics(metrics, config, run_dir.name, f"{shown}/{METRICS}")
+    check_consistency(metrics, read_confusion(run_dir, f"{shown}/{CONFUSION}"), f"{shown}/{METRICS}")
+    return metrics
 
 
 @dataclass
@@ -374,23 +564,22 @@ def read_run(run_dir: PathLike) -> RunFiles:
 
     Raises:
         FileNotFoundError: naming the run directory and the missing file.
-        RunFolderError: a JSON file that is corrupt or not an object (see :func:`read_record`).
+        RunFolderError: a JSON file that is corrupt or not an object (see :func:`read_record`), an array file
+            whose header, shape or values are not those of a run (:func:`read_confusion`, :func:`read_predictions`).
     """
     run_dir = Path(run_dir)
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"run directory {run_dir} lacks {', '.join(missing)} (is the run finished?)")
-    predictions = None
-    if (run_dir / PREDICTIONS).is_file():
-        with np.load(run_dir / PREDICTIONS, allow_pickle=False) as npz:
-            predictions = {key: npz[key] for key in npz.files}
+    config = read_record(run_dir, CONFIG)
+    predictions = read_predictions(run_dir, config) if (run_dir / PREDICTIONS).is_file() else None
     return RunFiles(
         run_dir=run_dir,
-        config=read_record(run_dir, CONFIG),
+        config=config,
         platform=read_record(run_dir, PLATFORM),
         metrics=read_record(run_dir, METRICS),
         history=pd.read_csv(run_dir / HISTORY),
-        confusion=np.load(run_dir / CONFUSION, allow_pickle=False),
+        confusion=read_confusion(run_dir),
         predictions=predictions,
     )
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utae.checks import safe_path_name
 from utae.config import RunConfig
 
 from utae.sweepfile import COMPARE_NOTEBOOK, DEFAULT_TIMEOUT, REPO_ROOT, Sweep, SweepError, SweepPoint
@@ -196,6 +197,7 @@ def run_all(
         SweepError, utae.platform.OtherMachineError: before anything runs (see 1 and 2), or a cluster that
             cannot take the jobs.
     """
+    platform = None if platform is None else safe_path_name(platform, "platform")  # one folder of results/runs
     results = Path(default_results(sweep.path) if results is None else results)
     if executor not in ("local", "slurm"):
         raise SweepError(f"executor must be 'local' or 'slurm', got {executor!r}")

@@ -24,7 +24,8 @@ from utae.archive import ExchangeError, subdirs
 from utae.checks import is_int, is_number
 from utae.sweepfile import Sweep, SweepError, SweepPoint, load_sweep
 from utae.point import detect_platform, run_point
-from utae.runfolder import as_float, config_differences, is_finished, read_record, run_path
+from utae.checks import safe_path_name
+from utae.runfolder import as_float, config_differences, is_finished, read_checked_metrics, read_record, run_path
 
 __all__ = ["VERIFY_COLUMNS", "metric_values", "verify", "verify_failures"]
 
@@ -111,9 +112,14 @@ def verify(
     Raises:
         SweepError: an unreadable sweep, an unknown point, a point that fails to run.
         ExchangeError: ``scratch`` is ``results``.
+        ValueError: a ``platform`` that is not a single folder name (:func:`utae.checks.safe_path_name`).
+        utae.runfolder.RunFolderError: a committed run (or the rerun) whose metrics.json is not finite or does
+            not agree with its confusion matrix (:func:`utae.runfolder.read_checked_metrics`), before any rerun.
     """
     from utae.platform import current_fingerprint, record_fingerprint, resolve_device  # torch: only when rerunning
 
+    if platform is not None:
+        safe_path_name(platform, "platform")
     if scratch is not None and Path(scratch).resolve() == Path(results).resolve():
         raise ExchangeError(f"--scratch {scratch} is the results folder of the committed runs: the reruns need "
                             "a folder of their own (or none: a temporary one)")
@@ -132,6 +138,7 @@ def verify(
             if not pairs:
                 log.info(f"[verify] {rid}: no committed run in {committed_root}; not rerun")
                 continue
+            committed_metrics = {p: read_checked_metrics(d, str(d)) for p, d in pairs}  # finite, consistent
             device = str(point.params.get("device", "auto"))
             try:
                 fingerprint_here = current_fingerprint(resolve_device(device))
@@ -144,7 +151,7 @@ def verify(
             here_platform = platform or detect_platform(device)
             run_point(sweep, rid, results=scratch_dir, platform=here_platform, threads=run_threads)
             here_dir = run_path(scratch_dir, here_platform, rid)
-            here_metrics = metric_values(read_record(here_dir, "metrics.json"))
+            here_metrics = metric_values(read_checked_metrics(here_dir, str(here_dir)))
             here_record = read_record(here_dir, "platform.json")
             fingerprint_ran = record_fingerprint(here_record) or fingerprint_here
             here_config = read_record(here_dir, "config.json")
@@ -157,7 +164,7 @@ def verify(
                     continue
                 record = records[plat]
                 same = isinstance(record, Mapping) and record_fingerprint(record) == fingerprint_ran
-                committed = metric_values(read_record(committed_dir, "metrics.json"))
+                committed = metric_values(committed_metrics[plat])
                 for metric in list(committed) + [m for m in here_metrics if m not in committed]:
                     a, b = committed.get(metric, math.nan), here_metrics.get(metric, math.nan)
                     identical = (math.isnan(a) and math.isnan(b)) or a == b
