@@ -168,7 +168,7 @@ def test_a_resuming_point_says_from_which_epoch(tmp_path, data_root):
     _interrupted(results, "plat", "seed2", epoch=3)
     text = sw.interruption_summary(s, results, {p.run_id: "plat" for p in s.points}, {"seed2": 16})
     assert text == ("1 of 4 point(s) finished (seed1); 1 will resume: seed2 from epoch 3 of 16; "
-                    "2 not started: seed0, seed3")
+                    "2 not started (or stopped before their first epoch): seed0, seed3")
 
 
 def test_errors_the_user_can_fix_are_one_line(tmp_path, data_root, capsys, monkeypatch):
@@ -217,6 +217,7 @@ def test_ctrl_c_during_a_sweep_ends_with_a_summary_and_no_traceback(tmp_path, sy
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text and "zmq" not in text, text
     assert "Kernel is running over TCP" not in text and "Input Notebook" not in text, text
+    assert "IPKernelApp" not in text, text  # no kernel left to notice its parent gone
     assert "0 of 2 point(s) finished; 2 will resume: seed0 from epoch" in text and " of 40" in text, text
     assert f"To continue (finished points are skipped, interrupted ones resume from their checkpoint): " \
            f"python -m utae run-all {sweep}" in text, text

@@ -25,6 +25,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -280,11 +281,34 @@ class LocalExecutor:
         return [results[t.run_id] for t in tasks]
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes started by ``pid`` and theirs (from ``/proc``; none where there is no ``/proc``)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End the pool's worker processes at once (SIGTERM; their kernels end with them, as a kernel does when its
-    parent is gone). Their run folders keep the last checkpoint, written atomically."""
+    """End the pool's worker processes and their notebook kernels at once (a kernel left alone would notice its
+    parent gone and say so on the console). Their run folders keep the last checkpoint, written atomically."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # no public way before Python 3.14
+    kernels = [pid for process in processes if process.pid is not None for pid in _descendants(process.pid)]
     pool.shutdown(wait=False, cancel_futures=True)
+    for pid in kernels:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # ended already
+            pass
     for process in processes:
         if process.is_alive():
             process.terminate()

@@ -179,7 +179,7 @@ def interruption_summary(sweep: Sweep, results: str | os.PathLike[str], platform
     if resuming:
         parts.append(f"{len(resuming)} will resume: {', '.join(resuming)}")
     if fresh:
-        parts.append(f"{len(fresh)} not started: {', '.join(fresh)}")
+        parts.append(f"{len(fresh)} not started (or stopped before their first epoch): {', '.join(fresh)}")
     if unknown:
         parts.append(f"{len(unknown)} on the cluster's nodes: {', '.join(unknown)}")
     return "; ".join(parts)
@@ -286,8 +286,7 @@ def run_all(
     except KeyboardInterrupt:
         summary = interruption_summary(sweep, results, {p.run_id: plat for p, plat, _ in plans},
                                        {rid: c.epochs for rid, c in configs.items()})
-        log.info(f"[sweep] interrupted: {summary}")
-        raise SweepInterrupted(summary) from None
+        raise SweepInterrupted(summary) from None  # the command line shows it, with the command that continues
 
 
 def _run_plans(sweep: Sweep, results: Path, executor: str, jobs: int | None, gpus: Sequence[str],
