@@ -190,7 +190,8 @@ def test_errors_the_user_can_fix_are_one_line(tmp_path, data_root, capsys, monke
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_sweep_ends_with_a_summary_and_no_traceback(tmp_path, synthetic_pastis):
-    """SIGINT to `python -m utae run-all` while its two points train: exit status 130, a summary naming the points
+    """SIGINT to `python -m utae run-all` and its workers (its process group, as Ctrl-C at a terminal) while its
+    two points train: exit status 130, a summary naming the points
     that will resume (from which epoch) and the command that continues, no traceback (of the sweep, its workers
     or their kernels) and no kernel or papermill chatter; the run folders are left to resume."""
     data = synthetic_pastis(n_patches=10, size=32, t_range=(4, 6), seed=0)
@@ -200,7 +201,7 @@ def test_ctrl_c_during_a_sweep_ends_with_a_summary_and_no_traceback(tmp_path, sy
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "OMP_NUM_THREADS")}
     proc = subprocess.Popen([sys.executable, "-m", "utae", "run-all", str(sweep), "--results", str(results),
                              "--jobs", "2", "--no-report"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         # Wait until both points have a checkpoint (an epoch done): then both will resume.
@@ -208,11 +209,11 @@ def test_ctrl_c_during_a_sweep_ends_with_a_summary_and_no_traceback(tmp_path, sy
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C at a terminal: to the whole process group
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     text = out + err
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text and "zmq" not in text, text

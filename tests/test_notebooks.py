@@ -163,7 +163,7 @@ def test_compare_notebook_robustness_section_on_runs_tested_on_corruptions(tmp_p
 
     data = make_synthetic_pastis(tmp_path / "data", n_patches=10, size=32, t_range=(6, 8), seed=0)
     results = make_corruption_results(tmp_path, dataset=data)
-    page_path = run_compare(results, log=lambda *_: None)
+    page_path = run_compare(results)
     nb = nbformat.read(results / "runs" / "compare.ipynb", as_version=4)
     assert error_outputs(nb) == []
     page = page_path.read_text()

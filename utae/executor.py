@@ -136,15 +136,12 @@ def _progress(total: int, desc: str) -> tqdm:
 
 
 def _init_worker(level: int) -> None:
-    """A worker process of :class:`LocalExecutor`: in a session of its own, so that a Ctrl-C at the terminal
-    reaches only the sweep process (which stops the workers and says what will resume; no traceback of each
-    worker and its kernel); its messages only from warnings up unless the parent shows debug messages (the parent
-    says what each point does, one line an event)."""
-    if hasattr(os, "setsid"):
-        try:
-            os.setsid()
-        except OSError:  # already a session leader
-            pass
+    """A worker process of :class:`LocalExecutor`: it ignores Ctrl-C (SIGINT), which the sweep process handles
+    (it stops the workers and their kernels and says what will resume; no traceback of each worker), while staying
+    in the sweep's process group, so that a hang-up or a kill of the group ends it too; its messages only from
+    warnings up unless the parent shows debug messages (the parent says what each point does, one line an
+    event). Jupyter kernels start in sessions of their own and set their own SIGINT handling."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(level if level < logging.INFO else logging.WARNING)
 
 
