@@ -134,6 +134,7 @@ def test_a_full_disk_while_writing_a_report_is_one_line_naming_the_file(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: cannot write ") and "Traceback" not in err
     assert "compare.partial.ipynb" in err and "no space left on the device" in err
+    assert err.endswith(f"the previous {compare} is kept")
     # The page itself: nbconvert renders, the write fails.
     monkeypatch.setattr(rp, "atomic_write_text", full)
     with pytest.raises(rp.ReportWriteError) as info:

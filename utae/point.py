@@ -161,13 +161,18 @@ def execute_notebook(
     parameters: Mapping[str, Any],
     timeout: int = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
+    keeps: Sequence[Path] = (),
 ) -> Path:
     """Execute ``notebook`` with papermill (kernel ``python3``, working directory the repository root)
     into ``output``, atomically: it runs into ``<output stem>.partial.ipynb``, renamed on success.
 
+    Args:
+        keeps: files made from ``output`` afterwards (its HTML page), named in the error of a failed write
+            (a full disk) as kept as they were.
+
     Raises:
         SweepError: when a cell fails; the message names the cell, the partial notebook (kept) and ends with
-            the tail of the cell's traceback.
+            the tail of the cell's traceback. A write that fails (a full disk): one line naming the file.
     """
     import papermill  # slow to import: only when a notebook runs
     from papermill.exceptions import PapermillExecutionError
@@ -187,11 +192,11 @@ def execute_notebook(
                              f"the executed notebook is {partial}; its traceback ends:\n"
                              f"{tail(exc.traceback or [])}") from None
         except OSError as exc:  # papermill writing the notebook (a full disk), or the kernel's files
-            raise SweepError(write_error(exc, partial, output)) from None
+            raise SweepError(write_error(exc, partial, output, *keeps)) from None
     try:
         os.replace(partial, output)
     except OSError as exc:
-        raise SweepError(write_error(exc, output, output)) from None
+        raise SweepError(write_error(exc, output, output, *keeps)) from None
     return output
 
 

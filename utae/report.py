@@ -37,15 +37,15 @@ class ReportWriteError(OSError):
     the reason and what was kept (:func:`write_error`)."""
 
 
-def write_error(exc: OSError, writing: str | os.PathLike[str], kept: str | os.PathLike[str]) -> str:
+def write_error(exc: OSError, writing: str | os.PathLike[str], *kept: str | os.PathLike[str]) -> str:
     """One line for an OSError met while writing ``writing``: the file (the error's own when it names one), the
-    reason, and that ``kept`` (written atomically) keeps its previous version, or was not written."""
+    reason, and that each of ``kept`` (written atomically) keeps its previous version, or was not written."""
     where = exc.filename or writing
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
         reason = "no space left on the device (free some space and run it again)"
-    previous = f"the previous {kept} is kept" if Path(kept).exists() else f"{kept} was not written"
-    return f"cannot write {where}: {reason}; {previous}"
+    previous = [f"the previous {k} is kept" if Path(k).exists() else f"{k} was not written" for k in kept]
+    return "; ".join([f"cannot write {where}: {reason}", *previous])
 
 
 def format_value(value: Any) -> str:

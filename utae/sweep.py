@@ -352,8 +352,10 @@ def run_compare(results: str | os.PathLike[str] = "results", timeout: int = DEFA
     results = Path(results)
     executed = results / "runs" / "compare.ipynb"
     start = time.perf_counter()
-    execute_notebook(COMPARE_NOTEBOOK, executed, {"results_dir": repo_relative(results)}, timeout=timeout)
-    out = render_notebook_html(executed, results / "reports" / "compare.html", index_href="index.html")
+    page = results / "reports" / "compare.html"
+    execute_notebook(COMPARE_NOTEBOOK, executed, {"results_dir": repo_relative(results)}, timeout=timeout,
+                     keeps=[page])
+    out = render_notebook_html(executed, page, index_href="index.html")
     log.info(f"[sweep] compare: done in {time.perf_counter() - start:.1f} s -> {out}")
     return out
 
