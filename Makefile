@@ -75,7 +75,8 @@ gpu-campaign:
 # runs out is requeued and resumes), SLURM_CPUS, SLURM_MEM (e.g. 8G), SLURM_TASKS_PER_POINT (training processes
 # of a point, torchrun in its one job), SLURM_EXTRA ('--qos=high --account=me'), JOBS (array parallelism);
 # NO_WAIT=1 submits, prints the job ids and returns (then make report). Job logs: RESULTS/.slurm/<time>/.
-#   make report        re-render the run reports, compare.html and index.html of RESULTS (no training); without
+#   make report        re-render the run reports, compare.html and index.html of RESULTS (no training; the last
+#                      two when the runs they show changed, RESULTS/reports/.rendered.json); without
 #                      RESULTS or SWEEP: of results and of every study folder results/*/ that has runs
 #   make export [OUT=file.tar.gz]            pack RESULTS' runs and reports, with a manifest (utae.archive)
 #   make import FROM=archive-or-folder [AS=platform-name]   add runs of another machine to RESULTS, checked

@@ -182,7 +182,9 @@ def test_local_executor_reports_a_failure_and_runs_the_others(tmp_path, data_roo
     assert all("threads=2 gpu=None" in r.error for r in out if r.status == "executed")  # 4 cores, 2 workers
     assert len({r.error.split()[0] for r in out if r.status == "executed"}) <= 2  # two worker processes at most
     failure = [r.getMessage() for r in caplog.records if "seed1" in r.getMessage() and "FAILED" in r.getMessage()]
-    assert len(failure) == 1 and "ValueError: boom" in failure[0]
+    assert len(failure) == 1 and "the notebook failed" in failure[0]  # one line: the error's first
+    assert [r.getMessage() for r in caplog.records if "seed1: running" in r.getMessage()] == [
+        "[sweep] seed1: running (2 torch threads)"]
     assert all(r.wall is not None and r.wall >= 0 for r in out)
 
 
@@ -193,6 +195,51 @@ def test_local_executor_gives_each_worker_its_gpu(tmp_path, data_root, monkeypat
     out = LocalExecutor(jobs=8, gpus=["3", "5"], cores=16, worker=fake_worker).run(tasks)
     assert {r.error.split("gpu=")[1] for r in out} <= {"3", "5"}
     assert all("threads=8" in r.error for r in out)  # 16 cores over 2 GPU workers
+
+
+class RecordingExecutor(LocalExecutor):
+    """The local executor of run_all with the fake worker (run_all builds it with the real point runner)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "worker": fake_worker})
+
+
+def test_a_resumed_point_keeps_its_thread_count(tmp_path, data_root, monkeypatch):
+    """An interrupted sweep run again: the point left gets the threads of the whole sweep's share (1 each of 2
+    points on 2 cores), not all the cores because it is alone now; a point whose run resumes gets the threads its
+    platform.json recorded; THREADS given by the user wins (utae.run then refuses a mismatch)."""
+    from utae.platform import current_fingerprint
+
+    for name in ("OMP_NUM_THREADS", "MAKEFLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    results = tmp_path / "res"
+    s = sweepfile.load_sweep(write_sweep(tmp_path, {"dataset_root": str(data_root), "fixed": {"device": "cpu"},
+                                                  "grid": {"seed": [0, 2, 3]}}))
+    fingerprint = current_fingerprint("cpu")
+    for rid in ("seed0", "seed2"):
+        finished_run(s, rid, results, "plat", record={"fingerprint": fingerprint, "torch_threads": 1})
+    resumed = run_path(results, "plat", "seed3")  # interrupted after its second epoch, started with 1 thread
+    resumed.mkdir(parents=True)
+    (resumed / "checkpoint.pt").write_bytes(b"")
+    (resumed / "history.csv").write_text("epoch,train_loss\n1,0.9\n2,0.8\n")
+    (resumed / "platform.json").write_text(json.dumps({"fingerprint": fingerprint, "torch_threads": 1}))
+    monkeypatch.setattr(sw, "LocalExecutor", RecordingExecutor)
+
+    def threads_of_seed3(**options) -> str:
+        out = sw.run_all(s, results=results, platform="plat", synthetic_root=None, report=False, **options)
+        assert [r.run_id for r in out.results] == ["seed3"]
+        return out.results[0].error.split("threads=")[1].split()[0]
+
+    # 3 points on 2 cores: 2 jobs of 1 thread, also for the one point left (today's main gave it both cores).
+    assert threads_of_seed3() == "1"
+    # A run that started with 2 threads (an earlier sweep, JOBS=1) resumes with 2 whatever the share now.
+    (resumed / "platform.json").write_text(json.dumps({"fingerprint": fingerprint, "torch_threads": 2}))
+    assert threads_of_seed3() == "2"
+    assert threads_of_seed3(threads=1) == "1"  # the user's setting, as given (utae.run refuses a mismatch)
+    for path in resumed.iterdir():  # not started: the share of the whole sweep
+        path.unlink()
+    assert threads_of_seed3() == "1"
 
 
 def test_threads_of_a_point(monkeypatch):
@@ -263,8 +310,10 @@ def test_make_reproduce_quotes_paths_and_reports_a_failing_point(tmp_path, tmp_p
     assert not (broken / "metrics.json").exists() and not report_path(results, platform, "noise1-seed0").exists()
     failed = [line for line in out.splitlines() if "noise1-seed0: FAILED" in line]
     assert failed, out
-    tail = out[out.index("noise1-seed0: FAILED"):]
-    assert "checkpoint" in tail and "run.partial.ipynb" in tail  # the cell's error and the kept notebook
+    assert "checkpoint" in failed[0] and "run.partial.ipynb" in failed[0]  # the cell's error, the kept notebook
+    assert f"{platform}/noise1-seed0: resuming from epoch 0 of 1" in out  # a checkpoint but no history.csv
+    tail = out[out.index("FAILED noise1-seed0"):]  # the summary at the end: the traceback's tail too
+    assert "its traceback ends:" in tail and "checkpoint" in tail
     assert "1 of 1 point(s) failed: noise1-seed0" in out  # of the points that ran
     index = (results / "reports" / "index.html").read_text()
     for rid in ("noise0-seed0", "noise0.5-seed0"):

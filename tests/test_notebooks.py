@@ -214,7 +214,8 @@ def test_make_skips_finished_points_and_resumes_an_interrupted_one(study):
     other = results / "runs" / plat / POINTS[0]
     untouched = {p: p.stat().st_mtime_ns for p in other.iterdir()}
     proc = make(study, "reproduce")
-    assert f"{plat}/{POINTS[1]}: running" in proc.stdout and POINTS[0] + ": running" not in proc.stdout
+    assert f"{plat}/{POINTS[1]}: resuming from epoch 1 of 1" in proc.stdout  # not "running"
+    assert "running" not in proc.stdout
     assert (victim / "metrics.json").is_file() and (results / "reports" / plat / f"{POINTS[1]}.html").is_file()
     assert (victim / "checkpoint.pt").stat().st_mtime_ns == checkpoint  # resumed: no epoch trained again
     assert {p: p.stat().st_mtime_ns for p in other.iterdir()} == untouched
@@ -223,14 +224,21 @@ def test_make_skips_finished_points_and_resumes_an_interrupted_one(study):
 
 def test_make_report_renders_without_training(study):
     """`make report` re-renders compare.html and the index of the study's results (and any run report older
-    than its notebook) without running a point."""
+    than its notebook) without running a point, when what they show changed (reports/.rendered.json, by content);
+    rendered from the same runs, they are left as they are. No kernel or papermill chatter on the console."""
     results = study / "results"
     runs = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*") if p.is_file() and p.suffix != ".ipynb"}
     compare, index = results / "reports" / "compare.html", results / "reports" / "index.html"
     before = compare.stat().st_mtime_ns
     proc = make(study, "report")
+    assert "running" not in proc.stdout and "are up to date" in proc.stdout and "compare: done" not in proc.stdout
+    assert compare.stat().st_mtime_ns == before
+    (results / "reports" / ".rendered.json").unlink()  # what compare.html shows is unknown now
+    proc = make(study, "report")
     assert "running" not in proc.stdout and "compare: done" in proc.stdout
     assert compare.stat().st_mtime_ns > before and index.stat().st_mtime_ns > before
+    text = proc.stdout + proc.stderr
+    assert "Input Notebook" not in text and "Executing notebook" not in text and "without encryption" not in text
     assert {p: p.stat().st_mtime_ns for p in runs} == runs  # no run file touched
 
 

@@ -23,13 +23,15 @@ Commands::
                                     rerun points here and compare with the committed runs (:mod:`utae.verify`)
 
 Exit statuses: 0 success; 1 a point failed (the others ran), ``import`` refused a run, or ``verify`` found a
-same-machine difference (or compared nothing); 2 an error before anything ran (the message, on stderr, names the
-file or parameter). Messages go through :mod:`logging`, configured here once (:func:`utae.console.configure_logging`).
+same-machine difference (or compared nothing); 2 an error the user can fix (one line on stderr, ``error: ...``,
+naming the file or parameter; no traceback); 130 Ctrl-C (``run-all`` then says which points finished, which
+will resume and from which epoch, which did not start, and the command that continues). Messages go through :mod:`logging`, configured here once (:func:`utae.console.configure_logging`).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,8 +42,8 @@ from utae.console import configure_logging
 from utae.executor import SlurmOptions
 from utae.merge import import_runs
 from utae.point import run_point
-from utae.report import write_index
-from utae.sweep import default_results, report_studies, run_all, run_compare
+from utae.report import ReportWriteError, write_index
+from utae.sweep import SweepInterrupted, default_results, report_studies, run_all, run_compare
 from utae.verify import verify, verify_failures
 
 __all__ = ["main"]
@@ -150,15 +152,35 @@ def _platform_list(values: Sequence[str] | None) -> list[str] | None:
 
 
 
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring). Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     configure_logging()
     try:
         return _run(args)
-    except (ValueError, OSError) as exc:  # SweepError, ExchangeError, RunFolderError, OtherMachineError included
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # SweepError, ExchangeError, RunDirError, OtherMachineError included
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was done, and how to go on (no traceback)
+        again = f"{PROG} {shlex.join(argv)}"
+        if isinstance(exc, SweepInterrupted):
+            print(f"interrupted: {exc.summary}.\nTo continue (finished points are skipped, interrupted ones "
+                  f"resume from their checkpoint): {again}  (or the same make reproduce)", file=sys.stderr)
+        else:
+            print(f"interrupted; nothing written is lost. To continue: {again}", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message; an OSError without one of its own as its reason and file."""
+    if isinstance(exc, OSError) and type(exc) is not ReportWriteError and exc.strerror:
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"
+    return str(exc)
 
 
 def _run(args: argparse.Namespace) -> int:

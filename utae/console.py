@@ -3,7 +3,8 @@
 Every module logs to its own logger (``logging.getLogger(__name__)``); nothing is configured on import. The
 command line (:mod:`utae.cli`, :mod:`utae.train`) and every worker process that runs points (:mod:`utae.executor`)
 call :func:`configure_logging` once: INFO messages of ``utae`` as plain lines on standard output (as ``print``
-would show them), warnings and errors too.
+would show them), warnings and errors too. Libraries that narrate their work say only what went wrong:
+papermill's "Input Notebook:" / "Executing notebook with kernel" lines (INFO) are not shown.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "QUIET_LOGGERS"]
+
+#: Loggers of libraries whose INFO lines are noise on the console: only their warnings and errors are shown.
+QUIET_LOGGERS = ("papermill", "traitlets", "nbclient")
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -31,3 +35,5 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler = _StdoutHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

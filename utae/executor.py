@@ -25,6 +25,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +44,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utae.sweepfile import REPO_ROOT, Sweep, SweepError
 from utae.console import configure_logging
-from utae.point import LOG_TAIL_LINES, run_point, tail
+from utae.point import LOG_TAIL_LINES, point_config, point_event, recorded_threads, run_point, tail
+from utae.runfolder import run_path
 
 try:
     import submitit
@@ -134,9 +136,32 @@ def _progress(total: int, desc: str) -> tqdm:
 
 
 def _init_worker(level: int) -> None:
-    """A worker process shows the point runner's messages as the parent does."""
-    if level <= logging.INFO:
-        configure_logging(level)
+    """A worker process of :class:`LocalExecutor`: it ignores Ctrl-C (SIGINT), which the sweep process handles
+    (it stops the workers and their kernels and says what will resume; no traceback of each worker), while staying
+    in the sweep's process group, so that a hang-up or a kill of the group ends it too; its messages only from
+    warnings up unless the parent shows debug messages (the parent says what each point does, one line an
+    event). Jupyter kernels start in sessions of their own and set their own SIGINT handling."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(level if level < logging.INFO else logging.WARNING)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _point_label(task: PointTask) -> str:
+    return f"{task.platform}/{task.run_id}" if task.platform else task.run_id
+
+
+def _start_words(task: PointTask) -> str:
+    """``"running"`` or ``"resuming from epoch N of M"`` for a task about to start (from its run folder)."""
+    if task.platform is None:
+        return "running"
+    try:
+        epochs: int | None = point_config(task.sweep, task.run_id).epochs
+    except SweepError:
+        epochs = None
+    return point_event(run_path(task.results, task.platform, task.run_id), epochs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,9 +190,13 @@ class LocalExecutor:
         self.cores = cores or os.cpu_count() or 1
         self.worker = worker
 
-    def threads_for(self) -> int | None:
-        """Torch threads of each point: ``threads`` if given; None when the caller set ``OMP_NUM_THREADS`` (the
-        kernel inherits it); else the cores shared among the workers, at least 1.
+    def threads_for(self, task: PointTask | None = None) -> int | None:
+        """Torch threads of a point: ``threads`` if given; None when the caller set ``OMP_NUM_THREADS`` (the
+        kernel inherits it); else the task's own (a resumed run keeps the threads it started with,
+        :func:`utae.point.recorded_threads`); else the cores shared among the workers, at least 1.
+
+        ``jobs`` is the executor's, not the number of points left: an interrupted sweep run again gives its
+        points the threads they had (:func:`utae.sweep.run_all` derives ``jobs`` from the whole sweep).
 
         A point's threads are fixed when its kernel starts, so the cores that free up when the other points
         finish cannot go to a point already running (the last point does not speed up when it runs alone). Nor
@@ -177,6 +206,8 @@ class LocalExecutor:
             return self.threads
         if "OMP_NUM_THREADS" in os.environ:
             return None
+        if task is not None and task.threads is not None:
+            return task.threads
         return max(1, self.cores // self.jobs)
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -194,13 +225,20 @@ class LocalExecutor:
         running: dict[Future[PointResult], tuple[PointTask, float, str | None]] = {}
         free_gpus = list(self.gpus)
         bar = _progress(len(queue), "points")
+        counts = {"done": 0, "resuming": 0, "failed": 0}
         pool = self._pool()
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
                     task = queue.pop(0)
                     gpu = free_gpus.pop(0) if free_gpus else None
-                    task = replace(task, gpu=gpu, threads=self.threads_for())
+                    task = replace(task, gpu=gpu, threads=self.threads_for(task))
+                    words = _start_words(task)
+                    counts["resuming"] += words.startswith("resuming")
+                    threads = f" ({task.threads} torch thread{'s' if task.threads != 1 else ''})" \
+                        if task.threads is not None else ""
+                    log.info(f"[sweep] {_point_label(task)}: {words}{threads}")
+                    bar.set_postfix(counts, refresh=True)
                     try:
                         future = pool.submit(self.worker, task)
                     except BrokenProcessPool:  # a worker died (killed, out of memory): start a new pool
@@ -222,19 +260,57 @@ class LocalExecutor:
                         result = PointResult(task.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
                     result.wall = time.perf_counter() - started
                     results[task.run_id] = result
+                    counts["failed" if result.status == "failed" else "done"] += 1
+                    bar.set_postfix(counts, refresh=False)
                     bar.update(1)
-                    if result.status == "failed":
-                        log.info(f"[sweep] {task.run_id}: FAILED after {result.wall:.1f} s ({len(results)}/{len(tasks)}): "
-                            f"{result.error}")
+                    if result.status == "failed":  # the whole error comes again in run_all's summary
+                        log.info(f"[sweep] {_point_label(task)}: FAILED after {result.wall:.0f} s "
+                                 f"({len(results)}/{len(tasks)}): {_first_line(result.error)}")
                     else:
-                        log.info(f"[sweep] {task.run_id}: {result.status} ({len(results)}/{len(tasks)} points done)")
-        except BaseException:  # Ctrl-C: do not wait for the running points (their runs resume next time)
-            pool.shutdown(wait=False, cancel_futures=True)
+                        log.info(f"[sweep] {_point_label(task)}: finished in {result.wall:.0f} s "
+                                 f"({len(results)}/{len(tasks)} points done)")
+        except BaseException:  # Ctrl-C: stop the running points now (their runs resume next time)
             bar.close()
+            _stop_workers(pool)
             raise
         pool.shutdown(wait=True)
         bar.close()
         return [results[t.run_id] for t in tasks]
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started by ``pid`` and theirs (from ``/proc``; none where there is no ``/proc``)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's worker processes and their notebook kernels at once (a kernel left alone would notice its
+    parent gone and say so on the console). Their run folders keep the last checkpoint, written atomically."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public way before Python 3.14
+    kernels = [pid for process in processes if process.pid is not None for pid in _descendants(process.pid)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    for pid in kernels:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # ended already
+            pass
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +377,8 @@ def _run_command(cmd: Sequence[str], timeout: float = 30) -> subprocess.Complete
 class PointJob(Checkpointable):  # type: ignore[misc,valid-type]
     """One point as a Slurm job: calls :func:`utae.point.run_point` into the shared results folder.
 
-    The point's torch threads are the job's CPUs (``SLURM_CPUS_PER_TASK``) unless the task names them. A failed
+    The point's torch threads are the job's CPUs (``SLURM_CPUS_PER_TASK``) unless the task names them or the
+    point resumes a run (the threads it started with, :func:`utae.point.recorded_threads`). A failed
     point raises (the job ends FAILED and its log holds the traceback).
     """
 
@@ -313,6 +390,8 @@ class PointJob(Checkpointable):  # type: ignore[misc,valid-type]
         configure_logging()  # the job's log shows the point runner's messages
         task = self.task
         threads = task.threads
+        if threads is None and task.platform is not None:  # a resumed run keeps the threads it started with
+            threads = recorded_threads(run_path(task.results, task.platform, task.run_id))
         if threads is None and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
             threads = max(1, int(os.environ["SLURM_CPUS_PER_TASK"]) // (task.tasks if task.tasks > 1 else 1))
         start = time.perf_counter()

@@ -20,6 +20,7 @@ passed on; the notebook's kernel builds its own from the parameters cell.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -35,9 +36,13 @@ from typing import Any
 
 from utae.atomic import read_json
 from utae.config import RunConfig, run_config_fields
+from utae.kernel import kernel_config
 from utae.sweepfile import DEFAULT_TIMEOUT, REPO_ROOT, Sweep, SweepError, SweepPoint
-from utae.report import render_notebook_html
+from utae.report import render_notebook_html, write_error
 from utae.runfolder import (
+    CHECKPOINT,
+    HISTORY,
+    PLATFORM,
     RunDirError,
     config_differences,
     is_finished,
@@ -57,6 +62,8 @@ __all__ = [
     "execute_notebook",
     "point_config",
     "point_state",
+    "resume_epoch",
+    "recorded_threads",
     "check_platform_folder",
     "run_point",
 ]
@@ -154,13 +161,18 @@ def execute_notebook(
     parameters: Mapping[str, Any],
     timeout: int = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
+    keeps: Sequence[Path] = (),
 ) -> Path:
     """Execute ``notebook`` with papermill (kernel ``python3``, working directory the repository root)
     into ``output``, atomically: it runs into ``<output stem>.partial.ipynb``, renamed on success.
 
+    Args:
+        keeps: files made from ``output`` afterwards (its HTML page), named in the error of a failed write
+            (a full disk) as kept as they were.
+
     Raises:
         SweepError: when a cell fails; the message names the cell, the partial notebook (kept) and ends with
-            the tail of the cell's traceback.
+            the tail of the cell's traceback. A write that fails (a full disk): one line naming the file.
     """
     import papermill  # slow to import: only when a notebook runs
     from papermill.exceptions import PapermillExecutionError
@@ -173,12 +185,18 @@ def execute_notebook(
             papermill.execute_notebook(
                 str(notebook), str(partial), parameters=dict(parameters), kernel_name=KERNEL_NAME,
                 cwd=str(REPO_ROOT), progress_bar=False, log_output=False, execution_timeout=timeout,
+                config=kernel_config(),  # no "Kernel is running over TCP without encryption" line a point
             )
         except PapermillExecutionError as exc:
             raise SweepError(f"{notebook} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
                              f"the executed notebook is {partial}; its traceback ends:\n"
                              f"{tail(exc.traceback or [])}") from None
-    os.replace(partial, output)
+        except OSError as exc:  # papermill writing the notebook (a full disk), or the kernel's files
+            raise SweepError(write_error(exc, partial, output, *keeps)) from None
+    try:
+        os.replace(partial, output)
+    except OSError as exc:
+        raise SweepError(write_error(exc, output, output, *keeps)) from None
     return output
 
 
@@ -290,6 +308,43 @@ def point_state(sweep: Sweep, run_id: str, results: str | os.PathLike[str], plat
     return "run"
 
 
+def resume_epoch(run_dir: str | os.PathLike[str]) -> int | None:
+    """The epoch an interrupted run resumes from: the ``epoch`` of the last row of its ``history.csv`` (0 when
+    that file is missing or unreadable), when ``checkpoint.pt`` is there and the run is not finished; else None.
+    Read as plain CSV: no torch or pandas in the sweep process."""
+    run_dir = Path(run_dir)
+    if is_finished(run_dir) or not (run_dir / CHECKPOINT).is_file():
+        return None
+    try:
+        with open(run_dir / HISTORY, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return int(float(rows[-1]["epoch"])) if rows else 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def recorded_threads(run_dir: str | os.PathLike[str]) -> int | None:
+    """The torch threads an interrupted run started with (``torch_threads`` of its ``platform.json``), when it
+    will resume (see :func:`resume_epoch`); else, or when not recorded, None. A resumed run keeps them: another
+    thread count changes the arithmetic of the epochs still to train."""
+    run_dir = Path(run_dir)
+    if resume_epoch(run_dir) is None or not (run_dir / PLATFORM).is_file():
+        return None
+    try:
+        threads = read_json(run_dir / PLATFORM).get("torch_threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
+
+
+def point_event(run_dir: str | os.PathLike[str], epochs: int | None) -> str:
+    """What starting a point does, in words: ``"running"`` or ``"resuming from epoch N of M"``."""
+    epoch = resume_epoch(run_dir)
+    if epoch is None:
+        return "running"
+    return f"resuming from epoch {epoch}" + (f" of {epochs}" if epochs else "")
+
+
 # --------------------------------------------------------------------------------------------------
 # The point runner
 # --------------------------------------------------------------------------------------------------
@@ -351,11 +406,14 @@ def run_point(
         log.info("[sweep] %s/%s: report rendered (%s)", platform, run_id, report)
         return "rendered"
     _check_not_in_use(run_dir)
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = recorded_threads(run_dir)  # a resumed run keeps the threads it started with
     env = _thread_env(threads)
     if gpu is not None and str(gpu) != "":
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     shown = ", ".join(f"{k}={v}" for k, v in env.items() if k != "MKL_NUM_THREADS")
-    log.info("[sweep] %s/%s: running%s%s", platform, run_id, f" ({shown})" if shown else "",
+    epochs = config.epochs if config is not None else None
+    log.info("[sweep] %s/%s: %s%s%s", platform, run_id, point_event(run_dir, epochs), f" ({shown})" if shown else "",
              f", {tasks} training processes" if tasks > 1 else "")
     start = time.perf_counter()
     if tasks > 1 and not is_finished(run_dir):

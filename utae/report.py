@@ -9,6 +9,7 @@ HTML:
 
 from __future__ import annotations
 
+import errno
 import html
 import io
 import math
@@ -27,7 +28,25 @@ __all__ = [
     "render_notebook_html",
     "static_page",
     "write_index",
+    "ReportWriteError",
+    "write_error",
 ]
+
+
+class ReportWriteError(OSError):
+    """A page or notebook that could not be written (a full disk, say); the message is one line naming the file,
+    the reason and what was kept (:func:`write_error`)."""
+
+
+def write_error(exc: OSError, writing: str | os.PathLike[str], *kept: str | os.PathLike[str]) -> str:
+    """One line for an OSError met while writing ``writing``: the file (the error's own when it names one), the
+    reason, and that each of ``kept`` (written atomically) keeps its previous version, or was not written."""
+    where = exc.filename or writing
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on the device (free some space and run it again)"
+    previous = [f"the previous {k} is kept" if Path(k).exists() else f"{k} was not written" for k in kept]
+    return "; ".join([f"cannot write {where}: {reason}", *previous])
 
 
 def format_value(value: Any) -> str:
@@ -154,8 +173,16 @@ def render_notebook_html(
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
     nav = f'<nav><a href="{html.escape(index_href)}">&larr; all reports</a></nav>\n' if index_href else ""
-    atomic_write_text(html_path, _page(title or _notebook_title(nb, notebook.stem), body, nav))
+    _write_page(html_path, _page(title or _notebook_title(nb, notebook.stem), body, nav))
     return html_path
+
+
+def _write_page(path: Path, text: str) -> None:
+    """Write a page atomically; an OSError (a full disk) becomes a :class:`ReportWriteError` naming it."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise ReportWriteError(write_error(exc, path, path)) from None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -216,5 +243,5 @@ def write_index(results_dir: str | os.PathLike[str] = "results", title: str = "U
     if n_reports == 0:
         parts.append("<p>No run reports yet.</p>")
     out = reports / "index.html"
-    atomic_write_text(out, _page(title, "\n".join(parts)))
+    _write_page(out, _page(title, "\n".join(parts)))
     return out

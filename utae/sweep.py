@@ -14,6 +14,8 @@ other sweep (:func:`default_results`). The command line is :mod:`utae.cli` (``py
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utae import __version__
 from utae.checks import safe_path_name
 from utae.config import RunConfig
 
@@ -34,10 +37,13 @@ from utae.point import (
     make_jobs,
     point_config,
     point_state,
+    recorded_threads,
     repo_relative,
+    resume_epoch,
 )
-from utae.report import render_notebook_html, write_index
-from utae.runfolder import report_path, run_path
+from utae.report import render_notebook_html, write_error, write_index
+from utae.atomic import atomic_write_json, read_json
+from utae.runfolder import CONFIG, HISTORY, METRICS, PLATFORM, is_finished, report_path, run_path
 from utae.synthetic import OPTIONS_FILE, generator_options, make_synthetic_pastis, read_generator_options
 
 __all__ = [
@@ -46,6 +52,10 @@ __all__ = [
     "default_jobs",
     "run_all",
     "RunAllOutcome",
+    "SweepInterrupted",
+    "interruption_summary",
+    "RENDERED_RECORD",
+    "rendered_from",
     "run_compare",
     "render_reports",
     "report_studies",
@@ -134,6 +144,46 @@ def default_jobs(sweep: Sweep, gpus: Sequence[str] = (), points: int | None = No
             on_accelerator = True  # a CUDA device this machine lacks: the point will say so when it runs
     jobs = max(1, len(gpus)) if on_accelerator else (os.cpu_count() or 1)
     return max(1, min(jobs, len(sweep.points) if points is None else points))
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_all`; ``summary`` says what finished, what will resume and what did not start
+    (:func:`interruption_summary`), as logged when it was raised."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+
+def interruption_summary(sweep: Sweep, results: str | os.PathLike[str], platforms: dict[str, str | None],
+                         epochs: dict[str, int] | None = None) -> str:
+    """What an interrupted sweep leaves, from its run folders: the points finished, those that will resume (from
+    which epoch, :func:`utae.point.resume_epoch`) and those not started. ``platforms``: run id -> platform folder
+    (None: unknown here, e.g. a Slurm node's)."""
+    finished, resuming, fresh, unknown = [], [], [], []
+    for point in sweep.points:
+        plat = platforms.get(point.run_id)
+        if plat is None:
+            unknown.append(point.run_id)
+            continue
+        run_dir = run_path(results, plat, point.run_id)
+        epoch = resume_epoch(run_dir)
+        if is_finished(run_dir):
+            finished.append(point.run_id)
+        elif epoch is not None:
+            total = (epochs or {}).get(point.run_id)
+            resuming.append(f"{point.run_id} from epoch {epoch}" + (f" of {total}" if total else ""))
+        else:
+            fresh.append(point.run_id)
+    parts = [f"{len(finished)} of {len(sweep.points)} point(s) finished" + (f" ({', '.join(finished)})"
+                                                                             if finished else "")]
+    if resuming:
+        parts.append(f"{len(resuming)} will resume: {', '.join(resuming)}")
+    if fresh:
+        parts.append(f"{len(fresh)} not started (or stopped before their first epoch): {', '.join(fresh)}")
+    if unknown:
+        parts.append(f"{len(unknown)} on the cluster's nodes: {', '.join(unknown)}")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -232,6 +282,20 @@ def run_all(
         log.info("[sweep] the cluster's nodes may not be this machine: every point is submitted, and each job skips its "
             "point if it is finished in its node's platform folder (give PLATFORM=<the nodes' platform> to skip "
             "finished points without a job)")
+    try:
+        return _run_plans(sweep, results, executor, jobs, gpus, threads, timeout, no_wait, slurm, report, cluster,
+                          platform, plans, configs)
+    except KeyboardInterrupt:
+        summary = interruption_summary(sweep, results, {p.run_id: plat for p, plat, _ in plans},
+                                       {rid: c.epochs for rid, c in configs.items()})
+        raise SweepInterrupted(summary) from None  # the command line shows it, with the command that continues
+
+
+def _run_plans(sweep: Sweep, results: Path, executor: str, jobs: int | None, gpus: Sequence[str],
+               threads: int | None, timeout: int | None, no_wait: bool, slurm: SlurmOptions,
+               report: bool, cluster: SlurmExecutor | None, platform: str | None,
+               plans: list[tuple[SweepPoint, str | None, str]], configs: dict[str, RunConfig]) -> RunAllOutcome:
+    """Steps 3 and 4 of :func:`run_all` on its checked ``plans``."""
     outcome = RunAllOutcome()
     todo = []
     for point, plat, state in plans:
@@ -249,9 +313,13 @@ def run_all(
         f"{len(todo)} to run ({executor} executor) -> {results}")
     if todo:
         if executor == "local":
-            n = jobs or (make_jobs() if make_jobs() > 1 else default_jobs(sweep, gpus, points=len(todo)))
+            # Jobs, hence each point's share of the cores, from the whole sweep, not from the points left: a
+            # point gets the same threads in a sweep run again; a resumed run keeps those it started with.
+            n = jobs or (make_jobs() if make_jobs() > 1 else default_jobs(sweep, gpus))
             tasks = [PointTask(sweep=sweep, run_id=p.run_id, results=str(results.resolve()), platform=plat,
-                               timeout=timeout) for p, plat in todo]  # the platform detected here
+                               timeout=timeout,
+                               threads=None if plat is None else recorded_threads(run_path(results, plat, p.run_id)))
+                     for p, plat in todo]  # the platform detected here
             outcome.results = LocalExecutor(jobs=n, gpus=gpus, threads=threads).run(tasks)
         else:
             assert cluster is not None
@@ -267,8 +335,8 @@ def run_all(
     if report:
         outcome.report = _study_report(results, timeout=timeout)
     if outcome.failed:
-        for failure in outcome.failed:  # the whole error was shown when the point ended
-            log.info(f"[sweep] FAILED {failure.run_id}: {failure.error.splitlines()[0] if failure.error else ''}")
+        for failure in outcome.failed:  # one line when the point ended; the whole error here
+            log.info(f"[sweep] FAILED {failure.run_id}: {failure.error}")
         log.info(f"[sweep] {len(outcome.failed)} of {len(todo)} point(s) failed: "
             f"{', '.join(r.run_id for r in outcome.failed)}. Fix the cause and run the sweep again: finished points "
             "are skipped.")
@@ -286,35 +354,97 @@ def run_compare(results: str | os.PathLike[str] = "results", timeout: int = DEFA
     results = Path(results)
     executed = results / "runs" / "compare.ipynb"
     start = time.perf_counter()
-    execute_notebook(COMPARE_NOTEBOOK, executed, {"results_dir": repo_relative(results)}, timeout=timeout)
-    out = render_notebook_html(executed, results / "reports" / "compare.html", index_href="index.html")
+    page = results / "reports" / "compare.html"
+    execute_notebook(COMPARE_NOTEBOOK, executed, {"results_dir": repo_relative(results)}, timeout=timeout,
+                     keeps=[page])
+    out = render_notebook_html(executed, page, index_href="index.html")
     log.info(f"[sweep] compare: done in {time.perf_counter() - start:.1f} s -> {out}")
     return out
 
 
-def _newer_than(target: Path, sources: Sequence[Path]) -> bool:
-    """``target`` exists and no source is newer (make's rule)."""
-    if not target.is_file():
-        return False
-    stamp = target.stat().st_mtime_ns
-    return all(src.stat().st_mtime_ns <= stamp for src in sources if src.exists())
+#: What compare.html and the index were rendered from (:func:`rendered_from`), beside them in ``reports/``.
+RENDERED_RECORD = ".rendered.json"
+#: The files of a run that the study report reads; a change in any of them makes the report stale.
+_REPORTED_FILES = (METRICS, CONFIG, PLATFORM, HISTORY)
 
 
-def _study_report(results: Path, timeout: int | None = None) -> Path | None:
-    """compare.html and the index of ``results``, each only when missing or older than what it shows (the runs'
-    metrics and reports, the compare notebook), as make would. Returns compare.html (None without runs)."""
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def rendered_from(results: str | os.PathLike[str]) -> dict[str, Any]:
+    """What the study report of ``results`` shows, by content (file times play no part: an imported run keeps
+    its older times, a deleted one leaves none):
+
+    * ``runs``: ``"<platform>/<run_id>"`` of every finished run -> the SHA-256 of its ``metrics.json``, and of its
+      ``config.json``, ``platform.json`` and ``history.csv`` (each: ``{"metrics.json": "<hex>", ...}``, a file
+      missing as null);
+    * ``run_reports``: the run reports the index links (``"<platform>/<run_id>.html"``);
+    * ``code``: the SHA-256 of ``notebooks/compare.ipynb``, and the package version.
+    """
+    results = Path(results)
+    runs = {}
+    for metrics in sorted((results / "runs").glob(f"*/*/{METRICS}")):
+        run_dir = metrics.parent
+        runs[f"{run_dir.parent.name}/{run_dir.name}"] = {name: _sha256(run_dir / name) for name in _REPORTED_FILES}
     reports = results / "reports"
-    metrics = sorted((results / "runs").glob("*/*/metrics.json"))
-    run_reports = sorted(reports.glob("*/*.html"))
-    compare = reports / "compare.html"
-    if metrics and not _newer_than(compare, [*metrics, *run_reports, COMPARE_NOTEBOOK]):
+    return {"format": 1, "runs": runs,
+            "run_reports": sorted(p.relative_to(reports).as_posix() for p in reports.glob("*/*.html")),
+            "code": {"compare.ipynb": _sha256(COMPARE_NOTEBOOK), "utae": __version__}}
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _study_report(results: Path, timeout: int | None = None, force: bool = False) -> Path | None:
+    """compare.html and the index of ``results``, each only when missing or rendered from something else than
+    what there is now (:func:`rendered_from`, recorded in ``reports/.rendered.json`` once both are written; with
+    ``force``, always). Returns compare.html (None without runs)."""
+    reports = results / "reports"
+    compare, index, record_path = reports / "compare.html", reports / "index.html", reports / RENDERED_RECORD
+    now = rendered_from(results)
+    then = _read_record(record_path) or {}
+    compare_current = compare.is_file() and {k: then.get(k) for k in ("format", "runs", "code")} == \
+        {k: now[k] for k in ("format", "runs", "code")}
+    rendered = False
+    if now["runs"] and (force or not compare_current):
+        what = "rendering" if not compare.is_file() or force else _what_changed(then, now)
+        log.info(f"[sweep] compare: {what}")
         run_compare(results, timeout=timeout or DEFAULT_TIMEOUT)
-    index = reports / "index.html"
-    if not _newer_than(index, [compare, *run_reports, *metrics]):
-        log.info(f"[sweep] index -> {write_index(results)}")
+        rendered = True
+    if force or rendered or not index.is_file() or then != now:
+        out = write_index(results)
+        log.info(f"[sweep] index -> {out}")
+        try:
+            atomic_write_json(record_path, rendered_from(results))
+        except OSError as exc:
+            raise SweepError(write_error(exc, record_path, record_path)) from None
     else:
-        log.info(f"[sweep] {compare} and {index} are up to date")
+        log.info(f"[sweep] {compare} and {index} are up to date (rendered from the same "
+                 f"{len(now['runs'])} run(s))")
     return compare if compare.is_file() else None
+
+
+def _what_changed(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """Why compare.html is rendered again, in words."""
+    if not then:
+        return "rendering (no record of what compare.html was rendered from)"
+    old, new = then.get("runs") or {}, now["runs"]
+    added, gone = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    changed = sorted(k for k in set(new) & set(old) if new[k] != old[k])
+    words = [f"{len(v)} run(s) {w} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+             for v, w in ((added, "new"), (gone, "gone"), (changed, "changed")) if v]
+    if then.get("code") != now["code"]:
+        words.append("the compare notebook or the package changed")
+    return "rendering again: " + ("; ".join(words) or "its record differs")
 
 
 def render_reports(results: str | os.PathLike[str] = "results", force: bool = False) -> list[Path]:
@@ -341,7 +471,8 @@ def study_folders(root: str | os.PathLike[str] = "results") -> list[Path]:
 def report_studies(results: Sequence[str | os.PathLike[str]] = (), force: bool = False,
                    timeout: int = DEFAULT_TIMEOUT) -> list[Path]:
     """Re-render the run reports, compare.html and the index of each results folder (no training); without
-    folders, of :func:`study_folders` of ``results``. Returns the folders done.
+    folders, of :func:`study_folders` of ``results``. compare.html and the index are rendered again only when
+    what they show changed (:func:`rendered_from`), all with ``force``. Returns the folders done.
 
     Raises:
         SweepError: a folder given that holds no finished run, or no study found at all.
@@ -354,6 +485,5 @@ def report_studies(results: Sequence[str | os.PathLike[str]] = (), force: bool =
         if next((folder / "runs").glob("*/*/metrics.json"), None) is None:
             raise SweepError(f"{folder}: no finished run under {folder / 'runs'} (nothing to report)")
         render_reports(folder, force=force)
-        run_compare(folder, timeout=timeout)
-        log.info(f"[sweep] index -> {write_index(folder)}")
+        _study_report(folder, timeout=timeout, force=force)
     return folders
