@@ -390,3 +390,22 @@ def test_clean_results_asks_first(tmp_path):
     assert not (results / "runs").exists() and not (results / "reports").exists()
     assert not (results / "summary.csv").exists()
     assert (results / "bench/p.csv").is_file()  # benchmark tables are not runs
+
+
+def test_a_finished_run_without_its_notebook_gets_its_page_from_its_files(tmp_path):
+    """A committed or imported run has no run.ipynb (notebooks stay out of git): when its report is missing,
+    render_reports writes the page made from the run's files, and leaves an existing one as it is."""
+    import json
+    import shutil
+
+    committed = sorted((Path(__file__).resolve().parents[1] / "results" / "runs").glob("*/noise0-seed0"))[0]
+    run_dir = tmp_path / "runs" / committed.parent.name / committed.name
+    shutil.copytree(committed, run_dir)
+    assert not (run_dir / "run.ipynb").exists()
+    done = sw.render_reports(tmp_path)
+    page = report_path(tmp_path, committed.parent.name, committed.name)
+    assert done == [page]
+    miou = json.loads((run_dir / "metrics.json").read_text())["test"]["miou"]
+    text = page.read_text()
+    assert f"{miou:.4f}" in text and "<script" not in text
+    assert sw.render_reports(tmp_path) == []  # there now: not rendered again

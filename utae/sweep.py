@@ -15,7 +15,6 @@ other sweep (:func:`default_results`). The command line is :mod:`utae.cli` (``py
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ from utae.point import (
 from utae.report import render_notebook_html, write_error, write_index
 from utae.atomic import atomic_write_json, read_json
 from utae.runfolder import CONFIG, HISTORY, METRICS, PLATFORM, is_finished, report_path, run_path
+from utae.run_page import render_run_page
 from utae.synthetic import OPTIONS_FILE, generator_options, make_synthetic_pastis, read_generator_options
 
 __all__ = [
@@ -449,7 +449,9 @@ def _what_changed(then: dict[str, Any], now: dict[str, Any]) -> str:
 
 def render_reports(results: str | os.PathLike[str] = "results", force: bool = False) -> list[Path]:
     """Render the report of every executed run notebook ``<results>/runs/<platform>/<run_id>/run.ipynb``
-    whose report is missing or older (all of them with ``force``). Nothing is executed."""
+    whose report is missing or older (all of them with ``force``). A finished run without its notebook (imported
+    from another machine, or cloned: notebooks stay out of git) whose report is missing gets the page rendered
+    from its files (:func:`utae.run_page.render_run_page`). Nothing is executed."""
     results = Path(results)
     done = []
     for executed in sorted((results / "runs").glob("*/*/run.ipynb")):
@@ -457,6 +459,10 @@ def render_reports(results: str | os.PathLike[str] = "results", force: bool = Fa
         report = report_path(results, run_dir.parent.name, run_dir.name)
         if force or not report.is_file() or report.stat().st_mtime < executed.stat().st_mtime:
             done.append(render_notebook_html(executed, report, index_href="../index.html"))
+    for run_dir in sorted((results / "runs").glob("*/*/")):
+        report = report_path(results, run_dir.parent.name, run_dir.name)
+        if is_finished(run_dir) and not (run_dir / "run.ipynb").is_file() and not report.is_file():
+            done.append(render_run_page(run_dir, report))
     log.info(f"[sweep] {results}: {len(done)} run report(s) rendered")
     return done
 
