@@ -30,15 +30,26 @@ RGB_BANDS: tuple[int, int, int] = (2, 1, 0)
 GALLERY_SEVERITIES: tuple[int, ...] = (1, 3, 5)
 
 
-def rgb_frame(image: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """The raw-reflectance B4, B3, B2 composite of the middle frame of a normalised ``(T, 10, H, W)`` series ->
+def rgb_frame(image: torch.Tensor, mean: np.ndarray, std: np.ndarray, t: int | None = None) -> np.ndarray:
+    """The raw-reflectance B4, B3, B2 composite of frame ``t`` (default: the middle one) of a normalised
+    ``(T, 10, H, W)`` series ->
     ``(H, W, 3)`` float64 (not stretched: :func:`gallery_frames` stretches every frame with the clean one's
     limits, so that a cloud looks bright and a shadow dark, as :func:`utae.run.rgb_composite` per frame would not)."""
     bands = list(RGB_BANDS)
-    frame = image[image.shape[0] // 2].detach().cpu().numpy()[bands].astype(np.float64)
+    frame = image[image.shape[0] // 2 if t is None else t].detach().cpu().numpy()[bands].astype(np.float64)
     raw = frame * np.asarray(std, dtype=np.float64)[bands, None, None] + \
         np.asarray(mean, dtype=np.float64)[bands, None, None]
     return raw.transpose(1, 2, 0)
+
+
+def _shown_date(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None:
+    """The date of a corrupted ``(T, C, H, W)`` series to show: the one the corruption changed most, so that a
+    corruption drawn on some dates only is seen; None (the middle one) where it changed none or the series got
+    shorter (``missing_dates``)."""
+    if corrupted.shape != clean.shape:
+        return None
+    change = (corrupted - clean).abs().flatten(1).mean(1)
+    return int(change.argmax()) if bool((change > 0).any()) else None
 
 
 def _test_set(config: dict[str, Any], where: Path) -> PastisDataset:
@@ -61,8 +72,9 @@ def gallery_frames(run_dir: str | os.PathLike[str], kinds: Sequence[str] = KINDS
     """The first patch of ``run_dir``'s ``predictions.npz``, clean and under each kind at each severity.
 
     Returns:
-        ``clean`` ``(H, W, 3)`` and ``corrupted`` (kind -> severity -> ``(H', W', 3)``), RGB of the middle date
-        (of the dates left, for ``missing_dates``) in [0, 1], every frame stretched with the clean frame's 2nd
+        ``clean`` ``(H, W, 3)``, RGB of the middle date, and ``corrupted`` (kind -> severity -> ``(H', W', 3)``),
+        RGB of the date the corruption changed most (the middle one where it changed none, and the middle of the
+        dates left for ``missing_dates``) in [0, 1], every frame stretched with the clean frame's 2nd
         to 98th percentile; ``target`` and ``pred`` ``(H, W)`` (from ``predictions.npz``), ``patch_id``, and
         ``n_dates`` (kind -> severity -> dates left).
 
@@ -99,7 +111,7 @@ def gallery_frames(run_dir: str | os.PathLike[str], kinds: Sequence[str] = KINDS
         for severity in severities:
             out, _, _ = corrupt(image, dates, kind, severity, seed=seed, patch_id=patch_id,
                                 norm=(test.mean, test.std))
-            corrupted[kind][int(severity)] = stretch(rgb_frame(out, test.mean, test.std))
+            corrupted[kind][int(severity)] = stretch(rgb_frame(out, test.mean, test.std, _shown_date(image, out)))
             n_dates[kind][int(severity)] = int(out.shape[0])
     return {"clean": stretch(clean), "corrupted": corrupted, "target": target, "pred": pred, "patch_id": patch_id,
             "n_dates": n_dates, "n_dates_clean": int(image.shape[0])}
@@ -117,13 +129,12 @@ def gallery_or_reason(run_dir: str | os.PathLike[str] | None, kinds: Sequence[st
         return None, f"No corruption gallery: {exc}."
     sevs = ", ".join(str(s) for s in severities)
     parts = [f"Test patch {frames['patch_id']} of `{Path(run_dir).name}` (the clean-trained model's first example), "
-             f"middle date in RGB (B4, B3, B2), clean and at severities {sevs}; every frame is stretched with the "
-             "clean frame's limits."]
+             f"in RGB (B4, B3, B2): the middle date clean, and at severities {sevs} the date each corruption changed "
+             "most (the middle one where it changed none); every frame is stretched with the clean frame's limits."]
     if "missing_dates" in frames["corrupted"]:
         left = ", ".join(f"{frames['n_dates']['missing_dates'][s]} at severity {s}" for s in severities)
         parts.append(f"For missing_dates the middle of the dates left is shown ({frames['n_dates_clean']} dates "
                      f"clean; {left}).")
     if "date_shift" in frames["corrupted"]:
         parts.append("date_shift moves the acquisition dates only: its images are the clean ones.")
-    parts.append("A corruption drawn on other dates than the middle one leaves this frame unchanged.")
     return frames, " ".join(parts)
