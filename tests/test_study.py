@@ -139,6 +139,8 @@ def test_runs_evaluated_otherwise_are_never_paired_across_platforms():
     assert study.config_columns(runs) == ["cfg_noise_std", "eval_mode"]
     assert platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b").empty
     assert set(study.platform_settings(runs)["evaluation"]) == {"padded_batches", "pad_free"}
+    text = platform_effect.platform_answer_text(platform_effect.platform_effect(runs), runs=runs)
+    assert "were evaluated in other modes (cpu-a: padded_batches; cpu-b: pad_free)" in text
 
 
 def test_bench_table_side_by_side(tmp_path):

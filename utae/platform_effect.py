@@ -477,11 +477,13 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
     return " ".join(parts)
 
 
-def platform_answer_text(effect_table: pd.DataFrame, metric: str = "test_miou", alpha: float = 0.05) -> str:
+def platform_answer_text(effect_table: pd.DataFrame, metric: str = "test_miou", alpha: float = 0.05,
+                         runs: pd.DataFrame | None = None) -> str:
     """:func:`platform_effect`'s table in plain words (Markdown), for the top of the study report: the
     platform effect with its CI and p-value, whether a seed reproduces exactly, the seed spread against
     the effect, and the seeds needed for a 1-point effect. With one platform, the seed spread and how to
-    add a platform."""
+    add a platform. Given the ``runs`` (:func:`utae.results.load_runs`), unpaired platforms whose runs were
+    evaluated in other modes (``eval_mode``) are named as the reason."""
     require_columns(effect_table, EFFECT_COLUMNS, "platform_answer_text(effect_table)")
     head = "**Does the hardware change the results?**"
     if len(effect_table) == 0:
@@ -499,10 +501,18 @@ def platform_answer_text(effect_table: pd.DataFrame, metric: str = "test_miou", 
         spread = "; ".join(f"{p}: {_number(s)}{unit}" for p, s in sds.items() if math.isfinite(s))
         spread_text = (f"the seed std of {words} within a configuration is {spread}" if spread else
                        "no configuration has two seeds, so even the seed spread cannot be measured")
-        where = (f"All runs come from one platform ({plats[0]}), so only the spread between seeds can be measured"
-                 if len(plats) == 1 else
-                 f"No configuration and seed was run on two of the {len(plats)} platforms ({', '.join(plats)}), so "
-                 "only the spread between seeds can be measured")
+        modes = ({} if runs is None or "eval_mode" not in runs.columns else
+                 runs.groupby("platform")["eval_mode"].agg(lambda m: ", ".join(sorted(set(map(str, m))))).to_dict())
+        if len(plats) == 1:
+            where = f"All runs come from one platform ({plats[0]}), so only the spread between seeds can be measured"
+        elif len(set(modes.values())) > 1:
+            where = (f"The runs of the {len(plats)} platforms were evaluated in other modes ("
+                     + "; ".join(f"{p}: {modes.get(p, 'unknown')}" for p in plats)
+                     + "), which changes test scores by itself, so no run is paired across them and only the spread "
+                     "between seeds can be measured")
+        else:
+            where = (f"No configuration and seed was run on two of the {len(plats)} platforms ({', '.join(plats)}), "
+                     "so only the spread between seeds can be measured")
         return (f"{head} {where}: {spread_text}. To measure the platform effect, run the same sweep (same "
                 "configurations and seeds) on another machine and add its runs with `make import` (see the "
                 "README), which puts them in `runs/<its platform>/` next to these; then re-render this report.")
