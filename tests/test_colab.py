@@ -42,7 +42,8 @@ def colab(tmp_path_factory: pytest.TempPathFactory) -> dict:
     subprocess.run(["git", "clone", "-q", "--bare", str(REPO_ROOT), str(base / "repo.git")], check=True)
     fake = base / "fake_colab"
     (fake / "google" / "colab").mkdir(parents=True)
-    (fake / "google" / "__init__.py").write_text("")
+    # no google/__init__.py: in Colab, as wherever protobuf is installed, google is a namespace package that
+    # google.colab and google.protobuf (TensorBoard's) share
     (fake / "google" / "colab" / "__init__.py").write_text('"""A stand-in for Colab\'s module."""\n')
     (fake / "sitecustomize.py").write_text("import google.colab  # as in every Colab kernel\n")
     prefix = base / "prefix"
