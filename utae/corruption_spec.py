@@ -11,10 +11,10 @@ the checks of a kind and a severity, and the parsing of the two config fields (t
 
 Every error is one line that names the field and the allowed values.
 
-Public names (all re-exported by :mod:`utae.corruptions`): :data:`KINDS`, :data:`SEVERITIES`,
-:data:`SEVERITY_TABLE`, :func:`check_kind`, :func:`check_severity`, :func:`corruption_params`,
-:func:`severity_table_rows`, :class:`CorruptionSpec`, :func:`parse_corruption_spec`, :data:`ALL`,
-:func:`parse_test_corruptions`, :func:`all_test_corruptions`.
+Public names (import them from here; :mod:`utae.corruptions` holds only the torch code that draws the
+corruptions): :data:`KINDS`, :data:`SEVERITIES`, :data:`SEVERITY_TABLE`, :func:`check_kind`,
+:func:`check_severity`, :func:`corruption_params`, :func:`severity_table_rows`, :class:`CorruptionSpec`,
+:func:`parse_corruption_spec`, :data:`ALL`, :func:`parse_test_corruptions`, :func:`all_test_corruptions`.
 """
 
 from __future__ import annotations
