@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 
 from utae.corruption_spec import SEVERITY_TABLE, check_kind, check_severity
-from utae.noise import add_test_noise
+from utae.noise import add_test_noise, seeded_generator
 
 __all__ = [
     "CONSTANTS",
@@ -137,8 +137,7 @@ def corruption_generator(seed: int, patch_id: int, kind: str, severity: int) -> 
     key = [int(seed), _STREAM, int(patch_id), zlib.crc32(kind.encode("ascii")), int(severity)]
     if any(k < 0 for k in key):
         raise ValueError(f"seed and patch_id must be >= 0; got seed={seed}, patch_id={patch_id}")
-    state = np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return seeded_generator(*key)
 
 
 # --------------------------------------------------------------------------------------------------
