@@ -20,14 +20,13 @@ Semantics (those of ``NoisyDataset`` with ``resample`` false, the study's settin
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from utae.corruption_spec import CorruptionSpec, parse_corruption_spec
+from utae.corruption_spec import CorruptionSpec, kind_seed, parse_corruption_spec
 from utae.corruptions import corrupt
 from utae.noise import select_items
 
@@ -40,7 +39,7 @@ _TRAIN_STREAM = 22   # the training seed of the corruption draws
 def select_corrupted(n_items: int, fraction: float, seed: int, kind: str) -> list[int]:
     """The sorted indices of the ``round(fraction * n_items)`` corrupted samples among ``n_items``, chosen by
     ``(seed, kind)``."""
-    return select_items(n_items, fraction, (int(seed), _SELECT_STREAM, zlib.crc32(kind.encode("ascii"))))
+    return select_items(n_items, fraction, (int(seed), _SELECT_STREAM, kind_seed(kind)))
 
 
 def training_seed(seed: int) -> int:

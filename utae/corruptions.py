@@ -73,14 +73,13 @@ Public names: :data:`CONSTANTS`, :data:`CLOUD_SPECTRUM`, :data:`HAZE_SPECTRUM`, 
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utae.corruption_spec import SEVERITY_TABLE, check_kind, check_severity
+from utae.corruption_spec import SEVERITY_TABLE, check_kind, check_severity, kind_seed
 from utae.noise import add_test_noise, seeded_generator
 
 __all__ = [
@@ -134,7 +133,7 @@ def check_series_length(kind: str, severity: int, n_dates: int) -> None:
 def corruption_generator(seed: int, patch_id: int, kind: str, severity: int) -> torch.Generator:
     """The CPU generator of ``kind`` at ``severity`` on patch ``patch_id`` under run seed ``seed``: seeded from
     those four alone (the kind through the CRC-32 of its name, stable across processes and versions)."""
-    key = [int(seed), _STREAM, int(patch_id), zlib.crc32(kind.encode("ascii")), int(severity)]
+    key = [int(seed), _STREAM, int(patch_id), kind_seed(kind), int(severity)]
     if any(k < 0 for k in key):
         raise ValueError(f"seed and patch_id must be >= 0; got seed={seed}, patch_id={patch_id}")
     return seeded_generator(*key)
