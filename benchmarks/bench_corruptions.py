@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from utae.corruptions import KINDS, SEVERITIES, corrupt_batch
+    from utae.corruption_spec import KINDS, SEVERITIES
+    from utae.corruptions import corrupt_batch
     from utae.engine import evaluate_epoch
     from utae.loaders import make_loader
     from utae.metrics import scores

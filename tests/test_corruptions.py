@@ -12,9 +12,9 @@ import torch
 from scipy import stats
 from torch.utils.data import DataLoader, Dataset
 
-from utae.corruptions import (CLOUD_SPECTRUM, CONSTANTS, HAZE_SPECTRUM, KINDS, SEVERITIES, SEVERITY_TABLE,
-                              CorruptionSpec, check_severity, corrupt, corrupt_batch, corruption_params,
-                              parse_corruption_spec, severity_table_rows)
+from utae.corruption_spec import (KINDS, SEVERITIES, SEVERITY_TABLE, CorruptionSpec, check_severity,
+                                   corruption_params, parse_corruption_spec, severity_table_rows)
+from utae.corruptions import CLOUD_SPECTRUM, CONSTANTS, HAZE_SPECTRUM, corrupt, corrupt_batch
 from utae.data import pad_collate
 from utae.noise import add_test_noise
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from utae.corruptions import KINDS
+from utae.corruption_spec import KINDS
 from utae.data import PastisDataset, pad_collate
 from utae.engine import EVAL_MODE, EVAL_MODES, evaluate
 from utae.model import UTAE

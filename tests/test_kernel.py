@@ -1,15 +1,18 @@
-"""utae.kernel: a notebook executed through papermill prints no kernel warning about unencrypted TCP."""
+"""utae.kernel: a notebook executed through papermill prints no kernel warning about unencrypted TCP; a kernel is
+shut down without being interrupted first."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 import zmq
+from jupyter_client import AsyncKernelManager
 
-from utae.kernel import kernel_config
+from utae.kernel import QuietShutdownKernelManager, kernel_config
 
 WARNING = "Kernel is running over TCP without encryption"
 
@@ -39,3 +42,37 @@ def test_the_kernel_warning_is_gone_and_the_notebook_still_runs(tmp_path: Path, 
 def test_the_setting_names_the_kernel_managers_policy() -> None:
     config = kernel_config()
     assert config.KernelManager.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
+
+
+async def _signals_seen_at_shutdown(manager_class: type[AsyncKernelManager], marker: Path) -> str:
+    """Start a kernel, run a cell that appends a line to ``marker`` at each SIGINT while it sleeps, shut the kernel
+    down mid-cell and return what the cell wrote. (An idle ipykernel ignores SIGINT: only a busy one shows it.)"""
+    km = manager_class(kernel_name="python3", shutdown_wait_time=1.0)  # SIGTERM 0.5 s after the shutdown request
+    await km.start_kernel(cwd=str(marker.parent))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        kc.execute("import signal, time\n"
+                   f"signal.signal(signal.SIGINT, lambda *a: open({str(marker)!r}, 'a').write('SIGINT\\n'))\n"
+                   "print('running', flush=True)\n"
+                   "time.sleep(60)")
+        while True:  # the cell has set its handler once it prints
+            msg = await kc.get_iopub_msg(timeout=60)
+            if msg["msg_type"] == "stream" and "running" in msg["content"]["text"]:
+                break
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    return marker.read_text() if marker.exists() else ""
+
+
+@pytest.mark.slow
+def test_a_kernel_is_shut_down_without_an_interrupt(tmp_path: Path) -> None:
+    # jupyter_client's own manager interrupts first (the source of "KeyboardInterrupt caught in kernel.")
+    assert asyncio.run(_signals_seen_at_shutdown(AsyncKernelManager, tmp_path / "plain.txt")) == "SIGINT\n"
+    assert asyncio.run(_signals_seen_at_shutdown(QuietShutdownKernelManager, tmp_path / "quiet.txt")) == ""
+
+
+def test_papermill_gets_the_quiet_manager() -> None:
+    assert kernel_config().NotebookClient.kernel_manager_class is QuietShutdownKernelManager

@@ -3,9 +3,10 @@ set and corrupts a seeded fraction of its samples on the fly, as :class:`utae.no
 
 Semantics (those of ``NoisyDataset`` with ``resample`` false, the study's setting):
 
-* **Which samples.** Exactly ``round(fraction * len(dataset))`` samples (Python's ``round``, as
-  :func:`utae.noise.select_noisy`), chosen by the run seed and the kind alone (:func:`select_corrupted`), in a
-  stream of their own: the same seed's noisy and corrupted samples are drawn independently.
+* **Which samples.** Exactly ``round(fraction * len(dataset))`` samples (Python's ``round``), drawn by
+  :func:`utae.noise.select_items` as :func:`utae.noise.select_noisy` draws the noisy ones, chosen by the run seed
+  and the kind alone (:func:`select_corrupted`), in a stream of their own: the same seed's noisy and corrupted
+  samples are drawn independently.
 * **How.** Sample ``index`` gets the severity :meth:`utae.corruption_spec.CorruptionSpec.severity_for` ``(seed,
   index)`` (the fixed severity, or one drawn uniformly in the range), then :func:`utae.corruptions.corrupt` of its
   normalised image and dates at that severity, seeded from ``(training seed, index, kind, severity)``: the
@@ -19,15 +20,15 @@ Semantics (those of ``NoisyDataset`` with ``resample`` false, the study's settin
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from utae.corruption_spec import CorruptionSpec, parse_corruption_spec
+from utae.corruption_spec import CorruptionSpec, kind_seed, parse_corruption_spec
 from utae.corruptions import corrupt
+from utae.noise import select_items
 
 __all__ = ["CorruptedDataset", "select_corrupted", "training_seed"]
 
@@ -38,11 +39,7 @@ _TRAIN_STREAM = 22   # the training seed of the corruption draws
 def select_corrupted(n_items: int, fraction: float, seed: int, kind: str) -> list[int]:
     """The sorted indices of the ``round(fraction * n_items)`` corrupted samples among ``n_items``, chosen by
     ``(seed, kind)``."""
-    if n_items < 0:
-        raise ValueError(f"n_items must be >= 0, got {n_items}")
-    k = int(round(fraction * n_items))
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SELECT_STREAM, zlib.crc32(kind.encode("ascii"))]))
-    return sorted(int(i) for i in rng.choice(n_items, size=k, replace=False))
+    return select_items(n_items, fraction, (int(seed), _SELECT_STREAM, kind_seed(kind)))
 
 
 def training_seed(seed: int) -> int:
@@ -78,14 +75,12 @@ class CorruptedDataset(torch.utils.data.Dataset):
         self.norm = (mean, std)
         self._train_seed = training_seed(self.seed)
         assert spec.fraction is not None  # a training spec always has one
-        chosen = select_corrupted(len(dataset), spec.fraction, self.seed, spec.kind)
-        self._chosen = frozenset(chosen)
-        self._chosen_sorted = chosen
+        self._chosen = frozenset(select_corrupted(len(dataset), spec.fraction, self.seed, spec.kind))
 
     @property
     def corrupted_indices(self) -> list[int]:
         """Sorted indices of the items that are corrupted."""
-        return list(self._chosen_sorted)
+        return sorted(self._chosen)
 
     def severity_of(self, index: int) -> int:
         """The severity of item ``index`` (0 for an item left clean)."""

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from utae.corruptions import KINDS, corrupt
+from utae.corruption_spec import KINDS
+from utae.corruptions import corrupt
 from utae.data import FOLD_ROTATIONS, PastisDataset
 from utae.atomic import read_json
 from utae.runfolder import read_predictions

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from utae.checks import require_columns
-from utae.corruptions import KINDS, SEVERITY_TABLE
+from utae.corruption_spec import KINDS, SEVERITY_TABLE
 from utae.study import AUGMENTATION_COLUMNS, config_columns, with_augmentation, with_dataset
 
 __all__ = [
@@ -152,7 +152,8 @@ def _ce(run: pd.DataFrame, partner: pd.DataFrame) -> tuple[float, int]:
 
 
 def kinds_in_order(kinds: Sequence[str]) -> list[str]:
-    """The distinct ``kinds`` in :data:`utae.corruptions.KINDS` order, then any other (sorted), then ``all kinds``."""
+    """The distinct ``kinds`` in :data:`utae.corruption_spec.KINDS` order, then any other (sorted), then
+    ``all kinds``."""
     seen = set(kinds)
     known = [k for k in KINDS if k in seen]
     return [*known, *sorted(k for k in seen if k not in KINDS and k != ALL_KINDS),
@@ -473,7 +474,7 @@ def unpaired_text(scores: pd.DataFrame) -> str:
 
 
 def severity_table() -> pd.DataFrame:
-    """:data:`utae.corruptions.SEVERITY_TABLE` for a report: one row a kind, one column a severity, each cell its
+    """:data:`utae.corruption_spec.SEVERITY_TABLE` for a report: one row a kind, one column a severity, each cell its
     parameters (e.g. ``"date_share 0.1, cover 0.3"``)."""
     return pd.DataFrame({s: {kind: ", ".join(f"{k} {v:g}" for k, v in levels[s].items())
                              for kind, levels in SEVERITY_TABLE.items()} for s in (1, 2, 3, 4, 5)}

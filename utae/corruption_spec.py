@@ -11,10 +11,10 @@ the checks of a kind and a severity, and the parsing of the two config fields (t
 
 Every error is one line that names the field and the allowed values.
 
-Public names (all re-exported by :mod:`utae.corruptions`): :data:`KINDS`, :data:`SEVERITIES`,
-:data:`SEVERITY_TABLE`, :func:`check_kind`, :func:`check_severity`, :func:`corruption_params`,
-:func:`severity_table_rows`, :class:`CorruptionSpec`, :func:`parse_corruption_spec`, :data:`ALL`,
-:func:`parse_test_corruptions`, :func:`all_test_corruptions`.
+Public names (import them from here; :mod:`utae.corruptions` holds only the torch code that draws the
+corruptions): :data:`KINDS`, :data:`SEVERITIES`, :data:`SEVERITY_TABLE`, :func:`check_kind`,
+:func:`check_severity`, :func:`corruption_params`, :func:`severity_table_rows`, :class:`CorruptionSpec`,
+:func:`parse_corruption_spec`, :data:`ALL`, :func:`parse_test_corruptions`, :func:`all_test_corruptions`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "ALL",
     "check_kind",
     "check_severity",
+    "kind_seed",
     "corruption_params",
     "severity_table_rows",
     "CorruptionSpec",
@@ -63,6 +64,12 @@ SEVERITY_TABLE: dict[str, dict[int, dict[str, float | int]]] = {
 }
 #: Keeps the severity draw of a training sample apart from every other seeded stream.
 _SEVERITY_STREAM = 13
+
+
+def kind_seed(kind: str) -> int:
+    """The integer that stands for ``kind`` in a seed key: the CRC-32 of its name (never Python's ``hash()``, so
+    the same in every process and version)."""
+    return zlib.crc32(kind.encode("ascii"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class CorruptionSpec:
             return sev[0]
         if isinstance(seed, bool) or isinstance(index, bool) or int(seed) < 0 or int(index) < 0:
             raise ValueError(f"seed and index must be ints >= 0; got seed={seed!r}, index={index!r}")
-        key = [int(seed), _SEVERITY_STREAM, int(index), zlib.crc32(self.kind.encode("ascii"))]
+        key = [int(seed), _SEVERITY_STREAM, int(index), kind_seed(self.kind)]
         return sev[int(np.random.default_rng(np.random.SeedSequence(key)).integers(len(sev)))]
 
     def to_json(self) -> dict[str, Any]:

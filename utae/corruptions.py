@@ -14,7 +14,7 @@ as ``x' = a * x + (b + (a - 1) * mean) / std``: pixels a corruption leaves alone
 ``gaussian`` is today's test-time noise (:func:`utae.noise.add_test_noise`, ``space="normalized"``): N(0, std) on
 the normalised input, the very same draws for the same ``(seed, patch id, std)``.
 
-Severity table (:data:`SEVERITY_TABLE`; severity 0 or ``"none"`` is the identity):
+Severity table (:data:`utae.corruption_spec.SEVERITY_TABLE`; severity 0 or ``"none"`` is the identity):
 
 =================  ==================================  =====  =====  =====  =====  =====
 kind               parameter                           1      2      3      4      5
@@ -58,55 +58,38 @@ severity)`` alone, through ``numpy.random.SeedSequence`` and a CRC-32 of the kin
 ``hash()``), and only from the patch's real (non-padded) frames: they do not depend on the batch, its padding, the
 order, the process, the worker count or the device. Inputs are never modified; padded frames come back untouched.
 
-Public names: :data:`KINDS`, :data:`SEVERITIES`, :data:`SEVERITY_TABLE`, :data:`CONSTANTS`, :func:`corrupt`
-(one patch ``(T, C, H, W)``), :func:`corrupt_batch` (a padded batch ``(B, T, C, H, W)``), :func:`corruption_params`,
-:func:`severity_table_rows`, :func:`check_kind`, :func:`check_severity`, :func:`check_series_length`,
-:class:`CorruptionSpec` and :func:`parse_corruption_spec` (a config field's value: ``"clouds:3"``,
-``"clouds:1-5"`` or ``{"kind": "clouds", "severity": [1, 5], "fraction": 0.25}``). The kinds, the severity table,
-the checks and the config values live in the torch-free :mod:`utae.corruption_spec` (so that
-:class:`utae.config.RunConfig` validates its fields without torch) and are re-exported here.
+Public names: :data:`CONSTANTS`, :data:`CLOUD_SPECTRUM`, :data:`HAZE_SPECTRUM`, :func:`corrupt` (one patch
+``(T, C, H, W)``), :func:`corrupt_batch` (a padded batch ``(B, T, C, H, W)``), :func:`check_series_length`,
+:func:`corruption_generator`. The kinds, the severity table and its checks and the config values
+(:data:`~utae.corruption_spec.KINDS`, :data:`~utae.corruption_spec.SEVERITIES`,
+:data:`~utae.corruption_spec.SEVERITY_TABLE`, :func:`~utae.corruption_spec.corruption_params`,
+:func:`~utae.corruption_spec.severity_table_rows`, :func:`~utae.corruption_spec.check_kind`,
+:func:`~utae.corruption_spec.check_severity`, :class:`~utae.corruption_spec.CorruptionSpec`,
+:func:`~utae.corruption_spec.parse_corruption_spec`: a config field's value ``"clouds:3"``, ``"clouds:1-5"`` or
+``{"kind": "clouds", "severity": [1, 5], "fraction": 0.25}``) live in the torch-free :mod:`utae.corruption_spec`
+(so that :class:`utae.config.RunConfig` validates its fields without torch); import them from there.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utae.corruption_spec import (
-    KINDS,
-    SEVERITIES,
-    SEVERITY_TABLE,
-    CorruptionSpec,
-    check_kind,
-    check_severity,
-    corruption_params,
-    parse_corruption_spec,
-    severity_table_rows,
-)
-from utae.noise import add_test_noise
+from utae.corruption_spec import SEVERITY_TABLE, check_kind, check_severity, kind_seed
+from utae.noise import add_test_noise, seeded_generator
 
 __all__ = [
-    "KINDS",
-    "SEVERITIES",
-    "SEVERITY_TABLE",
     "CONSTANTS",
     "CLOUD_SPECTRUM",
     "HAZE_SPECTRUM",
     "corrupt",
     "corrupt_batch",
-    "corruption_params",
-    "severity_table_rows",
-    "check_kind",
-    "check_severity",
     "check_series_length",
     "corruption_generator",
-    "CorruptionSpec",
-    "parse_corruption_spec",
 ]
 
 #: Relative cloud reflectance per band (B2 B3 B4 B5 B6 B7 B8 B8A B11 B12): bright and flat, darker in the SWIR.
@@ -150,11 +133,10 @@ def check_series_length(kind: str, severity: int, n_dates: int) -> None:
 def corruption_generator(seed: int, patch_id: int, kind: str, severity: int) -> torch.Generator:
     """The CPU generator of ``kind`` at ``severity`` on patch ``patch_id`` under run seed ``seed``: seeded from
     those four alone (the kind through the CRC-32 of its name, stable across processes and versions)."""
-    key = [int(seed), _STREAM, int(patch_id), zlib.crc32(kind.encode("ascii")), int(severity)]
+    key = [int(seed), _STREAM, int(patch_id), kind_seed(kind), int(severity)]
     if any(k < 0 for k in key):
         raise ValueError(f"seed and patch_id must be >= 0; got seed={seed}, patch_id={patch_id}")
-    state = np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return seeded_generator(*key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +334,7 @@ def corrupt(image: torch.Tensor, dates: torch.Tensor, kind: str, severity: int |
     Args:
         image: ``(T, C, H, W)`` float, **normalised** (``(raw - mean) / std`` per band); never modified.
         dates: ``(T,)`` int days since the reference date; never modified.
-        kind: one of :data:`KINDS`.
+        kind: one of :data:`utae.corruption_spec.KINDS`.
         severity: 1..5; 0, None or ``"none"`` return copies of the inputs.
         seed: the run's seed; patch_id: the patch's id (both >= 0). The draws depend on
             ``(seed, patch_id, kind, severity)`` and the number of real frames alone.

@@ -36,6 +36,7 @@ __all__ = [
     "add_test_noise",
     "normalized_std",
     "seeded_generator",
+    "select_items",
     "select_noisy",
     "NoiseSpec",
     "NoisyDataset",
@@ -250,13 +251,19 @@ class NoiseSpec:
         return asdict(self)
 
 
-def select_noisy(n_items: int, fraction: float, seed: int) -> list[int]:
-    """The sorted indices of the ``round(fraction * n_items)`` noisy samples among ``n_items``, chosen by ``seed``."""
+def select_items(n_items: int, fraction: float, key: Sequence[int]) -> list[int]:
+    """The sorted indices of ``round(fraction * n_items)`` distinct samples among ``n_items`` (Python's ``round``),
+    drawn without replacement by a generator seeded from the integer tuple ``key`` (through SeedSequence)."""
     if n_items < 0:
         raise ValueError(f"n_items must be >= 0, got {n_items}")
     k = int(round(fraction * n_items))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _SELECT_STREAM]))
+    rng = np.random.default_rng(np.random.SeedSequence(list(key)))
     return sorted(int(i) for i in rng.choice(n_items, size=k, replace=False))
+
+
+def select_noisy(n_items: int, fraction: float, seed: int) -> list[int]:
+    """The sorted indices of the ``round(fraction * n_items)`` noisy samples among ``n_items``, chosen by ``seed``."""
+    return select_items(n_items, fraction, (seed, _SELECT_STREAM))
 
 
 def seeded_generator(*key: int) -> torch.Generator:
@@ -315,14 +322,12 @@ class NoisyDataset(torch.utils.data.Dataset):
         self.channel_std = None if channel_std is None else np.asarray(channel_std, dtype=np.float64).copy()
         self.std_normalized = normalized_std(spec.std, spec.space, self.channel_std)
         self.epoch = 0
-        chosen = select_noisy(len(dataset), spec.fraction, spec.seed) if spec.std > 0 else []
-        self._noisy = frozenset(chosen)
-        self._noisy_sorted = chosen
+        self._noisy = frozenset(select_noisy(len(dataset), spec.fraction, spec.seed) if spec.std > 0 else ())
 
     @property
     def noisy_indices(self) -> list[int]:
         """Sorted indices of the items that receive noise (empty when ``spec.std == 0``)."""
-        return list(self._noisy_sorted)
+        return sorted(self._noisy)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (matters only with ``spec.resample``)."""

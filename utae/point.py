@@ -185,7 +185,7 @@ def execute_notebook(
             papermill.execute_notebook(
                 str(notebook), str(partial), parameters=dict(parameters), kernel_name=KERNEL_NAME,
                 cwd=str(REPO_ROOT), progress_bar=False, log_output=False, execution_timeout=timeout,
-                config=kernel_config(),  # no "Kernel is running over TCP without encryption" line a point
+                config=kernel_config(),  # no unencrypted-TCP warning, no interrupt at shutdown
             )
         except PapermillExecutionError as exc:
             raise SweepError(f"{notebook} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "

@@ -64,7 +64,7 @@ from utae.atomic import (
     remove_stale_temp,
 )
 from utae.config import RunConfig
-from utae.corruptions import SEVERITY_TABLE
+from utae.corruption_spec import SEVERITY_TABLE
 from utae.data import pad_collate
 from utae.distributed import DistContext, barrier, dist_context, gather_objects, init_process_group
 from utae.engine import (
