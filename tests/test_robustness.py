@@ -18,7 +18,15 @@ from utae import compare, corruption_examples, corruption_scores as cs, plots, r
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The committed runs of the default study (today's format: no corruption keys in config.json or metrics.json).
-COMMITTED = REPO_ROOT / "results" / "runs"
+#: A committed platform folder of the default study (runs of today's format, evaluated in padded batches).
+COMMITTED = REPO_ROOT / "results" / "runs" / "cpu-amd-epyc-avx2"
+#: What a clone holds of a run folder: the run's own files, not what a run left on the machine that made it.
+LOCAL_FILES = shutil.ignore_patterns("*.ipynb", "*.pt", "tensorboard", ".lock", "*.tmp")
+
+
+def copy_committed(runs: Path) -> Path:
+    """The committed platform folder copied into ``runs`` (its run files only)."""
+    return Path(shutil.copytree(COMMITTED, runs / COMMITTED.name, ignore=LOCAL_FILES))
 CLOUDS = {"kind": "clouds", "severity": [1, 5], "fraction": 0.25}
 
 
@@ -229,8 +237,7 @@ def make_corruption_results(tmp: Path, dataset: Path | None = None) -> Path:
     clouds-trained copies of the clean runs and a haze-trained run without a clean partner. With ``dataset``, the
     runs name it as their dataset, and the first clean-trained run's predictions.npz holds a patch of its test fold."""
     root = tmp / "results"
-    shutil.copytree(COMMITTED, root / "runs")
-    plat_dir = next((root / "runs").iterdir())
+    plat_dir = copy_committed(root / "runs")
     kinds = {"gaussian": 0.02, "clouds": 0.05, "missing_dates": 0.03}
     copies = [(f"clouds-seed{seed}", f"noise0-seed{seed}", seed, CLOUDS) for seed in (0, 1, 2)]
     copies.append(("haze-seed9", "noise0-seed2", 9, {"kind": "haze", "severity": 3, "fraction": 0.5}))
@@ -276,13 +283,13 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 def test_committed_runs_of_todays_format_load_without_corruptions(tmp_path):
-    shutil.copytree(COMMITTED, tmp_path / "results" / "runs")
+    copy_committed(tmp_path / "results" / "runs")
     assert results.load_test_corruptions(tmp_path / "results" / "runs").empty
     data = compare.load_study(tmp_path / "results")
     assert not data.has_corruptions and data.robustness.empty and data.corruption_scores.empty
     assert not (tmp_path / "results" / compare.ROBUSTNESS_CSV).exists()
     assert (tmp_path / "results" / compare.SUMMARY_CSV).is_file()
-    levels = sorted({json.loads((d / "config.json").read_text())["noise_std"] for d in COMMITTED.glob("*/*")})
+    levels = sorted({json.loads(d.read_text())["noise_std"] for d in COMMITTED.glob("*/config.json")})
     assert list(study.run_counts(data.runs).columns) == [f"noise {v:g}" for v in levels]  # as before
 
 
@@ -319,7 +326,7 @@ def test_load_study_writes_robustness_csv(tmp_path):
     gauss = written[(written["augmentation"] == "gaussian σ=0.5") & (written["kind"] == "clouds")].iloc[0]
     assert gauss["n_pairs"] == 2 and gauss["seeds"] == "0 1"
     assert any("haze-seed9" in n for n in data.corruption_scores.attrs["notes"])
-    levels = sorted({json.loads((d / "config.json").read_text())["noise_std"] for d in COMMITTED.glob("*/*")})
+    levels = sorted({json.loads(d.read_text())["noise_std"] for d in COMMITTED.glob("*/config.json")})
     assert sorted(study.run_counts(data.runs).columns) == sorted(
         ["clouds 1-5", "haze 3", "none", *[f"gaussian σ={v:g}" for v in levels if v > 0]])
 
