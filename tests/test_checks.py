@@ -61,3 +61,12 @@ def test_run_ids_follow_the_rule() -> None:
     for grid in grids:
         run_id = run_id_for(grid)
         assert safe_path_name(run_id, "run id") == run_id
+
+
+def test_item_index_counts_from_the_end_and_names_the_size() -> None:
+    from utae.checks import item_index
+
+    assert [item_index(i, 3) for i in (0, 2, -1, -3)] == [0, 2, 2, 0]
+    for bad in (3, -4):
+        with pytest.raises(IndexError, match=rf"index {bad} out of range for a dataset of 3 items"):
+            item_index(bad, 3)

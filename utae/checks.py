@@ -13,7 +13,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
-__all__ = ["is_int", "is_number", "is_whole_number", "require_columns", "safe_path_name", "PATH_NAME_RE",
+__all__ = ["is_int", "is_number", "is_whole_number", "item_index", "require_columns", "safe_path_name", "PATH_NAME_RE",
            "MAX_PATH_NAME"]
 
 #: A name that becomes one path component: ASCII letters, digits, '.', '_', '+', '-', starting with a letter or
@@ -78,3 +78,12 @@ def safe_path_name(name: Any, what: str) -> str:
         why = f"holds {bad!r}"
     shown = name if len(name) <= 80 else name[:77] + "..."
     raise ValueError(f"{what} {shown!r} {why}; {rule}")
+
+
+def item_index(index: int, n: int) -> int:
+    """``index`` of a dataset of ``n`` items as a non-negative int (negative indices count from the end).
+
+    Raises ``IndexError`` naming the index and the dataset's size."""
+    if not -n <= index < n:
+        raise IndexError(f"index {index} out of range for a dataset of {n} items")
+    return int(index) % n

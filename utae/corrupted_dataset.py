@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utae.checks import item_index
 from utae.corruption_spec import CorruptionSpec, kind_seed, parse_corruption_spec
 from utae.corruptions import corrupt
 from utae.noise import select_items
@@ -96,10 +97,7 @@ class CorruptedDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} items")
-        index = int(index) % n
+        index = item_index(index, len(self))
         item = self.dataset[index]
         if index not in self._chosen:
             return item

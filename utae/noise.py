@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from utae.checks import item_index
+
 __all__ = [
     "NOISE_SPACES",
     "add_noise",
@@ -345,10 +347,7 @@ class NoisyDataset(torch.utils.data.Dataset):
         return seeded_generator(self.spec.seed, _FIXED_STREAM, index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} items")
-        index = int(index) % n
+        index = item_index(index, len(self))
         item = self.dataset[index]
         if index not in self._noisy:
             return item
