@@ -38,6 +38,8 @@ def root(tmp_path: Path) -> str:
         ("fold", 0),
         ("fold", 6),
         ("batch_size", 0),
+        ("eval_batch_size", 0),
+        ("eval_batch_size", True),
         ("lr", 0.0),
         ("seed", -1),
         ("amp", "fp8"),
@@ -249,6 +251,15 @@ def test_an_old_config_without_the_corruption_fields_reads_as_none(root: str) ->
     cfg = RunConfig.from_dict(old)
     assert cfg.train_corruption is None and cfg.test_corruptions == ()
     assert config_differences(old, cfg) == []  # the same run under the same-run rule
+
+
+def test_an_old_config_without_eval_batch_size_means_one_patch_per_forward(root: str) -> None:
+    old = RunConfig(dataset_root=root).to_dict()
+    del old["eval_batch_size"]  # a config.json written before the field existed: evaluated patch by patch
+    cfg = RunConfig.from_dict(old)
+    assert cfg.eval_batch_size == 1 and config_differences(old, cfg) == []
+    grouped = cfg.replace(eval_batch_size=4)  # another grouping is another run: it changes the float rounding
+    assert config_differences(old, grouped) == ["eval_batch_size: stored 1 != new 4"]
 
 
 def test_the_corruption_fields_are_normalised_and_round_trip(root: str) -> None:

@@ -212,11 +212,13 @@ def test_the_corruption_study_preset(tmp_path: Path) -> None:
     configs = {p.run_id: RunConfig.from_dict({**p.params, "dataset_root": str(root)}) for p in sweep.points}
     reference = RunConfig.from_dict({**default.points[0].params, "dataset_root": str(root)})
     for run_id, cfg in configs.items():
-        # the default study's data, model and schedule; every kind at every severity
+        # the default study's data, model and schedule; every kind at every severity, evaluated in groups of 4
+        # same-length patches (the default study: one patch per forward)
         same = {k: v for k, v in cfg.to_dict().items() if k not in ("noise_std", "seed", "train_corruption",
-                                                                  "test_corruptions")}
+                                                                  "test_corruptions", "eval_batch_size")}
         assert same == {k: v for k, v in reference.to_dict().items() if k in same}, run_id
         assert cfg.test_corruptions == all_test_corruptions() and len(cfg.test_corruptions) == 35
+        assert (cfg.eval_batch_size, reference.eval_batch_size) == (4, 1)
     assert configs["aug-none-seed0"].noise_std == 0.0 and configs["aug-none-seed0"].train_corruption is None
     gaussian = configs["aug-gaussian-seed1"]
     assert (gaussian.noise_std, gaussian.noise_fraction, gaussian.train_corruption) == (1.0, 0.25, None)

@@ -251,6 +251,24 @@ def test_reflect_pad_matches_torch_values_and_gradients(pad, shape, channels_las
     assert torch.autograd.gradgradcheck(lambda t: reflect_pad(t, pad), (xr,))
 
 
+def test_evaluation_skips_the_autograd_functions_with_the_same_forward():
+    """Without gradients, reflect_pad and group_weighted_sum skip their autograd Functions (the per-call cost of
+    a Function is most of their time at evaluation); the values are bit for bit the Functions' (float32, random)."""
+    from utae.model import _GroupWeightedSum, _ReflectPad
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 9, 7, generator=g)
+    with torch.no_grad():
+        assert torch.equal(reflect_pad(x, 2), _ReflectPad.apply(x, 2))
+    assert reflect_pad(x, 2).grad_fn is None  # x needs no gradient: the plain path
+    assert reflect_pad(x.clone().requires_grad_(True), 2).grad_fn is not None
+    xs, ws = torch.randn(2, 5, 8, 3, 4, generator=g), torch.rand(2, 5, 4, 3, 4, generator=g)
+    with torch.no_grad():
+        plain = group_weighted_sum(xs, ws)
+    assert plain.grad_fn is None and torch.equal(plain, _GroupWeightedSum.apply(xs, ws))
+    assert group_weighted_sum(xs, ws.clone().requires_grad_(True)).grad_fn is not None
+
+
 def test_reflect_pad_rejects_pad_not_below_size():
     with pytest.raises(ValueError, match=r"reflect_pad: pad must be in \[0, min\(H, W\)\) = \[0, 4\), got 4"):
         reflect_pad(torch.zeros(1, 1, 4, 6), 4)

@@ -86,6 +86,11 @@ class RunConfig:
         epochs, batch_size, lr, seed: training length, batch size, Adam learning rate, seed of everything
             (weights, shuffling, subsets, noise). ``epochs`` 0 (only with ``init_weights``) evaluates the
             given weights without training.
+        eval_batch_size: validation and test run each patch on its own dates only (no padded step reaches the
+            model), in groups of up to this many patches of the same series length (:func:`utae.engine.evaluate`).
+            1 (the default, and what a run's config.json without the field means) is one patch per forward; a
+            larger group is faster and changes only the rounding of float sums (a patch's logits by about 1e-7),
+            never with the loader's batch size.
         init_weights: None (random initial weights), or the file of the initial weights: official U-TAE
             weights (``Fold_k/model.pth.tar`` or a ``.npz`` state dict) or a run checkpoint of this tool
             (``checkpoint.pt``: the weights of its best epoch). ``$VAR`` / ``${VAR}`` and ``~`` are expanded
@@ -132,6 +137,7 @@ class RunConfig:
     epochs: int = 15
     init_weights: str | None = None
     batch_size: int = 2
+    eval_batch_size: int = 1
     lr: float = 1e-3
     lr_schedule: str = "constant"
     lr_warmup: float = 0.0
@@ -200,7 +206,7 @@ class RunConfig:
         self.dataset_root = expanded
 
     def _check_ints(self) -> None:
-        bounds = {"fold": (1, 5), "epochs": (0, None), "batch_size": (1, None), "seed": (0, None),
+        bounds = {"fold": (1, 5), "epochs": (0, None), "batch_size": (1, None), "eval_batch_size": (1, None), "seed": (0, None),
                   "n_head": (1, None), "d_model": (1, None), "d_k": (1, None), "num_workers": (0, None),
                   "n_examples": (0, None)}
         for name, (lo, hi) in bounds.items():

@@ -323,31 +323,91 @@ def _pad_free_patches(batch: Mapping[str, torch.Tensor]) -> list[dict[str, torch
     return out
 
 
+#: How many patches of one length may wait for their group before every group is run (times the group size):
+#: it bounds the memory of :class:`_SameLengthGroups` (a real PASTIS patch of 61 dates is about 40 MB).
+_PENDING_GROUPS = 4
+
+
+class _SameLengthGroups:
+    """Pad-free patches (batches of one, :func:`_pad_free_patches`) stacked into batches of up to ``size``
+    patches of the same length, so that no padded time step reaches the model.
+
+    A group leaves as soon as it is full; when ``size * _PENDING_GROUPS`` patches wait, every group leaves
+    (shortest series first), and so do the rest at the end. The groups therefore depend on the order of the
+    patches and on ``size`` only, never on the loader's batches: the same ``size`` gives the same arithmetic
+    at any loader batch size. ``size`` 1 is one patch per forward.
+    """
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"eval_batch_size must be an int >= 1, got {size!r}")
+        self.size = size
+        self.pending: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self.n_pending = 0
+
+    @staticmethod
+    def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def add(self, part: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Queue one patch ``image (1, T, C, H, W)``...; returns the groups ready to run (stacked dicts)."""
+        group = self.pending.setdefault(int(part["image"].shape[1]), [])
+        group.append(part)
+        self.n_pending += 1
+        if len(group) == self.size:
+            del self.pending[int(part["image"].shape[1])]
+            self.n_pending -= self.size
+            return [self._stack(group)]
+        if self.n_pending >= self.size * _PENDING_GROUPS:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[dict[str, torch.Tensor]]:
+        """Every waiting group (shortest series first), stacked; nothing waits afterwards."""
+        out = [self._stack(self.pending[t]) for t in sorted(self.pending)]
+        self.pending, self.n_pending = {}, 0
+        return out
+
+
 @torch.no_grad()
 def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *, noise_std: float = 0.0,
                    seed: int = 0, noise_space: str = "normalized", channel_std: Any = None,
                    amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None, progress: bool = False,
                    desc: str = "eval", eval_mode: str = EVAL_MODE, corruption: tuple[str, int] | None = None,
-                   norm: tuple[Any, Any] | None = None) -> EpochResult:
+                   norm: tuple[Any, Any] | None = None, eval_batch_size: int = 1) -> EpochResult:
     """Evaluate ``model`` on every sample of ``loader``, with seeded test-time noise of ``noise_std``
     (:func:`utae.noise.add_test_noise`) and/or a corruption ``(kind, severity)`` of :mod:`utae.corruptions`
     (``norm=(mean, std)``: the ``(C,)`` statistics the split is normalised with, needed by the kinds defined on
     raw reflectance); the :class:`EpochResult` is summed over processes.
 
-    ``eval_mode`` (:data:`EVAL_MODES`): ``"pad_free"`` (the default, :data:`EVAL_MODE`) runs one patch per forward
-    on its real frames only, so the scores do not depend on the batch size, the order or the padding;
-    ``"padded_batches"`` runs the loader's padded batches as they come (the official evaluation).
+    ``eval_mode`` (:data:`EVAL_MODES`): ``"pad_free"`` (the default, :data:`EVAL_MODE`) runs each patch on its
+    real frames only, in groups of up to ``eval_batch_size`` patches of the same length (after the noise and the
+    corruption; :class:`_SameLengthGroups`), so that no padded step reaches the model and the scores do not
+    depend on the loader's batch size or padding. ``eval_batch_size`` 1 is one patch per forward; a larger group
+    changes only the rounding of the float sums (a patch's logits by about 1e-7 in float32), and runs faster.
+    ``"padded_batches"`` runs the loader's padded batches as they come (the official evaluation;
+    ``eval_batch_size`` unused).
     """
     _check_eval_mode(eval_mode)
+    groups = _SameLengthGroups(eval_batch_size)
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
     bar = _progress_bar(len(loader), desc, progress and ctx.is_main)
     tally = _Tally(device)
+
+    def run(part: Mapping[str, torch.Tensor]) -> None:
+        x, dates_d, pad_d, target = to_device(
+            {k: part[k] for k in ("image", "dates", "pad_mask", "mask")}, device)
+        with autocast(device, amp_dtype):
+            logits = model(x, batch_positions=dates_d, pad_mask=pad_d)
+        tally.add(logits, target, *compute_loss(logits, target))
+
     try:
         for batch in loader:
             # pad_free: each patch alone, trimmed to its real frames before the noise and the corruption are
-            # drawn, so that nothing about it depends on the batch; padded_batches: the loader's batch as is.
+            # drawn, so that nothing about it depends on the batch, then grouped with patches of its length;
+            # padded_batches: the loader's batch as is.
             parts = [batch] if eval_mode == "padded_batches" else _pad_free_patches(batch)
             for part in parts:
                 image = add_test_noise(part["image"], part["pad_mask"], part["patch_id"], noise_std, seed=seed,
@@ -356,12 +416,12 @@ def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *
                 if corruption is not None:
                     image, dates, pad_mask = corrupt_batch(image, dates, corruption[0], corruption[1], seed=seed,
                                                            patch_ids=part["patch_id"], norm=norm, pad_mask=pad_mask)
-                x, dates_d, pad_d, target = to_device(
-                    {"image": image, "dates": dates, "pad_mask": pad_mask, "mask": part["mask"]}, device)
-                with autocast(device, amp_dtype):
-                    logits = model(x, batch_positions=dates_d, pad_mask=pad_d)
-                tally.add(logits, target, *compute_loss(logits, target))
+                ready = {"image": image, "dates": dates, "pad_mask": pad_mask, "mask": part["mask"]}
+                for group in ([ready] if eval_mode == "padded_batches" else groups.add(ready)):
+                    run(group)
             bar.update(1)
+        for group in groups.flush():
+            run(group)
     finally:
         bar.close()
         model.train(was_training)
@@ -372,10 +432,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, nois
              seed: int = 0, noise_space: str = "normalized", channel_std: Any = None,
              amp: str | torch.dtype | None = None, ctx: DistContext | None = None,
              progress: bool = False, desc: str = "eval", eval_mode: str = EVAL_MODE,
-             corruption: tuple[str, int] | None = None, norm: tuple[Any, Any] | None = None
-             ) -> tuple[np.ndarray, float]:
+             corruption: tuple[str, int] | None = None, norm: tuple[Any, Any] | None = None,
+             eval_batch_size: int = 1) -> tuple[np.ndarray, float]:
     """Evaluate ``model`` on every sample of ``loader`` (see :func:`evaluate_epoch`, also for ``eval_mode``,
-    ``corruption`` and ``norm``).
+    ``eval_batch_size``, ``corruption`` and ``norm``).
 
     ``amp`` is a ``RunConfig.amp`` mode (which also sets the float32 math, see :func:`utae.precision.float32_math`)
     or an autocast dtype (None: float32, under the current TensorFloat-32 settings).
@@ -389,7 +449,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, nois
     with math_mode:
         result = evaluate_epoch(model, loader, device, noise_std=noise_std, seed=seed, noise_space=noise_space,
                                 channel_std=channel_std, amp_dtype=amp_dtype, ctx=ctx, progress=progress, desc=desc,
-                                eval_mode=eval_mode, corruption=corruption, norm=norm)
+                                eval_mode=eval_mode, corruption=corruption, norm=norm,
+                                eval_batch_size=eval_batch_size)
     return result.cm, result.loss
 
 
@@ -411,13 +472,15 @@ def is_better(val_miou: float, best_score: float) -> bool:
 def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, seed: int = 0,
         state: TrainState | None = None, progress: bool = False,
         on_epoch_end: Callable[[TrainState], None] | None = None,
-        max_epochs_this_call: int | None = None, eval_mode: str = EVAL_MODE) -> TrainState:
+        max_epochs_this_call: int | None = None, eval_mode: str = EVAL_MODE, eval_batch_size: int = 1
+        ) -> TrainState:
     """Train from ``state.epoch + 1`` to ``epochs``, validating after each epoch.
 
     The best epoch is the one with the highest validation mIoU (NaN counts as the lowest; a tie goes to the
     later epoch); its weights are kept in ``state.best_model``. ``on_epoch_end(state)`` runs after each
     epoch (the run writes its checkpoint and history there). ``max_epochs_this_call`` stops after that many
-    epochs of this call (a planned interruption). Validation runs in ``eval_mode`` (see :func:`evaluate_epoch`).
+    epochs of this call (a planned interruption). Validation runs in ``eval_mode``, in groups of up to
+    ``eval_batch_size`` patches of one length (see :func:`evaluate_epoch`).
     Returns the state.
     """
     state = state or TrainState()
@@ -431,7 +494,7 @@ def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epo
         tr = train_one_epoch(engine, train_loader, epoch=epoch, progress=progress)
         broadcast_buffers(engine.raw, ctx)
         va = evaluate_epoch(engine.eval_model, val_loader, device, seed=seed, amp_dtype=engine.amp_dtype, ctx=ctx,
-                            desc="val", eval_mode=eval_mode)
+                            desc="val", eval_mode=eval_mode, eval_batch_size=eval_batch_size)
         tr_s, va_s = scores(tr.cm), scores(va.cm)
         if is_better(va_s["miou"], state.best_score):
             state.best_epoch, state.best_score = epoch, _score(va_s["miou"])

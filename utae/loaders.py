@@ -5,7 +5,9 @@ training corruption, and loaders that shard over processes and shuffle from ``(s
 split in a DataLoader whose batches are :func:`utae.data.pad_collate` dicts (``image`` ``(B, T, C, H, W)``,
 ``dates`` ``(B, T)``, ``pad_mask`` ``(B, T)``, ``mask`` ``(B, H, W)``, ``patch_id`` ``(B,)``);
 :func:`set_loader_epoch` makes an epoch's order, worker seeds and resampled noise depend only on
-``(seed, epoch)``, so that a resumed run sees the batches an uninterrupted one would.
+``(seed, epoch)``, so that a resumed run sees the batches an uninterrupted one would. :class:`ReplayLoader`
+keeps a small evaluation split's batches in memory, so that validation every epoch and the test at every noise
+level and corruption read its files once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from utae.data import FOLD_ROTATIONS, PastisDataset, pad_collate
 from utae.distributed import DistContext, ShardSampler
 from utae.noise import NoiseSpec, NoisyDataset
 
-__all__ = ["Splits", "make_datasets", "make_loader", "set_loader_epoch"]
+__all__ = ["Splits", "make_datasets", "make_loader", "set_loader_epoch", "ReplayLoader", "REPLAY_MAX_BYTES"]
 
 
 @dataclass
@@ -127,3 +129,49 @@ def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
     if loader.generator is not None:
         loader.generator.manual_seed(seed * 100_003 + epoch)
 
+
+
+#: The most bytes of batches a :class:`ReplayLoader` keeps (the synthetic default's test split takes about 2 MB;
+#: a real PASTIS test fold, about 15 GB, is read again on every pass).
+REPLAY_MAX_BYTES = 512 * 2**20
+
+
+class ReplayLoader:
+    """An evaluation loader that reads its files once when its batches are small.
+
+    The first complete pass over ``loader`` keeps its batches while they total at most ``max_bytes``; the
+    passes after it yield those same batch dicts again, in the same order, without reading a file. A larger
+    split is read again on every pass, as the plain loader would. The batches are shared between passes, so
+    nothing may change them in place (evaluation never does: noise and corruptions return new tensors).
+    ``len()`` and ``dataset`` are the wrapped loader's.
+    """
+
+    def __init__(self, loader: DataLoader, max_bytes: int = REPLAY_MAX_BYTES) -> None:
+        self.loader = loader
+        self.max_bytes = int(max_bytes)
+        self._kept: list[dict] | None = None
+        self._too_big = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    def __iter__(self):
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[dict] = []
+        size = 0
+        for batch in self.loader:
+            if not self._too_big:
+                size += sum(t.numel() * t.element_size() for t in batch.values() if torch.is_tensor(t))
+                if size <= self.max_bytes:
+                    kept.append(batch)
+                else:
+                    self._too_big, kept = True, []
+            yield batch
+        if not self._too_big:  # only a pass that ran to its end is kept
+            self._kept = kept

@@ -107,6 +107,8 @@ def reflect_pad(x: Tensor, pad: int) -> Tensor:
     h, w = x.shape[-2:]
     if not 0 < pad < min(h, w):
         raise ValueError(f"reflect_pad: pad must be in [0, min(H, W)) = [0, {min(h, w)}), got {pad}")
+    if not (torch.is_grad_enabled() and x.requires_grad):  # evaluation: the same forward, without the Function
+        return F.pad(x, (pad, pad, pad, pad), mode="reflect")
     return _ReflectPad.apply(x, pad)
 
 
@@ -141,11 +143,16 @@ class _GroupWeightedSum(torch.autograd.Function):
     """See :func:`group_weighted_sum`."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weights: Tensor) -> Tensor:
+    def views(x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` as ``(B, T, G, C/G, H*W)`` and ``weights`` as ``(B, T, G, 1, H*W)``."""
         b, t, c, h, w = x.shape
         g = weights.shape[2]
-        xv = x.contiguous().view(b, t, g, c // g, h * w)
-        wv = weights.contiguous().view(b, t, g, 1, h * w)
+        return x.contiguous().view(b, t, g, c // g, h * w), weights.contiguous().view(b, t, g, 1, h * w)
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weights: Tensor) -> Tensor:
+        b, t, c, h, w = x.shape
+        xv, wv = _GroupWeightedSum.views(x, weights)
         ctx.save_for_backward(xv, wv)
         ctx.x_shape = (b, t, c, h, w)
         return (xv * wv).sum(dim=1).view(b, c, h, w)
@@ -181,6 +188,9 @@ def group_weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
             f"group_weighted_sum: weights must be (B, T, G, H, W) = ({b}, {t}, G, {h}, {w}) with G dividing "
             f"C={c}, got {tuple(weights.shape)}"
         )
+    if not (torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)):
+        xv, wv = _GroupWeightedSum.views(x, weights)  # evaluation: the same forward, without the Function
+        return (xv * wv).sum(dim=1).view(b, c, h, w)
     return _GroupWeightedSum.apply(x, weights)
 
 

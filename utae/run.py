@@ -77,7 +77,7 @@ from utae.engine import (
     fit,
     to_device,
 )
-from utae.loaders import Splits, make_datasets, make_loader
+from utae.loaders import ReplayLoader, Splits, make_datasets, make_loader
 from utae.metrics import scores
 from utae.platform import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
 from utae.platform import resolve_device
@@ -318,8 +318,10 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     # Fresh training noise each epoch must reach the workers, so they are rebuilt each epoch then.
     persistent_train = not (config.noise_resample and config.noise_std > 0)
     train_loader = make_loader(splits.train, train=True, persistent=persistent_train, **loader_kw)
-    val_loader = make_loader(splits.val, train=False, **loader_kw)
-    test_loader = make_loader(splits.test, train=False, **loader_kw)
+    # evaluation passes (validation each epoch, the test at every noise level and corruption) read a small
+    # split's files once
+    val_loader = ReplayLoader(make_loader(splits.val, train=False, **loader_kw))
+    test_loader = ReplayLoader(make_loader(splits.test, train=False, **loader_kw))
     engine = build_engine(config, device, amp_dtype, ctx, steps_per_epoch=len(train_loader))
     if ctx.enabled:
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # different dropout masks in each process
@@ -371,7 +373,8 @@ def _train(config: RunConfig, ctx: DistContext, engine: Engine, splits: Splits, 
     if ctx.is_main and state.history:
         _write_history(out, state.history)
     state = fit(engine, train_loader, val_loader, epochs=config.epochs, seed=config.seed, state=state,
-                progress=config.progress, on_epoch_end=save, max_epochs_this_call=max_epochs_this_call)
+                progress=config.progress, on_epoch_end=save, max_epochs_this_call=max_epochs_this_call,
+                eval_batch_size=config.eval_batch_size)
     if state.epoch < config.epochs:
         return None
     return _finish(config, engine, state, splits, test_loader, out, init)
@@ -385,7 +388,7 @@ def _evaluate_only(config: RunConfig, engine: Engine, splits: Splits, val_loader
     device = engine.device
     reset_peak_memory(device)
     va = evaluate_epoch(engine.eval_model, val_loader, device, seed=config.seed, amp_dtype=engine.amp_dtype,
-                        ctx=engine.ctx, progress=config.progress, desc="val")
+                        ctx=engine.ctx, progress=config.progress, desc="val", eval_batch_size=config.eval_batch_size)
     va_s = scores(va.cm)
     nan = float("nan")
     row = {"epoch": 0, "train_loss": nan, "train_oa": nan, "train_miou": nan,
@@ -435,7 +438,7 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, splits: Spl
     "oa", "miou", "iou"}`` in the config's order.
     """
     common = dict(seed=config.seed, amp_dtype=engine.amp_dtype, ctx=engine.ctx, progress=config.progress,
-                  eval_mode=EVAL_MODE)
+                  eval_mode=EVAL_MODE, eval_batch_size=config.eval_batch_size)
     results: dict[float, EpochResult] = {}
     for std in sorted({0.0, *config.test_noise_stds}):
         results[std] = evaluate_epoch(engine.eval_model, loader, engine.device, noise_std=std,
