@@ -72,6 +72,42 @@ def test_the_training_corruption_hits_exactly_its_seeded_share(n: int, fraction:
     assert chosen == select_corrupted(n, fraction, 0, "clouds")
 
 
+def test_the_mix_gives_each_sample_one_realistic_kind() -> None:
+    from scipy.stats import chisquare
+
+    from utae.corrupted_dataset import training_seed
+    from utae.corruption_spec import MIX_KINDS
+    from utae.corruptions import corrupt
+
+    base = _Series(300)
+    data = CorruptedDataset(base, {"kind": "mix", "severity": [1, 5], "fraction": 1.0}, seed=4, norm=NORM)
+    kinds = [data.kind_of(i) for i in range(300)]
+    assert set(kinds) == set(MIX_KINDS) and "gaussian" not in MIX_KINDS and len(MIX_KINDS) == len(KINDS) - 1
+    # uniform over the 6 kinds: 300 draws, about 50 each; a chi-square test at the 0.1% level (the draws are
+    # seeded, so this checks the draw's definition, not luck)
+    assert chisquare([kinds.count(k) for k in MIX_KINDS]).pvalue > 1e-3
+    for i in (0, 7, 123):  # each sample is exactly that kind's corruption at its severity, seeded as a single kind's
+        want, want_dates, _ = corrupt(base[i]["image"], base[i]["dates"], kinds[i], data.severity_of(i),
+                                      seed=training_seed(4), patch_id=i, norm=NORM)
+        assert torch.equal(data[i]["image"], want) and torch.equal(data[i]["dates"], want_dates)
+    again = CorruptedDataset(base, {"kind": "mix", "severity": [1, 5], "fraction": 1.0}, seed=4, norm=NORM)
+    assert [again.kind_of(i) for i in range(299, -1, -1)] == kinds[::-1]
+    assert kinds != [CorruptedDataset(base, {"kind": "mix", "severity": 3, "fraction": 1.0}, seed=5,
+                                      norm=NORM).kind_of(i) for i in range(300)]
+    assert data.kind_of(0) is not None and CorruptedDataset(base, TRAIN_CLOUDS, seed=0, norm=NORM).kind_of(
+        next(i for i in range(300) if i not in CorruptedDataset(base, TRAIN_CLOUDS, seed=0, norm=NORM)._chosen)) is None
+
+
+def test_the_mix_is_a_training_augmentation_only(tiny_root: str) -> None:
+    cfg = RunConfig(dataset_root=tiny_root, train_corruption={"kind": "mix", "severity": [1, 5], "fraction": 0.25})
+    assert cfg.train_corruption == {"kind": "mix", "severity": [1, 5], "fraction": 0.25}
+    with pytest.raises(ValueError, match=r"test_corruptions\.kind must be one of gaussian, .*; got 'mix' \('mix' is "
+                                         r"a training augmentation only\)"):
+        RunConfig(dataset_root=tiny_root, test_corruptions=["mix:3"])
+    from utae.study import training_augmentation
+    assert training_augmentation(0.0, cfg.train_corruption) == "mix 1-5"
+
+
 def test_the_training_corruption_is_deterministic_and_its_own_draw() -> None:
     base = _Series(200)
     spec = {"kind": "clouds", "severity": [1, 5], "fraction": 0.25}
@@ -205,7 +241,7 @@ def test_the_corruption_study_preset(tmp_path: Path) -> None:
     sweep = load_sweep(REPO / "params" / "corruptions.yaml")
     default = load_sweep(REPO / "params" / "default.yaml")
     assert [p.run_id for p in sweep.points] == [f"aug-{a}-seed{s}" for a in ("none", "gaussian", "clouds",
-                                                                           "missing_dates") for s in (0, 1, 2)]
+                                                                           "missing_dates", "mix") for s in (0, 1, 2)]
     assert sweep.synthetic == default.synthetic and sweep.fixed["dataset_root"] == default.fixed["dataset_root"]
     root = tmp_path / "data"
     root.mkdir()
@@ -222,7 +258,7 @@ def test_the_corruption_study_preset(tmp_path: Path) -> None:
     assert configs["aug-none-seed0"].noise_std == 0.0 and configs["aug-none-seed0"].train_corruption is None
     gaussian = configs["aug-gaussian-seed1"]
     assert (gaussian.noise_std, gaussian.noise_fraction, gaussian.train_corruption) == (1.0, 0.25, None)
-    for kind in ("clouds", "missing_dates"):
+    for kind in ("clouds", "missing_dates", "mix"):
         cfg = configs[f"aug-{kind}-seed2"]
         assert cfg.noise_std == 0.0 and cfg.train_corruption == {"kind": kind, "severity": [1, 5], "fraction": 0.25}
 

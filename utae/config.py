@@ -109,9 +109,10 @@ class RunConfig:
             reflectance x 10,000 units, the same every epoch or fresh each epoch.
         test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
         train_corruption: None (no corruption in training), or a corruption of :mod:`utae.corruptions` as a
-            training augmentation: ``{"kind": one of CORRUPTION_KINDS, "severity": 1..5 or [low, high],
+            training augmentation: ``{"kind": one of CORRUPTION_KINDS or "mix", "severity": 1..5 or [low, high],
             "fraction": f in (0, 1]}``: exactly ``round(f * n_train)`` training samples, chosen by ``seed``, are
-            corrupted, each at its severity (drawn per sample in a range), the same every epoch
+            corrupted, each at its severity (drawn per sample in a range) and, for ``"mix"``, with a kind drawn per
+            sample among the realistic ones (every kind but ``gaussian``), the same every epoch
             (:class:`utae.corrupted_dataset.CorruptedDataset`); the Gaussian noise fields keep their meaning and
             apply on top. Stored as that mapping (``severity`` a list for a range).
         test_corruptions: the ``"kind:severity"`` corruptions (severity 1..5) at which the best model is also

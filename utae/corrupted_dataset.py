@@ -7,9 +7,11 @@ Semantics (those of ``NoisyDataset`` with ``resample`` false, the study's settin
   :func:`utae.noise.select_items` as :func:`utae.noise.select_noisy` draws the noisy ones, chosen by the run seed
   and the kind alone (:func:`select_corrupted`), in a stream of their own: the same seed's noisy and corrupted
   samples are drawn independently.
-* **How.** Sample ``index`` gets the severity :meth:`utae.corruption_spec.CorruptionSpec.severity_for` ``(seed,
-  index)`` (the fixed severity, or one drawn uniformly in the range), then :func:`utae.corruptions.corrupt` of its
-  normalised image and dates at that severity, seeded from ``(training seed, index, kind, severity)``: the
+* **How.** Sample ``index`` gets the kind :meth:`utae.corruption_spec.CorruptionSpec.kind_for` ``(seed, index)``
+  (the spec's kind, or for ``"mix"`` one of the realistic kinds drawn per sample) and the severity
+  :meth:`~utae.corruption_spec.CorruptionSpec.severity_for` ``(seed, index)`` (the fixed severity, or one drawn
+  uniformly in the range), then :func:`utae.corruptions.corrupt` of its normalised image and dates at that
+  severity, seeded from ``(training seed, index, kind, severity)``: the
   training seed is derived from the run seed in a stream of its own, so that no training draw repeats a test-time
   draw of the same run.
 * **When.** The same corruption every epoch: an item depends on ``(spec, seed, index)`` alone, never on the
@@ -83,6 +85,10 @@ class CorruptedDataset(torch.utils.data.Dataset):
         """Sorted indices of the items that are corrupted."""
         return sorted(self._chosen)
 
+    def kind_of(self, index: int) -> str | None:
+        """The kind of item ``index`` (None for an item left clean)."""
+        return self.spec.kind_for(self.seed, index) if index in self._chosen else None
+
     def severity_of(self, index: int) -> int:
         """The severity of item ``index`` (0 for an item left clean)."""
         return self.spec.severity_for(self.seed, index) if index in self._chosen else 0
@@ -103,6 +109,6 @@ class CorruptedDataset(torch.utils.data.Dataset):
             return item
         if not isinstance(item, Mapping) or "image" not in item or "dates" not in item:
             raise TypeError(f"items must be dicts with 'image' and 'dates', got {type(item).__name__}")
-        image, dates, _ = corrupt(item["image"], item["dates"], self.spec.kind, self.severity_of(index),
+        image, dates, _ = corrupt(item["image"], item["dates"], self.kind_of(index), self.severity_of(index),
                                   seed=self._train_seed, patch_id=index, norm=self.norm)
         return {**item, "image": image, "dates": dates}

@@ -4,7 +4,9 @@ the checks of a kind and a severity, and the parsing of the two config fields (t
 
 * ``RunConfig.train_corruption``: a training augmentation, :func:`parse_corruption_spec` with ``training=True``:
   ``{"kind": "clouds", "severity": 3 or [1, 5], "fraction": 0.25}`` (or ``"clouds:1-5"`` with a fraction given
-  apart), stored as :meth:`CorruptionSpec.to_json`.
+  apart), stored as :meth:`CorruptionSpec.to_json`. Training also takes the kind :data:`MIX` (``"mix"``): each
+  corrupted sample gets one of the realistic kinds :data:`MIX_KINDS`, drawn per sample
+  (:meth:`CorruptionSpec.kind_for`).
 * ``RunConfig.test_corruptions``: the test-time corruptions, :func:`parse_test_corruptions`: a list of
   ``"kind:severity"`` strings (or ``{"kind", "severity"}`` mappings), or ``"all"`` (:data:`ALL`) for every kind at
   every severity, stored as ``"kind:severity"`` strings in the given order.
@@ -31,6 +33,8 @@ __all__ = [
     "SEVERITIES",
     "SEVERITY_TABLE",
     "ALL",
+    "MIX",
+    "MIX_KINDS",
     "check_kind",
     "check_severity",
     "kind_seed",
@@ -64,6 +68,12 @@ SEVERITY_TABLE: dict[str, dict[int, dict[str, float | int]]] = {
 }
 #: Keeps the severity draw of a training sample apart from every other seeded stream.
 _SEVERITY_STREAM = 13
+#: Keeps the kind draw of a :data:`MIX` training sample apart from every other seeded stream.
+_KIND_STREAM = 14
+#: The training kind that mixes the realistic corruptions: each corrupted sample gets one of :data:`MIX_KINDS`.
+MIX = "mix"
+#: The kinds of :data:`MIX`: every kind but ``gaussian`` (the failures real Sentinel-2 series have).
+MIX_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "gaussian")
 
 
 def kind_seed(kind: str) -> int:
@@ -77,10 +87,13 @@ def kind_seed(kind: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_kind(kind: Any, field: str = "kind") -> str:
-    """``kind`` if it names a corruption; else a one-line ValueError naming ``field`` and the allowed kinds."""
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"{field} must be one of {', '.join(KINDS)}; got {kind!r}")
+def check_kind(kind: Any, field: str = "kind", allow_mix: bool = False) -> str:
+    """``kind`` if it names a corruption (or, with ``allow_mix``, is :data:`MIX`); else a one-line ValueError
+    naming ``field`` and the allowed kinds."""
+    allowed = (*KINDS, MIX) if allow_mix else KINDS
+    if not isinstance(kind, str) or kind not in allowed:
+        hint = "" if allow_mix or kind != MIX else f" ({MIX!r} is a training augmentation only)"
+        raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {kind!r}{hint}")
     return kind
 
 
@@ -120,6 +133,8 @@ def severity_table_rows() -> list[dict[str, Any]]:
 class CorruptionSpec:
     """A corruption as a config names it: ``kind``, a fixed ``severity`` or an inclusive range
     ``(low, high)`` (training draws one per sample), and for training the ``fraction`` of samples corrupted.
+    A training ``kind`` may be :data:`MIX`: each sample's kind is then drawn from :data:`MIX_KINDS`
+    (:meth:`kind_for`).
 
     :meth:`to_json` gives plain JSON types: ``{"kind": "clouds", "severity": 3}`` or
     ``{"kind": "clouds", "severity": [1, 5], "fraction": 0.25}``.
@@ -146,6 +161,16 @@ class CorruptionSpec:
             raise ValueError(f"seed and index must be ints >= 0; got seed={seed!r}, index={index!r}")
         key = [int(seed), _SEVERITY_STREAM, int(index), kind_seed(self.kind)]
         return sev[int(np.random.default_rng(np.random.SeedSequence(key)).integers(len(sev)))]
+
+    def kind_for(self, seed: int, index: int) -> str:
+        """The kind of sample ``index``: ``kind``, or for :data:`MIX` one of :data:`MIX_KINDS` drawn uniformly
+        from ``(seed, index)`` alone (a stream apart from the severity's)."""
+        if self.kind != MIX:
+            return self.kind
+        if isinstance(seed, bool) or isinstance(index, bool) or int(seed) < 0 or int(index) < 0:
+            raise ValueError(f"seed and index must be ints >= 0; got seed={seed!r}, index={index!r}")
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _KIND_STREAM, int(index)]))
+        return MIX_KINDS[int(rng.integers(len(MIX_KINDS)))]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind,
@@ -196,7 +221,7 @@ def parse_corruption_spec(value: Any, *, training: bool = False, field: str = "c
         raise ValueError(f"{field} has unknown keys {unknown}; allowed: kind, severity, fraction")
     if "kind" not in value or "severity" not in value:
         raise ValueError(f"{field} needs 'kind' (one of {', '.join(KINDS)}) and 'severity' (1..5 or [low, high])")
-    kind = check_kind(value["kind"], f"{field}.kind")
+    kind = check_kind(value["kind"], f"{field}.kind", allow_mix=training)
     severity = _parse_severity(value["severity"], f"{field}.severity")
     fraction = value.get("fraction")
     if training:
