@@ -281,8 +281,9 @@ def test_the_real_data_corruption_presets(name: str, tmp_path: Path, monkeypatch
         assert {c.norm_stats for c in configs} == {"own_folds"}
     else:
         augs = {(c.noise_std, None if c.train_corruption is None else c.train_corruption["kind"]) for c in configs}
-        assert augs == {(0.0, None), (1.0, None), (0.0, "clouds"), (0.0, "missing_dates")}
-        assert len(configs) == 12 and {c.seed for c in configs} == {0, 1, 2}
+        assert augs == {(0.0, None), (1.0, None), (0.0, "clouds"), (0.0, "missing_dates"), (0.0, "mix")}
+        assert len(configs) == 15 and {c.seed for c in configs} == {0, 1, 2}
+    assert {c.eval_batch_size for c in configs} == {4}
 
 
 def test_the_readme_severity_table_is_the_modules() -> None:
