@@ -572,6 +572,12 @@ def test_metric_values_flattens_every_result_number():
     assert list(values) == ["test.oa", "test.miou", "test.loss", "val.oa", "train.loss", "test_noise[0.5].oa",
                             "test_noise[0.5].miou", "best_epoch"]
     assert np.isnan(values["test.miou"]) and values["best_epoch"] == 3.0
+    metrics["test_corruptions"] = [{"kind": "clouds", "severity": 5, "oa": 0.25, "miou": 0.125, "iou": [0.1]},
+                                   {"kind": "haze", "severity": 1, "oa": None, "miou": 0.5}]
+    values = metric_values(metrics)
+    assert list(values)[-5:] == ["test_corruptions[clouds:5].oa", "test_corruptions[clouds:5].miou",
+                                 "test_corruptions[haze:1].oa", "test_corruptions[haze:1].miou", "best_epoch"]
+    assert values["test_corruptions[clouds:5].miou"] == 0.125 and np.isnan(values["test_corruptions[haze:1].oa"])
 
 
 def test_verify_refuses_to_rerun_into_the_committed_results(tmp_path, capsys):
@@ -634,3 +640,16 @@ def test_verify_reruns_a_point_and_compares(tmp_path, capsys, synthetic_pastis):
     frame = verify(sweep_file, committed, points=1, scratch=scratch)
     assert not frame["same_machine"].any() and verify_failures(frame).empty
     assert frame.loc[frame["metric"] == "val.oa", "diff"].iloc[0] == pytest.approx(-0.001)
+
+
+def test_verify_takes_run_ids_separated_by_commas_or_spaces(tmp_path):
+    from utae.sweepfile import load_sweep
+    from utae.verify import _select_points
+
+    sweep_file = tmp_path / "two.yaml"
+    sweep_file.write_text(yaml.safe_dump({**TINY, "grid": {"noise_std": [0.0], "seed": [0, 1]},
+                                          "dataset_root": str(tmp_path)}, sort_keys=False))
+    sweep = load_sweep(sweep_file)
+    for text in ("noise0-seed1 noise0-seed0", "noise0-seed1,noise0-seed0", " noise0-seed1 , noise0-seed0 "):
+        assert [p.run_id for p in _select_points(sweep, text)] == ["noise0-seed1", "noise0-seed0"], text
+    assert [p.run_id for p in _select_points(sweep, 1)] == ["noise0-seed0"]

@@ -139,7 +139,7 @@ def _exchange_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("sweep")
     p.add_argument("--results", default="results", help="the results folder holding the committed runs")
     p.add_argument("--points", default=None,
-                   help="the first N points (a number), or run ids (comma-separated); default: all")
+                   help="the first N points (a number), or run ids (separated by commas or spaces); default: all")
     p.add_argument("--scratch", default=None, help="results folder of the reruns (default: a temporary one)")
     p.add_argument("--platform", default=None, help="platform folder name of the reruns (default: detected)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the reruns (default: as committed)")
@@ -212,10 +212,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "import":
         return import_runs(args.source, args.results, as_platform=args.as_platform, dry_run=args.dry_run).exit_status
     elif args.command == "verify":
-        points: int | list[str] | None = None
+        points: int | str | None = None
         if args.points is not None:
             text = str(args.points).strip()
-            points = int(text) if text.isdigit() else [p.strip() for p in text.split(",") if p.strip()]
+            points = int(text) if text.isdigit() else text  # run ids: utae.verify splits on commas and spaces
         frame = verify(args.sweep, args.results, points=points, scratch=args.scratch, platform=args.platform,
                        threads=args.threads)
         return 1 if frame.empty or len(verify_failures(frame)) else 0

@@ -41,8 +41,9 @@ VERIFY_COLUMNS: tuple[str, ...] = ("platform", "run_id", "metric", "committed", 
 def metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of a ``metrics.json`` dict that a rerun must reproduce, flat and in a fixed order:
     ``test.<key>``, ``val.<key>``, ``train.<key>`` for every scalar (oa, miou, loss, macro/micro P/R/F1),
-    ``test_noise[<std>].oa`` / ``.miou`` for every test noise level, and ``best_epoch``. Null is NaN.
-    (``timing`` is left out: it measures speed, not results.)"""
+    ``test_noise[<std>].oa`` / ``.miou`` for every test noise level, ``test_corruptions[<kind>:<severity>].oa`` /
+    ``.miou`` for every test-time corruption, and ``best_epoch``. Null is NaN. (``timing`` is left out: it
+    measures speed, not results.)"""
     out: dict[str, float] = {}
     for section in ("test", "val", "train"):
         values = metrics.get(section) or {}
@@ -54,6 +55,10 @@ def metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(entry, Mapping) and is_number(entry.get("std")):
             for key in ("oa", "miou"):
                 out[f"test_noise[{float(entry['std']):g}].{key}"] = as_float(entry.get(key))
+    for entry in metrics.get("test_corruptions") or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("kind"), str):
+            for key in ("oa", "miou"):
+                out[f"test_corruptions[{entry['kind']}:{entry.get('severity')}].{key}"] = as_float(entry.get(key))
     out["best_epoch"] = as_float(metrics.get("best_epoch"))
     return out
 
@@ -65,8 +70,8 @@ def _select_points(sweep: Sweep, points: int | Sequence[str] | None) -> list[Swe
         if points < 1:
             raise SweepError(f"points must be >= 1, got {points}")
         return list(sweep.points[:points])
-    if isinstance(points, str):
-        points = [p for p in points.split(",") if p.strip()]
+    if isinstance(points, str):  # run ids separated by commas or spaces
+        points = points.replace(",", " ").split()
     return [sweep.point(str(p).strip()) for p in points]
 
 
