@@ -112,6 +112,7 @@ class _Recorder(torch.nn.Module):
     def __init__(self, model: UTAE) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)  # evaluate() restores this mode on the wrapped model too
         self.masks: list[torch.Tensor] = []
         self.logits: dict[bytes, torch.Tensor] = {}
 
@@ -238,3 +239,24 @@ def test_replay_loader_rereads_a_large_split_and_an_unfinished_pass(dataset: Pas
     assert sum(b["image"].shape[0] for b in small) == len(dataset)
     assert sum(b["image"].shape[0] for b in small) == len(dataset)
     assert counting.reads == 4 + len(dataset)
+
+
+def test_example_predictions_are_pad_free(dataset: PastisDataset, model: UTAE) -> None:
+    """predictions.npz shows what the test scored: each example predicted alone on its own dates, whatever the
+    lengths of the examples beside it (padded together, the shorter ones would get other logits)."""
+    from utae.run import predict_examples
+
+    cpu = torch.device("cpu")
+    n = 6
+    lengths = [len(dataset.dates(i)) for i in range(n)]
+    assert len(set(lengths)) > 1  # the examples would need padding in one batch
+    out = predict_examples(model, dataset, cpu, n=n, mean=dataset.mean, std=dataset.std)
+    assert out["pred"].shape == (n, SIZE, SIZE) and out["rgb"].shape == (n, SIZE, SIZE, 3)
+    for i in range(n):
+        alone = pad_collate([dataset[i]])
+        with torch.no_grad():
+            want = model(alone["image"], batch_positions=alone["dates"], pad_mask=alone["pad_mask"]).argmax(1)[0]
+        assert np.array_equal(out["pred"][i], want.numpy()) and np.array_equal(out["target"][i], dataset[i]["mask"])
+        assert out["patch_id"][i] == dataset[i]["patch_id"]
+    assert np.array_equal(predict_examples(model, dataset, cpu, n=2, mean=dataset.mean, std=dataset.std)["pred"],
+                          out["pred"][:2])

@@ -219,20 +219,24 @@ def rgb_composite(image: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.
 def predict_examples(model: nn.Module, dataset: Dataset, device: torch.device, *, n: int, mean: np.ndarray,
                      std: np.ndarray, amp_dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
     """Predictions on the first ``n`` items of ``dataset``: ``rgb`` ``(N, H, W, 3)``, ``target`` and ``pred``
-    ``(N, H, W)`` int64, ``patch_id`` ``(N,)`` int64."""
+    ``(N, H, W)`` int64, ``patch_id`` ``(N,)`` int64. Each item is predicted alone on its own dates (pad-free, as
+    the test scores it), so its map does not depend on the other examples' lengths."""
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     if not items:
         return {"rgb": np.zeros((0, 0, 0, 3), np.float32), "target": np.zeros((0, 0, 0), np.int64),
                 "pred": np.zeros((0, 0, 0), np.int64), "patch_id": np.zeros((0,), np.int64)}
     was_training = model.training
     model.eval()
-    batch = pad_collate(items)
-    x, dates, pad_mask, target = to_device(batch, device)
-    with autocast(device, amp_dtype):
-        pred = model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1)
+    preds = []
+    with torch.no_grad():
+        for item in items:
+            x, dates, pad_mask = to_device(pad_collate([item]), device)[:3]
+            with autocast(device, amp_dtype):
+                preds.append(model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1)[0].cpu())
     model.train(was_training)
+    batch = pad_collate(items)
     return {"rgb": np.stack([rgb_composite(it["image"], mean, std) for it in items]),
-            "target": target.cpu().numpy().astype(np.int64), "pred": pred.cpu().numpy().astype(np.int64),
+            "target": batch["mask"].numpy().astype(np.int64), "pred": torch.stack(preds).numpy().astype(np.int64),
             "patch_id": batch["patch_id"].numpy().astype(np.int64)}
 
 
