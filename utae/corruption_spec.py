@@ -157,20 +157,14 @@ class CorruptionSpec:
         sev = self.severities
         if len(sev) == 1:
             return sev[0]
-        if isinstance(seed, bool) or isinstance(index, bool) or int(seed) < 0 or int(index) < 0:
-            raise ValueError(f"seed and index must be ints >= 0; got seed={seed!r}, index={index!r}")
-        key = [int(seed), _SEVERITY_STREAM, int(index), kind_seed(self.kind)]
-        return sev[int(np.random.default_rng(np.random.SeedSequence(key)).integers(len(sev)))]
+        return _sample_choice(sev, seed, index, _SEVERITY_STREAM, kind_seed(self.kind))
 
     def kind_for(self, seed: int, index: int) -> str:
         """The kind of sample ``index``: ``kind``, or for :data:`MIX` one of :data:`MIX_KINDS` drawn uniformly
         from ``(seed, index)`` alone (a stream apart from the severity's)."""
         if self.kind != MIX:
             return self.kind
-        if isinstance(seed, bool) or isinstance(index, bool) or int(seed) < 0 or int(index) < 0:
-            raise ValueError(f"seed and index must be ints >= 0; got seed={seed!r}, index={index!r}")
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _KIND_STREAM, int(index)]))
-        return MIX_KINDS[int(rng.integers(len(MIX_KINDS)))]
+        return _sample_choice(MIX_KINDS, seed, index, _KIND_STREAM)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind,
@@ -183,6 +177,15 @@ class CorruptionSpec:
         """``"clouds:3"`` or ``"clouds:1-5"``."""
         s = self.severity
         return f"{self.kind}:{s[0]}-{s[1]}" if isinstance(s, tuple) else f"{self.kind}:{s}"
+
+
+def _sample_choice(options: tuple[Any, ...], seed: int, index: int, stream: int, *extra: int) -> Any:
+    """One of ``options``, drawn uniformly for training sample ``index`` from ``(seed, stream, index, *extra)``
+    alone, through ``numpy.random.SeedSequence``."""
+    if isinstance(seed, bool) or isinstance(index, bool) or int(seed) < 0 or int(index) < 0:
+        raise ValueError(f"seed and index must be ints >= 0; got seed={seed!r}, index={index!r}")
+    key = [int(seed), stream, int(index), *extra]
+    return options[int(np.random.default_rng(np.random.SeedSequence(key)).integers(len(options)))]
 
 
 def _parse_severity(value: Any, field: str) -> int | tuple[int, int]:
