@@ -351,11 +351,12 @@ class _SameLengthGroups:
 
     def add(self, part: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Queue one patch ``image (1, T, C, H, W)``...; returns the groups ready to run (stacked dicts)."""
-        group = self.pending.setdefault(int(part["image"].shape[1]), [])
+        length = int(part["image"].shape[1])
+        group = self.pending.setdefault(length, [])
         group.append(part)
         self.n_pending += 1
         if len(group) == self.size:
-            del self.pending[int(part["image"].shape[1])]
+            del self.pending[length]
             self.n_pending -= self.size
             return [self._stack(group)]
         if self.n_pending >= self.size * _PENDING_GROUPS:
@@ -397,8 +398,7 @@ def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *
     tally = _Tally(device)
 
     def run(part: Mapping[str, torch.Tensor]) -> None:
-        x, dates_d, pad_d, target = to_device(
-            {k: part[k] for k in ("image", "dates", "pad_mask", "mask")}, device)
+        x, dates_d, pad_d, target = to_device(part, device)
         with autocast(device, amp_dtype):
             logits = model(x, batch_positions=dates_d, pad_mask=pad_d)
         tally.add(logits, target, *compute_loss(logits, target))

@@ -227,17 +227,18 @@ def predict_examples(model: nn.Module, dataset: Dataset, device: torch.device, *
                 "pred": np.zeros((0, 0, 0), np.int64), "patch_id": np.zeros((0,), np.int64)}
     was_training = model.training
     model.eval()
+    alone = [pad_collate([item]) for item in items]  # batches of one: nothing padded
     preds = []
     with torch.no_grad():
-        for item in items:
-            x, dates, pad_mask = to_device(pad_collate([item]), device)[:3]
+        for one in alone:
+            x, dates, pad_mask, _ = to_device(one, device)
             with autocast(device, amp_dtype):
-                preds.append(model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1)[0].cpu())
+                preds.append(model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1).cpu())
     model.train(was_training)
-    batch = pad_collate(items)
     return {"rgb": np.stack([rgb_composite(it["image"], mean, std) for it in items]),
-            "target": batch["mask"].numpy().astype(np.int64), "pred": torch.stack(preds).numpy().astype(np.int64),
-            "patch_id": batch["patch_id"].numpy().astype(np.int64)}
+            "target": torch.cat([one["mask"] for one in alone]).numpy().astype(np.int64),
+            "pred": torch.cat(preds).numpy().astype(np.int64),
+            "patch_id": torch.cat([one["patch_id"] for one in alone]).numpy().astype(np.int64)}
 
 
 # --------------------------------------------------------------------------------------------------
