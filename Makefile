@@ -49,9 +49,11 @@ bench-runs: $(STAMP)
 #   make gpu-wheels                                      the wheels the lent GPU machine lacks -> .whl/ (git-ignored)
 #   make gpu-campaign                                    on the GPU machine (python3 there: it has no .venv)
 #   make gpu-campaign CAMPAIGN_ARGS="--cpu --out /tmp/c" the dry run on the CPU, tiny settings (about a minute)
+#   make gpu-import FROM=<folder that came back> [AS=name] here: its study into RESULTS (make import), its bench
+#                                                        table and logs into RESULTS/bench/, then make report
 CAMPAIGN_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 CAMPAIGN_ARGS ?=
-.PHONY: gpu-wheels gpu-campaign
+.PHONY: gpu-wheels gpu-campaign gpu-import
 
 gpu-wheels: $(STAMP)
 	$(PY) -m benchmarks.fetch_wheels
@@ -139,6 +141,12 @@ export: $(VENV_DEP)
 import: $(VENV_DEP)
 	@if [ -z $(call quote,$(FROM)) ]; then echo "make import needs FROM=<archive or folder>" >&2; exit 2; fi
 	$(PY) -m utae import $(call quote,$(FROM)) --results $(call quote,$(RESULTS)) $(if $(AS),--as $(call quote,$(AS)))
+
+# The GPU campaign's folder that came back (see gpu-campaign above).
+gpu-import: $(VENV_DEP)
+	@if [ -z $(call quote,$(FROM)) ]; then echo "make gpu-import needs FROM=<the campaign's output folder>" >&2; exit 2; fi
+	$(PY) -m benchmarks.gpu_campaign --bring-home $(call quote,$(FROM)) --results $(call quote,$(RESULTS)) \
+	  $(if $(AS),--as $(call quote,$(AS)))
 
 verify: $(VENV_DEP)
 	$(PY) -m utae verify $(call quote,$(SWEEP)) --results $(call quote,$(RESULTS)) \

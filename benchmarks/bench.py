@@ -35,9 +35,11 @@ from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolv
 from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.atomic import atomic_write_csv
 
-#: Peak dense throughput (TFLOP/s) of known GPUs by name fragment: (float32, tf32, bf16/fp16 tensor cores).
+#: Peak dense throughput (TFLOP/s) of known GPUs by name fragment: (float32, tf32, bf16/fp16 tensor cores). The first
+#: fragment in the device's name wins, so a variant comes before its family ("h100 pcie" before "h100", the SXM).
 KNOWN_PEAKS_TFLOPS: dict[str, tuple[float, float, float]] = {
     "h200": (67.0, 494.7, 989.4),
+    "h100 pcie": (51.2, 378.0, 756.0),
     "h100": (67.0, 494.7, 989.4),
     "a100": (19.5, 156.0, 312.0),
     "a10g": (31.2, 62.5, 125.0),

@@ -23,6 +23,10 @@ work folder (``--work``). ``--deadline-s`` bounds the whole campaign (a step get
 ``--cpu`` is the dry run: the same steps on tiny settings on the CPU, in about a minute (the test suite runs it).
 ``--print-device-call`` prints the device tool's call. The module uses only the standard library: it runs before
 the carried wheels are installed.
+
+Back here, ``--bring-home DIR`` (``make gpu-import FROM=DIR``, :func:`bring_home`) imports the folder that came
+back: the study as a platform of the results folder, the bench table and the campaign's records under its
+``bench/``, then the reports re-rendered.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ GPU_TIMEOUTS: dict[str, int] = {"env": 60, "bench": 150, "bench-runs": 60, "stud
 CPU_TIMEOUTS: dict[str, int] = {"env": 120, "bench": 120, "bench-runs": 120, "study": 300, "export": 60}
 #: Seconds the bench step keeps for printing its table after the last row it starts.
 BENCH_MARGIN_S = 25
-#: Points of the study at a time on the one GPU, and torch threads of each (the H200 machine has 16 cores).
+#: Points of the study at a time on the one GPU, and torch threads of each (the lent H100 and H200 have 16 cores).
 GPU_JOBS, GPU_THREADS = 8, 2
 #: What the device tool brings back from its output folder, and the most this campaign writes there.
 MAX_FILES, MAX_DEPTH, MAX_FILE_BYTES = 8, 2, 16 * 2**20
@@ -364,6 +368,84 @@ def check_output_folder(out: Path) -> list[str]:
     return problems
 
 
+#: The campaign's records that :func:`bring_home` keeps beside the bench table, in ``bench/<platform>-campaign/``.
+RECORDS: tuple[str, ...] = ("campaign.log", "summary.json", "env.json", "bench-runs.txt")
+#: Columns a bench table brought home must have (``make bench``'s table; see :mod:`benchmarks.bench`).
+BENCH_COLUMNS: tuple[str, ...] = ("platform", "shape", "amp", "channels_last", "compile", "train_samples_per_s")
+
+
+def bring_home(folder: Path, results: Path, name: str | None = None) -> list[str]:
+    """Bring a campaign's output ``folder`` into the results folder ``results`` (``make gpu-import``): imports
+    ``study-<platform>.tar.gz`` with ``python -m utae import`` (checked, as ``name`` when given), copies
+    ``bench-<platform>.csv`` to ``bench/<name>.csv`` and the :data:`RECORDS` to ``bench/<name>-campaign/``, then
+    re-renders the reports (``python -m utae report``). Returns what is missing (a step that did not finish, a file
+    it did not write); what is there is brought home regardless.
+
+    Raises:
+        ValueError: naming the file when ``folder`` holds no campaign's ``summary.json``, holds more than one
+            study archive, or holds a bench table without :data:`BENCH_COLUMNS` or over :data:`MAX_FILE_BYTES`;
+            or when a dry run's folder (tiny settings on the CPU) would go into the repository's ``results``.
+        RuntimeError: when the import or the report fails (with the end of its output).
+    """
+    from utae.atomic import atomic_write_bytes  # here only: the campaign itself runs before the wheels are there
+
+    folder, results = Path(folder), Path(results)
+    summary_file = folder / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text())
+        steps = {s["step"]: s["status"] for s in summary["steps"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{summary_file}: not a GPU campaign's summary ({type(exc).__name__}: {exc}); expected "
+                         "the output folder of python -m benchmarks.gpu_campaign") from None
+    if summary.get("cpu") and results.resolve() == (REPO_ROOT / "results").resolve():
+        raise ValueError(f"{folder}: the output of a dry run (--cpu, tiny settings); bring it home into a scratch "
+                         f"folder (--results DIR), not into {results}")
+    missing = [f"step {step}: {status}" for step, status in steps.items() if status != "ok"]
+    missing += [f"step {step}: not run" for step in STEPS if step not in steps]
+    archives = sorted(folder.glob("study-*.tar.gz"))
+    if len(archives) > 1:
+        raise ValueError(f"{folder}: {len(archives)} study archives ({', '.join(a.name for a in archives)}); "
+                         "expected one, study-<platform>.tar.gz")
+    platform = (archives[0].name.removeprefix("study-").removesuffix(".tar.gz") if archives
+                else _platform_from_env_json(folder))
+    target = name or platform
+    bench = folder / f"bench-{platform}.csv"
+    if bench.is_file():  # checked before anything is written
+        if bench.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"{bench}: {bench.stat().st_size} bytes, over the {MAX_FILE_BYTES} a bench table may be")
+        header = bench.read_text(encoding="utf-8", errors="replace").partition("\n")[0].strip().split(",")
+        lacking = [c for c in BENCH_COLUMNS if c not in header]
+        if lacking:
+            raise ValueError(f"{bench}: not a bench table (no column {', '.join(lacking)}); expected make bench's CSV")
+    else:
+        missing.append(f"{bench}: not there, no bench table")
+    if archives:
+        _study_cli(["import", str(archives[0]), "--results", str(results), *(["--as", name] if name else [])])
+    else:
+        missing.append(f"{folder}/study-<platform>.tar.gz: not there, no runs to import")
+    if bench.is_file():
+        atomic_write_bytes(results / "bench" / f"{target}.csv", bench.read_bytes())
+    for record in RECORDS:
+        file = folder / record
+        if file.is_file() and file.stat().st_size <= MAX_FILE_BYTES:
+            atomic_write_bytes(results / "bench" / f"{target}-campaign" / record, file.read_bytes())
+        else:
+            missing.append(f"{file}: not there" if not file.is_file() else f"{file}: over {MAX_FILE_BYTES} bytes")
+    _study_cli(["report", "--results", str(results)])
+    return missing
+
+
+def _study_cli(args: list[str]) -> None:
+    """``python -m utae <args>`` here, its output shown; a failure raises with the end of that output."""
+    print(f"$ {shlex.join([sys.executable, *STUDY_CLI, *args])}", flush=True)
+    done = subprocess.run([sys.executable, *STUDY_CLI, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")
+    print(done.stdout, end="", flush=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stdout.splitlines()[-5:])
+        raise RuntimeError(f"python -m utae {args[0]} failed (exit status {done.returncode}):\n{tail}")
+
+
 def device_call() -> dict:
     """The device tool's ``run`` call that runs the campaign (README, "A GPU in 15 minutes")."""
     return {"command": DEVICE_COMMAND, "carry": list(DEVICE_CARRY), "timeout_s": DEVICE_TIMEOUT_S}
@@ -404,10 +486,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail", default=os.environ.get(FAIL_ENV, ""),
                         help=f"make these steps fail on purpose (comma-separated; also ${FAIL_ENV})")
     parser.add_argument("--print-device-call", action="store_true", help="print the device tool's call and exit")
+    parser.add_argument("--bring-home", metavar="DIR", default=None,
+                        help="here, after the call: import the output folder DIR's study, bench table and records "
+                             "into --results, and re-render the reports (make gpu-import FROM=DIR)")
+    parser.add_argument("--results", default=str(REPO_ROOT / "results"),
+                        help="with --bring-home: the results folder (default: results)")
+    parser.add_argument("--as", dest="name", default=None,
+                        help="with --bring-home: the platform's folder name (default: the one the campaign found)")
     args = parser.parse_args(argv)
     if args.print_device_call:
         print(json.dumps(device_call(), indent=2))
         return 0
+    if args.bring_home:
+        try:
+            missing = bring_home(Path(args.bring_home), Path(args.results), args.name)
+        except (ValueError, RuntimeError) as exc:
+            print(f"gpu-import: {exc}", file=sys.stderr)
+            return 2
+        for problem in missing:
+            print(f"[gpu-import] missing: {problem}")
+        print(f"[gpu-import] done ({len(missing)} missing); commit {args.results}'s runs, reports and bench/")
+        return 1 if missing else 0
     if not args.out:
         parser.error("--out is required where $OUT is not set")
     fail = frozenset(_steps(args.fail)) if args.fail else frozenset()

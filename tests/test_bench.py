@@ -81,6 +81,8 @@ def test_known_gpu_peaks_follow_the_mode(monkeypatch):
     gpu = torch.device("cuda", 0)
     fp32, tf32, half = KNOWN_PEAKS_TFLOPS["h100"]
     assert [known_peak_tflops(gpu, amp) for amp in ("off", "tf32", "bf16", "fp16")] == [fp32, tf32, half, half]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert known_peak_tflops(gpu, "off") == KNOWN_PEAKS_TFLOPS["h100 pcie"][0] < fp32  # the PCIe card, not the SXM
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert known_peak_tflops(gpu, "bf16") is None
 

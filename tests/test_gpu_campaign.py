@@ -97,17 +97,42 @@ def test_the_bench_table_has_make_bench_columns_and_its_float32_reference(dry_ru
     assert (work / "bench" / csv.name.removeprefix("bench-")).read_bytes() == csv.read_bytes()
 
 
-def test_the_study_archive_imports_into_a_fresh_results_folder(dry_run, tmp_path):
+def test_the_folder_that_came_back_is_brought_home_runs_bench_records_and_reports(dry_run, tmp_path):
     _, out, work = dry_run
-    (archive,) = out.glob("study-*.tar.gz")
-    done = _run([*gpu_campaign.STUDY_CLI, "import", str(archive), "--results", str(tmp_path / "results")],
-                timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    imported = sorted((tmp_path / "results" / "runs").glob("*/*/metrics.json"))
-    assert [p.parent.name for p in imported] == ["noise0", "noise0.5"]
+    results = tmp_path / "results"
+    done = _run(["-m", "benchmarks.gpu_campaign", "--bring-home", str(out), "--results", str(results)], timeout=600)
+    # The dry run's bench-runs step failed on purpose: brought home anyway, named, and the exit status says so.
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "missing: step bench-runs: failed" in done.stdout
+    platform = json.loads((out / "env.json").read_text())["platform"]["platform_id"]
+    imported = sorted((results / "runs").glob("*/*/metrics.json"))
+    assert [(p.parent.parent.name, p.parent.name) for p in imported] == [(platform, "noise0"), (platform, "noise0.5")]
     for path in imported:  # the runs came home unchanged
-        original = work / "results" / path.relative_to(tmp_path / "results")
+        original = work / "results" / path.relative_to(results)
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
+    assert (results / "bench" / f"{platform}.csv").read_bytes() == (out / f"bench-{platform}.csv").read_bytes()
+    for record in gpu_campaign.RECORDS:
+        assert (results / "bench" / f"{platform}-campaign" / record).read_bytes() == (out / record).read_bytes()
+    assert (results / "reports" / "compare.html").is_file()  # the reports re-rendered with the imported runs
+    assert {p.stem for p in (results / "reports" / platform).glob("*.html")} == {"noise0", "noise0.5"}
+
+
+def test_bring_home_refuses_what_is_not_a_campaigns_folder_and_a_dry_run_into_the_repositorys_results(tmp_path):
+    with pytest.raises(ValueError, match=r"summary.json: not a GPU campaign's summary"):
+        gpu_campaign.bring_home(tmp_path, tmp_path / "results")
+    summary = {"cpu": True, "steps": [{"step": step, "status": "ok"} for step in gpu_campaign.STEPS]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"the output of a dry run \(--cpu, tiny settings\)"):
+        gpu_campaign.bring_home(tmp_path, REPO_ROOT / "results")
+    (tmp_path / "study-a.tar.gz").write_bytes(b"")
+    (tmp_path / "study-b.tar.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"2 study archives \(study-a.tar.gz, study-b.tar.gz\); expected one"):
+        gpu_campaign.bring_home(tmp_path, tmp_path / "results")
+    (tmp_path / "study-b.tar.gz").unlink()
+    (tmp_path / "bench-a.csv").write_text("shape,amp,train_step_ms\nB2,off,1.0\n")
+    with pytest.raises(ValueError, match=r"bench-a.csv: not a bench table \(no column platform, channels_last"):
+        gpu_campaign.bring_home(tmp_path, tmp_path / "results")  # before the (empty) archive's import
+    assert not (tmp_path / "results").exists()  # refused before writing anything
 
 
 def test_a_step_over_its_limit_is_killed_with_its_children_and_the_next_step_runs(tmp_path):
