@@ -105,6 +105,10 @@ SLURM_MEM ?=
 SLURM_TASKS_PER_POINT ?=
 SLURM_EXTRA ?=
 NO_WAIT ?=
+# AS (make import / gpu-import) is also make's built-in name of the assembler, "as": unset unless given.
+ifeq ($(origin AS),default)
+AS :=
+endif
 VENV_DEP ?= $(STAMP)
 # quote: one shell word, whatever the value holds (spaces, quotes, non-ASCII): 'it'\''s'.
 quote = '$(subst ','\'',$(1))'

@@ -372,6 +372,17 @@ def _make(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.parametrize("target", ["import", "gpu-import"])
+def test_import_names_a_platform_only_when_as_is_given(target):
+    # AS is also make's built-in variable for the assembler ("as"): it must not become a platform name.
+    plain = _make("-n", target, "FROM=folder")
+    assert plain.returncode == 0 and "'folder'" in plain.stdout and "--as" not in plain.stdout, plain.stdout
+    named = _make("-n", target, "FROM=folder", "AS=cuda-x")
+    assert "--as 'cuda-x'" in named.stdout, named.stdout
+    missing = _make(target)
+    assert missing.returncode == 2 and f"make {target} needs FROM=" in missing.stderr
+
+
 def test_clean_results_asks_first(tmp_path):
     results = tmp_path / "results"
     for rel in ("runs/p/r/metrics.json", "reports/index.html", "summary.csv", "bench/p.csv"):
