@@ -64,6 +64,8 @@ GPU_JOBS, GPU_THREADS = 8, 2
 MAX_FILES, MAX_DEPTH, MAX_FILE_BYTES = 8, 2, 16 * 2**20
 #: The most of one step's output kept in campaign.log (the rest is counted, not kept).
 MAX_STEP_LOG_BYTES = 4 * 2**20
+#: How summary.json writes the campaign's start (UTC), which names its records once brought home.
+STARTED_FORMAT = "%Y%m%dT%H%M%SZ"
 #: The environment variable that makes a step fail on purpose (the test of the campaign's error handling).
 FAIL_ENV = "UTAE_CAMPAIGN_FAIL"
 #: The device tool's call (README, "A GPU in 15 minutes"). The wheels travel in .whl (git-ignored).
@@ -289,13 +291,17 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
     plan.out.mkdir(parents=True, exist_ok=True)
     plan.work.mkdir(parents=True, exist_ok=True)
     log = Log(plan.out / "campaign.log")
-    started = time.monotonic()
+    started, started_utc = time.monotonic(), time.strftime(STARTED_FORMAT, time.gmtime())
     log(f"[campaign] {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: steps {', '.join(steps)} "
         f"({'CPU dry run, tiny settings' if plan.cpu else 'GPU'}); limits {plan.timeouts} s; work folder {plan.work}; "
         f"output folder {plan.out}")
     env = plan.env()
     results: list[StepResult] = []
     step, step_start = "(before the first)", started
+
+    def save() -> None:
+        write_summary(plan, results, time.monotonic() - started, started_utc)
+
     try:
         for i, step in enumerate(steps, 1):
             log(f"\n===== [{i}/{len(steps)}] {step} (limit {plan.timeouts[step]} s) =====")
@@ -305,7 +311,7 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
                 results.append(StepResult(step, [], status="skipped", returncode=1, timeout_s=0,
                                           error=f"the campaign's deadline ({plan.deadline_s:.0f} s) has passed"))
                 log(f"===== {step}: SKIPPED: {results[-1].error} =====")
-                write_summary(plan, results, time.monotonic() - started)
+                save()
                 continue
             tee = plan.out / "bench-runs.txt" if step == "bench-runs" else None
             commands = step_commands(step, plan, _platform_from_env_json(plan.out), limit)
@@ -323,13 +329,13 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
                 log(f"===== {step}: {result.status.upper()} after {result.seconds:.1f} s: {result.error}")
                 if i < len(steps):
                     log(f"===== {step}: the next step runs =====")
-            write_summary(plan, results, time.monotonic() - started)
+            save()
     except BaseException as exc:
         log(f"\n[campaign] STOPPED ({type(exc).__name__}: {exc}) during step {step}")
         if not results or results[-1].step != step:
             results.append(StepResult(step, [], status="stopped", returncode=1, error=f"{type(exc).__name__}: {exc}",
                                       seconds=time.monotonic() - step_start, timeout_s=plan.timeouts.get(step, 0)))
-        write_summary(plan, results, time.monotonic() - started)
+        save()
         raise
     finally:
         log(f"\n[campaign] done in {time.monotonic() - started:.1f} s:")
@@ -342,10 +348,11 @@ def campaign(plan: Plan, steps: tuple[str, ...] = STEPS) -> list[StepResult]:
     return results
 
 
-def write_summary(plan: Plan, results: list[StepResult], seconds: float) -> None:
-    """summary.json: the plan and one entry a step (written after each step, atomically)."""
-    data = {"cpu": plan.cpu, "seconds": round(seconds, 1), "jobs": plan.jobs, "threads": plan.threads,
-            "timeouts": plan.timeouts, "steps": [asdict(r) for r in results]}
+def write_summary(plan: Plan, results: list[StepResult], seconds: float, started_utc: str) -> None:
+    """summary.json: when the campaign started (UTC, :data:`STARTED_FORMAT`), the plan and one entry a step (written
+    after each step, atomically)."""
+    data = {"started": started_utc, "cpu": plan.cpu, "seconds": round(seconds, 1), "jobs": plan.jobs,
+            "threads": plan.threads, "timeouts": plan.timeouts, "steps": [asdict(r) for r in results]}
     tmp = plan.out / ".summary.json.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, plan.out / "summary.json")
@@ -368,7 +375,8 @@ def check_output_folder(out: Path) -> list[str]:
     return problems
 
 
-#: The campaign's records that :func:`bring_home` keeps beside the bench table, in ``bench/<platform>-campaign/``.
+#: The campaign's records that :func:`bring_home` keeps, with its bench table, in
+#: ``bench/<platform>-campaign/<started>/``: one folder a call, so that a retry's records do not replace the first's.
 RECORDS: tuple[str, ...] = ("campaign.log", "summary.json", "env.json", "bench-runs.txt")
 #: Columns a bench table brought home must have (``make bench``'s table; see :mod:`benchmarks.bench`).
 BENCH_COLUMNS: tuple[str, ...] = ("platform", "shape", "amp", "channels_last", "compile", "train_samples_per_s")
@@ -377,9 +385,10 @@ BENCH_COLUMNS: tuple[str, ...] = ("platform", "shape", "amp", "channels_last", "
 def bring_home(folder: Path, results: Path, name: str | None = None) -> list[str]:
     """Bring a campaign's output ``folder`` into the results folder ``results`` (``make gpu-import``): imports
     ``study-<platform>.tar.gz`` with ``python -m utae import`` (checked, as ``name`` when given), copies
-    ``bench-<platform>.csv`` to ``bench/<name>.csv`` and the :data:`RECORDS` to ``bench/<name>-campaign/``, then
-    re-renders the reports (``python -m utae report``). Returns what is missing (a step that did not finish, a file
-    it did not write); what is there is brought home regardless.
+    ``bench-<platform>.csv`` to ``bench/<name>.csv`` and, with the :data:`RECORDS`, to
+    ``bench/<name>-campaign/<started>/`` (the call's start in summary.json), then re-renders the reports
+    (``python -m utae report``). Returns what is missing (a step that did not finish, a file it did not write);
+    what is there is brought home regardless.
 
     Raises:
         ValueError: naming the file when ``folder`` holds no campaign's ``summary.json``, holds more than one
@@ -409,6 +418,12 @@ def bring_home(folder: Path, results: Path, name: str | None = None) -> list[str
     platform = (archives[0].name.removeprefix("study-").removesuffix(".tar.gz") if archives
                 else _platform_from_env_json(folder))
     target = name or platform
+    started = str(summary.get("started", ""))
+    try:
+        time.strptime(started, STARTED_FORMAT)
+    except ValueError:
+        started = "undated"  # a summary.json written before the field existed
+    records = results / "bench" / f"{target}-campaign" / started
     bench = folder / f"bench-{platform}.csv"
     if bench.is_file():  # checked before anything is written
         if bench.stat().st_size > MAX_FILE_BYTES:
@@ -425,10 +440,11 @@ def bring_home(folder: Path, results: Path, name: str | None = None) -> list[str
         missing.append(f"{folder}/study-<platform>.tar.gz: not there, no runs to import")
     if bench.is_file():
         atomic_write_bytes(results / "bench" / f"{target}.csv", bench.read_bytes())
+        atomic_write_bytes(records / bench.name, bench.read_bytes())
     for record in RECORDS:
         file = folder / record
         if file.is_file() and file.stat().st_size <= MAX_FILE_BYTES:
-            atomic_write_bytes(results / "bench" / f"{target}-campaign" / record, file.read_bytes())
+            atomic_write_bytes(records / record, file.read_bytes())
         else:
             missing.append(f"{file}: not there" if not file.is_file() else f"{file}: over {MAX_FILE_BYTES} bytes")
     _study_cli(["report", "--results", str(results)])

@@ -111,8 +111,11 @@ def test_the_folder_that_came_back_is_brought_home_runs_bench_records_and_report
         original = work / "results" / path.relative_to(results)
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
     assert (results / "bench" / f"{platform}.csv").read_bytes() == (out / f"bench-{platform}.csv").read_bytes()
-    for record in gpu_campaign.RECORDS:
-        assert (results / "bench" / f"{platform}-campaign" / record).read_bytes() == (out / record).read_bytes()
+    started = json.loads((out / "summary.json").read_text())["started"]  # the call's records, in a folder of its own
+    records = results / "bench" / f"{platform}-campaign" / started
+    assert sorted(p.name for p in records.iterdir()) == sorted([*gpu_campaign.RECORDS, f"bench-{platform}.csv"])
+    for record in records.iterdir():
+        assert record.read_bytes() == (out / record.name).read_bytes()
     assert (results / "reports" / "compare.html").is_file()  # the reports re-rendered with the imported runs
     assert {p.stem for p in (results / "reports" / platform).glob("*.html")} == {"noise0", "noise0.5"}
 
