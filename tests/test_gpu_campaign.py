@@ -120,7 +120,7 @@ def test_the_folder_that_came_back_is_brought_home_runs_bench_records_and_report
     assert {p.stem for p in (results / "reports" / platform).glob("*.html")} == {"noise0", "noise0.5"}
 
 
-def test_bring_home_refuses_what_is_not_a_campaigns_folder_and_a_dry_run_into_the_repositorys_results(tmp_path):
+def test_bring_home_refuses_a_bad_folder_or_name_and_a_dry_run_into_the_repositorys_results_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"summary.json: not a GPU campaign's summary"):
         gpu_campaign.bring_home(tmp_path, tmp_path / "results")
     summary = {"cpu": True, "steps": [{"step": step, "status": "ok"} for step in gpu_campaign.STEPS]}
@@ -132,6 +132,8 @@ def test_bring_home_refuses_what_is_not_a_campaigns_folder_and_a_dry_run_into_th
     with pytest.raises(ValueError, match=r"2 study archives \(study-a.tar.gz, study-b.tar.gz\); expected one"):
         gpu_campaign.bring_home(tmp_path, tmp_path / "results")
     (tmp_path / "study-b.tar.gz").unlink()
+    with pytest.raises(ValueError, match=r"--as .../elsewhere. holds a path separator; expected a single folder name"):
+        gpu_campaign.bring_home(tmp_path, tmp_path / "results", name="../elsewhere")
     (tmp_path / "bench-a.csv").write_text("shape,amp,train_step_ms\nB2,off,1.0\n")
     with pytest.raises(ValueError, match=r"bench-a.csv: not a bench table \(no column platform, channels_last"):
         gpu_campaign.bring_home(tmp_path, tmp_path / "results")  # before the (empty) archive's import
