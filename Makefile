@@ -80,7 +80,7 @@ gpu-campaign:
 #   make report        re-render the run reports, compare.html and index.html of RESULTS (no training; the last
 #                      two when the runs they show changed, RESULTS/reports/.rendered.json); without
 #                      RESULTS or SWEEP: of results and of every study folder results/*/ that has runs
-#   make export [OUT=file.tar.gz]            pack RESULTS' runs and reports, with a manifest (utae.archive)
+#   make export [OUT=file.tar.gz]            pack RESULTS' runs and reports, with a manifest (utae.exchange.export)
 #   make import FROM=archive-or-folder [AS=platform-name]   add runs of another machine to RESULTS, checked
 #   make verify [POINTS=N or run ids]        rerun points of SWEEP here and compare with RESULTS' committed runs
 #   make lab           JupyterLab on the repository

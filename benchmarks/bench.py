@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import SMALL_WIDTHS, print_table, time_fn, train_step_fn
-from utae.model import UTAE
-from utae.platform import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
-from utae.precision import autocast, float32_math, resolve_amp, tf32_enabled
-from utae.atomic import atomic_write_csv
+from utae.models.utae import UTAE
+from utae.machine.record import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
+from utae.training.precision import autocast, float32_math, resolve_amp, tf32_enabled
+from utae.util.atomic import atomic_write_csv
 
 #: Peak dense throughput (TFLOP/s) of known GPUs by name fragment: (float32, tf32, bf16/fp16 tensor cores). The first
 #: fragment in the device's name wins, so a variant comes before its family ("h100 pcie" before "h100", the SXM).
@@ -65,7 +65,7 @@ SYNTHETIC = Shape("B4-T25-32px (synthetic default)", 4, 25, 32)
 
 def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """A random batch: ``x (B, T, 10, H, W)``, positions ``(B, T)``, pad mask ``(B, T)``, target ``(B, H, W)``,
-    on ``device`` but for the pad mask, which stays on the host as in training (see :func:`utae.engine.to_device`)."""
+    on ``device`` but for the pad mask, which stays on the host as in training (see :func:`utae.training.engine.to_device`)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape.b, shape.t, 10, shape.size, shape.size, generator=g)
     positions = torch.sort(torch.randint(0, 365, (shape.b, shape.t), generator=g), dim=1).values

@@ -2,10 +2,10 @@
 test-time suite (7 kinds x 5 severities) costs relative to the point's own time.
 
 One point of ``params/default.yaml`` with no training noise (seed 0 unless ``--seed``) is trained with
-:func:`utae.engine.fit` on the synthetic default set (generated when missing), on one torch thread as in a
+:func:`utae.training.engine.fit` on the synthetic default set (generated when missing), on one torch thread as in a
 parallel sweep; its best weights are kept in ``--cache`` (a plain state dict, read back with
 ``weights_only=True``) so that a second call, and ``benchmarks.bench_padding``, skip the training. Then the test
-fold is evaluated pad-free clean and at each (kind, severity) of :mod:`utae.corruptions`.
+fold is evaluated pad-free clean and at each (kind, severity) of :mod:`utae.perturb.corruptions`.
 
 ``python -m benchmarks.bench_corruptions [--epochs N] [--seed S] [--cache PATH] [--threads N]``.
 """
@@ -27,11 +27,11 @@ DEFAULT_CACHE = Path("data/bench_cache/default_point.pt")  # data/ is ignored by
 
 
 def default_point(seed: int = 0, epochs: int | None = None, sweep: str = "params/default.yaml") -> Any:
-    """The :class:`utae.config.RunConfig` of the clean-trained point of ``sweep`` with ``seed`` (the dataset
+    """The :class:`utae.config.run_config.RunConfig` of the clean-trained point of ``sweep`` with ``seed`` (the dataset
     generated when missing); ``epochs`` overrides the sweep's."""
-    from utae.config import RunConfig
-    from utae.sweepfile import load_sweep
-    from utae.synthetic import make_synthetic_pastis
+    from utae.config.run_config import RunConfig
+    from utae.config.sweepfile import load_sweep
+    from utae.pastis.synthetic import make_synthetic_pastis
 
     sw = load_sweep(sweep)
     point = next(p for p in sw.points if p.params.get("noise_std", 0.0) == 0.0 and p.params.get("seed") == seed)
@@ -50,9 +50,9 @@ def trained_default_point(seed: int = 0, epochs: int | None = None, cache: Path 
                           ) -> tuple[torch.nn.Module, Any, Any, float, bool]:
     """``(model in eval mode on the CPU, config, splits, training seconds, cached)`` of the clean default point;
     the training seconds are those of this call's training, or the cached ones (``cached`` True)."""
-    from utae.engine import build_engine, fit
-    from utae.loaders import make_datasets, make_loader
-    from utae.checkpoint import seed_everything
+    from utae.training.engine import build_engine, fit
+    from utae.training.loaders import make_datasets, make_loader
+    from utae.training.checkpoint import seed_everything
 
     config = default_point(seed, epochs)
     splits = make_datasets(config)
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from utae.corruption_spec import KINDS, SEVERITIES
-    from utae.corruptions import corrupt_batch
-    from utae.engine import evaluate_epoch
-    from utae.loaders import make_loader
-    from utae.metrics import scores
+    from utae.perturb.kinds import KINDS, SEVERITIES
+    from utae.perturb.corruptions import corrupt_batch
+    from utae.training.engine import evaluate_epoch
+    from utae.training.loaders import make_loader
+    from utae.pastis.metrics import scores
 
     model, config, splits, train_s, cached = trained_default_point(args.seed, args.epochs, args.cache)
     cpu = torch.device("cpu")

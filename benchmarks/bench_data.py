@@ -1,6 +1,6 @@
 """Loader throughput: ``PastisDataset`` + ``pad_collate`` against the training step of the same batch.
 
-Two datasets are generated in a temporary folder with :func:`utae.synthetic.make_synthetic_pastis`:
+Two datasets are generated in a temporary folder with :func:`utae.pastis.synthetic.make_synthetic_pastis`:
 the synthetic default (32x32, T 20-30) and patches of PASTIS size (128x128, T 38-61). For each,
 the loader's throughput (patches/s, one process, memory-mapped reads, normalisation and
 ``pad_collate`` included) is measured over whole epochs, and a training step of U-TAE (forward,
@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import SMALL_WIDTHS, time_fn, train_step_fn
-from utae.data import PastisDataset, pad_collate
-from utae.model import UTAE
-from utae.platform import resolve_device
-from utae.synthetic import make_synthetic_pastis
-from utae.engine import to_device
+from utae.pastis.dataset import PastisDataset, pad_collate
+from utae.models.utae import UTAE
+from utae.machine.record import resolve_device
+from utae.pastis.synthetic import make_synthetic_pastis
+from utae.training.engine import to_device
 
 #: widths of the default sweep (params/default.yaml), used on the synthetic set
 #: (name, generator arguments, model widths, (patches in quick mode, patches in full mode))

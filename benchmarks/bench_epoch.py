@@ -3,18 +3,18 @@
 ``python -m benchmarks.bench_epoch [--rounds 3] [--device cpu] [--threads 1]``.
 
 The data are the default sweep's: the synthetic PASTIS of ``make reproduce`` (300 patches of 32x32, 20 to 30
-dates; :func:`utae.synthetic.make_synthetic_pastis` defaults, written to a temporary folder), fold 1's 180
-training patches in a seeded shuffled order, batches of 4 padded by :func:`utae.data.pad_collate`: 45 steps
+dates; :func:`utae.pastis.synthetic.make_synthetic_pastis` defaults, written to a temporary folder), fold 1's 180
+training patches in a seeded shuffled order, batches of 4 padded by :func:`utae.pastis.dataset.pad_collate`: 45 steps
 of forward, float32 cross-entropy, backward and Adam (:func:`benchmarks.common.train_step_fn`), with the
 small widths of ``params/default.yaml`` (:data:`benchmarks.common.SMALL_WIDTHS`, ``d_k`` 4).
 
 Variants (every one starts from the same weights):
 
-* ``reference``: PyTorch's reflect padding (:func:`utae.model.reflect_pad_reference`) and the broadcast
-  group-weighted sum (:func:`utae.model.group_weighted_sum_reference`): the model before those two ops had
+* ``reference``: PyTorch's reflect padding (:func:`utae.models.utae.reflect_pad_reference`) and the broadcast
+  group-weighted sum (:func:`utae.models.utae.group_weighted_sum_reference`): the model before those two ops had
   hand-written backward passes.
-* ``pad``: only :func:`utae.model.reflect_pad`; ``aggregation``: only :func:`utae.model.group_weighted_sum`.
-* ``default``: both, as :class:`utae.model.UTAE` builds itself.
+* ``pad``: only :func:`utae.models.utae.reflect_pad`; ``aggregation``: only :func:`utae.models.utae.group_weighted_sum`.
+* ``default``: both, as :class:`utae.models.utae.UTAE` builds itself.
 * ``default channels_last``: the same in the channels-last memory format (``RunConfig.channels_last``).
 
 The variants take each batch of the epoch in turns, with a calibration block
@@ -40,10 +40,11 @@ import torch
 
 from benchmarks.bench import calibration_step
 from benchmarks.common import SMALL_WIDTHS, print_table, sync, train_step_fn
-from utae.data import FOLD_ROTATIONS, PastisDataset, pad_collate
-from utae.model import UTAE, ReflectConv2d, TemporalAggregator, group_weighted_sum_reference, reflect_pad_reference
-from utae.platform import platform_id, resolve_device
-from utae.synthetic import make_synthetic_pastis
+from utae.pastis.metadata import FOLD_ROTATIONS
+from utae.pastis.dataset import PastisDataset, pad_collate
+from utae.models.utae import UTAE, ReflectConv2d, TemporalAggregator, group_weighted_sum_reference, reflect_pad_reference
+from utae.machine.record import platform_id, resolve_device
+from utae.pastis.synthetic import make_synthetic_pastis
 
 #: The U-TAE of the default sweep (params/default.yaml).
 WIDTHS: dict = dict(SMALL_WIDTHS, d_k=4)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs per variant (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the sweep gives a run 1)")
     parser.add_argument("--data", default=None,
-                        help="an existing default synthetic set (python -m utae.synthetic ROOT); default: a new one")
+                        help="an existing default synthetic set (python -m utae.pastis.synthetic ROOT); default: a new one")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")

@@ -4,7 +4,7 @@ U-TAE's L-TAE group-normalises over every time step of the batch, padded ones in
 does), so in a padded batch a patch's logits depend on how much padding its batch needs. For two models:
 
 * the official widths with the reference weights' stand-in (``../shared/reference/utae_official/state_dict.npz``,
-  :func:`utae.weights.load_official_weights`) on the test fold of a 60-patch synthetic set (32 x 32 px, 20 to 30
+  :func:`utae.training.weights.load_official_weights`) on the test fold of a 60-patch synthetic set (32 x 32 px, 20 to 30
   dates, fold 1's rotation);
 * a clean-trained default-study point (:func:`benchmarks.bench_corruptions.trained_default_point`, cached) on the
   default synthetic set's test fold,
@@ -32,7 +32,7 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
 @torch.no_grad()
 def _logits(model: torch.nn.Module, items: list[dict]) -> list[torch.Tensor]:
     """Each patch alone on its real frames: ``[(20, H, W)]``."""
-    from utae.data import pad_collate
+    from utae.pastis.dataset import pad_collate
 
     out = []
     for it in items:
@@ -45,7 +45,7 @@ def _logits(model: torch.nn.Module, items: list[dict]) -> list[torch.Tensor]:
 def _padded_logits(model: torch.nn.Module, items: list[dict], order: list[int], batch_size: int
                    ) -> dict[int, torch.Tensor]:
     """Padded batches of ``batch_size`` in ``order``: ``{item index: (20, H, W)}``."""
-    from utae.data import pad_collate
+    from utae.pastis.dataset import pad_collate
 
     out = {}
     for start in range(0, len(order), batch_size):
@@ -57,8 +57,8 @@ def _padded_logits(model: torch.nn.Module, items: list[dict], order: list[int], 
 
 
 def _miou(preds: list[torch.Tensor], items: list[dict]) -> float:
-    from utae.classes import N_CLASSES
-    from utae.metrics import confusion_matrix, scores
+    from utae.pastis.classes import N_CLASSES
+    from utae.pastis.metrics import confusion_matrix, scores
 
     cm = sum(confusion_matrix(p.argmax(0)[None], it["mask"][None], N_CLASSES) for p, it in zip(preds, items))
     return float(scores(cm.cpu())["miou"])
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from utae.data import FOLD_ROTATIONS, PastisDataset
-    from utae.model import UTAE
-    from utae.synthetic import make_synthetic_pastis
-    from utae.weights import load_official_weights
+    from utae.pastis.metadata import FOLD_ROTATIONS
+    from utae.pastis.dataset import PastisDataset
+    from utae.models.utae import UTAE
+    from utae.pastis.synthetic import make_synthetic_pastis
+    from utae.training.weights import load_official_weights
 
     if not args.data.is_dir():
         make_synthetic_pastis(args.data, n_patches=60, size=32, seed=0)

@@ -1,7 +1,7 @@
 """Whole short runs in every precision mode the device supports: what each mode costs in accuracy and gains in speed.
 
 Where :mod:`benchmarks.bench` times the model on random batches, this trains and tests it end to end with
-:func:`utae.run.run` (loader, pinned memory and non-blocking copies on CUDA, grad scaler for fp16, the
+:func:`utae.training.run.run` (loader, pinned memory and non-blocking copies on CUDA, grad scaler for fp16, the
 confusion matrix on the device) on a small learnable synthetic set, once per mode, from the same seed. The
 table gives each mode's test mIoU and OA, their change against the IEEE float32 run (``amp="off"``), the mean
 training throughput and the settings ``platform.json`` recorded. It is the check that a mode runs at all on a
@@ -20,11 +20,11 @@ import pandas as pd
 
 from benchmarks.bench import supported_amps
 from benchmarks.common import SMALL_WIDTHS, print_table
-from utae.platform import platform_id, resolve_device
-from utae.atomic import read_json
-from utae.synthetic import make_synthetic_pastis
-from utae.config import RunConfig
-from utae.run import run
+from utae.machine.record import platform_id, resolve_device
+from utae.util.atomic import read_json
+from utae.pastis.synthetic import make_synthetic_pastis
+from utae.config.run_config import RunConfig
+from utae.training.run import run
 
 #: The short run: the default sweep's small widths on 100 patches of 32x32 (about 10 s per mode on one CPU core).
 RUN: dict = dict(epochs=10, batch_size=4, seed=0, **SMALL_WIDTHS, test_noise_stds=(0.0,), n_examples=0, progress=False)

@@ -2,7 +2,7 @@
 extrapolated, both also in calibration blocks so that two machines compare by their compute.
 
 One point of the sweep (default: its first, of ``params/default.yaml``) runs through the point runner
-(:func:`utae.point.run_point`: kernel start, data, training, test at every noise level, report) into a scratch
+(:func:`utae.sweep.point.run_point`: kernel start, data, training, test at every noise level, report) into a scratch
 results folder, with one torch thread as in a parallel sweep; then the comparison notebook runs on that folder.
 The study's expected time is ``ceil(points / jobs) * point + compare``, with one point per core (the local
 executor's default): the last round may run alone, so an odd number of points costs a whole round.
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="points at a time (default: cores)")
     args = parser.parse_args(argv)
 
-    from utae.atomic import read_json
-    from utae.point import run_point
-    from utae.runfolder import run_path
-    from utae.sweep import prepare_sweep, run_compare
-    from utae.sweepfile import load_sweep
+    from utae.util.atomic import read_json
+    from utae.sweep.point import run_point
+    from utae.rundir.folder import run_path
+    from utae.sweep.orchestrate import prepare_sweep, run_compare
+    from utae.config.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep)
     point = sweep.point(args.point) if args.point else sweep.points[0]

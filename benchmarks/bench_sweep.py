@@ -4,8 +4,8 @@ adds to a point beyond the point's own run.
 The sweep: two points (noise 0 and 0.5) of one epoch on a 10-patch synthetic dataset, the tiny widths of the
 notebook tests; no compare.html (it costs the same with either executor). For each executor the table gives
 
-* ``sweep_s``: :func:`utae.sweep.run_all` from start to end (preparing and checking the sweep included);
-* ``point_s``: the mean time a point spent in the point runner (:func:`utae.point.run_point`: kernel start,
+* ``sweep_s``: :func:`utae.sweep.orchestrate.run_all` from start to end (preparing and checking the sweep included);
+* ``point_s``: the mean time a point spent in the point runner (:func:`utae.sweep.point.run_point`: kernel start,
   training, test, report), measured inside the worker or the job;
 * ``overhead_s`` / ``overhead_max_s``: per point, the time from dispatch (local) or submission (Slurm) to the
   moment the executor saw the point end, minus ``point_s``: worker start, or queueing, job start, submitit and
@@ -30,10 +30,10 @@ import pandas as pd
 import yaml
 
 from benchmarks.common import print_table
-from utae.sweepfile import load_sweep
-from utae.executor import SlurmOptions
-from utae.sweep import run_all
-from utae.synthetic import make_synthetic_pastis
+from utae.config.sweepfile import load_sweep
+from utae.sweep.executor import SlurmOptions
+from utae.sweep.orchestrate import run_all
+from utae.pastis.synthetic import make_synthetic_pastis
 
 TINY: dict = {"batch_size": 4, "encoder_widths": [8, 8, 8, 16], "decoder_widths": [8, 8, 8, 16], "out_conv": [8, 20],
               "n_head": 4, "d_model": 32, "d_k": 4, "test_noise_stds": [0.0, 1.0], "n_examples": 2, "device": "cpu",

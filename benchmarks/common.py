@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-from utae.precision import autocast
-from utae.engine import compute_loss
+from utae.training.precision import autocast
+from utae.training.engine import compute_loss
 
 #: The small widths of the synthetic default sweep (params/default.yaml).
 SMALL_WIDTHS: dict = dict(
@@ -59,8 +59,8 @@ def train_step_fn(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Callable[[], None]:
-    """One training step as :func:`utae.engine.train_one_epoch` takes it (forward, the float32 cross-entropy of
-    :func:`utae.engine.compute_loss` with void ignored, backward, optimizer step).
+    """One training step as :func:`utae.training.engine.train_one_epoch` takes it (forward, the float32 cross-entropy of
+    :func:`utae.training.engine.compute_loss` with void ignored, backward, optimizer step).
 
     ``batch`` is ``(x (B, T, C, H, W), positions (B, T), pad_mask (B, T), target (B, H, W))`` on ``device``,
     except the pad mask, which stays on the host as in training;

@@ -394,12 +394,12 @@ def bring_home(folder: Path, results: Path, name: str | None = None) -> list[str
         ValueError: naming the file when ``folder`` holds no campaign's ``summary.json``, holds more than one
             study archive, or holds a bench table without :data:`BENCH_COLUMNS` or over :data:`MAX_FILE_BYTES`;
             when the platform's name (``name``, or the one in the folder) is not one folder name
-            (:func:`utae.checks.safe_path_name`); or when a dry run's folder (tiny settings on the CPU) would go
+            (:func:`utae.util.checks.safe_path_name`); or when a dry run's folder (tiny settings on the CPU) would go
             into the repository's ``results``.
         RuntimeError: when the import or the report fails (with the end of its output).
     """
-    from utae.atomic import atomic_write_bytes  # here only: the campaign itself runs before the wheels are there
-    from utae.checks import safe_path_name
+    from utae.util.atomic import atomic_write_bytes  # here only: the campaign itself runs before the wheels are there
+    from utae.util.checks import safe_path_name
 
     folder, results = Path(folder), Path(results)
     summary_file = folder / "summary.json"

@@ -3,7 +3,7 @@ which runs each of them as a child process with its own timeout).
 
 ``python -m benchmarks.gpu_campaign_steps env-check --json FILE [--tiny]``
     The versions (GPU, driver, CUDA, torch, cuDNN, Python and the packages the study needs), the platform record of
-    :func:`utae.platform.platform_info`, an import of every module of the package and of the notebook runner
+    :func:`utae.machine.record.platform_info`, an import of every module of the package and of the notebook runner
     (papermill, nbconvert, the kernel), and one U-TAE training step on the device in each precision mode it
     supports: the check that the package runs on the machine's own torch. Writes FILE even when a check fails
     (then exits 1).
@@ -58,11 +58,11 @@ from benchmarks.bench import (
 from benchmarks.bench_data import bench_loader
 from benchmarks.bench_runs import mode_runs
 from benchmarks.common import SMALL_WIDTHS, print_table, train_step_fn
-from utae.model import UTAE
-from utae.platform import platform_id, platform_info, resolve_device
-from utae.precision import float32_math, resolve_amp, tf32_enabled
-from utae.atomic import atomic_write_csv, atomic_write_json
-from utae.synthetic import make_synthetic_pastis
+from utae.models.utae import UTAE
+from utae.machine.record import platform_id, platform_info, resolve_device
+from utae.training.precision import float32_math, resolve_amp, tf32_enabled
+from utae.util.atomic import atomic_write_csv, atomic_write_json
+from utae.pastis.synthetic import make_synthetic_pastis
 
 #: The distributions the study needs besides torch: the package's own ranges (pyproject.toml) and the notebook
 #: runner. Their versions go into env.json.
@@ -119,11 +119,11 @@ def import_modules(names: list[str]) -> dict[str, str]:
 
 
 def render_check() -> str:
-    """Render a one-cell notebook with :func:`utae.report.render_notebook_html` (nbconvert and its templates, as
+    """Render a one-cell notebook with :func:`utae.report.pages.render_notebook_html` (nbconvert and its templates, as
     every run report needs them): ``"ok"`` or the error."""
     try:
         import nbformat
-        from utae.report import render_notebook_html
+        from utae.report.pages import render_notebook_html
 
         with tempfile.TemporaryDirectory(prefix="utae-campaign-report-") as tmp:
             notebook = Path(tmp) / "check.ipynb"

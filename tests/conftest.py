@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from utae.synthetic import generator_options, make_synthetic_pastis
+from utae.pastis.synthetic import generator_options, make_synthetic_pastis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The official model's reference outputs, in the shared folder beside the repository.
@@ -55,7 +55,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 @pytest.fixture(scope="session")
 def synthetic_pastis(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``synthetic_pastis(copy_to=None, **options) -> Path``: the synthetic PASTIS of these generator options
-    (:func:`utae.synthetic.make_synthetic_pastis`), built once per session and shared by every test that asks
+    (:func:`utae.pastis.synthetic.make_synthetic_pastis`), built once per session and shared by every test that asks
     for the same options. Its files are read-only: a test that modifies the dataset, or needs it at a path of
     its own, passes ``copy_to`` and gets a writable copy there."""
     built: dict[str, Path] = {}

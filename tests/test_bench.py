@@ -18,7 +18,7 @@ from benchmarks.bench import (
     modes_for,
     supported_amps,
 )
-from utae.model import UTAE
+from utae.models.utae import UTAE
 
 from helpers import tiny_model
 

@@ -81,7 +81,7 @@ def test_the_environment_record_names_this_torch_and_every_check_passed(dry_run)
     _, out, _ = dry_run
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["problems"] == []
-    assert env["imports"]["utae.sweep"] == "ok" and env["imports"]["papermill"] == "ok"
+    assert env["imports"]["utae.sweep.orchestrate"] == "ok" and env["imports"]["papermill"] == "ok"
     assert "python3" in env["kernels"]
     assert env["train_step"] == {amp: "ok" for amp in supported_amps(torch.device("cpu"))}
 

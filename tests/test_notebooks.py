@@ -158,7 +158,7 @@ def test_compare_notebook_robustness_section_on_runs_tested_on_corruptions(tmp_p
     (tests/test_robustness.py), and a tiny synthetic dataset for the gallery: compare.ipynb shows the section, writes
     robustness.csv, and the runs of today's format render beside them."""
     from test_robustness import make_corruption_results
-    from utae.sweep import run_compare
+    from utae.sweep.orchestrate import run_compare
 
     data = synthetic_pastis(n_patches=10, size=32, t_range=(6, 8), seed=0)
     results = make_corruption_results(tmp_path, dataset=data)

@@ -16,16 +16,16 @@ Commands::
                                     --results: ``results`` and every study folder ``results/*/`` that has runs
     index [--results R]             write <results>/reports/index.html
     export [--results R] [-o FILE] [--platform P] [--sweep SWEEP]
-                                    pack this machine's runs and reports into a .tar.gz (:mod:`utae.archive`)
+                                    pack this machine's runs and reports into a .tar.gz (:mod:`utae.exchange.export`)
     import SOURCE [--results R] [--as NAME] [--dry-run]
-                                    import runs, checked, never overwriting (:mod:`utae.merge`)
+                                    import runs, checked, never overwriting (:mod:`utae.exchange.import_runs`)
     verify SWEEP [--results R] [--points N|ids] [--scratch DIR] [--platform P] [--threads T]
-                                    rerun points here and compare with the committed runs (:mod:`utae.verify`)
+                                    rerun points here and compare with the committed runs (:mod:`utae.exchange.verify`)
 
 Exit statuses: 0 success; 1 a point failed (the others ran), ``import`` refused a run, or ``verify`` found a
 same-machine difference (or compared nothing); 2 an error the user can fix (one line on stderr, ``error: ...``,
 naming the file or parameter; no traceback); 130 Ctrl-C (``run-all`` then says which points finished, which
-will resume and from which epoch, which did not start, and the command that continues). Messages go through :mod:`logging`, configured here once (:func:`utae.console.configure_logging`).
+will resume and from which epoch, which did not start, and the command that continues). Messages go through :mod:`logging`, configured here once (:func:`utae.util.console.configure_logging`).
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from utae.archive import export_runs
-from utae.sweepfile import DEFAULT_TIMEOUT, load_sweep
-from utae.console import configure_logging
-from utae.executor import SlurmOptions
-from utae.merge import import_runs
-from utae.point import run_point
-from utae.report import ReportWriteError, write_index
-from utae.sweep import SweepInterrupted, default_results, report_studies, run_all, run_compare
-from utae.verify import verify, verify_failures
+from utae.exchange.export import export_runs
+from utae.config.sweepfile import DEFAULT_TIMEOUT, load_sweep
+from utae.util.console import configure_logging
+from utae.sweep.executor import SlurmOptions
+from utae.exchange.import_runs import import_runs
+from utae.sweep.point import run_point
+from utae.report.pages import ReportWriteError, write_index
+from utae.sweep.orchestrate import SweepInterrupted, default_results, report_studies, run_all, run_compare
+from utae.exchange.verify import verify, verify_failures
 
 __all__ = ["main"]
 
@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
         points: int | str | None = None
         if args.points is not None:
             text = str(args.points).strip()
-            points = int(text) if text.isdigit() else text  # run ids: utae.verify splits on commas and spaces
+            points = int(text) if text.isdigit() else text  # run ids: utae.exchange.verify splits on commas and spaces
         frame = verify(args.sweep, args.results, points=points, scratch=args.scratch, platform=args.platform,
                        threads=args.threads)
         return 1 if frame.empty or len(verify_failures(frame)) else 0

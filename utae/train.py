@@ -9,8 +9,8 @@ YAML, so ``--set lr=1e-3`` is a number), also under ``torchrun`` for several GPU
 Errors a person can fix (a config or sweep-file error, a dataset that is not PASTIS, a run folder of another run
 or machine, a checkpoint that cannot resume) print one line, ``error: ...``, and exit with status 2.
 
-The work is done by :func:`utae.run.run` (the run directory), :mod:`utae.engine` (the training loop) and
-:mod:`utae.config` (the config) and :mod:`utae.sweepfile` (its reader).
+The work is done by :func:`utae.training.run.run` (the run directory), :mod:`utae.training.engine` (the training loop) and
+:mod:`utae.config.run_config` (the config) and :mod:`utae.config.sweepfile` (its reader).
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from utae.checkpoint import CheckpointError
-from utae.console import configure_logging
-from utae.distributed import dist_context
-from utae.engine import NonFiniteLossError
-from utae.run import run
-from utae.sweepfile import load_config_file, parse_set
+from utae.training.checkpoint import CheckpointError
+from utae.util.console import configure_logging
+from utae.training.distributed import dist_context
+from utae.training.engine import NonFiniteLossError
+from utae.training.run import run
+from utae.config.sweepfile import load_config_file, parse_set
 
 __all__ = ["USER_ERRORS", "main"]
 
 #: The errors of a run that a person fixes by changing the config, the data or the run folder: shown as one line.
 #: The package's errors of bad input are ValueErrors whose message names the file or field: SweepError,
-#: utae.data.PastisFormatError, utae.runfolder.RunDirError, utae.platform.OtherMachineError,
-#: utae.weights.WeightsError, and RunConfig's own checks; a data file that is missing (the message names it), a
+#: utae.pastis.dataset.PastisFormatError, utae.rundir.folder.RunDirError, utae.machine.record.OtherMachineError,
+#: utae.training.weights.WeightsError, and RunConfig's own checks; a data file that is missing (the message names it), a
 #: checkpoint that cannot be read and a diverging loss (which names its epoch and batch) are fixed by the user too.
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError)
 

@@ -1,0 +1,7 @@
+"""What a run is asked to do: :class:`~utae.config.run_config.RunConfig`, one validated dataclass with one
+field per notebook parameter (torch-free), and the one reader of the sweep files ``params/*.yaml`` and of
+``--set`` values (:mod:`~utae.config.sweepfile`).
+
+Layer 4: may import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb.kinds` and
+:mod:`utae.models.registry` (torch-free modules).
+"""

@@ -1,0 +1,8 @@
+"""The PASTIS benchmark: its classes and colours (:mod:`~utae.pastis.classes`), its on-disk names
+(:mod:`~utae.pastis.layout`), its metadata and normalisation files (:mod:`~utae.pastis.metadata`), the dataset and
+its collate function (:mod:`~utae.pastis.dataset`), the format checks (:mod:`~utae.pastis.validate`), the
+synthetic PASTIS in exactly that format (:mod:`~utae.pastis.synthetic`) and the segmentation metrics of its
+protocol, void ignored (:mod:`~utae.pastis.metrics`).
+
+Layer 2: may import :mod:`utae.util` only.
+"""

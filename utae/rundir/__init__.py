@@ -1,0 +1,6 @@
+"""The run folder ``results/<study>/runs/<platform>/<run_id>/``, its one owner: paths, the lock and the files a
+finished run has (:mod:`~utae.rundir.paths`), the validating readers and consistency checks
+(:mod:`~utae.rundir.readers`) and the same-run rule (:mod:`~utae.rundir.same_run`).
+
+Layer 5: may import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.config` and :mod:`utae.machine`.
+"""

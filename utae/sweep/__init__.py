@@ -1,0 +1,7 @@
+"""A whole sweep: its points checked, skipped or handed to an executor (:mod:`~utae.sweep.orchestrate`), the one
+point runner that executes ``train_eval.ipynb`` with papermill (:mod:`~utae.sweep.point`), the executors
+(:mod:`~utae.sweep.executor`: the core, :mod:`~utae.sweep.local`, :mod:`~utae.sweep.slurm`) and the notebook
+kernel's manager (:mod:`~utae.sweep.kernel`).
+
+Layer 8: may import every layer below.
+"""
