@@ -10,10 +10,10 @@ small widths of ``params/default.yaml`` (:data:`benchmarks.common.SMALL_WIDTHS`,
 
 Variants (every one starts from the same weights):
 
-* ``reference``: PyTorch's reflect padding (:func:`utae.models.utae.reflect_pad_reference`) and the broadcast
-  group-weighted sum (:func:`utae.models.utae.group_weighted_sum_reference`): the model before those two ops had
+* ``reference``: PyTorch's reflect padding (:func:`utae.models.ops.reflect_pad_reference`) and the broadcast
+  group-weighted sum (:func:`utae.models.ops.group_weighted_sum_reference`): the model before those two ops had
   hand-written backward passes.
-* ``pad``: only :func:`utae.models.utae.reflect_pad`; ``aggregation``: only :func:`utae.models.utae.group_weighted_sum`.
+* ``pad``: only :func:`utae.models.ops.reflect_pad`; ``aggregation``: only :func:`utae.models.ops.group_weighted_sum`.
 * ``default``: both, as :class:`utae.models.utae.UTAE` builds itself.
 * ``default channels_last``: the same in the channels-last memory format (``RunConfig.channels_last``).
 
@@ -42,7 +42,9 @@ from benchmarks.bench import calibration_step
 from benchmarks.common import SMALL_WIDTHS, print_table, sync, train_step_fn
 from utae.pastis.metadata import FOLD_ROTATIONS
 from utae.pastis.dataset import PastisDataset, pad_collate
-from utae.models.utae import UTAE, ReflectConv2d, TemporalAggregator, group_weighted_sum_reference, reflect_pad_reference
+from utae.models.utae import UTAE
+from utae.models.ops import ReflectConv2d, group_weighted_sum_reference, reflect_pad_reference
+from utae.models.ltae import TemporalAggregator
 from utae.machine.record import platform_id, resolve_device
 from utae.pastis.synthetic import make_synthetic_pastis
 

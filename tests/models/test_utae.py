@@ -7,15 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utae.models.utae import (
-    UTAE,
-    ReflectConv2d,
-    TemporalAggregator,
-    group_weighted_sum,
-    group_weighted_sum_reference,
-    reflect_pad,
-    reflect_pad_reference,
-)
+from utae.models.utae import UTAE
+from utae.models.ops import ReflectConv2d, group_weighted_sum, group_weighted_sum_reference, reflect_pad, reflect_pad_reference
+from utae.models.ltae import TemporalAggregator
 from utae.training.weights import WeightsError, load_official_weights
 
 from helpers import tiny_model
@@ -220,7 +214,7 @@ def test_corrupt_and_missing_weights_files(tmp_path):
         load_official_weights(UTAE(**TINY), tmp_path / "absent.npz")
 
 
-# --- hand-written backward passes (utae.models.utae.reflect_pad, group_weighted_sum) ------------------------
+# --- hand-written backward passes (utae.models.ops.reflect_pad, group_weighted_sum) ------------------------
 
 
 def _int_valued(shape, seed, dtype=torch.float64):
@@ -254,7 +248,7 @@ def test_reflect_pad_matches_torch_values_and_gradients(pad, shape, channels_las
 def test_evaluation_skips_the_autograd_functions_with_the_same_forward():
     """Without gradients, reflect_pad and group_weighted_sum skip their autograd Functions (the per-call cost of
     a Function is most of their time at evaluation); the values are bit for bit the Functions' (float32, random)."""
-    from utae.models.utae import _GroupWeightedSum, _ReflectPad
+    from utae.models.ops import _GroupWeightedSum, _ReflectPad
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 4, 9, 7, generator=g)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from utae.pastis.classes import VOID_LABEL
-from utae.models.utae import LTAE2d, UTAE
+from utae.models.ltae import LTAE2d
+from utae.models.utae import UTAE
 from utae.training.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.training.weights import load_official_weights
 
@@ -72,7 +73,7 @@ class LTAEProbe:
     and the gradients that reach its outputs during the backward pass; :meth:`replay` then runs a copy of the
     L-TAE alone, in float32 with autocast off, on the same input with the same dropout draws.
 
-    Under autocast the L-TAE must compute in float32 (see :meth:`utae.models.utae.LTAE2d.forward`): the replay then
+    Under autocast the L-TAE must compute in float32 (see :meth:`utae.models.ltae.LTAE2d.forward`): the replay then
     repeats the same float32 operations, and outputs and parameter gradients agree to FLOAT32_REORDER. An L-TAE
     computed in bfloat16 (whose date encoding loses day resolution: bf16 runs lost 3 to 5 mIoU points) differs
     by bf16 rounding, 2^-9 relative or more.

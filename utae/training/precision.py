@@ -13,7 +13,7 @@ Modes (``RunConfig.amp``):
 * ``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; off on the CPU, where bf16 autocast
   is rarely faster than float32.
 
-The L-TAE (softmax included) and the loss stay in float32 under autocast (see :mod:`utae.models.utae` and
+The L-TAE (softmax included) and the loss stay in float32 under autocast (see :mod:`utae.models.ltae` and
 :mod:`utae.training.engine`).
 """
 
