@@ -111,7 +111,8 @@ def test_geometric_unpatchify_is_the_inverse_pixel_permutation(baselines, case):
 
 def _tiny(**options) -> TSViT:
     torch.manual_seed(0)
-    small = dict(input_dim=3, num_classes=4, input_size=8, dim=16, temporal_depth=2, spatial_depth=1, heads=2, dim_head=8)
+    small = dict(input_dim=3, num_classes=4, input_size=8, dim=16, temporal_depth=2, spatial_depth=1, heads=2,
+                 dim_head=8)
     return TSViT(**{**small, **options})
 
 

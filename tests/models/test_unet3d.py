@@ -107,7 +107,8 @@ def test_padding_does_not_change_any_prediction(train):
     a, b = _series(1, 6, 1), _series(1, 5, 2)
     tight = torch.cat([a, _pad(b, 6)])
     loose = _pad(tight, 11)
-    inside = torch.cat([_pad(a, 11), torch.cat([b[:, :2], b.new_zeros(1, 4, *b.shape[2:]), b[:, 2:], b.new_zeros(1, 2, *b.shape[2:])], 1)])
+    gap = b.new_zeros(1, 4, *b.shape[2:])
+    inside = torch.cat([_pad(a, 11), _pad(torch.cat([b[:, :2], gap, b[:, 2:]], dim=1), 11)])
     base = _small_model()
     base.train(train)
     outputs, stats = [], []

@@ -226,7 +226,8 @@ class TSViT(nn.Module):
             _positive_int("max_seq_len", max_seq_len)
         if unpatchify not in UNPATCHIFY:
             raise ValueError(f"unpatchify must be one of {UNPATCHIFY}, got {unpatchify!r}")
-        self.input_dim, self.num_classes, self.input_size, self.patch_size = input_dim, num_classes, input_size, patch_size
+        self.input_dim, self.num_classes = input_dim, num_classes
+        self.input_size, self.patch_size = input_size, patch_size
         self.max_seq_len, self.unpatchify, self.pad_value = max_seq_len, unpatchify, float(pad_value)
         self.reference_date = reference_date
         self.reference_epoch_days = None if reference_date is None else days_to_epoch(reference_date)
@@ -266,7 +267,7 @@ class TSViT(nn.Module):
         bad = (days < 0) | (days >= N_DAYS)
         if bool(bad.any()):
             value = int(days[bad][0])
-            raise ValueError(f"batch_positions holds day of year {value}; with reference_date=None each must lie in 0..365")
+            raise ValueError(f"batch_positions holds day {value}; with reference_date=None each must lie in 0..365")
         return days
 
     def _check_inputs(self, x: Tensor, batch_positions: Tensor, pad_mask: Tensor | None) -> None:
@@ -276,14 +277,16 @@ class TSViT(nn.Module):
         if c != self.input_dim:
             raise ValueError(f"x has {c} channels (dim 2 of (B, T, C, H, W)), expected input_dim={self.input_dim}")
         if (h, w) != (self.input_size, self.input_size):
-            raise ValueError(f"x has H x W = {h}x{w}, expected input_size={self.input_size} ({self.input_size}x{self.input_size})")
+            s = self.input_size
+            raise ValueError(f"x has H x W = {h}x{w}, expected input_size={s} ({s}x{s})")
         if self.max_seq_len is not None and t > self.max_seq_len:
             raise ValueError(f"x has T={t} frames, more than max_seq_len={self.max_seq_len}")
         if tuple(batch_positions.shape) != (b, t):
             raise ValueError(f"batch_positions must have shape (B, T) = {(b, t)}, got {tuple(batch_positions.shape)}")
         if pad_mask is not None and (tuple(pad_mask.shape) != (b, t) or pad_mask.dtype != torch.bool):
             raise ValueError(
-                f"pad_mask must be a bool tensor of shape (B, T) = {(b, t)}, got {pad_mask.dtype} {tuple(pad_mask.shape)}"
+                f"pad_mask must be a bool tensor of shape (B, T) = {(b, t)}, "
+                f"got {pad_mask.dtype} {tuple(pad_mask.shape)}"
             )
 
     def forward(self, x: Tensor, batch_positions: Tensor, pad_mask: Tensor | None = None) -> Tensor:
@@ -304,9 +307,8 @@ class TSViT(nn.Module):
         pad_mask = pad_mask.to(x.device)
         empty = pad_mask.all(dim=1)
         if bool(empty.any()):
-            raise ValueError(
-                f"sample(s) {empty.nonzero().flatten().tolist()} of the batch have only padded frames; each needs a real frame"
-            )
+            samples = empty.nonzero().flatten().tolist()
+            raise ValueError(f"sample(s) {samples} of the batch have only padded frames; each needs a real frame")
         b, t = pad_mask.shape
         k, n = self.num_classes, self.num_patches
         doy = self.days_of_year(batch_positions.to(x.device), pad_mask)

@@ -187,7 +187,8 @@ class UNet3D(nn.Module):
         if pad_mask is not None:
             if tuple(pad_mask.shape) != (b, t) or pad_mask.dtype != torch.bool:
                 raise ValueError(
-                    f"pad_mask must be a bool tensor of shape (B, T) = {(b, t)}, got {pad_mask.dtype} {tuple(pad_mask.shape)}"
+                    f"pad_mask must be a bool tensor of shape (B, T) = {(b, t)}, "
+                    f"got {pad_mask.dtype} {tuple(pad_mask.shape)}"
                 )
 
     def _compact(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,7 +201,7 @@ class UNet3D(nn.Module):
         lengths = (~pad_mask).sum(dim=1)
         if bool((lengths == 0).any()):
             empty = (lengths == 0).nonzero().flatten().tolist()
-            raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs at least one real frame")
+            raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs a real frame")
         if bool(pad_mask.any()):
             order = torch.sort(pad_mask.to(torch.uint8), dim=1, stable=True).indices  # real frames first, in order
             x = x.gather(1, order.view(b, t, 1, 1, 1).expand_as(x))
@@ -274,5 +275,5 @@ class UNet3D(nn.Module):
         count = valid.sum(dim=1)
         if bool((count == 0).any()):
             empty = (count == 0).nonzero().flatten().tolist()
-            raise ValueError(f"sample(s) {empty} have no real frame among the first {t_out}; the official mean divides by 0")
+            raise ValueError(f"sample(s) {empty} have no real frame among the first {t_out} (the official mean's)")
         return (out * valid[:, None, :, None, None]).sum(dim=2) / count.view(-1, 1, 1, 1)
