@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from utae.models.convlstm import check_kernel_size
 from utae.models.rec_blocks import (
-    check_choice,
+    check_bool,
     check_input_size,
+    check_pad_value,
     check_positive_int,
     check_real_frames,
     check_series,
@@ -118,8 +119,8 @@ class ConvGRU(nn.Module):
         self.input_size = check_input_size(input_size)
         kernel = check_kernel_size(kernel_size)
         check_positive_int("hidden_dim", hidden_dim)
-        check_choice("official_padding", official_padding, (False, True))
-        self.pad_value = float(pad_value)
+        check_bool("official_padding", official_padding)
+        self.pad_value = check_pad_value(pad_value)
         self.official_padding = bool(official_padding)
         self.convgru_encoder = ConvGRULayer(input_dim, hidden_dim, kernel, (self.input_size, self.input_size))
         self.classification_layer = nn.Conv2d(hidden_dim, num_classes, kernel_size=3, padding=1)

@@ -29,8 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from utae.models.rec_blocks import (
+    check_bool,
     check_choice,
     check_input_size,
+    check_pad_value,
     check_positive_int,
     check_real_frames,
     check_series,
@@ -166,8 +168,8 @@ class ConvLSTM(nn.Module):
         kernel = check_kernel_size(kernel_size)
         check_positive_int("hidden_dim", hidden_dim)
         check_choice("classify", classify, ("cell", "hidden"))
-        check_choice("official_padding", official_padding, (False, True))
-        self.pad_value = float(pad_value)
+        check_bool("official_padding", official_padding)
+        self.pad_value = check_pad_value(pad_value)
         self.classify = classify
         self.official_padding = bool(official_padding)
         size = (self.input_size, self.input_size)

@@ -41,8 +41,10 @@ from utae.model import ConvBlock, ReflectConv2d
 from utae.models.convlstm import ConvLSTMLayer, check_kernel_size
 from utae.models.rec_blocks import (
     GROUPS,
+    check_bool,
     check_choice,
     check_input_size,
+    check_pad_value,
     check_positive_int,
     check_series,
     check_widths,
@@ -127,12 +129,12 @@ class FPNConvLSTM(nn.Module):
         check_positive_int("hidden_size", hidden_size)
         kernel = check_kernel_size(kernel_size)
         for option, value, choices in (
-            ("mid_conv", mid_conv, (False, True)),
             ("classify", classify, ("cell", "hidden")),
             ("global_pool", global_pool, ("max", "mean")),
-            ("official_padding", official_padding, (False, True)),
         ):
             check_choice(option, value, choices)
+        check_bool("mid_conv", mid_conv)
+        check_bool("official_padding", official_padding)
         if self.input_size <= 2 ** (n_levels - 2):
             raise ValueError(
                 f"input_size must exceed the largest pyramid dilation 2 ** (n_levels - 2) = {2 ** (n_levels - 2)} "
@@ -144,7 +146,7 @@ class FPNConvLSTM(nn.Module):
                 f"n_levels * n_channels / 2 (mid_conv's width, {pyramid_width // 2}) must be a multiple of {GROUPS} "
                 f"(GroupNorm); got n_levels={n_levels}, n_channels={n_channels}"
             )
-        self.pad_value = float(pad_value)
+        self.pad_value = check_pad_value(pad_value)
         self.classify = classify
         self.official_padding = bool(official_padding)
 

@@ -24,6 +24,8 @@ from torch import Tensor
 
 __all__ = [
     "check_choice",
+    "check_bool",
+    "check_pad_value",
     "check_positive_int",
     "check_input_size",
     "check_widths",
@@ -43,6 +45,20 @@ def check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise a one-line ValueError naming ``option`` when ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{option} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def check_bool(option: str, value: Any) -> bool:
+    """``value``, or a one-line ValueError naming ``option`` when it is not a bool (1 or "yes" are refused)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{option} must be True or False; got {value!r}")
+    return value
+
+
+def check_pad_value(value: Any) -> float:
+    """The ``pad_value`` option as a float, or a one-line ValueError naming it when it is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"pad_value must be a real number (padded frames hold it); got {value!r}")
+    return float(value)
 
 
 def check_positive_int(option: str, value: Any, minimum: int = 1) -> int:

@@ -45,8 +45,10 @@ from utae.model import ConvBlock, DownConvBlock, UpConvBlock
 from utae.models.convlstm import BConvLSTMLayer, ConvLSTMLayer
 from utae.models.rec_blocks import (
     GROUPS,
+    check_bool,
     check_choice,
     check_input_size,
+    check_pad_value,
     check_positive_int,
     check_series,
     check_widths,
@@ -55,7 +57,7 @@ from utae.models.rec_blocks import (
     resolve_pad_mask,
 )
 
-__all__ = ["RecUNet", "UConvLSTM", "BUConvLSTM"]
+__all__ = ["level_sizes", "RecUNet", "UConvLSTM", "BUConvLSTM"]
 
 _NORMS = ("group", "batch", "instance", None)
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -130,9 +132,9 @@ class RecUNet(nn.Module):
             ("padding_mode", padding_mode, _PADDING_MODES),
             ("in_conv_padding_mode", in_conv_padding_mode, _PADDING_MODES + (None,)),
             ("classify", classify, ("cell", "hidden")),
-            ("official_padding", official_padding, (False, True)),
         ):
             check_choice(option, value, choices)
+        check_bool("official_padding", official_padding)
         groups = GROUPS if encoder_norm == "group" else 1
         enc = check_widths("encoder_widths", encoder_widths, minimum_length=2, multiple_of=groups)
         dec = check_widths("decoder_widths", decoder_widths, minimum_length=2, multiple_of=groups)
@@ -148,7 +150,7 @@ class RecUNet(nn.Module):
         p = check_positive_int("str_conv_p", str_conv_p, minimum=0)
         sizes = level_sizes(self.input_size, len(enc), k, s, p)
         check_positive_int("hidden_dim", hidden_dim)
-        self.pad_value = float(pad_value)
+        self.pad_value = check_pad_value(pad_value)
         self.temporal = temporal
         self.classify = classify
         self.official_padding = bool(official_padding)
