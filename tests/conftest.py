@@ -18,6 +18,8 @@ from utae.pastis.synthetic import generator_options, make_synthetic_pastis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The official model's reference outputs, in the shared folder beside the repository.
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "utae_official"
+#: The official baselines' and TSViT's reference outputs (with ARCHITECTURES.md and README.md), beside it.
+BASELINES_DIR = REPO_ROOT.parent / "shared" / "reference" / "baselines"
 #: The tiers, marked in the test files themselves: ``pytestmark = pytest.mark.slow`` (a whole file) or
 #: ``@pytest.mark.slow`` (one test) for what executes notebooks, starts several processes or a cluster, or takes
 #: seconds to tens of seconds (`make test-quick` runs ``-m "not slow"``); ``pytest.mark.long`` for the checks of a
@@ -95,3 +97,10 @@ def reference_dir() -> Path:
     if not (REFERENCE_DIR / "state_dict.npz").is_file():
         pytest.skip(f"official reference outputs not found at {REFERENCE_DIR} (the shared folder is absent)")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def baselines_dir() -> Path:
+    if not (BASELINES_DIR / "README.md").is_file():
+        pytest.skip(f"official baselines' reference outputs not found at {BASELINES_DIR} (the shared folder is absent)")
+    return BASELINES_DIR
