@@ -37,7 +37,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from utae.model import ConvBlock, ReflectConv2d
+from utae.models.blocks import ConvBlock
+from utae.models.ops import ReflectConv2d
 from utae.models.convlstm import ConvLSTMLayer, check_kernel_size
 from utae.models.rec_blocks import (
     GROUPS,

@@ -41,7 +41,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from utae.model import ConvBlock, DownConvBlock, UpConvBlock
+from utae.models.blocks import ConvBlock, DownConvBlock, UpConvBlock
 from utae.models.convlstm import BConvLSTMLayer, ConvLSTMLayer
 from utae.models.rec_blocks import (
     GROUPS,
