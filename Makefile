@@ -6,17 +6,51 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-quick bench bench-quick bench-runs bench-study
+.PHONY: venv lock lock-tools test test-all test-quick bench bench-quick bench-runs bench-study
+
+# The environment (docs/environment.md): requirements.in says what the project asks for; requirements.lock, made
+# from it by `make lock`, pins every distribution the venv holds, with hashes. The venv holds exactly the lock:
+# it is made anew whenever the lock changes (so that a distribution dropped from the lock leaves it too), each
+# distribution installed without its dependencies and checked against its hash, then the project itself
+# (editable, built by the lock's setuptools, no build isolation), then pip check.
+LOCK := requirements.lock
+LOCKED := $(VENV)/.locked
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (utae)" >/dev/null
+$(LOCKED): $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
 	touch $@
+
+$(STAMP): $(LOCKED) pyproject.toml
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (utae)" >/dev/null
+	$(PY) -m pip check
+	touch $@
+
+# Regenerate the lock from requirements.in (pins already in the lock are kept while they still fit; upgrade one
+# with LOCK_ARGS="--upgrade-package NAME", all with LOCK_ARGS=--upgrade). pip-compile runs in a venv of its own,
+# itself installed from the lock requirements-tools.txt, so that the project's venv holds only the lock.
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+LOCK_ARGS ?=
+
+$(TOOLS_STAMP): requirements-tools.txt
+	$(PYTHON) -m venv --clear $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --require-hashes --no-deps -r requirements-tools.txt
+	touch $@
+
+COMPILE = $(TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+  --no-emit-index-url --no-emit-find-links
+
+lock: $(TOOLS_STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock" $(COMPILE) $(LOCK_ARGS) --output-file $(LOCK) requirements.in
+
+# The tools' own lock, from requirements-tools.in (the next make lock reinstalls .venv-tools from it).
+lock-tools: $(TOOLS_STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock-tools" $(COMPILE) $(LOCK_ARGS) --output-file requirements-tools.txt \
+	  requirements-tools.in
 
 # The suite without its longest checks (the kill-anywhere sweep, the Slurm cluster, Colab, torch.compile): about 5 min.
 test: $(STAMP)

@@ -4,13 +4,14 @@
 registry; it has its own Python 3.12 and torch (2.11, CUDA 13) and most of the scientific stack (numpy, pandas,
 scipy, statsmodels, matplotlib, seaborn, tqdm, PyYAML, jinja2, ...: :data:`ON_DEVICE`, its package list as read on
 2026-11-17). What the study needs beyond that is the notebook runner: papermill, nbconvert, nbclient, nbformat and
-the Jupyter kernel (ipykernel) with everything they depend on. :data:`WHEELS` names each of them at the version
-``requirements.txt`` resolves to here, and each is downloaded with ``--no-deps``, so that nothing else comes along
-(torch never does). The folder is ignored by git and travels with the device call (``carry: [".whl"]``); its size
-counts towards the 64 MiB that a call may carry, so the script fails above :data:`MAX_TOTAL_BYTES`.
+the Jupyter kernel (ipykernel) with everything they depend on. :data:`NAMES` names each of them, :func:`wheels`
+pins each at its version in ``requirements.lock`` (never what is installed or what a registry serves), and each is
+downloaded with ``--no-deps``, so that nothing else comes along (torch never does). The folder is ignored by git
+and travels with the device call (``carry: [".whl"]``); its size counts towards the 64 MiB that a call may carry,
+so the script fails above :data:`MAX_TOTAL_BYTES`.
 
-``tests/test_gpu_campaign.py`` checks that :data:`WHEELS` is exactly what the pinned notebook runner needs, minus
-:data:`ON_DEVICE`, at the versions installed from ``requirements.txt``.
+``tests/test_gpu_campaign.py`` checks that :data:`NAMES` is exactly what the locked notebook runner needs, minus
+:data:`ON_DEVICE`.
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
+from benchmarks.lockfile import LOCK, locked_versions
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: The notebook runner the study needs: the roots of :data:`WHEELS` (closed over their requirements).
+#: The notebook runner the study needs: the roots of :data:`NAMES` (closed over their requirements).
 ROOTS: tuple[str, ...] = ("papermill", "nbconvert", "nbclient", "nbformat", "ipykernel")
 
-#: Every distribution the GPU machine lacks that :data:`ROOTS` need, at the version of this repository's venv.
-WHEELS: tuple[str, ...] = (
-    "asttokens==3.0.2", "beautifulsoup4==4.15.0", "bleach==6.4.0", "comm==0.2.3", "debugpy==1.8.22",
-    "defusedxml==0.7.1", "entrypoints==0.4.2", "executing==2.3.0", "fastjsonschema==2.22.3", "ipykernel==7.4.0",
-    "ipython==9.18.1", "ipython-pygments-lexers==1.1.1", "jedi==0.20.1", "jsonschema==4.26.0",
-    "jsonschema-specifications==2025.9.1", "jupyter-client==8.10.0", "jupyter-core==5.9.1",
-    "jupyterlab-pygments==0.3.0", "matplotlib-inline==0.2.2", "mistune==3.4.0", "nbclient==0.11.0",
-    "nbconvert==7.17.2", "nbformat==5.11.1", "nest-asyncio2==1.7.4", "pandocfilters==1.5.1", "papermill==2.7.0",
-    "parso==0.8.7", "pexpect==4.9.0", "platformdirs==4.14.9", "prompt-toolkit==3.0.53", "ptyprocess==0.7.0",
-    "pure-eval==0.2.4", "pyzmq==27.3.0", "referencing==0.37.0", "rpds-py==2026.9.1", "soupsieve==4.1.4",
-    "stack-data==0.6.3", "tenacity==9.2.1", "tinycss2==1.5.1", "tornado==6.6.1", "traitlets==5.16.1",
-    "wcwidth==0.9.4", "webencodings==0.6.1",
+#: Every distribution the GPU machine lacks that :data:`ROOTS` need; :func:`wheels` pins them from the lock.
+NAMES: tuple[str, ...] = (
+    "asttokens", "beautifulsoup4", "bleach", "comm", "debugpy", "defusedxml", "entrypoints", "executing",
+    "fastjsonschema", "ipykernel", "ipython", "ipython-pygments-lexers", "jedi", "jsonschema",
+    "jsonschema-specifications", "jupyter-client", "jupyter-core", "jupyterlab-pygments", "matplotlib-inline",
+    "mistune", "nbclient", "nbconvert", "nbformat", "nest-asyncio2", "pandocfilters", "papermill", "parso", "pexpect",
+    "platformdirs", "prompt-toolkit", "ptyprocess", "pure-eval", "pyzmq", "referencing", "rpds-py", "soupsieve",
+    "stack-data", "tenacity", "tinycss2", "tornado", "traitlets", "wcwidth", "webencodings",
 )
 
 #: The Python packages of the GPU machine's image (device/KINDS.md, "Python packages already there", read
@@ -71,11 +72,20 @@ PLATFORMS: tuple[str, ...] = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", 
 MAX_TOTAL_BYTES = 40 * 2**20
 
 
-def download_command(dest: Path, python: str = sys.executable) -> list[str]:
-    """pip's download of :data:`WHEELS` for the GPU machine, each without its dependencies."""
+def wheels(lock: Path = LOCK) -> tuple[str, ...]:
+    """``name==version`` of each of :data:`NAMES`, at its version in the lock (a ValueError if one has no pin)."""
+    versions = locked_versions(lock)
+    missing = [name for name in NAMES if canonicalize_name(name) not in versions]
+    if missing:
+        raise ValueError(f"{lock}: no pin for {', '.join(missing)} (run make lock)")
+    return tuple(f"{name}=={versions[canonicalize_name(name)]}" for name in NAMES)
+
+
+def download_command(dest: Path, python: str = sys.executable, lock: Path = LOCK) -> list[str]:
+    """pip's download of :func:`wheels` for the GPU machine, each without its dependencies."""
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     return [python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", PYTHON_VERSION,
-            "--implementation", "cp", *platforms, "--dest", str(dest), *WHEELS]
+            "--implementation", "cp", *platforms, "--dest", str(dest), *wheels(lock)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,16 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", default=str(REPO_ROOT / ".whl"), help="the wheels' folder (default: .whl)")
     args = parser.parse_args(argv)
     dest = Path(args.dest)
+    try:
+        command = download_command(dest)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     dest.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(download_command(dest), check=False)
+    done = subprocess.run(command, check=False)
     if done.returncode != 0:
         print(f"error: pip download failed (exit status {done.returncode})", file=sys.stderr)
         return done.returncode
-    wheels = sorted(dest.glob("*.whl"))
-    total = sum(w.stat().st_size for w in wheels)
-    print(f"{len(wheels)} wheels in {dest}, {total / 2**20:.1f} MiB")
-    if len(wheels) != len(WHEELS):
-        print(f"error: {dest} holds {len(wheels)} wheels, not the {len(WHEELS)} of WHEELS: remove the others "
+    files = sorted(dest.glob("*.whl"))
+    total = sum(f.stat().st_size for f in files)
+    print(f"{len(files)} wheels in {dest}, {total / 2**20:.1f} MiB")
+    if len(files) != len(NAMES):
+        print(f"error: {dest} holds {len(files)} wheels, not the {len(NAMES)} of NAMES: remove the others "
               "(two versions of one package stop the install there)", file=sys.stderr)
         return 1
     if total > MAX_TOTAL_BYTES:

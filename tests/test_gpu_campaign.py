@@ -21,6 +21,7 @@ from packaging.utils import canonicalize_name
 
 from benchmarks import fetch_wheels, gpu_campaign
 from benchmarks.bench import supported_amps
+from benchmarks.lockfile import locked_versions
 
 pytestmark = pytest.mark.slow  # the dry run executes notebooks in several processes (about a minute)
 
@@ -189,13 +190,16 @@ def test_carried_wheels_are_installed_where_the_later_steps_import_them(tmp_path
 
 
 def test_the_wheels_are_what_the_pinned_notebook_runner_needs_beyond_the_gpu_machine():
-    """Closed over the installed distributions' requirements (extras followed, markers evaluated for the GPU
-    machine's Python 3.12 on Linux), minus the machine's own packages: the list must match, versions included."""
+    """The names: closed over the requirements of the installed distributions (extras followed, markers evaluated
+    for the GPU machine's Python 3.12 on Linux), minus the machine's own packages. The versions: the lock's, for
+    the wheels and for every distribution walked, so that nothing here depends on what a registry serves (the
+    venv is the lock's: tests/test_environment.py)."""
     marker_env = {"python_version": "3.12", "python_full_version": fetch_wheels.PYTHON_VERSION, "sys_platform": "linux",
                   "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
                   "platform_python_implementation": "CPython", "os_name": "posix"}
+    locked = locked_versions(fetch_wheels.LOCK)
     on_device = {canonicalize_name(n) for n in fetch_wheels.ON_DEVICE}
-    needed: dict[str, str] = {}
+    walked: dict[str, str] = {}
     seen: set[tuple[str, tuple[str, ...]]] = set()
     stack = [(name, ()) for name in fetch_wheels.ROOTS]
     while stack:
@@ -205,14 +209,30 @@ def test_the_wheels_are_what_the_pinned_notebook_runner_needs_beyond_the_gpu_mac
             continue
         seen.add((key, extras))
         dist = importlib.metadata.distribution(key)
-        needed[key] = dist.version
+        walked[key] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
             if req.marker is None or any(req.marker.evaluate({**marker_env, "extra": e}) for e in ("", *extras)):
                 stack.append((req.name, tuple(sorted(req.extras))))
-    listed = {canonicalize_name(w.split("==")[0]): w.split("==")[1] for w in fetch_wheels.WHEELS}
-    assert listed == needed
-    assert "torch" not in listed and len(listed) == len(fetch_wheels.WHEELS)  # one version of each
+    # The requirements walked are those of the locked versions (else the venv is not the lock's: make venv).
+    assert walked == {key: locked.get(key) for key in walked}
+    wheels = fetch_wheels.wheels()
+    listed = {canonicalize_name(w.split("==")[0]): w.split("==")[1] for w in wheels}
+    assert listed.keys() == walked.keys()
+    assert listed == {key: locked[key] for key in listed}
+    assert "torch" not in listed and len(listed) == len(wheels) == len(fetch_wheels.NAMES)  # one version of each
+    assert fetch_wheels.download_command(REPO_ROOT / ".whl")[-len(wheels):] == list(wheels)
+
+
+def test_the_wheels_come_from_the_lock_given(tmp_path):
+    """Another lock, other versions; a lock that lacks one of the names is a one-line error naming the file."""
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("".join(f"{name}==1.0 \\\n    --hash=sha256:{'0' * 64}\n    # via x\n"
+                            for name in fetch_wheels.NAMES))
+    assert fetch_wheels.wheels(lock) == tuple(f"{name}==1.0" for name in fetch_wheels.NAMES)
+    lock.write_text("ipython==1.0\n")
+    with pytest.raises(ValueError, match=r"requirements\.lock: no pin for asttokens, beautifulsoup4"):
+        fetch_wheels.wheels(lock)
 
 
 def test_the_device_call_fits_the_tool_and_is_the_one_in_the_readme():

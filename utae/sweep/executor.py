@@ -445,7 +445,7 @@ class SlurmExecutor:
                              "client commands sbatch, srun, sinfo, scontrol and sacct; install them or use "
                              "EXECUTOR=local")
         if submitit is None:
-            raise SweepError("EXECUTOR=slurm needs the submitit package: pip install -r requirements.txt")
+            raise SweepError("EXECUTOR=slurm needs the submitit package: make venv installs it (requirements.lock)")
         ping = _run_command(["scontrol", "ping"])
         if ping.returncode != 0 or " is UP" not in ping.stdout:
             said = (ping.stdout + ping.stderr).strip().replace("\n", "; ") or f"exit status {ping.returncode}"
