@@ -79,7 +79,7 @@ def baseline_case(directory: Path, name: str, case: str) -> dict[str, torch.Tens
 
 def official_baseline(cls: type[nn.Module], directory: Path, name: str, **options: Any) -> nn.Module:
     """``cls(input_size=32, **options)`` with the official weights ``<name>_state_dict.npz`` (strict), in eval mode."""
-    from utae.weights import load_official_weights
+    from utae.training.weights import load_official_weights
 
     return load_official_weights(cls(input_size=32, **options), directory / f"{name}_state_dict.npz").eval()
 

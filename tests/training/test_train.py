@@ -105,7 +105,13 @@ def test_run_writes_every_file_with_valid_values(finished_run) -> None:
 
     assert metrics == read_json(out / "metrics.json")
     assert set(metrics) == {"run_id", "best_epoch", "epochs_completed", "n_train", "n_val", "n_test", "train",
-                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing"}
+                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing", "model"}
+    from utae.models.registry import count_parameters
+    from utae.training.engine import build_model
+
+    # the run records its model: the name and options it was built with, and its trainable parameters
+    assert metrics["model"]["name"] == "utae" and metrics["model"]["options"]["encoder_widths"] == list(cfg.encoder_widths)
+    assert metrics["model"]["parameters"] == count_parameters(build_model(cfg)) > 0
     assert metrics["eval_mode"] == "pad_free" and metrics["test_corruptions"] == []  # no test_corruptions asked
     assert metrics["run_id"] == "fold1-noise1-seed0"  # one run-id rule (utae.config.run_config.run_id_for)
     assert metrics["best_epoch"] in (1, 2) and metrics["epochs_completed"] == 2

@@ -33,6 +33,7 @@ from utae.pastis.classes import N_CLASSES
 from utae.perturb.kinds import ALL as ALL_CORRUPTIONS
 from utae.perturb.kinds import KINDS as CORRUPTION_KINDS
 from utae.perturb.kinds import parse_corruption_spec, parse_test_corruptions
+from utae.models.registry import check_model_name
 
 __all__ = [
     "RunConfig",
@@ -102,8 +103,14 @@ class RunConfig:
             warm-up over the ``lr_warmup`` fraction of the steps, then cosine decay to 0) or ``"onecycle"``
             (``torch.optim.lr_scheduler.OneCycleLR`` peaking at ``lr`` after ``lr_warmup``; 0 means 0.3).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        model: the model, a name of :func:`utae.models.registry.list_models` (``"utae"``, the default and what a
+            config.json without the field means; ``"convlstm"``, ``"tsvit"``...) or an import path
+            ``"package.module:builder"`` of a user's model (importing it runs that code).
+        model_options: the model's own options (its widths...), checked by the model's own rules when it is
+            built; for ``"utae"`` the widths have their own fields below, and model_options holds the others
+            (``agg_mode``, ``encoder_norm``...).
         encoder_widths, decoder_widths, out_conv, n_head, d_model, d_k: the U-TAE widths (``out_conv[-1]``
-            is the number of classes, 20).
+            is the number of classes, 20); with another model they keep their defaults.
         noise_std, noise_fraction, noise_space, noise_resample: the training noise: N(0, noise_std) on a
             seeded ``noise_fraction`` of the training samples, in the ``"normalized"`` input or in ``"raw"``
             reflectance x 10,000 units, the same every epoch or fresh each epoch.
@@ -144,6 +151,8 @@ class RunConfig:
     lr_warmup: float = 0.0
     seed: int = 0
     device: str = "auto"
+    model: str = "utae"
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     encoder_widths: tuple[int, ...] = (64, 64, 64, 128)
     decoder_widths: tuple[int, ...] = (32, 32, 64, 128)
     out_conv: tuple[int, ...] = (32, 20)
@@ -177,6 +186,7 @@ class RunConfig:
         self._check_ints()
         self._check_floats()
         self._check_widths()
+        self._check_model()
         self._check_choices()
         self._check_corruptions()
         self._check_flags()
@@ -275,6 +285,22 @@ class RunConfig:
             raise ValueError(f"out_conv must be (hidden width, {N_CLASSES}), got {self.out_conv}")
         if any(w % self.n_head for w in self.encoder_widths):
             raise ValueError(f"n_head ({self.n_head}) must divide every encoder width {self.encoder_widths}")
+
+    def _check_model(self) -> None:
+        """``model`` a known name or an import path; ``model_options`` a mapping of option names to plain
+        values; U-TAE's width fields only with U-TAE (another model's widths go into ``model_options``)."""
+        self.model = check_model_name(self.model, field="model")
+        options = {} if self.model_options is None else self.model_options
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) and k for k in options):
+            raise ValueError(f"model_options must be a mapping of option names to values, got {options!r}")
+        self.model_options = {k: _plain(v) for k, v in options.items()}
+        own = [f for f in _UTAE_FIELDS if f in self.model_options]
+        if self.model == "utae" and own:
+            raise ValueError(f"model_options: {own} of U-TAE have their own RunConfig fields; set them there")
+        changed = [f for f in _UTAE_FIELDS if getattr(self, f) != _FIELD_DEFAULTS[f]]
+        if self.model != "utae" and changed:
+            raise ValueError(f"{', '.join(changed)}: U-TAE's widths, but model is {self.model!r}; give that model's "
+                             f"widths in model_options (and leave {changed[0]} at its default)")
 
     def _check_choices(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
@@ -386,6 +412,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: U-TAE's width fields (the U-TAE options that are RunConfig fields of their own).
+_UTAE_FIELDS: tuple[str, ...] = ("encoder_widths", "decoder_widths", "out_conv", "n_head", "d_model", "d_k")
+
+
 def run_config_fields() -> dict[str, Any]:
     """The fields of :class:`RunConfig` with their defaults (tuples for sequences)."""
     out = {}
@@ -418,3 +448,6 @@ def run_id_for(grid_values: Mapping[str, Any]) -> str:
     parts = [f"{_ID_PREFIX.get(k, k.replace('_', ''))}{_id_value(v)}" if k in names
              else f"{_id_value(k)}-{_id_value(v)}" for k, v in grid_values.items()]
     return "-".join(parts) or "run"
+
+
+_FIELD_DEFAULTS: dict[str, Any] = run_config_fields()

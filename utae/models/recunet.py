@@ -4,12 +4,12 @@ The official ``RecUNet`` of the U-TAE repository: U-TAE's U-Net with a ConvLSTM 
 
 * Encoder, per frame: ``in_conv`` (two 3x3 convolutions, GroupNorm, ReLU), then ``len(encoder_widths) - 1``
   down blocks (a strided 4x4 convolution, then a residual pair of 3x3 convolutions), as in U-TAE
-  (:class:`utae.model.ConvBlock`, :class:`utae.model.DownConvBlock`).
+  (:class:`utae.models.blocks.ConvBlock`, :class:`utae.models.blocks.DownConvBlock`).
 * Bottleneck: a ConvLSTM (``temporal="lstm"``, :class:`utae.models.convlstm.ConvLSTMLayer`) or a bidirectional
   one (``"blstm"``, :class:`utae.models.convlstm.BConvLSTMLayer`, forward state first) over the deepest maps;
   its last state goes through ``out_convlstm`` (a 3x3 convolution, no norm, no activation).
 * Decoder: the skip connections are the temporal **mean** of each encoder level over the real frames; the up
-  blocks are U-TAE's (:class:`utae.model.UpConvBlock`) with ``encoder_norm`` in their convolution pairs;
+  blocks are U-TAE's (:class:`utae.models.blocks.UpConvBlock`) with ``encoder_norm`` in their convolution pairs;
   ``out_conv`` ends with BatchNorm and ReLU, so the logits are >= 0 (as in the official model and U-TAE).
 
 The official PASTIS configurations: U-ConvLSTM (hidden 64) 1,520,540 parameters; BU-ConvLSTM (``"blstm"``,

@@ -48,7 +48,12 @@ class UTAE(nn.Module):
             by ``n_head`` (``att_group`` splits the channels of each skip into ``n_head`` groups).
         pad_value: value of padded frames, in the input and at every encoder level.
         padding_mode: spatial padding of the 2D convolutions.
+        num_classes: the number of classes (the registry's keyword); when given it replaces ``out_conv[-1]``.
+
+    Forward: :meth:`forward` follows the protocol of :mod:`utae.models.registry` (it reads the dates).
     """
+
+    uses_dates = True
 
     def __init__(
         self,
@@ -66,9 +71,12 @@ class UTAE(nn.Module):
         d_k: int = 4,
         pad_value: float = 0.0,
         padding_mode: str = "reflect",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         encoder_widths, decoder_widths, out_conv = list(encoder_widths), list(decoder_widths), list(out_conv)
+        if num_classes is not None:  # the registry's keyword (utae.models.registry): the head's last width
+            out_conv[-1] = int(num_classes)
         if len(encoder_widths) != len(decoder_widths):
             raise ValueError(
                 f"encoder_widths and decoder_widths must have the same length, got {encoder_widths} and {decoder_widths}"

@@ -654,8 +654,9 @@ def config_differences(stored: Mapping[str, Any] | RunConfig, new: Mapping[str, 
 
 
 def _result_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics.json without what measures speed (``timing``) or names a path (``init_weights.path``)."""
-    out = {k: v for k, v in metrics.items() if k != "timing"}
+    """metrics.json without what measures speed (``timing``), names a path (``init_weights.path``) or describes
+    the model that config.json names (``model``: its name, options and parameter count; older runs lack it)."""
+    out = {k: v for k, v in metrics.items() if k not in ("timing", "model")}
     if isinstance(out.get("init_weights"), Mapping):
         out["init_weights"] = {k: v for k, v in out["init_weights"].items() if k != "path"}
     return out

@@ -31,7 +31,8 @@ from utae.config.run_config import RunConfig
 from utae.training.distributed import DistContext, all_reduce_min, all_reduce_sum, broadcast_buffers
 from utae.training.loaders import set_loader_epoch
 from utae.pastis.metrics import confusion_matrix, scores
-from utae.models.utae import UTAE
+from utae.models.registry import create_model, forward_logits
+from utae.pastis.metadata import N_BANDS
 from utae.perturb.corruptions import corrupt_batch
 from utae.perturb.noise import add_test_noise
 from utae.machine.record import peak_memory_mb, reset_peak_memory
@@ -42,6 +43,7 @@ __all__ = [
     "Engine",
     "EpochResult",
     "build_model",
+    "model_options",
     "build_engine",
     "make_scheduler",
     "compute_loss",
@@ -68,11 +70,21 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def build_model(config: RunConfig) -> UTAE:
-    """A U-TAE with the widths of ``config`` (10 input bands, 20 classes)."""
-    return UTAE(input_dim=10, encoder_widths=config.encoder_widths, decoder_widths=config.decoder_widths,
-                out_conv=(config.out_conv[0], N_CLASSES), n_head=config.n_head, d_model=config.d_model,
-                d_k=config.d_k)
+def model_options(config: RunConfig) -> dict[str, Any]:
+    """The options ``config.model`` is built with: U-TAE's width fields for ``"utae"``, then ``model_options``."""
+    options = dict(config.model_options)
+    if config.model == "utae":
+        options.update(encoder_widths=config.encoder_widths, decoder_widths=config.decoder_widths,
+                       out_conv=(config.out_conv[0], N_CLASSES), n_head=config.n_head, d_model=config.d_model,
+                       d_k=config.d_k)
+    return options
+
+
+def build_model(config: RunConfig, input_size: int | None = None) -> nn.Module:
+    """The model of ``config`` (:func:`utae.models.registry.create_model`: 10 input bands, 20 classes), with
+    ``input_size`` (the patch side) for the models that need it at construction."""
+    return create_model(config.model, input_dim=N_BANDS, num_classes=N_CLASSES, input_size=input_size,
+                        **model_options(config))
 
 
 @dataclass
@@ -125,11 +137,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, *, total_ste
 
 
 def build_engine(config: RunConfig, device: torch.device, amp_dtype: torch.dtype | None,
-                 ctx: DistContext | None = None, steps_per_epoch: int = 1) -> Engine:
+                 ctx: DistContext | None = None, steps_per_epoch: int = 1, input_size: int | None = None) -> Engine:
     """Build the model on ``device`` (channels-last, DDP and compile as configured), Adam, the learning-rate
     schedule (over ``config.epochs * steps_per_epoch`` batches) and the grad scaler (fp16 only)."""
     ctx = ctx or DistContext()
-    raw = build_model(config).to(device)
+    raw = build_model(config, input_size).to(device)
     if config.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     model: nn.Module = raw
@@ -268,7 +280,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, *, epoch: int, progress:
         for step, batch in enumerate(loader, start=1):
             x, dates, pad_mask, target = to_device(batch, device)
             with autocast(device, engine.amp_dtype):
-                logits = engine.model(x, batch_positions=dates, pad_mask=pad_mask)
+                logits = forward_logits(engine.model, x, dates, pad_mask)
             ce_sum, n_valid = compute_loss(logits, target)
             loss = ce_sum / n_valid.clamp(min=1)
             bad_now = ~torch.isfinite(loss.detach()) & (first_bad == _NO_BAD_BATCH)
@@ -400,7 +412,7 @@ def evaluate_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *
     def run(part: Mapping[str, torch.Tensor]) -> None:
         x, dates_d, pad_d, target = to_device(part, device)
         with autocast(device, amp_dtype):
-            logits = model(x, batch_positions=dates_d, pad_mask=pad_d)
+            logits = forward_logits(model, x, dates_d, pad_d)
         tally.add(logits, target, *compute_loss(logits, target))
 
     try:

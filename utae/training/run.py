@@ -41,6 +41,7 @@ new config. Global torch settings (deterministic algorithms, the float32 math) h
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -73,10 +74,12 @@ from utae.training.engine import (
     EpochResult,
     NonFiniteLossError,
     build_engine,
+    model_options,
     evaluate_epoch,
     fit,
     to_device,
 )
+from utae.models.registry import count_parameters, forward_logits, needs_input_size
 from utae.training.loaders import ReplayLoader, Splits, make_datasets, make_loader
 from utae.pastis.metrics import scores
 from utae.machine.record import check_same_machine, peak_memory_mb, platform_id, platform_info, reset_peak_memory
@@ -233,7 +236,7 @@ def predict_examples(model: nn.Module, dataset: Dataset, device: torch.device, *
         for one in alone:
             x, dates, pad_mask, _ = to_device(one, device)
             with autocast(device, amp_dtype):
-                preds.append(model(x, batch_positions=dates, pad_mask=pad_mask).argmax(1).cpu())
+                preds.append(forward_logits(model, x, dates, pad_mask).argmax(1).cpu())
     model.train(was_training)
     return {"rgb": np.stack([rgb_composite(it["image"], mean, std) for it in items]),
             "target": torch.cat([one["mask"] for one in alone]).numpy().astype(np.int64),
@@ -327,7 +330,8 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     # split's files once
     val_loader = ReplayLoader(make_loader(splits.val, train=False, **loader_kw))
     test_loader = ReplayLoader(make_loader(splits.test, train=False, **loader_kw))
-    engine = build_engine(config, device, amp_dtype, ctx, steps_per_epoch=len(train_loader))
+    input_size = int(splits.train[0]["image"].shape[-1]) if needs_input_size(config.model) else None
+    engine = build_engine(config, device, amp_dtype, ctx, steps_per_epoch=len(train_loader), input_size=input_size)
     if ctx.enabled:
         torch.manual_seed(config.seed + 1000 * ctx.rank)  # different dropout masks in each process
     state = TrainState()
@@ -472,6 +476,11 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, splits: Spl
             "corruption_seconds": corruption_seconds}
 
 
+def _plain_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Model options as JSON values (tuples as lists)."""
+    return json.loads(json.dumps(options, default=list))
+
+
 def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits, test_loader: DataLoader,
             out: Path, init: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Test the best model (:func:`_test_all`) and write confusion.npy, predictions.npz and (last) metrics.json.
@@ -487,6 +496,8 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
     metrics = {
         "run_id": config.default_run_id(),
         "eval_mode": EVAL_MODE,  # validation and test patch by patch, unpadded (utae.training.engine.evaluate_epoch)
+        "model": {"name": config.model, "options": _plain_options(model_options(config)),
+                  "parameters": count_parameters(engine.raw)},
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epoch,
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),

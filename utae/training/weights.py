@@ -268,8 +268,12 @@ def architecture_differences(config: Any, conf: Mapping[str, Any], source: str |
     if "num_classes" in conf and not _same(config.out_conv[-1], conf["num_classes"]):
         diffs.append(f"num_classes: the config says {config.out_conv[-1]} (out_conv[-1]) but {source} says "
                      f"{conf['num_classes']!r}")
-    if "model" in conf and conf["model"] != "utae":
-        diffs.append(f"model: this tool builds 'utae' but {source} says {conf['model']!r}")
+    model = getattr(config, "model", "utae")
+    if "model" in conf and conf["model"] != model:
+        diffs.append(f"model: the config says {model!r} but {source} says {conf['model']!r}")
+    if "model_options" in conf and not _same(dict(getattr(config, "model_options", {})), conf["model_options"]):
+        diffs.append(f"model_options: the config says {getattr(config, 'model_options', {})} but {source} says "
+                     f"{conf['model_options']!r}")
     for key, built in _built_defaults().items():
         if key in conf and not _same(built, conf[key]):
             diffs.append(f"{key}: this tool builds {built!r} (utae.training.engine.build_model) but {source} says "
