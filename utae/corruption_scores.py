@@ -23,9 +23,10 @@ paired difference; :func:`corruption_scores` names it in ``attrs["notes"]``.
 
 Per training augmentation and kind (:func:`augmentation_table`, written as ``robustness.csv``): mPC, rPC and CE,
 mean and std over seeds, and the paired difference in mPC from the clean-trained model (same seed) with its
-t-based 95% CI and p-value (``scipy.stats.ttest_1samp`` over the seed pairs). :func:`robustness_answer_text`
-says it in words; :func:`severity_curves` gives the mean and band over seeds of mIoU against severity (0 is the
-clean test) for :func:`utae.plots.corruption_curves`.
+t-based 95% CI and p-value (``scipy.stats.ttest_1samp`` over the seed pairs), and the power of the comparison
+(:mod:`utae.inference`): the standard deviation of the paired differences, the CI half-width the seeds give and
+the seeds needed to detect 3 points. :func:`robustness_answer_text` says it in words; :func:`severity_curves` gives
+the mean and band over seeds of mIoU against severity (0 is the clean test) for :func:`utae.plots.corruption_curves`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from utae import inference
 from utae.checks import require_columns
 from utae.corruption_spec import KINDS, SEVERITY_TABLE
 from utae.study import AUGMENTATION_COLUMNS, config_columns, with_augmentation, with_dataset
@@ -67,7 +69,8 @@ ALL_KINDS = "all kinds"
 #: The columns of :func:`augmentation_table` after the platform and configuration columns.
 ROBUSTNESS_COLUMNS: tuple[str, ...] = (
     "augmentation", "kind", "n_runs", "seeds", "clean_mean", "clean_std", "mpc_mean", "mpc_std", "rpc_mean",
-    "rpc_std", "ce_mean", "ce_std", "n_pairs", "diff_mpc", "ci_low", "ci_high", "p_value", "eval_mode")
+    "rpc_std", "ce_mean", "ce_std", "n_pairs", "diff_mpc", "ci_low", "ci_high", "p_value", "diff_sd",
+    "ci_half_width", "seeds_needed_3pt", "eval_mode")
 
 
 def pairing_columns(runs: pd.DataFrame) -> list[str]:
@@ -278,7 +281,11 @@ def augmentation_table(scores: pd.DataFrame, alpha: float = 0.05) -> pd.DataFram
     (ratios); ``n_pairs`` (seeds with a clean-trained partner), ``diff_mpc`` (the mean over those seeds of the
     run's mPC minus its partner's, points), ``ci_low``, ``ci_high`` (the ``1 - alpha`` t interval of that mean,
     ``scipy.stats.ttest_1samp``; NaN with fewer than two pairs), ``p_value`` (NaN when every difference is
-    equal), and ``eval_mode`` (the runs' evaluation modes). The clean-trained rows have no paired difference.
+    equal), ``diff_sd``
+    (the standard deviation of the paired differences, ddof 1, points), ``ci_half_width`` (``t(0.975, n - 1) *
+    diff_sd / sqrt(n_pairs)``, half the CI's width), ``seeds_needed_3pt`` (the pairs a two-sided paired t-test
+    needs to detect 3 points with power 0.8 at alpha 0.05, :func:`utae.inference.seeds_needed`), and
+    ``eval_mode`` (the runs' evaluation modes). The clean-trained rows have no paired difference.
     """
     require_columns(scores, ["platform", "run_id", "cfg_seed", "augmentation", "kind", "clean", "mpc", "rpc", "ce",
                              "clean_run_id"], "augmentation_table(scores)")
@@ -306,9 +313,12 @@ def augmentation_table(scores: pd.DataFrame, alpha: float = 0.05) -> pd.DataFram
                     diffs.append((mpc - other) * 100.0)
         d = np.asarray(diffs, dtype=float)
         low, high, p = _t_interval(d, alpha)
+        sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
         row.update(n_pairs=len(d), diff_mpc=float(d.mean()) if len(d) else math.nan, ci_low=low, ci_high=high,
-                   p_value=p, eval_mode=", ".join(sorted({str(m) for m in g.get("eval_mode", pd.Series(dtype=str))
-                                                          if isinstance(m, str)})))
+                   p_value=p, diff_sd=sd, ci_half_width=inference.ci_half_width(sd, len(d), alpha),
+                   seeds_needed_3pt=inference.seeds_needed(sd, inference.DETECT_POINTS, alpha),
+                   eval_mode=", ".join(sorted({str(m) for m in g.get("eval_mode", pd.Series(dtype=str))
+                                               if isinstance(m, str)})))
         rows.append(row)
     table = pd.DataFrame(rows, columns=[*keys, *ROBUSTNESS_COLUMNS])
     if table.empty:
@@ -421,6 +431,9 @@ def _group_text(table: pd.DataFrame, alpha: float) -> list[str]:
                       "CI of the paired difference reaches 0, or there are too few seeds)")
         parts.append(f"**Does Gaussian-noise training ({aug}) protect against realistic corruptions?** "
                      f"{answer[0].upper() + answer[1:]}.{own_text}")
+    power = inference.power_words(table[table["n_pairs"] >= 2], "the paired differences in mPC", alpha)
+    if power:
+        parts.append(power)
     return parts
 
 
@@ -429,9 +442,10 @@ def robustness_answer_text(table: pd.DataFrame, alpha: float = 0.05) -> str:
     (its mPC and rPC per kind, with the seed spread); for each training augmentation and kind whether it helps,
     hurts or has no detectable effect (the paired difference's 95% CI excludes 0 above, below, or not), with the
     interval; and whether Gaussian-noise training helps against the realistic corruptions (every kind but
-    ``gaussian``). One paragraph group per platform and configuration when the table has several. Each cell is
-    its own test, with no correction for the number of cells: read a lone interval that barely excludes 0 as a
-    hint."""
+    ``gaussian``); then the power of the comparisons (the spread of the paired differences, the CI half-widths,
+    the seeds needed for 3 points). One paragraph group per platform and configuration when the table has
+    several. Each cell is its own test, with no correction for the number of cells: read a lone interval that
+    barely excludes 0 as a hint."""
     require_columns(table, ["platform", *ROBUSTNESS_COLUMNS], "robustness_answer_text(table)")
     if table.empty:
         return "No run was tested on corruptions."
@@ -485,7 +499,7 @@ def augmentation_text_table(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`augmentation_table` as text for a report: one row per (platform and configuration where they vary,)
     training augmentation and kind; columns ``seeds``, ``clean mIoU``, ``mPC`` (points, mean ± std over seeds),
     ``rPC``, ``CE`` (mCE on the ``all kinds`` rows), ``mPC - clean-trained`` (the paired difference, points, with
-    its 95% CI) and ``p``."""
+    its 95% CI), ``p``, ``sd of differences``, ``CI half-width`` and ``seeds for 3 points``."""
     require_columns(table, ["platform", *ROBUSTNESS_COLUMNS], "augmentation_text_table(table)")
     keys = [c for c in table.columns if c not in ROBUSTNESS_COLUMNS]
     keys = [c for c in keys if table[c].astype(str).nunique() > 1]
@@ -503,4 +517,7 @@ def augmentation_text_table(table: pd.DataFrame) -> pd.DataFrame:
         out[label] = [_pm(m, s, digits) for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     out["mPC - clean-trained [95% CI]"] = [diff(r) for _, r in table.iterrows()]
     out["p"] = [_p(float(p)).removeprefix("= ") if math.isfinite(float(p)) else "" for p in table["p_value"]]
+    for col, label in (("diff_sd", "sd of differences"), ("ci_half_width", "CI half-width")):
+        out[label] = [f"{float(v):.1f}" if math.isfinite(float(v)) else "" for v in table[col]]
+    out["seeds for 3 points"] = [f"{int(v)}" if math.isfinite(float(v)) else "" for v in table["seeds_needed_3pt"]]
     return out.set_index([*keys, "augmentation", "kind"])

@@ -2,10 +2,10 @@
 
 :func:`paired_differences` pairs the runs of one (configuration, seed) on two platforms: same initial weights,
 data order and noise, only the arithmetic differs. :func:`platform_effect` gives the study-level platform effect
-with a 95% CI and p-value, whether a seed reproduces exactly across platforms, the seed spread and the seeds
-needed to detect a 1-point effect (``platform_effect.csv``); :func:`platform_answer_text` says it in words.
-:func:`platform_vs_seed` and :func:`platform_vs_seed_text` are the older per-configuration test (unpaired,
-permutation p-value).
+with a 95% CI and p-value, whether a seed reproduces exactly across platforms, the seed spread, the CI half-width
+and the seeds needed to detect a 1- and a 3-point effect (:mod:`utae.inference`; ``platform_effect.csv``);
+:func:`platform_answer_text` says it in words. :func:`platform_vs_seed` and :func:`platform_vs_seed_text` are the
+older per-configuration test (unpaired, permutation p-value).
 
 A configuration is :func:`utae.study.config_columns`. Scores stored as fractions (mIoU, OA, F1) are reported in
 points (x100). Statistics come from scipy and statsmodels.
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from utae import inference
 from utae.checks import require_columns
 from utae.study import config_columns, with_dataset
 
@@ -165,8 +166,8 @@ FRACTION_METRICS = ("test_miou", "test_oa", "test_macro_f1", "val_miou", "val_oa
 #: The first columns of :func:`platform_effect`, in this order.
 EFFECT_COLUMNS: tuple[str, ...] = ("metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low", "ci_high",
                                    "p_value", "same_seed_identical")
-_EFFECT_EXTRA = ("max_abs_diff", "wilcoxon_p", "seed_sd", "diff_sd", "seeds_needed_1pt", "n_configs",
-                 "seeds_per_config", "mean_a", "mean_b", "unit", "model")
+_EFFECT_EXTRA = ("max_abs_diff", "wilcoxon_p", "seed_sd", "diff_sd", "ci_half_width", "seeds_needed_1pt",
+                 "seeds_needed_3pt", "n_configs", "seeds_per_config", "mean_a", "mean_b", "unit", "model")
 _METRIC_WORDS = {"test_miou": "test mIoU", "test_oa": "test OA", "test_macro_f1": "test macro F1",
                  "val_miou": "val mIoU", "val_oa": "val OA", "train_oa": "train OA"}
 
@@ -244,20 +245,11 @@ def _seeds_per_config(codes: np.ndarray) -> str:
 
 def _seeds_needed(diff_sd: float, n_configs: int, detect: float, alpha: float, power: float) -> float:
     """Seeds per configuration for a paired t-test to detect ``detect`` (same unit as ``diff_sd``) with
-    ``power`` at level ``alpha``: ``TTestPower.solve_power`` gives the number of pairs, divided by the
-    number of configurations and rounded up. At least 2 pairs (a t-test needs a degree of freedom)."""
-    from statsmodels.stats.power import TTestPower
-
-    if not (math.isfinite(diff_sd) and diff_sd > 0 and n_configs > 0):
+    ``power`` at level ``alpha``: the pairs of :func:`utae.inference.seeds_needed` (``TTestPower.solve_power``,
+    at least 2), divided by the number of configurations and rounded up."""
+    if not n_configs > 0:
         return math.nan
-    effect_size = detect / diff_sd
-    analysis = TTestPower()
-    if analysis.power(effect_size=effect_size, nobs=2, alpha=alpha) >= power:
-        pairs = 2.0
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pairs = float(analysis.solve_power(effect_size=effect_size, alpha=alpha, power=power))
+    pairs = inference.seeds_needed(diff_sd, detect, alpha, power)
     return float(math.ceil(pairs / n_configs)) if math.isfinite(pairs) else math.nan
 
 
@@ -265,8 +257,8 @@ def _empty_row() -> dict[str, Any]:
     """A row of :func:`platform_effect` without pairs: every statistic undefined."""
     return dict(n_pairs=0, effect=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
                 same_seed_identical=None, max_abs_diff=math.nan, wilcoxon_p=math.nan, seed_sd=math.nan,
-                diff_sd=math.nan, seeds_needed_1pt=math.nan, n_configs=0, seeds_per_config="", mean_a=math.nan,
-                mean_b=math.nan, model="")
+                diff_sd=math.nan, ci_half_width=math.nan, seeds_needed_1pt=math.nan, seeds_needed_3pt=math.nan,
+                n_configs=0, seeds_per_config="", mean_a=math.nan, mean_b=math.nan, model="")
 
 
 def _effect_row(pairs: pd.DataFrame, configs: Sequence[str], scale: float, alpha: float, power: float,
@@ -305,12 +297,14 @@ def _effect_row(pairs: pd.DataFrame, configs: Sequence[str], scale: float, alpha
     effect = float(fit.params[0])
     diff_sd = math.sqrt(max(float(fit.scale), 0.0))
     row.update(effect=effect, diff_sd=diff_sd,
-               seeds_needed_1pt=_seeds_needed(diff_sd, k, detect, alpha, power))
+               seeds_needed_1pt=_seeds_needed(diff_sd, k, detect, alpha, power),
+               seeds_needed_3pt=_seeds_needed(diff_sd, k, inference.DETECT_POINTS, alpha, power))
     if float(fit.ssr) == 0.0:  # every difference equal (e.g. identical platforms): no spread to test against
-        row.update(ci_low=effect, ci_high=effect)
+        row.update(ci_low=effect, ci_high=effect, ci_half_width=0.0)
     else:
         low, high = fit.conf_int(alpha=alpha)[0]
-        row.update(ci_low=float(low), ci_high=float(high), p_value=float(fit.pvalues[0]))
+        row.update(ci_low=float(low), ci_high=float(high), p_value=float(fit.pvalues[0]),
+                   ci_half_width=float(high - low) / 2.0)
     if np.any(d != 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ties and zeros: scipy warns and falls back to the normal approximation
@@ -347,12 +341,15 @@ def platform_effect(
     spread to test against), ``same_seed_identical`` (every pair exactly equal)), then
     ``max_abs_diff`` (largest |difference| of a pair), ``wilcoxon_p`` (scipy's signed-rank test on the
     differences, ignoring the blocks; a check that does not assume normality; NaN when all are 0),
-    ``seed_sd``, ``diff_sd`` (the residual standard deviation of the differences), ``seeds_needed_1pt``
-    (seeds per configuration to detect an effect of ``detect`` with ``power`` at ``alpha``: statsmodels
-    ``TTestPower.solve_power`` with effect size ``detect / diff_sd`` gives pairs, divided by ``n_configs``
-    and rounded up), ``n_configs``, ``seeds_per_config`` ("3" or "2-3"), ``mean_a``, ``mean_b``, ``unit``
-    and ``model``. Effects, CIs, differences and standard deviations are in points (x100) for the
-    fraction metrics (:data:`FRACTION_METRICS`, ``unit`` "points"), in the metric's unit otherwise.
+    ``seed_sd``, ``diff_sd`` (the residual standard deviation of the differences), ``ci_half_width`` (half the
+    CI's width: ``t(1 - alpha / 2, n_pairs - n_configs) * diff_sd / sqrt(n_pairs)`` when every configuration
+    has the same number of pairs), ``seeds_needed_1pt`` and ``seeds_needed_3pt`` (seeds per configuration to
+    detect an effect of ``detect``, and of 3 points, :data:`utae.inference.DETECT_POINTS`, with ``power`` at
+    ``alpha``: statsmodels ``TTestPower.solve_power`` with effect size ``detect / diff_sd`` gives pairs,
+    divided by ``n_configs`` and rounded up), ``n_configs``, ``seeds_per_config`` ("3" or "2-3"), ``mean_a``,
+    ``mean_b``, ``unit`` and ``model``. Effects, CIs, differences and
+    standard deviations are in points (x100) for the fraction metrics (:data:`FRACTION_METRICS`, ``unit``
+    "points"), in the metric's unit otherwise.
 
     When no two platforms share a pair (e.g. one platform), one row per metric and platform with
     ``platform_b`` empty, ``n_pairs`` 0 and only ``seed_sd`` and ``n_configs`` filled: the seed spread is
@@ -469,11 +466,9 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
     else:
         parts.append("With one seed per configuration the seed spread cannot be measured, so it cannot be set "
                      "against the platform effect.")
-    needed = float(main["seeds_needed_1pt"])
-    if math.isfinite(needed) and unit == " points":
-        parts.append(f"Detecting a 1-point platform effect (alpha 0.05, power 0.8) at this spread of the paired "
-                     f"differences (sd {_number(main['diff_sd'])} points) would take about {int(needed)} seed(s) per "
-                     "configuration.")
+    if unit == " points":
+        parts.append(inference.power_sentence(main["diff_sd"], main["ci_half_width"], main["seeds_needed_3pt"],
+                                              main["seeds_needed_1pt"], "platform effect", " per configuration"))
     return " ".join(parts)
 
 
