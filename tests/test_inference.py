@@ -1,5 +1,8 @@
-"""Tests of power (utae.inference) and of the tables that state it: the corruption study's augmentation x kind
-table and the platform effect, on hand-made frames (no training). Power is checked against scipy's noncentral t."""
+"""Tests of power and multiplicity (utae.inference) and of the families that use them: the corruption study's
+augmentation x kind table (Holm, power columns, the verdicts in words), the platform effect over three platforms
+(Holm across the pairs of platforms) and the platform-vs-seed table (BH), on hand-made frames (no training).
+Power is checked against scipy's noncentral t, adjustments against hand arithmetic and statsmodels'
+multipletests."""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from utae import corruption_scores as cs
 from utae import inference, platform_effect
+
+from helpers import make_runs
 
 
 def nct_power(effect_size: float, n: int, alpha: float = 0.05) -> float:
@@ -65,12 +71,32 @@ def test_ci_half_width_is_half_the_scipy_t_interval():
     assert math.isnan(inference.ci_half_width(4.0, 1)) and math.isnan(inference.ci_half_width(math.nan, 3))
 
 
+def test_adjusted_pvalues_on_a_hand_table():
+    p = [0.01, 0.04, 0.03, 0.005, math.nan]  # the NaN cell has no test: not a member of the family (m = 4)
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04, then the running maximum
+    holm = inference.adjust_pvalues(p, "holm")
+    np.testing.assert_allclose(holm[:4], [0.03, 0.06, 0.06, 0.02])
+    # BH: sorted times 4/1, 4/2, 4/3, 4/4 = 0.02, 0.02, 0.04, 0.04, then the running minimum from the top
+    bh = inference.adjust_pvalues(p, "bh")
+    np.testing.assert_allclose(bh[:4], [0.02, 0.04, 0.04, 0.02])
+    assert math.isnan(holm[4]) and math.isnan(bh[4])
+    np.testing.assert_allclose(holm[:4], multipletests(p[:4], method="holm")[1])
+    np.testing.assert_allclose(bh[:4], multipletests(p[:4], method="fdr_bh")[1])
+    assert math.isnan(inference.adjust_pvalues([math.nan], "holm")[0])  # an empty family
+    assert inference.adjust_pvalues([0.3], "holm").tolist() == [0.3]  # a family of one: unchanged
+    with pytest.raises(ValueError, match="method"):
+        inference.adjust_pvalues(p, "bonferroni")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inference.adjust_pvalues([0.2, 1.5], "bh")
+
+
 # --------------------------------------------------------------------------------------------------
-# The corruption study's augmentation x kind table
+# The corruption study's confirmatory family
 # --------------------------------------------------------------------------------------------------
 
 #: Paired differences in mPC (points) of the clouds-trained model from the clean-trained one, per kind and seed:
-#: clouds a large, steady gain; haze a steady loss; the other two spread around 0.
+#: clouds a large, steady gain (p about 0.003: survives Holm over the 5 tests of a platform); haze a steady loss
+#: of p about 0.035 (below 0.05 alone, not after Holm); the other two spread around 0.
 DIFFS = {"clouds": [10.0, 11.0, 12.0], "haze": [-2.0, -4.0, -3.0], "band_dropout": [1.0, -1.0, 2.0],
          "date_shift": [0.5, -2.0, 1.0]}
 
@@ -93,12 +119,14 @@ def hand_scores(platforms=("cpu-a",)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_robustness_table_power_columns():
+def test_robustness_table_holm_and_power_columns():
     table = cs.augmentation_table(hand_scores(("cpu-a", "cpu-b")))
     assert list(table.columns) == ["platform", *cs.ROBUSTNESS_COLUMNS]
     tested = table[table["augmentation"] != "none"]
     for plat, family in tested.groupby("platform"):
-        assert len(family) == 5 and family["p_value"].notna().all()  # the 4 kinds and the all-kinds row
+        # one family per platform: the 4 kinds and the all-kinds row
+        assert len(family) == 5 and family["p_value"].notna().all()
+        np.testing.assert_allclose(family["p_holm"], multipletests(family["p_value"], method="holm")[1])
         scale = 1 if plat == "cpu-a" else 2
         for kind, diffs in DIFFS.items():
             row = family[family["kind"] == kind].iloc[0]
@@ -108,16 +136,27 @@ def test_robustness_table_power_columns():
             assert row["ci_half_width"] == pytest.approx(stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3))
             n = int(row["seeds_needed_3pt"])
             assert nct_power(3.0 / d.std(ddof=1), n) >= 0.8
-    assert table.loc[table["augmentation"] == "none", ["diff_sd", "seeds_needed_3pt"]].isna().all().all()
+    assert table.loc[table["augmentation"] == "none", ["p_holm", "diff_sd", "seeds_needed_3pt"]].isna().all().all()
+    haze = tested[(tested["platform"] == "cpu-a") & (tested["kind"] == "haze")].iloc[0]
+    assert haze["p_value"] < 0.05 < haze["p_holm"]
+
+
+def test_verdicts_rest_on_the_holm_adjusted_p_value():
+    table = cs.augmentation_table(hand_scores())
     text = cs.robustness_answer_text(table)
+    assert "It helps against: clouds +11.0 points" in text  # p about 0.003, Holm-adjusted about 0.013
+    assert "It hurts against" not in text  # haze: p about 0.035 alone, above 0.05 after Holm
+    unresolved = text.split("Unresolved by these seeds")[1].split("\n\n")[0]
+    assert "haze -3.0 points" in unresolved and "Holm-adjusted p" in unresolved
+    assert "Holm-adjusted across the 5 tests" in text
     assert "**Power.**" in text and "seeds" in text
     words = cs.augmentation_text_table(table)
-    assert {"p", "sd of differences", "CI half-width", "seeds for 3 points"} <= set(words.columns)
-    assert words.loc[("cpu-a", "clouds 1-5", "haze"), "sd of differences"] == "1.0"
+    assert {"p", "p (Holm)", "sd of differences", "CI half-width", "seeds for 3 points"} <= set(words.columns)
+    assert words.loc[("clouds 1-5", "haze"), "sd of differences"] == "1.0"
 
 
 # --------------------------------------------------------------------------------------------------
-# The platform effect
+# The platform effect over three platforms
 # --------------------------------------------------------------------------------------------------
 
 
@@ -139,6 +178,20 @@ def three_platform_runs(shift_c: float, pair_sd: float = 0.004, eval_modes=("pad
     return pd.DataFrame(rows)
 
 
+def test_three_platforms_holm_across_the_pairs():
+    effect = platform_effect.platform_effect(three_platform_runs(shift_c=0.03))
+    for metric, family in effect.groupby("metric"):
+        assert list(zip(family["platform_a"], family["platform_b"])) == [
+            ("cpu-a", "cpu-b"), ("cpu-a", "cpu-c"), ("cpu-b", "cpu-c")]
+        np.testing.assert_allclose(family["p_holm"], multipletests(family["p_value"], method="holm")[1])
+    miou = effect[effect["metric"] == "test_miou"].set_index("platform_b")
+    # c is 3 points above a and b; the pairs' noise (sd sqrt(2) * 0.4 points, 15 pairs) puts 3 points far out
+    assert miou.loc["cpu-c", "p_holm"].max() < 0.05
+    ab = effect[(effect["metric"] == "test_miou") & (effect["platform_b"] == "cpu-b")].iloc[0]
+    assert ab["ci_low"] < 0 < ab["ci_high"]
+    assert "Holm-adjusted p" in platform_effect.platform_answer_text(effect)
+
+
 def test_platform_power_columns_match_the_t_quantile_and_the_noncentral_t():
     runs = three_platform_runs(shift_c=0.0, pair_sd=0.02)
     effect = platform_effect.platform_effect(runs, metrics=("test_miou",))
@@ -153,3 +206,11 @@ def test_platform_power_columns_match_the_t_quantile_and_the_noncentral_t():
         assert row["seeds_needed_1pt"] >= row["seeds_needed_3pt"]
     text = platform_effect.platform_answer_text(effect)
     assert "95% CI half-width of" in text and "3-point platform effect" in text
+
+
+def test_platform_vs_seed_is_adjusted_by_benjamini_hochberg():
+    runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.01}, levels=(0.0, 0.5, 1.0, 2.0), seeds=range(4), seed_sd=0.01)
+    table = platform_effect.platform_vs_seed(runs, n_permutations=200)
+    np.testing.assert_allclose(table["p_bh"], multipletests(table["p_perm"], method="fdr_bh")[1])
+    assert (table["p_bh"] >= table["p_perm"]).all()
+    assert "Benjamini-Hochberg" in platform_effect.platform_vs_seed_text(table)

@@ -1,4 +1,20 @@
-"""Power of the study's paired comparisons (torch-free; scipy and statsmodels).
+"""Power and multiplicity for the study's families of paired comparisons (torch-free; scipy and statsmodels).
+
+Every table of the study that holds many tests is a *family*. Its p-values are adjusted across the family's
+cells (:func:`adjust_pvalues`, ``statsmodels.stats.multitest.multipletests``), the raw p-value kept beside them:
+
+- **Holm** (``p_holm``) for a *confirmatory* family, the questions a study was run to answer: the training
+  augmentation x corruption kind table of the corruption study (:func:`utae.corruption_scores.augmentation_table`,
+  one family per platform and configuration: each platform's runs answer the study's questions on their own),
+  and the platform effect's pairs of platforms (:func:`utae.platform_effect.platform_effect`, one family per
+  metric). Holm bounds the probability of *any* false claim in the family at alpha, under any dependence
+  between its tests.
+- **Benjamini-Hochberg** (``p_bh``) for an *exploratory* family, read to find where to look next: the
+  per-configuration platform-vs-seed table (:func:`utae.platform_effect.platform_vs_seed`); a per-class table
+  of tests would be one too (the study shows its per-class IoU without testing it). BH bounds the expected share
+  of false claims among those made, so it flags more cells than Holm.
+
+A headline sentence says "detectable" only when the adjusted p-value is below alpha.
 
 Power of a paired comparison, with ``sd`` the standard deviation of the paired differences and ``n`` the number
 of pairs (seeds): :func:`seeds_needed` is the number of pairs a two-sided paired t-test needs to detect a
@@ -13,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +37,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
-__all__ = ["DETECT_POINTS", "POWER", "ALPHA", "seeds_needed", "ci_half_width", "power_words", "power_sentence"]
+__all__ = ["DETECT_POINTS", "POWER", "ALPHA", "ADJUSTMENTS", "seeds_needed", "ci_half_width", "adjust_pvalues",
+           "power_words", "power_sentence"]
 
 #: The difference every family's power is stated for, in points (x100) of mIoU or OA.
 DETECT_POINTS = 3.0
@@ -28,6 +46,8 @@ DETECT_POINTS = 3.0
 POWER = 0.8
 #: The level of every test (two-sided).
 ALPHA = 0.05
+#: The adjustments of :func:`adjust_pvalues`: the column suffix -> the ``multipletests`` method.
+ADJUSTMENTS = {"holm": "holm", "bh": "fdr_bh"}
 
 
 def seeds_needed(diff_sd: float, detect: float = DETECT_POINTS, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -81,6 +101,28 @@ def ci_half_width(diff_sd: float, n: int, alpha: float = ALPHA, dof: int | None 
     if n < 1 or dof < 1 or not math.isfinite(diff_sd):
         return math.nan
     return float(stats.t.ppf(1.0 - alpha / 2.0, dof) * diff_sd / math.sqrt(n))
+
+
+def adjust_pvalues(pvalues: Sequence[float] | np.ndarray, method: str) -> np.ndarray:
+    """``pvalues`` adjusted across the family they form, ``method`` ``"holm"`` or ``"bh"`` (:data:`ADJUSTMENTS`,
+    ``statsmodels.stats.multitest.multipletests``). NaN entries (cells without a test) are not members of the
+    family: they stay NaN and do not count in its size. Shape ``(m,)`` in, ``(m,)`` out.
+
+    Raises:
+        ValueError: an unknown ``method``, or a p-value outside [0, 1].
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    if method not in ADJUSTMENTS:
+        raise ValueError(f"adjust_pvalues: method must be one of {sorted(ADJUSTMENTS)}, got {method!r}")
+    p = np.asarray(pvalues, dtype=float).reshape(-1)
+    out = np.full(p.shape, math.nan)
+    tested = np.isfinite(p)
+    if np.any((p[tested] < 0) | (p[tested] > 1)):
+        raise ValueError(f"adjust_pvalues: p-values must be in [0, 1], got {p[tested].tolist()}")
+    if tested.any():
+        out[tested] = multipletests(p[tested], method=ADJUSTMENTS[method])[1]
+    return out
 
 
 def _span(values: np.ndarray, digits: int = 1) -> str:

@@ -2,10 +2,13 @@
 
 :func:`paired_differences` pairs the runs of one (configuration, seed) on two platforms: same initial weights,
 data order and noise, only the arithmetic differs. :func:`platform_effect` gives the study-level platform effect
-with a 95% CI and p-value, whether a seed reproduces exactly across platforms, the seed spread, the CI half-width
-and the seeds needed to detect a 1- and a 3-point effect (:mod:`utae.inference`; ``platform_effect.csv``);
+of every pair of platforms whose runs pair, with a 95% CI and p-value, the p-value Holm-adjusted across those
+pairs (the confirmatory family "does any platform differ from the others?", :mod:`utae.inference`), whether a
+seed reproduces exactly across platforms, the seed spread, the CI half-width and the seeds needed to detect a 1-
+and a 3-point effect (``platform_effect.csv``);
 :func:`platform_answer_text` says it in words. :func:`platform_vs_seed` and :func:`platform_vs_seed_text` are the
-older per-configuration test (unpaired, permutation p-value).
+older per-configuration test (unpaired, permutation p-value, Benjamini-Hochberg across the configurations: an
+exploratory family).
 
 A configuration is :func:`utae.study.config_columns`. Scores stored as fractions (mIoU, OA, F1) are reported in
 points (x100). Statistics come from scipy and statsmodels.
@@ -75,7 +78,11 @@ def platform_vs_seed(
     - ``p_perm``: a permutation p-value of F (platform labels shuffled over the runs of the
       configuration, ``n_permutations`` times; ``(1 + #{F* >= F}) / (1 + n)``, an F* equal to F up to
       rounding counting as a tie, hence >= F). With few seeds the
-      smallest reachable p-value is coarse (2 platforms x 3 seeds: 1/10).
+      smallest reachable p-value is coarse (2 platforms x 3 seeds: 1/10);
+    - ``p_bh``: ``p_perm`` Benjamini-Hochberg-adjusted across the configurations
+      (:func:`utae.inference.adjust_pvalues`). This per-configuration table is exploratory (it asks where to
+      look, :func:`platform_effect` answers the question), so it bounds the share of false flags rather than
+      the chance of any.
 
     This test ignores that runs of one seed on two platforms are paired; :func:`platform_effect` uses the
     pairing. With a single platform only ``seed_std`` is defined; the other columns are NaN.
@@ -117,7 +124,9 @@ def platform_vs_seed(
         else:
             row.update(platform_range=math.nan, range_over_seed_std=math.nan, F=math.nan, p_perm=math.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["p_bh"] = inference.adjust_pvalues(table["p_perm"], "bh")
+    return table
 
 
 def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha: float = 0.05) -> str:
@@ -135,7 +144,7 @@ def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha:
                 f"over the {n_configs} configuration(s). Copy the `results/runs/<platform>/` folder of another "
                 "machine next to this one and re-render to compare platforms.")
     comparable = table[table["n_platforms"] >= 2]
-    p = comparable["p_perm"]
+    p = comparable["p_bh"] if "p_bh" in comparable.columns else comparable["p_perm"]
     n_sig = int((p <= alpha).sum())
     ratio = comparable["range_over_seed_std"].dropna()
     parts = [f"{len(comparable)} of {n_configs} configuration(s) were run on two or more platforms; {spread}."]
@@ -143,14 +152,17 @@ def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha:
         parts.append(f"The difference between platform means is {ratio.min():.2g} to {ratio.max():.2g} times "
                      "the seed standard deviation.")
     min_p = comparable["p_perm"].min()
+    min_bh = p.min()
     if n_sig:
         parts.append(f"At {n_sig} configuration(s) the permutation test puts the platform difference beyond "
-                     f"what reshuffling seeds between platforms gives (p <= {alpha}); with this many runs per "
-                     "cell, and one test per configuration, read that as a hint rather than a proof.")
+                     f"what reshuffling seeds between platforms gives (Benjamini-Hochberg-adjusted p <= {alpha} "
+                     f"across the {len(comparable)} configurations); this table is exploratory: read that as where "
+                     "to look, and the paired platform effect as the answer.")
     else:
         parts.append(f"At no configuration does the platform difference exceed what reshuffling the runs between "
-                     f"platforms gives (smallest permutation p = {min_p:.3g}, threshold {alpha}): with these seeds, "
-                     "the platforms are not distinguishable from seed-to-seed variation.")
+                     f"platforms gives (smallest permutation p = {min_p:.3g}, {min_bh:.3g} after the "
+                     f"Benjamini-Hochberg adjustment across the {len(comparable)} configurations, threshold {alpha}): "
+                     "with these seeds, the platforms are not distinguishable from seed-to-seed variation.")
     if comparable["n_runs"].min() <= 6:
         parts.append("With three seeds or fewer per platform the test has little power: a real but small platform "
                      "effect could go unseen.")
@@ -165,7 +177,7 @@ def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha:
 FRACTION_METRICS = ("test_miou", "test_oa", "test_macro_f1", "val_miou", "val_oa", "train_oa")
 #: The first columns of :func:`platform_effect`, in this order.
 EFFECT_COLUMNS: tuple[str, ...] = ("metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low", "ci_high",
-                                   "p_value", "same_seed_identical")
+                                   "p_value", "p_holm", "same_seed_identical")
 _EFFECT_EXTRA = ("max_abs_diff", "wilcoxon_p", "seed_sd", "diff_sd", "ci_half_width", "seeds_needed_1pt",
                  "seeds_needed_3pt", "n_configs", "seeds_per_config", "mean_a", "mean_b", "unit", "model")
 _METRIC_WORDS = {"test_miou": "test mIoU", "test_oa": "test OA", "test_macro_f1": "test macro F1",
@@ -255,7 +267,7 @@ def _seeds_needed(diff_sd: float, n_configs: int, detect: float, alpha: float, p
 
 def _empty_row() -> dict[str, Any]:
     """A row of :func:`platform_effect` without pairs: every statistic undefined."""
-    return dict(n_pairs=0, effect=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
+    return dict(n_pairs=0, effect=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, p_holm=math.nan,
                 same_seed_identical=None, max_abs_diff=math.nan, wilcoxon_p=math.nan, seed_sd=math.nan,
                 diff_sd=math.nan, ci_half_width=math.nan, seeds_needed_1pt=math.nan, seeds_needed_3pt=math.nan,
                 n_configs=0, seeds_per_config="", mean_a=math.nan, mean_b=math.nan, model="")
@@ -338,7 +350,10 @@ def platform_effect(
 
     Columns: :data:`EFFECT_COLUMNS` (``metric``, ``platform_a``, ``platform_b``, ``n_pairs``, ``effect``,
     ``ci_low``, ``ci_high`` (the ``1 - alpha`` CI), ``p_value`` (NaN when every difference is equal: no
-    spread to test against), ``same_seed_identical`` (every pair exactly equal)), then
+    spread to test against), ``p_holm`` (``p_value`` Holm-adjusted across the pairs of platforms with paired
+    runs, per metric: with three platforms or more the question is whether *any* platform differs from the
+    others, a confirmatory family whose chance of any false "differs" Holm bounds at alpha;
+    :func:`utae.inference.adjust_pvalues`), ``same_seed_identical`` (every pair exactly equal)), then
     ``max_abs_diff`` (largest |difference| of a pair), ``wilcoxon_p`` (scipy's signed-rank test on the
     differences, ignoring the blocks; a check that does not assume normality; NaN when all are 0),
     ``seed_sd``, ``diff_sd`` (the residual standard deviation of the differences), ``ci_half_width`` (half the
@@ -384,8 +399,10 @@ def platform_effect(
                            seed_sd=_pooled_sd(sub[metric].to_numpy(float) * scale, codes),
                            mean_a=float(sub[metric].mean() * scale) if len(sub) else math.nan)
                 rows.append(dict(metric=metric, platform_a=plat, platform_b=None, **row, unit=unit))
-    columns = [*EFFECT_COLUMNS, *_EFFECT_EXTRA]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=[*EFFECT_COLUMNS, *_EFFECT_EXTRA])
+    for _, family in table.groupby("metric", sort=False):  # one Holm family per metric: the pairs of platforms
+        table.loc[family.index, "p_holm"] = inference.adjust_pvalues(family["p_value"], "holm")
+    return table
 
 
 def _number(value: float, digits: int = 1) -> str:
@@ -409,7 +426,8 @@ def _design_words(row: Mapping[str, Any]) -> str:
 
 
 def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
-    """The answer for one pair of platforms; ``rows`` are its rows of the effect table (one per metric)."""
+    """The answer for one pair of platforms; ``rows`` are its rows of the effect table (one per metric). The
+    verdict rests on the Holm-adjusted p-value (``p_holm``)."""
     main = rows[rows["metric"] == metric].iloc[0]
     a, b = main["platform_a"], main["platform_b"]
     words = _METRIC_WORDS.get(metric, metric)
@@ -426,12 +444,12 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
     direction = "higher" if effect > 0 else "lower" if effect < 0 else "the same"
     size = (f"{_number(abs(effect))} {words.replace(' ', '-')} points {direction} than" if unit == " points"
             else f"{_number(abs(effect))} {direction} in {words} than")
-    p = float(main["p_value"])
+    p, p_holm = float(main["p_value"]), float(main["p_holm"])
     ci_text = ""
     if math.isfinite(float(main["ci_low"])):
-        ci_text = (f" (95% CI {_number(main['ci_low'])} to {_number(main['ci_high'])}, p {_p(p)}; "
-                   f"Wilcoxon signed-rank p {_p(float(main['wilcoxon_p']))})")
-    significant = math.isfinite(p) and p < alpha
+        ci_text = (f" (95% CI {_number(main['ci_low'])} to {_number(main['ci_high'])}, p {_p(p)}, Holm-adjusted "
+                   f"p {_p(p_holm)}; Wilcoxon signed-rank p {_p(float(main['wilcoxon_p']))})")
+    significant = math.isfinite(p_holm) and p_holm < alpha
     verdict = ("a detectable platform effect" if significant else
                "no detectable platform effect" if math.isfinite(p) else "too few pairs to test")
     lead = f"{b} scores the same as {a}" if direction == "the same" else f"{b} scores {size} {a}"
@@ -442,7 +460,8 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
         o_unit = " points" if other["unit"] == "points" else ""
         parts.append(f"In {_METRIC_WORDS.get(other['metric'], other['metric'])} the difference is "
                      f"{float(other['effect']):+.1f}{o_unit} (95% CI {_number(other['ci_low'])} to "
-                     f"{_number(other['ci_high'])}, p {_p(float(other['p_value']))}).")
+                     f"{_number(other['ci_high'])}, p {_p(float(other['p_value']))}, Holm-adjusted p "
+                     f"{_p(float(other['p_holm']))}).")
     parts.append(f"The same seed does not reproduce exactly across these platforms (max |difference| "
                  f"{_number(main['max_abs_diff'])}{unit}): a run of one seed follows a different path on each, as "
                  "small differences in the arithmetic grow during training into a different model.")
