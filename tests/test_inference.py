@@ -1,8 +1,8 @@
 """Tests of power and multiplicity (utae.inference) and of the families that use them: the corruption study's
 augmentation x kind table (Holm, power columns, the verdicts in words), the platform effect over three platforms
-(Holm across the pairs of platforms) and the platform-vs-seed table (BH), on hand-made frames (no training).
-Power is checked against scipy's noncentral t, adjustments against hand arithmetic and statsmodels'
-multipletests."""
+(Holm across the pairs of platforms, the platforms that pair with none) and the platform-vs-seed table (BH), on
+hand-made frames (no training). Power is checked against scipy's noncentral t, adjustments against hand
+arithmetic and statsmodels' multipletests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from utae import corruption_scores as cs
-from utae import inference, platform_effect
+from utae import inference, platform_effect, platform_family
 
 from helpers import make_runs
 
@@ -178,7 +178,7 @@ def three_platform_runs(shift_c: float, pair_sd: float = 0.004, eval_modes=("pad
     return pd.DataFrame(rows)
 
 
-def test_three_platforms_holm_across_the_pairs():
+def test_three_platforms_holm_across_the_pairs_names_the_one_that_differs():
     effect = platform_effect.platform_effect(three_platform_runs(shift_c=0.03))
     for metric, family in effect.groupby("metric"):
         assert list(zip(family["platform_a"], family["platform_b"])) == [
@@ -189,7 +189,47 @@ def test_three_platforms_holm_across_the_pairs():
     assert miou.loc["cpu-c", "p_holm"].max() < 0.05
     ab = effect[(effect["metric"] == "test_miou") & (effect["platform_b"] == "cpu-b")].iloc[0]
     assert ab["ci_low"] < 0 < ab["ci_high"]
-    assert "Holm-adjusted p" in platform_effect.platform_answer_text(effect)
+    text = platform_effect.platform_answer_text(effect)
+    family = text.split("\n\n")[1]
+    assert "Of the 3 pairs of the 3 platforms, 3 have paired runs" in family
+    assert "Does any platform differ from the others in test mIoU? Yes, after Holm's correction across the 3" in family
+    assert "cpu-c against cpu-a +3.0 points" in family and family.count(", differs)") == 2
+    assert "Holm-adjusted p" in text
+
+
+def test_three_platforms_without_a_difference_say_so_with_intervals():
+    effect = platform_effect.platform_effect(three_platform_runs(shift_c=0.0, rng_seed=4))
+    text = platform_effect.platform_answer_text(effect)
+    assert "Not detectably, after Holm's correction across the 3 paired comparisons" in text
+    assert text.count("95% CI") >= 3 and ", differs)" not in text
+
+
+def test_a_platform_evaluated_otherwise_pairs_with_neither_and_is_named():
+    runs = three_platform_runs(shift_c=0.0, eval_modes=("padded_batches", "pad_free", "pad_free"))
+    effect = platform_effect.platform_effect(runs)
+    miou = effect[effect["metric"] == "test_miou"]
+    assert len(miou) == 3
+    unpaired = miou[miou["platform_a"] == "cpu-a"]
+    assert (unpaired["n_pairs"] == 0).all() and unpaired["p_holm"].isna().all()
+    assert all("eval_mode padded_batches against pad_free" in r for r in unpaired["unpaired_reason"])
+    bc = miou[miou["platform_a"] == "cpu-b"].iloc[0]
+    assert bc["n_pairs"] == 15 and bc["p_holm"] == pytest.approx(bc["p_value"])  # a family of one comparison
+    text = platform_effect.platform_answer_text(effect, runs=runs)
+    assert "Of the 3 pairs of the 3 platforms, 1 has paired runs" in text
+    assert "cpu-a pairs with neither cpu-b nor cpu-c: evaluated in other modes" in text
+    assert "cannot say whether it differs from them" in text
+    other_seeds = runs.assign(eval_mode="pad_free")
+    other_seeds.loc[other_seeds["platform"] == "cpu-a", "cfg_seed"] += 100
+    assert platform_family.unpaired_reason(other_seeds, "cpu-a", "cpu-b") == "no configuration and seed run on both"
+
+
+def test_two_platforms_evaluated_otherwise_keep_their_per_platform_rows_with_the_reason():
+    runs = three_platform_runs(shift_c=0.0, eval_modes=("padded_batches", "pad_free", "pad_free"))
+    runs = runs[runs["platform"] != "cpu-c"]
+    effect = platform_effect.platform_effect(runs)
+    assert (effect["n_pairs"] == 0).all() and effect["platform_b"].isna().all()
+    assert all(r.startswith("with cpu-") and "evaluated in other modes" in r for r in effect["unpaired_reason"])
+    assert "were evaluated in other modes" in platform_effect.platform_answer_text(effect, runs=runs)
 
 
 def test_platform_power_columns_match_the_t_quantile_and_the_noncentral_t():

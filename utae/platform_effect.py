@@ -5,7 +5,7 @@ data order and noise, only the arithmetic differs. :func:`platform_effect` gives
 of every pair of platforms whose runs pair, with a 95% CI and p-value, the p-value Holm-adjusted across those
 pairs (the confirmatory family "does any platform differ from the others?", :mod:`utae.inference`), whether a
 seed reproduces exactly across platforms, the seed spread, the CI half-width and the seeds needed to detect a 1-
-and a 3-point effect (``platform_effect.csv``);
+and a 3-point effect, and why the pairs of platforms that do not pair do not (``platform_effect.csv``);
 :func:`platform_answer_text` says it in words. :func:`platform_vs_seed` and :func:`platform_vs_seed_text` are the
 older per-configuration test (unpaired, permutation p-value, Benjamini-Hochberg across the configurations: an
 exploratory family).
@@ -27,6 +27,7 @@ import pandas as pd
 
 from utae import inference
 from utae.checks import require_columns
+from utae.platform_family import family_text, unpaired_reason
 from utae.study import config_columns, with_dataset
 
 __all__ = [
@@ -179,7 +180,8 @@ FRACTION_METRICS = ("test_miou", "test_oa", "test_macro_f1", "val_miou", "val_oa
 EFFECT_COLUMNS: tuple[str, ...] = ("metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low", "ci_high",
                                    "p_value", "p_holm", "same_seed_identical")
 _EFFECT_EXTRA = ("max_abs_diff", "wilcoxon_p", "seed_sd", "diff_sd", "ci_half_width", "seeds_needed_1pt",
-                 "seeds_needed_3pt", "n_configs", "seeds_per_config", "mean_a", "mean_b", "unit", "model")
+                 "seeds_needed_3pt", "n_configs", "seeds_per_config", "mean_a", "mean_b", "unit", "model",
+                 "unpaired_reason")
 _METRIC_WORDS = {"test_miou": "test mIoU", "test_oa": "test OA", "test_macro_f1": "test macro F1",
                  "val_miou": "val mIoU", "val_oa": "val OA", "train_oa": "train OA"}
 
@@ -270,7 +272,7 @@ def _empty_row() -> dict[str, Any]:
     return dict(n_pairs=0, effect=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, p_holm=math.nan,
                 same_seed_identical=None, max_abs_diff=math.nan, wilcoxon_p=math.nan, seed_sd=math.nan,
                 diff_sd=math.nan, ci_half_width=math.nan, seeds_needed_1pt=math.nan, seeds_needed_3pt=math.nan,
-                n_configs=0, seeds_per_config="", mean_a=math.nan, mean_b=math.nan, model="")
+                n_configs=0, seeds_per_config="", mean_a=math.nan, mean_b=math.nan, model="", unpaired_reason="")
 
 
 def _effect_row(pairs: pd.DataFrame, configs: Sequence[str], scale: float, alpha: float, power: float,
@@ -331,7 +333,7 @@ def platform_effect(
     power: float = 0.8,
     detect: float = 1.0,
 ) -> pd.DataFrame:
-    """Does the hardware change the results? One row per metric and pair of platforms that share paired runs.
+    """Does the hardware change the results? One row per metric and pair of platforms.
 
     The design: a (configuration, seed) run on two platforms is a pair (:func:`paired_differences`); the
     configurations are blocks. ``diff = value_b - value_a`` (``platform_b`` minus ``platform_a``, platforms
@@ -362,13 +364,15 @@ def platform_effect(
     detect an effect of ``detect``, and of 3 points, :data:`utae.inference.DETECT_POINTS`, with ``power`` at
     ``alpha``: statsmodels ``TTestPower.solve_power`` with effect size ``detect / diff_sd`` gives pairs,
     divided by ``n_configs`` and rounded up), ``n_configs``, ``seeds_per_config`` ("3" or "2-3"), ``mean_a``,
-    ``mean_b``, ``unit`` and ``model``. Effects, CIs, differences and
+    ``mean_b``, ``unit``, ``model`` and ``unpaired_reason`` (see below). Effects, CIs, differences and
     standard deviations are in points (x100) for the fraction metrics (:data:`FRACTION_METRICS`, ``unit``
     "points"), in the metric's unit otherwise.
 
-    When no two platforms share a pair (e.g. one platform), one row per metric and platform with
-    ``platform_b`` empty, ``n_pairs`` 0 and only ``seed_sd`` and ``n_configs`` filled: the seed spread is
-    the one thing that can be measured.
+    A pair of platforms without paired runs, beside pairs that have some, gets a row with ``n_pairs`` 0 and
+    ``unpaired_reason`` (:func:`utae.platform_family.unpaired_reason`, e.g. their runs were evaluated in other
+    modes): it is not left out silently. When no two platforms share a pair (e.g. one platform), one row per metric and
+    platform with ``platform_b`` empty, ``n_pairs`` 0 and only ``seed_sd``, ``n_configs`` and
+    ``unpaired_reason`` filled: the seed spread is the one thing that can be measured.
 
     Raises:
         ValueError: no runs, or a metric column is missing; see also :func:`paired_differences`.
@@ -385,24 +389,30 @@ def platform_effect(
         for plat_a, plat_b in itertools.combinations(platforms, 2):
             pairs = paired_differences(runs, metric, plat_a, plat_b)
             if pairs.empty:
-                continue
-            stats_row = _effect_row(pairs, configs, scale, alpha, power, detect)
-            rows.append(dict(metric=metric, platform_a=plat_a, platform_b=plat_b, **stats_row, unit=unit))
-    if not rows:
-        for metric in metrics:
-            scale, unit = _scale(metric)
-            for plat in platforms:
-                sub = runs[runs["platform"] == plat].dropna(subset=[metric])
-                codes = _block_codes(sub, configs)
-                row = _empty_row()
-                row.update(n_configs=len(np.unique(codes)), seeds_per_config=_seeds_per_config(codes),
-                           seed_sd=_pooled_sd(sub[metric].to_numpy(float) * scale, codes),
-                           mean_a=float(sub[metric].mean() * scale) if len(sub) else math.nan)
-                rows.append(dict(metric=metric, platform_a=plat, platform_b=None, **row, unit=unit))
+                row = dict(_empty_row(), unpaired_reason=unpaired_reason(runs, plat_a, plat_b))
+            else:
+                row = _effect_row(pairs, configs, scale, alpha, power, detect)
+            rows.append(dict(metric=metric, platform_a=plat_a, platform_b=plat_b, **row, unit=unit))
+    if not any(r["n_pairs"] > 0 for r in rows):
+        rows = [_platform_row(runs, metric, plat, configs) for metric in metrics for plat in platforms]
     table = pd.DataFrame(rows, columns=[*EFFECT_COLUMNS, *_EFFECT_EXTRA])
     for _, family in table.groupby("metric", sort=False):  # one Holm family per metric: the pairs of platforms
         table.loc[family.index, "p_holm"] = inference.adjust_pvalues(family["p_value"], "holm")
     return table
+
+
+def _platform_row(runs: pd.DataFrame, metric: str, platform: str, configs: Sequence[str]) -> dict[str, Any]:
+    """The row of one platform when no two platforms pair: its seed spread, and why it pairs with no other."""
+    scale, unit = _scale(metric)
+    sub = runs[runs["platform"] == platform].dropna(subset=[metric])
+    codes = _block_codes(sub, configs)
+    others = [p for p in sorted(runs["platform"].unique()) if p != platform]
+    row = _empty_row()
+    row.update(n_configs=len(np.unique(codes)), seeds_per_config=_seeds_per_config(codes),
+               seed_sd=_pooled_sd(sub[metric].to_numpy(float) * scale, codes),
+               mean_a=float(sub[metric].mean() * scale) if len(sub) else math.nan,
+               unpaired_reason="; ".join(f"with {o}: {unpaired_reason(runs, platform, o)}" for o in others))
+    return dict(metric=metric, platform_a=platform, platform_b=None, **row, unit=unit)
 
 
 def _number(value: float, digits: int = 1) -> str:
@@ -531,6 +541,9 @@ def platform_answer_text(effect_table: pd.DataFrame, metric: str = "test_miou", 
                 "configurations and seeds) on another machine and add its runs with `make import` (see the "
                 "README), which puts them in `runs/<its platform>/` next to these; then re-render this report.")
     parts = [head]
+    family = family_text(effect_table, metric, alpha)
+    if family:
+        parts.append(family)
     for (a, b), group in paired.groupby(["platform_a", "platform_b"], sort=True):
         if (group["metric"] == metric).any():
             parts.append(_pair_paragraph(group, metric, alpha))
