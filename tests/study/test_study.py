@@ -196,9 +196,10 @@ def paired_runs(shift: float, pair_sd: float, levels=(0.0, 0.5, 1.0, 2.0, 3.0), 
 
 def test_effect_table_columns():
     effect = platform_effect.platform_effect(paired_runs(0.0, 0.01))
-    assert list(effect.columns[:9]) == ["metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low",
-                                        "ci_high", "p_value", "same_seed_identical"]
-    assert {"max_abs_diff", "wilcoxon_p", "seed_sd", "seeds_needed_1pt", "n_configs"} <= set(effect.columns)
+    assert list(effect.columns[:10]) == ["metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low",
+                                         "ci_high", "p_value", "p_holm", "same_seed_identical"]
+    assert {"max_abs_diff", "wilcoxon_p", "seed_sd", "seeds_needed_1pt", "seeds_needed_3pt", "ci_half_width",
+            "n_configs", "unpaired_reason"} <= set(effect.columns)
     assert list(effect["metric"]) == ["test_miou", "test_oa"] and (effect["unit"] == "points").all()
 
 

@@ -23,9 +23,11 @@ paired difference; :func:`corruption_scores` names it in ``attrs["notes"]``.
 
 Per training augmentation and kind (:func:`augmentation_table`, written as ``robustness.csv``): mPC, rPC and CE,
 mean and std over seeds, and the paired difference in mPC from the clean-trained model (same seed) with its
-t-based 95% CI and p-value (``scipy.stats.ttest_1samp`` over the seed pairs). :func:`robustness_answer_text`
-says it in words; :func:`severity_curves` gives the mean and band over seeds of mIoU against severity (0 is the
-clean test) for :func:`utae.report.plots.corruption_curves`.
+t-based 95% CI and p-value (``scipy.stats.ttest_1samp`` over the seed pairs), the p-value Holm-adjusted across
+the table (the corruption study's confirmatory family, :mod:`utae.study.inference`), and the power of the comparison:
+the standard deviation of the paired differences, the CI half-width the seeds give and the seeds needed to detect
+3 points. :func:`robustness_answer_text` says it in words, by the adjusted p-values; :func:`severity_curves` gives
+the mean and band over seeds of mIoU against severity (0 is the clean test) for :func:`utae.report.plots.corruption_curves`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from utae.study import inference
 from utae.util.checks import require_columns
 from utae.perturb.kinds import KINDS, SEVERITY_TABLE
 from utae.study.tables import AUGMENTATION_COLUMNS, config_columns, with_augmentation, with_dataset
@@ -67,7 +70,8 @@ ALL_KINDS = "all kinds"
 #: The columns of :func:`augmentation_table` after the platform and configuration columns.
 ROBUSTNESS_COLUMNS: tuple[str, ...] = (
     "augmentation", "kind", "n_runs", "seeds", "clean_mean", "clean_std", "mpc_mean", "mpc_std", "rpc_mean",
-    "rpc_std", "ce_mean", "ce_std", "n_pairs", "diff_mpc", "ci_low", "ci_high", "p_value", "eval_mode")
+    "rpc_std", "ce_mean", "ce_std", "n_pairs", "diff_mpc", "ci_low", "ci_high", "p_value", "p_holm", "diff_sd",
+    "ci_half_width", "seeds_needed_3pt", "eval_mode")
 
 
 def pairing_columns(runs: pd.DataFrame) -> list[str]:
@@ -278,7 +282,13 @@ def augmentation_table(scores: pd.DataFrame, alpha: float = 0.05) -> pd.DataFram
     (ratios); ``n_pairs`` (seeds with a clean-trained partner), ``diff_mpc`` (the mean over those seeds of the
     run's mPC minus its partner's, points), ``ci_low``, ``ci_high`` (the ``1 - alpha`` t interval of that mean,
     ``scipy.stats.ttest_1samp``; NaN with fewer than two pairs), ``p_value`` (NaN when every difference is
-    equal), and ``eval_mode`` (the runs' evaluation modes). The clean-trained rows have no paired difference.
+    equal), ``p_holm`` (``p_value`` Holm-adjusted across every tested row of the same platform and configuration,
+    the ``all kinds`` rows included: the table is the corruption study's confirmatory family, so one false
+    "helps" or "hurts" anywhere in it is what alpha bounds; :func:`utae.study.inference.adjust_pvalues`), ``diff_sd``
+    (the standard deviation of the paired differences, ddof 1, points), ``ci_half_width`` (``t(0.975, n - 1) *
+    diff_sd / sqrt(n_pairs)``, half the CI's width), ``seeds_needed_3pt`` (the pairs a two-sided paired t-test
+    needs to detect 3 points with power 0.8 at alpha 0.05, :func:`utae.study.inference.seeds_needed`), and
+    ``eval_mode`` (the runs' evaluation modes). The clean-trained rows have no paired difference.
     """
     require_columns(scores, ["platform", "run_id", "cfg_seed", "augmentation", "kind", "clean", "mpc", "rpc", "ce",
                              "clean_run_id"], "augmentation_table(scores)")
@@ -306,13 +316,18 @@ def augmentation_table(scores: pd.DataFrame, alpha: float = 0.05) -> pd.DataFram
                     diffs.append((mpc - other) * 100.0)
         d = np.asarray(diffs, dtype=float)
         low, high, p = _t_interval(d, alpha)
+        sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
         row.update(n_pairs=len(d), diff_mpc=float(d.mean()) if len(d) else math.nan, ci_low=low, ci_high=high,
-                   p_value=p, eval_mode=", ".join(sorted({str(m) for m in g.get("eval_mode", pd.Series(dtype=str))
-                                                          if isinstance(m, str)})))
+                   p_value=p, p_holm=math.nan, diff_sd=sd, ci_half_width=inference.ci_half_width(sd, len(d), alpha),
+                   seeds_needed_3pt=inference.seeds_needed(sd, inference.DETECT_POINTS, alpha),
+                   eval_mode=", ".join(sorted({str(m) for m in g.get("eval_mode", pd.Series(dtype=str))
+                                               if isinstance(m, str)})))
         rows.append(row)
     table = pd.DataFrame(rows, columns=[*keys, *ROBUSTNESS_COLUMNS])
     if table.empty:
         return table
+    for _, family in table.groupby(keys, dropna=False, sort=False):  # one Holm family per platform and configuration
+        table.loc[family.index, "p_holm"] = inference.adjust_pvalues(family["p_value"], "holm")
     order = table["augmentation"].map(lambda a: (a != CLEAN, a))
     table = table.assign(_a=order, _k=table["kind"].map(kind_order))
     return table.sort_values([*keys, "_a", "_k"], ignore_index=True).drop(columns=["_a", "_k"])
@@ -338,15 +353,17 @@ def _p(value: float) -> str:
 
 
 def _verdict(row: pd.Series, alpha: float) -> str:
-    """"helps"/"hurts"/"no detectable effect"/"too few pairs" for one augmentation x kind row."""
+    """"helps"/"hurts"/"unresolved"/"too few pairs" for one augmentation x kind row, by its
+    Holm-adjusted p-value (below ``alpha``: detectable); a difference equal in every seed (no p-value) by its
+    sign."""
     if int(row["n_pairs"]) < 2 or not math.isfinite(float(row["ci_low"])):
         return "too few pairs"
-    low, high = float(row["ci_low"]), float(row["ci_high"])
-    if low > 0:
-        return "helps"
-    if high < 0:
-        return "hurts"
-    return "no detectable effect"
+    diff, p_holm = float(row["diff_mpc"]), float(row["p_holm"])
+    detectable = p_holm < alpha if math.isfinite(p_holm) else (
+        not math.isfinite(float(row["p_value"])) and diff != 0)
+    if detectable:
+        return "helps" if diff > 0 else "hurts"
+    return "unresolved"
 
 
 def _effect_words(row: pd.Series) -> str:
@@ -358,7 +375,7 @@ def _effect_words(row: pd.Series) -> str:
     if not math.isfinite(float(row["ci_low"])):
         return f"{diff:+.1f} points ({int(row['n_pairs'])} pair{'s' if int(row['n_pairs']) != 1 else ''}: no interval)"
     return (f"{diff:+.1f} points (95% CI {_pts(float(row['ci_low']))} to {_pts(float(row['ci_high']))}, "
-            f"p {_p(float(row['p_value']))}, {int(row['n_pairs'])} seeds)")
+            f"p {_p(float(row['p_value']))}, Holm-adjusted p {_p(float(row['p_holm']))}, {int(row['n_pairs'])} seeds)")
 
 
 def _group_text(table: pd.DataFrame, alpha: float) -> list[str]:
@@ -388,7 +405,8 @@ def _group_text(table: pd.DataFrame, alpha: float) -> list[str]:
             by_verdict.setdefault(_verdict(row, alpha), []).append(f"{row['kind']} {_effect_words(row)}")
         words = []
         for verdict, label in (("helps", "It helps against"), ("hurts", "It hurts against"),
-                               ("no detectable effect", "No detectable effect against"),
+                               ("unresolved", f"Unresolved by these seeds (Holm-adjusted p >= {alpha:g}: the effect "
+                                              "lies somewhere in its interval) against"),
                                ("too few pairs", "Too few paired seeds to judge")):
             if verdict in by_verdict:
                 words.append(f"{label}: " + "; ".join(by_verdict[verdict]) + ".")
@@ -417,21 +435,26 @@ def _group_text(table: pd.DataFrame, alpha: float) -> list[str]:
             answer = (f"it helps against none of the {len(sub)} realistic corruptions, and hurts against "
                       f"{', '.join(hurt)}")
         else:
-            answer = (f"it helps detectably against none of the {len(sub)} realistic corruptions tested (every 95% "
-                      "CI of the paired difference reaches 0, or there are too few seeds)")
+            answer = (f"it helps detectably against none of the {len(sub)} realistic corruptions tested (no "
+                      "Holm-adjusted p-value of the paired difference is below "
+                      f"{alpha:g}, or there are too few seeds)")
         parts.append(f"**Does Gaussian-noise training ({aug}) protect against realistic corruptions?** "
                      f"{answer[0].upper() + answer[1:]}.{own_text}")
+    power = inference.power_words(table[table["n_pairs"] >= 2], "the paired differences in mPC", alpha)
+    if power:
+        parts.append(power)
     return parts
 
 
 def robustness_answer_text(table: pd.DataFrame, alpha: float = 0.05) -> str:
     """:func:`augmentation_table` in plain words (Markdown): which corruption hurts the clean-trained model most
     (its mPC and rPC per kind, with the seed spread); for each training augmentation and kind whether it helps,
-    hurts or has no detectable effect (the paired difference's 95% CI excludes 0 above, below, or not), with the
-    interval; and whether Gaussian-noise training helps against the realistic corruptions (every kind but
-    ``gaussian``). One paragraph group per platform and configuration when the table has several. Each cell is
-    its own test, with no correction for the number of cells: read a lone interval that barely excludes 0 as a
-    hint."""
+    hurts or is unresolved by the seeds (the paired difference's Holm-adjusted p-value below alpha, or not), with the
+    interval and its raw and Holm-adjusted p-values; and whether Gaussian-noise training helps against the
+    realistic corruptions (every kind but ``gaussian``); then the power of the comparisons (the spread of the paired
+    differences, the CI half-widths, the seeds needed for 3 points). A verdict ("helps", "hurts") rests on the
+    Holm-adjusted p-value (:func:`_verdict`): the table is one confirmatory family per platform and
+    configuration. One paragraph group per platform and configuration when the table has several."""
     require_columns(table, ["platform", *ROBUSTNESS_COLUMNS], "robustness_answer_text(table)")
     if table.empty:
         return "No run was tested on corruptions."
@@ -444,8 +467,12 @@ def robustness_answer_text(table: pd.DataFrame, alpha: float = 0.05) -> str:
         if len(groups) > 1:
             out.append("*" + ", ".join(f"{k.removeprefix('cfg_')} {v}" for k, v in zip(keys, key)) + "*")
         out.extend(paragraphs)
-    out.append(f"Each augmentation x kind cell is tested on its own (t test over the seed pairs, alpha {alpha:g}), "
-               "without correction for the number of cells.")
+    n_tests = table.groupby(keys, dropna=False)["p_value"].apply(lambda p: int(p.notna().sum()))
+    counts = " and ".join(str(n) for n in sorted(set(n_tests)))
+    out.append(f"Each augmentation x kind cell is a paired t test over the seeds; its p-value is Holm-adjusted across "
+               f"the {counts} tests of its platform and configuration (the kinds and the `all kinds` rows), the "
+               "confirmatory family of this study, and a cell is called helped or hurt only when the adjusted p-value "
+               f"is below {alpha:g}. The 95% CIs are those of each cell alone.")
     return "\n\n".join(out)
 
 
@@ -485,7 +512,7 @@ def augmentation_text_table(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`augmentation_table` as text for a report: one row per (platform and configuration where they vary,)
     training augmentation and kind; columns ``seeds``, ``clean mIoU``, ``mPC`` (points, mean ± std over seeds),
     ``rPC``, ``CE`` (mCE on the ``all kinds`` rows), ``mPC - clean-trained`` (the paired difference, points, with
-    its 95% CI) and ``p``."""
+    its 95% CI), ``p``, ``p (Holm)``, ``sd of differences``, ``CI half-width`` and ``seeds for 3 points``."""
     require_columns(table, ["platform", *ROBUSTNESS_COLUMNS], "augmentation_text_table(table)")
     keys = [c for c in table.columns if c not in ROBUSTNESS_COLUMNS]
     keys = [c for c in keys if table[c].astype(str).nunique() > 1]
@@ -502,5 +529,9 @@ def augmentation_text_table(table: pd.DataFrame) -> pd.DataFrame:
     for col, label, digits in (("clean", "clean mIoU", 1), ("mpc", "mPC", 1), ("rpc", "rPC", 2), ("ce", "CE", 2)):
         out[label] = [_pm(m, s, digits) for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     out["mPC - clean-trained [95% CI]"] = [diff(r) for _, r in table.iterrows()]
-    out["p"] = [_p(float(p)).removeprefix("= ") if math.isfinite(float(p)) else "" for p in table["p_value"]]
+    for col, label in (("p_value", "p"), ("p_holm", "p (Holm)")):
+        out[label] = [_p(float(p)).removeprefix("= ") if math.isfinite(float(p)) else "" for p in table[col]]
+    for col, label in (("diff_sd", "sd of differences"), ("ci_half_width", "CI half-width")):
+        out[label] = [f"{float(v):.1f}" if math.isfinite(float(v)) else "" for v in table[col]]
+    out["seeds for 3 points"] = [f"{int(v)}" if math.isfinite(float(v)) else "" for v in table["seeds_needed_3pt"]]
     return out.set_index([*keys, "augmentation", "kind"])

@@ -2,10 +2,13 @@
 
 :func:`paired_differences` pairs the runs of one (configuration, seed) on two platforms: same initial weights,
 data order and noise, only the arithmetic differs. :func:`platform_effect` gives the study-level platform effect
-with a 95% CI and p-value, whether a seed reproduces exactly across platforms, the seed spread and the seeds
-needed to detect a 1-point effect (``platform_effect.csv``); :func:`platform_answer_text` says it in words.
-:func:`platform_vs_seed` and :func:`platform_vs_seed_text` are the older per-configuration test (unpaired,
-permutation p-value).
+of every pair of platforms whose runs pair, with a 95% CI and p-value, the p-value Holm-adjusted across those
+pairs (the confirmatory family "does any platform differ from the others?", :mod:`utae.study.inference`), whether a
+seed reproduces exactly across platforms, the seed spread, the CI half-width and the seeds needed to detect a 1-
+and a 3-point effect, and why the pairs of platforms that do not pair do not (``platform_effect.csv``);
+:func:`platform_answer_text` says it in words. :func:`platform_vs_seed` and :func:`platform_vs_seed_text` are the
+older per-configuration test (unpaired, permutation p-value, Benjamini-Hochberg across the configurations: an
+exploratory family).
 
 A configuration is :func:`utae.study.tables.config_columns`. Scores stored as fractions (mIoU, OA, F1) are reported in
 points (x100). Statistics come from scipy and statsmodels.
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from utae.study import inference
+from utae.study.platform_family import family_text, unpaired_reason
 from utae.util.checks import require_columns
 from utae.study.tables import config_columns, with_dataset
 
@@ -74,7 +79,11 @@ def platform_vs_seed(
     - ``p_perm``: a permutation p-value of F (platform labels shuffled over the runs of the
       configuration, ``n_permutations`` times; ``(1 + #{F* >= F}) / (1 + n)``, an F* equal to F up to
       rounding counting as a tie, hence >= F). With few seeds the
-      smallest reachable p-value is coarse (2 platforms x 3 seeds: 1/10).
+      smallest reachable p-value is coarse (2 platforms x 3 seeds: 1/10);
+    - ``p_bh``: ``p_perm`` Benjamini-Hochberg-adjusted across the configurations
+      (:func:`utae.study.inference.adjust_pvalues`). This per-configuration table is exploratory (it asks where to
+      look, :func:`platform_effect` answers the question), so it bounds the share of false flags rather than
+      the chance of any.
 
     This test ignores that runs of one seed on two platforms are paired; :func:`platform_effect` uses the
     pairing. With a single platform only ``seed_std`` is defined; the other columns are NaN.
@@ -116,7 +125,9 @@ def platform_vs_seed(
         else:
             row.update(platform_range=math.nan, range_over_seed_std=math.nan, F=math.nan, p_perm=math.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["p_bh"] = inference.adjust_pvalues(table["p_perm"], "bh")
+    return table
 
 
 def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha: float = 0.05) -> str:
@@ -134,7 +145,7 @@ def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha:
                 f"over the {n_configs} configuration(s). Copy the `results/runs/<platform>/` folder of another "
                 "machine next to this one and re-render to compare platforms.")
     comparable = table[table["n_platforms"] >= 2]
-    p = comparable["p_perm"]
+    p = comparable["p_bh"] if "p_bh" in comparable.columns else comparable["p_perm"]
     n_sig = int((p <= alpha).sum())
     ratio = comparable["range_over_seed_std"].dropna()
     parts = [f"{len(comparable)} of {n_configs} configuration(s) were run on two or more platforms; {spread}."]
@@ -142,14 +153,17 @@ def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha:
         parts.append(f"The difference between platform means is {ratio.min():.2g} to {ratio.max():.2g} times "
                      "the seed standard deviation.")
     min_p = comparable["p_perm"].min()
+    min_bh = p.min()
     if n_sig:
         parts.append(f"At {n_sig} configuration(s) the permutation test puts the platform difference beyond "
-                     f"what reshuffling seeds between platforms gives (p <= {alpha}); with this many runs per "
-                     "cell, and one test per configuration, read that as a hint rather than a proof.")
+                     f"what reshuffling seeds between platforms gives (Benjamini-Hochberg-adjusted p <= {alpha} "
+                     f"across the {len(comparable)} configurations); this table is exploratory: read that as where "
+                     "to look, and the paired platform effect as the answer.")
     else:
         parts.append(f"At no configuration does the platform difference exceed what reshuffling the runs between "
-                     f"platforms gives (smallest permutation p = {min_p:.3g}, threshold {alpha}): with these seeds, "
-                     "the platforms are not distinguishable from seed-to-seed variation.")
+                     f"platforms gives (smallest permutation p = {min_p:.3g}, {min_bh:.3g} after the "
+                     f"Benjamini-Hochberg adjustment across the {len(comparable)} configurations, threshold {alpha}): "
+                     "with these seeds, the platforms are not distinguishable from seed-to-seed variation.")
     if comparable["n_runs"].min() <= 6:
         parts.append("With three seeds or fewer per platform the test has little power: a real but small platform "
                      "effect could go unseen.")
@@ -164,9 +178,10 @@ def platform_vs_seed_text(table: pd.DataFrame, metric: str = "test mIoU", alpha:
 FRACTION_METRICS = ("test_miou", "test_oa", "test_macro_f1", "val_miou", "val_oa", "train_oa")
 #: The first columns of :func:`platform_effect`, in this order.
 EFFECT_COLUMNS: tuple[str, ...] = ("metric", "platform_a", "platform_b", "n_pairs", "effect", "ci_low", "ci_high",
-                                   "p_value", "same_seed_identical")
-_EFFECT_EXTRA = ("max_abs_diff", "wilcoxon_p", "seed_sd", "diff_sd", "seeds_needed_1pt", "n_configs",
-                 "seeds_per_config", "mean_a", "mean_b", "unit", "model")
+                                   "p_value", "p_holm", "same_seed_identical")
+_EFFECT_EXTRA = ("max_abs_diff", "wilcoxon_p", "seed_sd", "diff_sd", "ci_half_width", "seeds_needed_1pt",
+                 "seeds_needed_3pt", "n_configs", "seeds_per_config", "mean_a", "mean_b", "unit", "model",
+                 "unpaired_reason")
 _METRIC_WORDS = {"test_miou": "test mIoU", "test_oa": "test OA", "test_macro_f1": "test macro F1",
                  "val_miou": "val mIoU", "val_oa": "val OA", "train_oa": "train OA"}
 
@@ -244,29 +259,20 @@ def _seeds_per_config(codes: np.ndarray) -> str:
 
 def _seeds_needed(diff_sd: float, n_configs: int, detect: float, alpha: float, power: float) -> float:
     """Seeds per configuration for a paired t-test to detect ``detect`` (same unit as ``diff_sd``) with
-    ``power`` at level ``alpha``: ``TTestPower.solve_power`` gives the number of pairs, divided by the
-    number of configurations and rounded up. At least 2 pairs (a t-test needs a degree of freedom)."""
-    from statsmodels.stats.power import TTestPower
-
-    if not (math.isfinite(diff_sd) and diff_sd > 0 and n_configs > 0):
+    ``power`` at level ``alpha``: the pairs of :func:`utae.study.inference.seeds_needed` (``TTestPower.solve_power``,
+    at least 2), divided by the number of configurations and rounded up."""
+    if not n_configs > 0:
         return math.nan
-    effect_size = detect / diff_sd
-    analysis = TTestPower()
-    if analysis.power(effect_size=effect_size, nobs=2, alpha=alpha) >= power:
-        pairs = 2.0
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pairs = float(analysis.solve_power(effect_size=effect_size, alpha=alpha, power=power))
+    pairs = inference.seeds_needed(diff_sd, detect, alpha, power)
     return float(math.ceil(pairs / n_configs)) if math.isfinite(pairs) else math.nan
 
 
 def _empty_row() -> dict[str, Any]:
     """A row of :func:`platform_effect` without pairs: every statistic undefined."""
-    return dict(n_pairs=0, effect=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
+    return dict(n_pairs=0, effect=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, p_holm=math.nan,
                 same_seed_identical=None, max_abs_diff=math.nan, wilcoxon_p=math.nan, seed_sd=math.nan,
-                diff_sd=math.nan, seeds_needed_1pt=math.nan, n_configs=0, seeds_per_config="", mean_a=math.nan,
-                mean_b=math.nan, model="")
+                diff_sd=math.nan, ci_half_width=math.nan, seeds_needed_1pt=math.nan, seeds_needed_3pt=math.nan,
+                n_configs=0, seeds_per_config="", mean_a=math.nan, mean_b=math.nan, model="", unpaired_reason="")
 
 
 def _effect_row(pairs: pd.DataFrame, configs: Sequence[str], scale: float, alpha: float, power: float,
@@ -305,12 +311,14 @@ def _effect_row(pairs: pd.DataFrame, configs: Sequence[str], scale: float, alpha
     effect = float(fit.params[0])
     diff_sd = math.sqrt(max(float(fit.scale), 0.0))
     row.update(effect=effect, diff_sd=diff_sd,
-               seeds_needed_1pt=_seeds_needed(diff_sd, k, detect, alpha, power))
+               seeds_needed_1pt=_seeds_needed(diff_sd, k, detect, alpha, power),
+               seeds_needed_3pt=_seeds_needed(diff_sd, k, inference.DETECT_POINTS, alpha, power))
     if float(fit.ssr) == 0.0:  # every difference equal (e.g. identical platforms): no spread to test against
-        row.update(ci_low=effect, ci_high=effect)
+        row.update(ci_low=effect, ci_high=effect, ci_half_width=0.0)
     else:
         low, high = fit.conf_int(alpha=alpha)[0]
-        row.update(ci_low=float(low), ci_high=float(high), p_value=float(fit.pvalues[0]))
+        row.update(ci_low=float(low), ci_high=float(high), p_value=float(fit.pvalues[0]),
+                   ci_half_width=float(high - low) / 2.0)
     if np.any(d != 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ties and zeros: scipy warns and falls back to the normal approximation
@@ -325,7 +333,7 @@ def platform_effect(
     power: float = 0.8,
     detect: float = 1.0,
 ) -> pd.DataFrame:
-    """Does the hardware change the results? One row per metric and pair of platforms that share paired runs.
+    """Does the hardware change the results? One row per metric and pair of platforms.
 
     The design: a (configuration, seed) run on two platforms is a pair (:func:`paired_differences`); the
     configurations are blocks. ``diff = value_b - value_a`` (``platform_b`` minus ``platform_a``, platforms
@@ -344,19 +352,27 @@ def platform_effect(
 
     Columns: :data:`EFFECT_COLUMNS` (``metric``, ``platform_a``, ``platform_b``, ``n_pairs``, ``effect``,
     ``ci_low``, ``ci_high`` (the ``1 - alpha`` CI), ``p_value`` (NaN when every difference is equal: no
-    spread to test against), ``same_seed_identical`` (every pair exactly equal)), then
+    spread to test against), ``p_holm`` (``p_value`` Holm-adjusted across the pairs of platforms with paired
+    runs, per metric: with three platforms or more the question is whether *any* platform differs from the
+    others, a confirmatory family whose chance of any false "differs" Holm bounds at alpha;
+    :func:`utae.study.inference.adjust_pvalues`), ``same_seed_identical`` (every pair exactly equal)), then
     ``max_abs_diff`` (largest |difference| of a pair), ``wilcoxon_p`` (scipy's signed-rank test on the
     differences, ignoring the blocks; a check that does not assume normality; NaN when all are 0),
-    ``seed_sd``, ``diff_sd`` (the residual standard deviation of the differences), ``seeds_needed_1pt``
-    (seeds per configuration to detect an effect of ``detect`` with ``power`` at ``alpha``: statsmodels
-    ``TTestPower.solve_power`` with effect size ``detect / diff_sd`` gives pairs, divided by ``n_configs``
-    and rounded up), ``n_configs``, ``seeds_per_config`` ("3" or "2-3"), ``mean_a``, ``mean_b``, ``unit``
-    and ``model``. Effects, CIs, differences and standard deviations are in points (x100) for the
-    fraction metrics (:data:`FRACTION_METRICS`, ``unit`` "points"), in the metric's unit otherwise.
+    ``seed_sd``, ``diff_sd`` (the residual standard deviation of the differences), ``ci_half_width`` (half the
+    CI's width: ``t(1 - alpha / 2, n_pairs - n_configs) * diff_sd / sqrt(n_pairs)`` when every configuration
+    has the same number of pairs), ``seeds_needed_1pt`` and ``seeds_needed_3pt`` (seeds per configuration to
+    detect an effect of ``detect``, and of 3 points, :data:`utae.study.inference.DETECT_POINTS`, with ``power`` at
+    ``alpha``: statsmodels ``TTestPower.solve_power`` with effect size ``detect / diff_sd`` gives pairs,
+    divided by ``n_configs`` and rounded up), ``n_configs``, ``seeds_per_config`` ("3" or "2-3"), ``mean_a``,
+    ``mean_b``, ``unit``, ``model`` and ``unpaired_reason`` (see below). Effects, CIs, differences and
+    standard deviations are in points (x100) for the fraction metrics (:data:`FRACTION_METRICS`, ``unit``
+    "points"), in the metric's unit otherwise.
 
-    When no two platforms share a pair (e.g. one platform), one row per metric and platform with
-    ``platform_b`` empty, ``n_pairs`` 0 and only ``seed_sd`` and ``n_configs`` filled: the seed spread is
-    the one thing that can be measured.
+    A pair of platforms without paired runs, beside pairs that have some, gets a row with ``n_pairs`` 0 and
+    ``unpaired_reason`` (:func:`utae.study.platform_family.unpaired_reason`, e.g. their runs were evaluated in other
+    modes): it is not left out silently. When no two platforms share a pair (e.g. one platform), one row per metric and
+    platform with ``platform_b`` empty, ``n_pairs`` 0 and only ``seed_sd``, ``n_configs`` and
+    ``unpaired_reason`` filled: the seed spread is the one thing that can be measured.
 
     Raises:
         ValueError: no runs, or a metric column is missing; see also :func:`paired_differences`.
@@ -373,22 +389,30 @@ def platform_effect(
         for plat_a, plat_b in itertools.combinations(platforms, 2):
             pairs = paired_differences(runs, metric, plat_a, plat_b)
             if pairs.empty:
-                continue
-            stats_row = _effect_row(pairs, configs, scale, alpha, power, detect)
-            rows.append(dict(metric=metric, platform_a=plat_a, platform_b=plat_b, **stats_row, unit=unit))
-    if not rows:
-        for metric in metrics:
-            scale, unit = _scale(metric)
-            for plat in platforms:
-                sub = runs[runs["platform"] == plat].dropna(subset=[metric])
-                codes = _block_codes(sub, configs)
-                row = _empty_row()
-                row.update(n_configs=len(np.unique(codes)), seeds_per_config=_seeds_per_config(codes),
-                           seed_sd=_pooled_sd(sub[metric].to_numpy(float) * scale, codes),
-                           mean_a=float(sub[metric].mean() * scale) if len(sub) else math.nan)
-                rows.append(dict(metric=metric, platform_a=plat, platform_b=None, **row, unit=unit))
-    columns = [*EFFECT_COLUMNS, *_EFFECT_EXTRA]
-    return pd.DataFrame(rows, columns=columns)
+                row = dict(_empty_row(), unpaired_reason=unpaired_reason(runs, plat_a, plat_b))
+            else:
+                row = _effect_row(pairs, configs, scale, alpha, power, detect)
+            rows.append(dict(metric=metric, platform_a=plat_a, platform_b=plat_b, **row, unit=unit))
+    if not any(r["n_pairs"] > 0 for r in rows):
+        rows = [_platform_row(runs, metric, plat, configs) for metric in metrics for plat in platforms]
+    table = pd.DataFrame(rows, columns=[*EFFECT_COLUMNS, *_EFFECT_EXTRA])
+    for _, family in table.groupby("metric", sort=False):  # one Holm family per metric: the pairs of platforms
+        table.loc[family.index, "p_holm"] = inference.adjust_pvalues(family["p_value"], "holm")
+    return table
+
+
+def _platform_row(runs: pd.DataFrame, metric: str, platform: str, configs: Sequence[str]) -> dict[str, Any]:
+    """The row of one platform when no two platforms pair: its seed spread, and why it pairs with no other."""
+    scale, unit = _scale(metric)
+    sub = runs[runs["platform"] == platform].dropna(subset=[metric])
+    codes = _block_codes(sub, configs)
+    others = [p for p in sorted(runs["platform"].unique()) if p != platform]
+    row = _empty_row()
+    row.update(n_configs=len(np.unique(codes)), seeds_per_config=_seeds_per_config(codes),
+               seed_sd=_pooled_sd(sub[metric].to_numpy(float) * scale, codes),
+               mean_a=float(sub[metric].mean() * scale) if len(sub) else math.nan,
+               unpaired_reason="; ".join(f"with {o}: {unpaired_reason(runs, platform, o)}" for o in others))
+    return dict(metric=metric, platform_a=platform, platform_b=None, **row, unit=unit)
 
 
 def _number(value: float, digits: int = 1) -> str:
@@ -412,7 +436,8 @@ def _design_words(row: Mapping[str, Any]) -> str:
 
 
 def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
-    """The answer for one pair of platforms; ``rows`` are its rows of the effect table (one per metric)."""
+    """The answer for one pair of platforms; ``rows`` are its rows of the effect table (one per metric). The
+    verdict rests on the Holm-adjusted p-value (``p_holm``)."""
     main = rows[rows["metric"] == metric].iloc[0]
     a, b = main["platform_a"], main["platform_b"]
     words = _METRIC_WORDS.get(metric, metric)
@@ -429,12 +454,12 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
     direction = "higher" if effect > 0 else "lower" if effect < 0 else "the same"
     size = (f"{_number(abs(effect))} {words.replace(' ', '-')} points {direction} than" if unit == " points"
             else f"{_number(abs(effect))} {direction} in {words} than")
-    p = float(main["p_value"])
+    p, p_holm = float(main["p_value"]), float(main["p_holm"])
     ci_text = ""
     if math.isfinite(float(main["ci_low"])):
-        ci_text = (f" (95% CI {_number(main['ci_low'])} to {_number(main['ci_high'])}, p {_p(p)}; "
-                   f"Wilcoxon signed-rank p {_p(float(main['wilcoxon_p']))})")
-    significant = math.isfinite(p) and p < alpha
+        ci_text = (f" (95% CI {_number(main['ci_low'])} to {_number(main['ci_high'])}, p {_p(p)}, Holm-adjusted "
+                   f"p {_p(p_holm)}; Wilcoxon signed-rank p {_p(float(main['wilcoxon_p']))})")
+    significant = math.isfinite(p_holm) and p_holm < alpha
     verdict = ("a detectable platform effect" if significant else
                "no detectable platform effect" if math.isfinite(p) else "too few pairs to test")
     lead = f"{b} scores the same as {a}" if direction == "the same" else f"{b} scores {size} {a}"
@@ -445,7 +470,8 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
         o_unit = " points" if other["unit"] == "points" else ""
         parts.append(f"In {_METRIC_WORDS.get(other['metric'], other['metric'])} the difference is "
                      f"{float(other['effect']):+.1f}{o_unit} (95% CI {_number(other['ci_low'])} to "
-                     f"{_number(other['ci_high'])}, p {_p(float(other['p_value']))}).")
+                     f"{_number(other['ci_high'])}, p {_p(float(other['p_value']))}, Holm-adjusted p "
+                     f"{_p(float(other['p_holm']))}).")
     parts.append(f"The same seed does not reproduce exactly across these platforms (max |difference| "
                  f"{_number(main['max_abs_diff'])}{unit}): a run of one seed follows a different path on each, as "
                  "small differences in the arithmetic grow during training into a different model.")
@@ -469,11 +495,9 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
     else:
         parts.append("With one seed per configuration the seed spread cannot be measured, so it cannot be set "
                      "against the platform effect.")
-    needed = float(main["seeds_needed_1pt"])
-    if math.isfinite(needed) and unit == " points":
-        parts.append(f"Detecting a 1-point platform effect (alpha 0.05, power 0.8) at this spread of the paired "
-                     f"differences (sd {_number(main['diff_sd'])} points) would take about {int(needed)} seed(s) per "
-                     "configuration.")
+    if unit == " points":
+        parts.append(inference.power_sentence(main["diff_sd"], main["ci_half_width"], main["seeds_needed_3pt"],
+                                              main["seeds_needed_1pt"], "platform effect", " per configuration"))
     return " ".join(parts)
 
 
@@ -517,6 +541,9 @@ def platform_answer_text(effect_table: pd.DataFrame, metric: str = "test_miou", 
                 "configurations and seeds) on another machine and add its runs with `make import` (see the "
                 "README), which puts them in `runs/<its platform>/` next to these; then re-render this report.")
     parts = [head]
+    family = family_text(effect_table, metric, alpha)
+    if family:
+        parts.append(family)
     for (a, b), group in paired.groupby(["platform_a", "platform_b"], sort=True):
         if (group["metric"] == metric).any():
             parts.append(_pair_paragraph(group, metric, alpha))
