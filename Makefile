@@ -78,7 +78,7 @@ bench-study: $(STAMP)
 bench-runs: $(STAMP)
 	$(PY) -m benchmarks.bench_runs $(BENCH_ARGS)
 
-# The GPU campaign (README, "A GPU in 15 minutes"): env check, bench --compile, bench-runs, the default study and
+# The GPU campaign (docs/gpu.md): env check, bench --compile, bench-runs, the default study and
 # its export, each step with its own timeout, logged into the folder that comes back ($OUT, or --out).
 #   make gpu-wheels                                      the wheels the lent GPU machine lacks -> .whl/ (git-ignored)
 #   make gpu-campaign                                    on the GPU machine (python3 there: it has no .venv)

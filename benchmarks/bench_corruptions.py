@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluations per setting, each with another corruption draw (seeds seed, seed+1, ...): "
                              "the mIoU's mean and sd over the draws, and the least disturbed (minimum) time")
     parser.add_argument("--point-seconds", type=float, default=97.4,
-                        help="a default point's end-to-end time to compare with (README: make bench-study, 97.4 s)")
+                        help="a default point's end-to-end time to compare with (docs/benchmarks.md: 97.4 s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

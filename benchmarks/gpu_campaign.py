@@ -68,7 +68,7 @@ MAX_STEP_LOG_BYTES = 4 * 2**20
 STARTED_FORMAT = "%Y%m%dT%H%M%SZ"
 #: The environment variable that makes a step fail on purpose (the test of the campaign's error handling).
 FAIL_ENV = "UTAE_CAMPAIGN_FAIL"
-#: The device tool's call (README, "A GPU in 15 minutes"). The wheels travel in .whl (git-ignored).
+#: The device tool's call (docs/gpu.md). The wheels travel in .whl (git-ignored).
 DEVICE_TIMEOUT_S = 540
 DEVICE_COMMAND = 'PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_campaign --out "$OUT" --deadline-s 520'
 DEVICE_CARRY = (".whl",)
@@ -466,7 +466,7 @@ def _study_cli(args: list[str]) -> None:
 
 
 def device_call() -> dict:
-    """The device tool's ``run`` call that runs the campaign (README, "A GPU in 15 minutes")."""
+    """The device tool's ``run`` call that runs the campaign (docs/gpu.md)."""
     return {"command": DEVICE_COMMAND, "carry": list(DEVICE_CARRY), "timeout_s": DEVICE_TIMEOUT_S}
 
 

@@ -235,7 +235,7 @@ def test_the_wheels_come_from_the_lock_given(tmp_path):
         fetch_wheels.wheels(lock)
 
 
-def test_the_device_call_fits_the_tool_and_is_the_one_in_the_readme():
+def test_the_device_call_fits_the_tool_and_is_the_one_in_the_runbook():
     call = gpu_campaign.device_call()
     done = _run(["-m", "benchmarks.gpu_campaign", "--print-device-call"], timeout=60)
     assert json.loads(done.stdout) == call
@@ -245,8 +245,8 @@ def test_the_device_call_fits_the_tool_and_is_the_one_in_the_readme():
     assert steps_s <= 8 * 60
     inner = int(call["command"].split("--deadline-s ")[1].split()[0])
     assert steps_s < inner < call["timeout_s"] <= 600
-    readme = (REPO_ROOT / "README.md").read_text().split("## A GPU in 15 minutes", 1)[1]
-    assert json.loads(readme.split("```json\n", 1)[1].split("```", 1)[0]) == call
+    runbook = (REPO_ROOT / "docs" / "gpu.md").read_text().split("## The call", 1)[1]
+    assert json.loads(runbook.split("```json\n", 1)[1].split("```", 1)[0]) == call
     ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", ".whl/x.whl"], cwd=REPO_ROOT)
     assert ignored.returncode == 0  # the wheels travel as a carried, git-ignored folder
     # What travels (the tracked files and the wheels at their most) fits the call's 64 MiB.

@@ -286,9 +286,9 @@ def test_the_real_data_corruption_presets(name: str, tmp_path: Path, monkeypatch
     assert {c.eval_batch_size for c in configs} == {4}
 
 
-def test_the_readme_severity_table_is_the_modules() -> None:
-    """README's severity table: one row a kind, the parameters of SEVERITY_TABLE at severities 1 to 5."""
-    text = (REPO / "README.md").read_text()
+def test_the_documented_severity_table_is_the_modules() -> None:
+    """docs/corruptions.md's severity table: one row a kind, the parameters of SEVERITY_TABLE at severities 1 to 5."""
+    text = (REPO / "docs" / "corruptions.md").read_text()
     rows = severity_table_rows()
     assert len(rows) == len(KINDS) * len(SEVERITIES)
     for kind in KINDS:
