@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from utae.util.atomic import read_json
     from utae.sweep.point import run_point
-    from utae.rundir.folder import run_path
+    from utae.rundir.paths import run_path
     from utae.sweep.orchestrate import prepare_sweep, run_compare
     from utae.config.sweepfile import load_sweep
 

@@ -30,7 +30,7 @@ __all__ = ["USER_ERRORS", "main"]
 
 #: The errors of a run that a person fixes by changing the config, the data or the run folder: shown as one line.
 #: The package's errors of bad input are ValueErrors whose message names the file or field: SweepError,
-#: utae.pastis.dataset.PastisFormatError, utae.rundir.folder.RunDirError, utae.machine.record.OtherMachineError,
+#: utae.pastis.dataset.PastisFormatError, utae.rundir.paths.RunDirError, utae.machine.record.OtherMachineError,
 #: utae.training.weights.WeightsError, and RunConfig's own checks; a data file that is missing (the message names it), a
 #: checkpoint that cannot be read and a diverging loss (which names its epoch and batch) are fixed by the user too.
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError)

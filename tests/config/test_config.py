@@ -14,7 +14,7 @@ from utae.config.run_config import HARMLESS_FIELDS, RunConfig
 
 from utae.config.sweepfile import load_config_file
 from utae.training.precision import resolve_amp
-from utae.rundir.folder import config_differences
+from utae.rundir.same_run import config_differences
 
 REPO = Path(__file__).resolve().parents[2]
 

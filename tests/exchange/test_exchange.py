@@ -32,7 +32,7 @@ from utae.pastis.metrics import scores
 from utae.config.sweepfile import REPO_ROOT
 from utae.exchange.import_runs import records_conflict
 from utae.exchange.verify import metric_values, verify, verify_failures
-from utae.rundir.folder import report_path, run_path
+from utae.rundir.paths import report_path, run_path
 
 from helpers import tiny_sweep_fixed
 

@@ -20,8 +20,8 @@ import yaml
 
 from utae.exchange import import_runs as merge
 from utae.exchange.export import ExchangeError, export_runs
-from utae.rundir import folder as runfolder
-from utae.rundir.folder import report_path, run_path
+from utae.rundir import paths as runpaths
+from utae.rundir.paths import report_path, run_path
 from utae.sweep.orchestrate import run_all
 from utae.config.sweepfile import load_sweep
 from utae.exchange.verify import verify
@@ -154,7 +154,7 @@ def test_the_total_and_a_folder_are_bounded_too(source, archive, tmp_path):
     # A folder: sizes from the file system, before anything is copied.
     big = run_path(source, PLAT, RUN) / "history.csv"
     with big.open("ab") as fh:
-        fh.truncate(runfolder.FILE_LIMITS["history.csv"] + 1)  # sparse: no disk used
+        fh.truncate(runpaths.FILE_LIMITS["history.csv"] + 1)  # sparse: no disk used
     with pytest.raises(ExchangeError, match=r"history.csv'?: 16.0 MB, over the limit of 16 MB"):
         merge.import_runs(source, dest, reports=False)
     assert not dest.exists() and no_staging_left(dest)

@@ -18,7 +18,7 @@ from utae.report import plots
 
 from utae.report import pages as report
 from utae.pastis.classes import CLASS_COLORS, CLASS_NAMES
-from utae.rundir.folder import read_run
+from utae.rundir.readers import read_run
 
 
 

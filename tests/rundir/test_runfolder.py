@@ -1,4 +1,4 @@
-"""The run folder's one same-run rule (utae.rundir.folder.config_differences, result_differences), on configs whose
+"""The run folder's one same-run rule (utae.rundir.same_run.config_differences, result_differences), on configs whose
 recorded paths do not exist on this machine: nothing of the rule looks at the file system."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from utae.config.run_config import HARMLESS_FIELDS, run_config_fields
-from utae.rundir.folder import config_differences, normal_config, result_differences
+from utae.rundir.same_run import config_differences, normal_config, result_differences
 
 GONE = "/nonexistent/machine-a"  # a path of another machine
 
@@ -86,7 +86,7 @@ def committed_runs() -> list[Path]:
 
 
 def test_every_committed_run_passes_the_checks_of_an_import() -> None:
-    from utae.rundir.folder import read_checked_metrics, validate_run
+    from utae.rundir.readers import read_checked_metrics, validate_run
 
     runs = committed_runs()
     assert len(runs) >= 15
@@ -98,7 +98,7 @@ def test_every_committed_run_passes_the_checks_of_an_import() -> None:
 def test_only_run_files_within_their_limits_are_run_files() -> None:
     import pytest
 
-    from utae.rundir.folder import FILE_LIMITS, RUN_FILES, RunFolderError, check_file_size, is_local_file
+    from utae.rundir.paths import FILE_LIMITS, RUN_FILES, RunFolderError, check_file_size, is_local_file
 
     assert set(FILE_LIMITS) == set(RUN_FILES)
     check_file_size("confusion.npy", 3328, "x/confusion.npy")
@@ -114,7 +114,8 @@ def test_scores_agree_with_the_confusion_matrix_to_float64_rounding_only() -> No
     import pytest
 
     from utae.pastis.metrics import scores
-    from utae.rundir.folder import SCORE_TOLERANCE, RunFolderError, check_consistency
+    from utae.rundir.paths import SCORE_TOLERANCE, RunFolderError
+    from utae.rundir.readers import check_consistency
 
     cm = np.random.default_rng(0).integers(0, 100, size=(20, 20))
     test = {k: v for k, v in scores(cm).items()}

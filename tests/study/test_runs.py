@@ -16,7 +16,7 @@ import torch
 from utae.pastis.classes import CLASS_NAMES
 from utae.study.runs import PER_CLASS_COLUMNS, RUN_COLUMNS, TEST_NOISE_COLUMNS, load_histories, load_per_class_iou, load_runs, load_test_noise, platform_mismatches
 from utae.util.atomic import atomic_save_npy, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
-from utae.rundir.folder import SkippedRunWarning
+from utae.rundir.paths import SkippedRunWarning
 
 
 def _leftovers(directory: Path) -> list[str]:

@@ -23,7 +23,7 @@ from utae.sweep import point as pt
 from utae.sweep import orchestrate as sw
 from utae.sweep.executor import LocalExecutor, PointResult, PointTask
 from utae.machine.record import OtherMachineError
-from utae.rundir.folder import report_path, run_path
+from utae.rundir.paths import report_path, run_path
 
 from helpers import tiny_sweep_fixed, write_sweep
 

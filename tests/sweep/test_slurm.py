@@ -24,7 +24,7 @@ from utae.config import sweepfile
 from utae.sweep import point as pt
 from utae.sweep import orchestrate as sw
 from utae.sweep.executor import PointTask, SlurmExecutor, SlurmOptions
-from utae.rundir.folder import report_path, run_path
+from utae.rundir.paths import report_path, run_path
 
 from helpers import tiny_sweep_fixed
 

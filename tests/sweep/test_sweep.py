@@ -20,7 +20,7 @@ from utae.sweep import orchestrate as sw
 from utae.config import run_config as cfg_mod
 from utae.config import sweepfile
 from utae.config.run_config import RunConfig
-from utae.rundir.folder import report_path, run_path
+from utae.rundir.paths import report_path, run_path
 
 from helpers import write_sweep
 

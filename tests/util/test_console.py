@@ -24,7 +24,7 @@ from utae.config import sweepfile
 from utae.sweep import point as pt
 from utae.report import pages as rp
 from utae.sweep import orchestrate as sw
-from utae.rundir.folder import run_path
+from utae.rundir.paths import run_path
 
 from helpers import tiny_sweep_fixed, write_sweep
 

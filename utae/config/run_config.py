@@ -5,7 +5,7 @@ Sweep files (``params/*.yaml``) are read by :mod:`utae.config.sweepfile`. Run id
 grid values in grid order, e.g. ``noise0.5-seed1`` (a sweep's case key reads ``key-label``: ``aug-clouds-seed0``);
 a run outside a sweep is named from its fold, noise and seed (``fold1-noise0.5-seed0``). Which fields may differ
 within one run (paths, workers) is :data:`HARMLESS_FIELDS`, used by the same-run rule
-(:func:`utae.rundir.folder.config_differences`).
+(:func:`utae.rundir.same_run.config_differences`).
 
 Adding a field (three places): (1) here, the field with its default, its line in the docstring and its check in
 ``__post_init__`` (a choice list as a tuple constant, next to the others); (2) where it is used (the engine, the
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Fields that do not change a run's arithmetic: paths of a machine, worker processes, progress bars. They may
-#: differ between two configs of the same run (the same-run rule, :func:`utae.rundir.folder.config_differences`;
+#: differ between two configs of the same run (the same-run rule, :func:`utae.rundir.same_run.config_differences`;
 #: of ``init_weights`` only whether it is set counts there, the file is identified by its recorded sha256).
 HARMLESS_FIELDS: frozenset[str] = frozenset({"dataset_root", "out_dir", "init_weights", "num_workers", "progress"})
 #: The precision modes of ``RunConfig.amp`` (see :mod:`utae.training.precision`).

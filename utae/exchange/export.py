@@ -3,15 +3,15 @@ safely by :func:`stage_archive` / :func:`stage_folder` (for :mod:`utae.exchange.
 
 Member names are ``results/runs/<platform>/<run_id>/<file>`` and ``results/reports/<platform>/<run_id>.html``,
 whatever the results folder is called, so an archive unpacks into any study. Only the run files travel
-(:data:`utae.rundir.folder.RUN_FILES`): checkpoints, executed notebooks, locks, temporary files and ``tensorboard/``
+(:data:`utae.rundir.paths.RUN_FILES`): checkpoints, executed notebooks, locks, temporary files and ``tensorboard/``
 are left out (:func:`is_excluded`). ``results/MANIFEST.json`` records the SHA-256 of every
 other member, the package version and git commit, the export time (UTC), the sweep (name and file text, when
 given) and each platform's machine (``platform.json`` fingerprint).
 
 Reading. Nothing is written before every member is checked from its header: safe (no absolute path, no ``..``,
 no link, no device), bounded (:data:`MAX_MEMBERS` members, :data:`MAX_MEMBER_BYTES` each, :data:`MAX_IMPORT_BYTES`
-in all, each run file within :data:`utae.rundir.folder.FILE_LIMITS`: an :class:`ExchangeError` names the member and
-the limit) and allow-listed: only the run files (:data:`utae.rundir.folder.RUN_FILES`) and the manifest are extracted
+in all, each run file within :data:`utae.rundir.paths.FILE_LIMITS`: an :class:`ExchangeError` names the member and
+the limit) and allow-listed: only the run files (:data:`utae.rundir.paths.RUN_FILES`) and the manifest are extracted
 (with ``tarfile``'s ``"data"`` filter) into a staging folder; a run holding any other file, or a file the manifest
 does not list, is refused before extraction; files that stay on their machine and study-level files are ignored;
 run reports are never copied (the importer renders them from the runs' files). Folders are checked the same way
@@ -41,8 +41,7 @@ from typing import Any
 from utae.util.arrays import human_bytes
 from utae.util.atomic import atomic_write_bytes, read_json
 from utae.config.sweepfile import REPO_ROOT, SweepError, load_sweep
-from utae.rundir.folder import RUN_FILES, RunFolderError, check_file_size, is_finished, is_local_file, is_run_file, \
-    report_path
+from utae.rundir.paths import RUN_FILES, RunFolderError, check_file_size, is_finished, is_local_file, is_run_file, report_path
 
 __all__ = [
     "ExchangeError",
@@ -90,7 +89,7 @@ class ExchangeError(ValueError):
 
 def is_excluded(name: str) -> bool:
     """Whether a file of a run directory is left out of an export: any but the run files
-    (:data:`utae.rundir.folder.RUN_FILES`): ``checkpoint.pt``, ``run.ipynb``, ``.lock``, ``tensorboard/``..."""
+    (:data:`utae.rundir.paths.RUN_FILES`): ``checkpoint.pt``, ``run.ipynb``, ``.lock``, ``tensorboard/``..."""
     return not is_run_file(name)
 
 
@@ -295,9 +294,9 @@ def _find_root(paths: Iterable[tuple[str, ...]], source: PathLike) -> tuple[str,
 
 def _kind(rel: tuple[str, ...]) -> str:
     """What a file (its path relative to the results root) is to an import: ``"manifest"``; ``"run"``, a run
-    file (:data:`utae.rundir.folder.RUN_FILES`), staged; ``"report"``, a run's HTML report, never copied (reports
+    file (:data:`utae.rundir.paths.RUN_FILES`), staged; ``"report"``, a run's HTML report, never copied (reports
     are rendered here from the run's files); ``"local"``, a file that stays on its machine
-    (:func:`utae.rundir.folder.is_local_file`: checkpoint, notebook, lock, ``tensorboard/``...), ignored;
+    (:func:`utae.rundir.paths.is_local_file`: checkpoint, notebook, lock, ``tensorboard/``...), ignored;
     ``"unknown"``, any other file in a run folder: its run is refused; ``"other"``, study-level files, ignored."""
     if rel == (MANIFEST_NAME,):
         return "manifest"
@@ -335,7 +334,7 @@ def _plan(entries: Sequence[tuple[tuple[str, ...], int]], source: PathLike, max_
     run, counts of the files left out by kind)``.
 
     Raises:
-        ExchangeError: naming the file and the limit: a run file over its :data:`utae.rundir.folder.FILE_LIMITS`,
+        ExchangeError: naming the file and the limit: a run file over its :data:`utae.rundir.paths.FILE_LIMITS`,
             a manifest or report over its limit, the files over ``max_bytes`` in all.
     """
     root = _find_root([parts for parts, _ in entries], source)
@@ -405,8 +404,8 @@ def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES)
     Before anything is extracted: every member is safe (:func:`_check_member`), at most :data:`MAX_MEMBERS`,
     each file at most :data:`MAX_MEMBER_BYTES` and all of them at most ``max_bytes`` (the sizes their headers
     declare, so that a small archive that would expand to gigabytes is refused unread), each run file within its
-    :data:`utae.rundir.folder.FILE_LIMITS`; a run holding another file, or a run file the manifest does not list, is
-    refused. Only run files (:data:`utae.rundir.folder.RUN_FILES`) and the manifest are extracted.
+    :data:`utae.rundir.paths.FILE_LIMITS`; a run holding another file, or a run file the manifest does not list, is
+    refused. Only run files (:data:`utae.rundir.paths.RUN_FILES`) and the manifest are extracted.
 
     Raises:
         ExchangeError: naming the archive, the member and the limit; nothing was extracted then.

@@ -3,11 +3,11 @@
 The source is an exchange archive (``.tar.gz``, ``.tgz``, ``.tar``; :mod:`utae.exchange.export`) or a folder (a results
 folder, or a folder holding ``results/``). It is staged in a temporary folder beside the results folder ``R``
 (never in ``R``), after every file was checked by name and size (:func:`utae.exchange.export.stage_archive`: only run
-files, within their limits). Every run is validated (:func:`utae.rundir.folder.validate_run`: complete files, JSON,
+files, within their limits). Every run is validated (:func:`utae.rundir.readers.validate_run`: complete files, JSON,
 config fields, finite metrics that agree with the confusion matrix and the std-0 test noise, arrays read with
 bounded memory and shapes checked; and the manifest hashes), its HTML report rendered here from those files
 (:mod:`utae.report.run_page`; a report in the source is never copied), compared with what ``R`` holds (same platform
-folder, other machine: refused; the same run with the same results, :func:`utae.rundir.folder.result_differences`:
+folder, other machine: refused; the same run with the same results, :func:`utae.rundir.same_run.result_differences`:
 skipped; another run of that id: refused, never overwritten), then moved into place with one ``os.replace`` of
 its directory.
 """
@@ -40,7 +40,9 @@ from utae.exchange.export import (
 from utae.util.atomic import fsync_dir, read_json, sha256_file
 from utae.util.checks import PATH_NAME_RE, safe_path_name
 from utae.report.run_page import render_run_page
-from utae.rundir.folder import RunFolderError, is_run_file, report_path, result_differences, run_path, validate_run
+from utae.rundir.paths import RunFolderError, is_run_file, report_path, run_path
+from utae.rundir.same_run import result_differences
+from utae.rundir.readers import validate_run
 
 __all__ = ["ImportReport", "LEGACY_IDENTITY_FIELDS", "records_conflict", "import_runs"]
 
@@ -238,11 +240,11 @@ def import_runs(
     """Import the runs of an archive or folder into the results folder ``results`` (see the module docstring).
 
     For each run ``<platform>/<run_id>`` of the source, in order: the manifest hashes (when there is a
-    manifest), the files (:data:`utae.rundir.folder.REQUIRED_FILES`, parseable JSON, a valid RunConfig apart from
+    manifest), the files (:data:`utae.rundir.paths.REQUIRED_FILES`, parseable JSON, a valid RunConfig apart from
     ``dataset_root``, metrics in range with ``best_epoch <= epochs_completed``, a ``(20, 20)`` non-negative
     integer ``confusion.npy`` read without pickle), the machine (``results/runs/<platform>`` holding runs of
     another machine, :func:`records_conflict`: refused, with a ``--as`` name to use instead), the
-    destination (an identical run, equal results, :func:`utae.rundir.folder.result_differences`: skipped; another run of that id: refused).
+    destination (an identical run, equal results, :func:`utae.rundir.same_run.result_differences`: skipped; another run of that id: refused).
     Accepted runs are moved in one rename each, with their report when present (an existing report is kept).
 
     Args:

@@ -4,7 +4,7 @@ Each chosen point is rerun with the one point runner (:func:`utae.sweep.point.ru
 and every metric (:func:`metric_values`) is paired with the committed run of the same point in each platform
 folder. Equal fingerprints (:mod:`utae.machine.record`) must give identical numbers (:func:`verify_failures`); for other
 machines the paired differences (this machine minus committed) are reported. A committed run of another config
-(the same-run rule, :func:`utae.rundir.folder.config_differences`) is not compared.
+(the same-run rule, :func:`utae.rundir.same_run.config_differences`) is not compared.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from utae.util.checks import is_int, is_number
 from utae.config.sweepfile import Sweep, SweepError, SweepPoint, load_sweep
 from utae.sweep.point import detect_platform, run_point
 from utae.util.checks import safe_path_name
-from utae.rundir.folder import as_float, config_differences, is_finished, read_checked_metrics, read_record, run_path
+from utae.rundir.paths import as_float, is_finished, run_path
+from utae.rundir.same_run import config_differences
+from utae.rundir.readers import read_checked_metrics, read_record
 
 __all__ = ["VERIFY_COLUMNS", "metric_values", "verify", "verify_failures"]
 
@@ -100,7 +102,7 @@ def verify(
     ``platform.json`` fingerprint equals the rerun's (this machine) must give identical numbers; any
     difference is a failure (:func:`verify_failures`). For another machine (or a run without fingerprint) the
     paired differences are reported, with the largest ``|diff|``. A committed run made with another config
-    (the same-run rule, :func:`utae.rundir.folder.config_differences`) is not compared (a line says so). Points without
+    (the same-run rule, :func:`utae.rundir.same_run.config_differences`) is not compared (a line says so). Points without
     any committed run are not rerun.
 
     Args:
@@ -118,8 +120,8 @@ def verify(
         SweepError: an unreadable sweep, an unknown point, a point that fails to run.
         ExchangeError: ``scratch`` is ``results``.
         ValueError: a ``platform`` that is not a single folder name (:func:`utae.util.checks.safe_path_name`).
-        utae.rundir.folder.RunFolderError: a committed run (or the rerun) whose metrics.json is not finite or does
-            not agree with its confusion matrix (:func:`utae.rundir.folder.read_checked_metrics`), before any rerun.
+        utae.rundir.paths.RunFolderError: a committed run (or the rerun) whose metrics.json is not finite or does
+            not agree with its confusion matrix (:func:`utae.rundir.readers.read_checked_metrics`), before any rerun.
     """
     from utae.machine.record import current_fingerprint, record_fingerprint, resolve_device  # torch: only when rerunning
 

@@ -22,7 +22,7 @@ from utae.perturb.corruptions import corrupt
 from utae.pastis.metadata import FOLD_ROTATIONS
 from utae.pastis.dataset import PastisDataset
 from utae.util.atomic import read_json
-from utae.rundir.folder import read_predictions
+from utae.rundir.readers import read_predictions
 
 __all__ = ["RGB_BANDS", "GALLERY_SEVERITIES", "rgb_frame", "gallery_frames", "gallery_or_reason"]
 

@@ -3,7 +3,7 @@
 A run made here gets its report from its executed notebook (``train_eval.ipynb``, :mod:`utae.sweep.point`). A run
 imported from another machine comes without a notebook, and the report its archive may carry is never taken as
 given (it could hold a script): the importer (:mod:`utae.exchange.import_runs`) renders it here from the run's data, read by the
-run folder's validating readers (:func:`utae.rundir.folder.read_run`). The page shows what the notebook shows, in
+run folder's validating readers (:func:`utae.rundir.readers.read_run`). The page shows what the notebook shows, in
 the same order: the configuration, the headline scores, the training curves, the per-class IoU, the confusion
 matrix, the example maps of ``predictions.npz``, the test-noise curve, and the platform and timing.
 
@@ -26,7 +26,7 @@ from utae.report import plots
 from utae.util.atomic import atomic_write_text
 from utae.report.notebook import config_table, headline_table, platform_table
 from utae.report.pages import figure_png, static_page
-from utae.rundir.folder import read_run
+from utae.rundir.readers import read_run
 
 __all__ = ["render_run_page", "run_page_html"]
 
@@ -57,7 +57,7 @@ def run_page_html(run_dir: str | os.PathLike[str], title: str | None = None, ind
     """The HTML page of the finished run in ``run_dir`` (see the module docstring).
 
     Raises:
-        FileNotFoundError, utae.rundir.folder.RunFolderError: a run file that is missing or not a run's.
+        FileNotFoundError, utae.rundir.paths.RunFolderError: a run file that is missing or not a run's.
     """
     files = read_run(run_dir)
     run_dir = Path(run_dir)

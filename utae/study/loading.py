@@ -21,7 +21,7 @@ import pandas as pd
 
 from utae.study import runs as results
 from utae.util.atomic import atomic_write_csv
-from utae.rundir.folder import SkippedRunWarning
+from utae.rundir.paths import SkippedRunWarning
 from utae.study.corruption_scores import augmentation_table, corruption_scores
 from utae.study.platform_effect import platform_effect
 from utae.study.tables import load_bench, study_summary

@@ -1,6 +1,6 @@
 """The results tree as pandas DataFrames: every finished run under ``results/runs`` read into tables.
 
-Layout read by the loaders (one directory a run, owned by :mod:`utae.rundir.folder`; ``<platform>`` is
+Layout read by the loaders (one directory a run, owned by :mod:`utae.rundir`; ``<platform>`` is
 :func:`utae.machine.record.platform_id`)::
 
     <root>/<platform>/<run_id>/config.json     RunConfig.to_dict()
@@ -9,7 +9,7 @@ Layout read by the loaders (one directory a run, owned by :mod:`utae.rundir.fold
                                history.csv     one row an epoch
 
 Runs without ``metrics.json`` are unfinished and skipped; a run whose files do not read is left out with a
-:class:`utae.rundir.folder.SkippedRunWarning` naming it. ``null`` metric values are read back as NaN.
+:class:`utae.rundir.paths.SkippedRunWarning` naming it. ``null`` metric values are read back as NaN.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from utae.pastis.classes import CLASS_NAMES
-from utae.rundir.folder import as_float, finished_run_dirs, metric_section, readable_runs
+from utae.rundir.paths import as_float, finished_run_dirs
+from utae.rundir.readers import metric_section, readable_runs
 
 __all__ = [
     "load_runs",

@@ -45,7 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from utae.config.sweepfile import REPO_ROOT, Sweep, SweepError
 from utae.util.console import configure_logging
 from utae.sweep.point import LOG_TAIL_LINES, point_config, point_event, recorded_threads, run_point, tail
-from utae.rundir.folder import run_path
+from utae.rundir.paths import run_path
 
 try:
     import submitit

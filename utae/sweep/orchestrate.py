@@ -42,7 +42,7 @@ from utae.sweep.point import (
 )
 from utae.report.pages import render_notebook_html, write_error, write_index
 from utae.util.atomic import atomic_write_json, read_json
-from utae.rundir.folder import CONFIG, HISTORY, METRICS, PLATFORM, is_finished, report_path, run_path
+from utae.rundir.paths import CONFIG, HISTORY, METRICS, PLATFORM, is_finished, report_path, run_path
 from utae.report.run_page import render_run_page
 from utae.pastis.synthetic import OPTIONS_FILE, generator_options, make_synthetic_pastis, read_generator_options
 

@@ -10,7 +10,7 @@ Skip and resume. :func:`run_point` skips a finished point (``metrics.json`` and 
 report of a finished run without one, and otherwise executes the notebook (:func:`utae.training.run.run` resumes an
 interrupted run from its ``checkpoint.pt``). It never skips or resumes a run silently when that run is not the
 point's: a started run whose ``config.json`` is another run's under the same-run rule
-(:func:`utae.rundir.folder.config_differences`) is an error that says how to proceed; so is a platform folder holding
+(:func:`utae.rundir.same_run.config_differences`) is an error that says how to proceed; so is a platform folder holding
 runs of another machine (another ``platform.json`` fingerprint, :func:`utae.machine.record.check_same_machine`), and a
 run directory in use by another process.
 
@@ -39,18 +39,8 @@ from utae.config.run_config import RunConfig, run_config_fields
 from utae.sweep.kernel import kernel_config
 from utae.config.sweepfile import DEFAULT_TIMEOUT, REPO_ROOT, Sweep, SweepError, SweepPoint
 from utae.report.pages import render_notebook_html, write_error
-from utae.rundir.folder import (
-    CHECKPOINT,
-    HISTORY,
-    PLATFORM,
-    RunDirError,
-    config_differences,
-    is_finished,
-    is_started,
-    lock_run_dir,
-    report_path,
-    run_path,
-)
+from utae.rundir.paths import CHECKPOINT, HISTORY, PLATFORM, RunDirError, is_finished, is_started, lock_run_dir, report_path, run_path
+from utae.rundir.same_run import config_differences
 
 __all__ = [
     "KERNEL_NAME",
@@ -227,7 +217,7 @@ def point_config(sweep: Sweep, run_id: str, run_dir: str | os.PathLike[str] | No
 
 def _config_conflict(sweep: Sweep, run_id: str, config: RunConfig, run_dir: Path, report: Path) -> None:
     """Refuse a started run directory whose ``config.json`` is another run's (the same-run rule,
-    :func:`utae.rundir.folder.config_differences`). A run that never finished an epoch (no checkpoint, no metrics)
+    :func:`utae.rundir.same_run.config_differences`). A run that never finished an epoch (no checkpoint, no metrics)
     is not checked: :func:`utae.training.run.run` replaces its config, and nothing of it is lost."""
     path = run_dir / "config.json"
     if not path.is_file() or not is_started(run_dir):
@@ -276,7 +266,7 @@ def check_platform_folder(results: str | os.PathLike[str], platform: str, device
 
 
 def _check_not_in_use(run_dir: Path) -> None:
-    """A run directory locked by another process (:func:`utae.rundir.folder.lock_run_dir`) is a SweepError naming it."""
+    """A run directory locked by another process (:func:`utae.rundir.paths.lock_run_dir`) is a SweepError naming it."""
     if not run_dir.is_dir():
         return
     try:

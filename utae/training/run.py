@@ -28,7 +28,7 @@ validation scores (the train columns empty); metrics.json has ``best_epoch`` 0, 
 checkpoint whose architecture was compared); a fine-tuning run keeps that record in its checkpoint, so a resumed
 run reports the file it started from.
 
-Paths. One rule places every run (:func:`utae.rundir.folder.run_path`): ``<results>/runs/<platform>/<run_id>``; a
+Paths. One rule places every run (:func:`utae.rundir.paths.run_path`): ``<results>/runs/<platform>/<run_id>``; a
 config without ``out_dir`` runs into ``results/runs/<this machine's platform>/<config.default_run_id()>``.
 
 Safety. Every file is written atomically (:mod:`utae.study.runs`). A run directory is locked while a process
@@ -86,15 +86,9 @@ from utae.machine.record import check_same_machine, peak_memory_mb, platform_id,
 from utae.machine.record import resolve_device
 from utae.training.precision import amp_name, autocast, float32_math, resolve_amp, tf32_enabled, torch_settings
 from utae.training.tensorboard_log import EpochScalars, tensorboard_dir
-from utae.rundir.folder import (
-    RunDirError,
-    config_differences,
-    is_finished,
-    is_started,
-    lock_run_dir,
-    read_record,
-    run_path,
-)
+from utae.rundir.paths import RunDirError, is_finished, is_started, lock_run_dir, run_path
+from utae.rundir.same_run import config_differences
+from utae.rundir.readers import read_record
 from utae.training.weights import load_init_weights
 
 __all__ = [
@@ -144,13 +138,13 @@ def run_dir(config: RunConfig, device: torch.device | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# The run directory: config checks (the lock and the same-run rule are utae.rundir.folder's)
+# The run directory: config checks (the lock and the same-run rule are utae.rundir's)
 # --------------------------------------------------------------------------------------------------
 
 
 def _check_run_dir(out: Path, config: RunConfig) -> None:
     """A run directory that holds another run's config.json (the same-run rule,
-    :func:`utae.rundir.folder.config_differences`) is an error (runs are never mixed), unless that run never finished
+    :func:`utae.rundir.same_run.config_differences`) is an error (runs are never mixed), unless that run never finished
     an epoch (no checkpoint, no metrics): then the new config replaces it."""
     path = out / "config.json"
     if not path.exists():

@@ -1,7 +1,4 @@
-"""The run folder: where a run lives, which files make it finished, how they are read, and when two are one run.
-
-One run is one folder, ``<results>/runs/<platform>/<run_id>/`` (:func:`run_path`; its HTML report is
-:func:`report_path`). :func:`utae.training.run.run` writes it::
+"""The run folder's validating readers.
 
     config.json      RunConfig.to_dict()
     platform.json    utae.machine.record.platform_info(...): software, hardware, the machine's fingerprint
@@ -10,31 +7,11 @@ One run is one folder, ``<results>/runs/<platform>/<run_id>/`` (:func:`run_path`
     confusion.npy    the clean test confusion matrix, (20, 20) int64
     predictions.npz  optional: a few test patches for maps (rgb, target, pred, patch_id)
     metrics.json     written last: a run with it is finished (:func:`is_finished`)
-
-Reading. :func:`read_record` is the one validating reader of ``config.json``, ``metrics.json`` and
-``platform.json`` (a non-empty JSON object; metrics sections checked); :func:`read_confusion` and
-:func:`read_predictions` read the arrays with bounded memory (:mod:`utae.util.arrays`: headers, shapes and sizes
-checked before any data); :func:`validate_run` checks every file of a finished run (import uses it): only
-:data:`RUN_FILES`, each within its :data:`FILE_LIMITS`, every score finite, the test scores equal to those of the
-confusion matrix and of the std-0 test noise (:func:`check_consistency`; verify uses it through
-:func:`read_checked_metrics`); :func:`read_run` loads them all; :func:`readable_runs` walks a runs tree.
-
-The same-run rule, :func:`config_differences`. Two configs are the same run when every field that can change
-the arithmetic is equal. Exempt (:data:`utae.config.run_config.HARMLESS_FIELDS`): paths of a machine (``dataset_root``,
-``out_dir``; of ``init_weights`` only whether it is set counts, the file itself is identified by the sha256
-that metrics.json and the checkpoint record), ``num_workers`` and ``progress``. A field absent from an older
-file counts as its default, so fields added since compare equal while the new value is the default. Nothing is
-validated against this machine (a recorded data folder need not exist here). The sweep (skip or resume a point),
-the run (its folder, its checkpoint), import and verify all use this rule; import and verify also compare the
-results with :func:`result_differences` (equal apart from timings).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
-import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -44,197 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utae.util.arrays import ArrayFileError, human_bytes, load_npy, load_npz
-from utae.util.atomic import read_json, sha256_file
+from utae.util.arrays import ArrayFileError, load_npy, load_npz
+from utae.util.atomic import read_json
 from utae.util.checks import is_int, is_number
 from utae.pastis.classes import N_CLASSES
-from utae.config.run_config import HARMLESS_FIELDS, RunConfig, run_config_fields
+from utae.config.run_config import RunConfig, run_config_fields
+from utae.rundir.paths import CONFIG, CONFUSION, HISTORY, METRICS, PLATFORM, PREDICTIONS, FILE_LIMITS, MAX_PATCH_SIDE, PREDICTION_SHAPES, PathLike, REQUIRED_FILES, RunFolderError, SCORE_TOLERANCE, SkippedRunWarning, SCALAR_SCORES, check_file_size, finished_run_dirs, is_local_file
 
-__all__ = [
-    "REQUIRED_FILES",
-    "OPTIONAL_FILES",
-    "RUN_FILES",
-    "FILE_LIMITS",
-    "MAX_PATCH_SIDE",
-    "PREDICTION_SHAPES",
-    "SCORE_TOLERANCE",
-    "is_run_file",
-    "is_local_file",
-    "check_file_size",
-    "read_confusion",
-    "read_predictions",
-    "check_consistency",
-    "read_checked_metrics",
-    "IDENTITY_FILES",
-    "TIMING_COLUMNS",
-    "RunFolderError",
-    "RunDirError",
-    "lock_run_dir",
-    "SkippedRunWarning",
-    "RunFiles",
-    "run_path",
-    "report_path",
-    "is_finished",
-    "is_started",
-    "read_record",
-    "metric_section",
-    "check_metrics",
-    "check_config_record",
-    "validate_run",
-    "read_run",
-    "finished_run_dirs",
-    "readable_runs",
-    "normal_config",
-    "config_differences",
-    "result_differences",
-    "as_float",
-]
-
-PathLike = str | os.PathLike
-
-CONFIG, PLATFORM, METRICS, HISTORY, CONFUSION = "config.json", "platform.json", "metrics.json", "history.csv", \
-    "confusion.npy"
-CHECKPOINT, PREDICTIONS, LOCK_FILE = "checkpoint.pt", "predictions.npz", ".lock"
-#: Files every finished run has (``predictions.npz`` is optional).
-REQUIRED_FILES: tuple[str, ...] = (CONFIG, PLATFORM, METRICS, HISTORY, CONFUSION)
-OPTIONAL_FILES: tuple[str, ...] = (PREDICTIONS,)
-#: The files of a finished run that travel between machines (export, import): nothing else is ever imported.
-RUN_FILES: tuple[str, ...] = REQUIRED_FILES + OPTIONAL_FILES
-#: Files and folders of a run directory that stay on the machine that made it: the checkpoint, the executed
-#: notebook, the lock, TensorBoard's event files (utae.training.tensorboard_log.TENSORBOARD_DIR); also hidden and
-#: temporary files (:func:`is_local_file`).
-LOCAL_FILES: tuple[str, ...] = (CHECKPOINT, "run.ipynb", LOCK_FILE, "tensorboard")
-_LOCAL_SUFFIXES = (".tmp", ".partial.ipynb")
-#: The largest size in bytes of each run file accepted from another machine, checked before anything is written
-#: or read. Each is far above what a run writes: config.json and platform.json about 1 kB; metrics.json about
-#: 5 kB (10 kB more per test-noise level); history.csv about 130 B an epoch; confusion.npy 3,328 B (a (20, 20)
-#: int64 .npy); predictions.npz about 1.8 MB for the default 4 PASTIS patches of 128 x 128 (compressed less).
-FILE_LIMITS: dict[str, int] = {CONFIG: 256_000, PLATFORM: 256_000, METRICS: 4_000_000, HISTORY: 16_000_000,
-                               CONFUSION: 64_000, PREDICTIONS: 64_000_000}
-#: The largest side of a patch in predictions.npz (PASTIS patches are 128 x 128).
-MAX_PATCH_SIDE = 1024
-#: The members of predictions.npz and their shapes (``N`` patches of ``S x S`` pixels; see :mod:`utae.util.arrays`).
-PREDICTION_SHAPES: dict[str, tuple[int | str, ...]] = {"rgb": ("N", "S", "S", 3), "target": ("N", "S", "S"),
-                                                        "pred": ("N", "S", "S"), "patch_id": ("N",)}
-#: How far a test score of metrics.json may be from the same score computed again from confusion.npy (and the
-#: clean test score from the test-noise entry at std 0). Both are float64 functions of the same integer counts
-#: and JSON keeps a float exactly (Python writes the shortest repr that reads back to the same float64), so the
-#: only difference can come from summing the up to N_CLASSES per-class IoUs in another order (numpy's pairwise
-#: sum, another numpy version or SIMD width): each rounding is at most one eps relative on a sum of fractions
-#: <= 1, so at most N_CLASSES roundings, with a factor 4 to spare. Any real disagreement is far larger.
-SCORE_TOLERANCE: float = 4 * N_CLASSES * float(np.finfo(np.float64).eps)
-#: The score keys of a metrics section (the others: ``loss``, ``iou``).
-_SCALAR_SCORES = ("oa", "miou")
-#: The files that hold a run's results (``platform.json`` holds thread counts, OS strings... that differ between
-#: two sessions of one machine): two runs whose files agree (:func:`result_differences`) are the same run.
-IDENTITY_FILES: tuple[str, ...] = (CONFIG, METRICS, CONFUSION, HISTORY)
-#: Columns of history.csv that measure speed, not results (the ``timing`` section of metrics.json likewise).
-TIMING_COLUMNS: tuple[str, ...] = ("sec_epoch", "train_samples_per_s", "eval_samples_per_s", "peak_mem_mb")
-_ABSENT = "<absent>"
-
-
-class RunFolderError(ValueError):
-    """A run folder file that is missing, unreadable or malformed; the message names the file."""
-
-
-class RunDirError(ValueError):
-    """A run directory that this run cannot use: in use by another process, or holding another run."""
-
-
-class SkippedRunWarning(UserWarning):
-    """A run folder that a report cannot read (a truncated or malformed file): it is left out, by name."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Where, and whether finished
-# --------------------------------------------------------------------------------------------------
-
-
-def run_path(results: PathLike, platform: str, run_id: str) -> Path:
-    """The run directory of ``run_id`` on ``platform``: ``<results>/runs/<platform>/<run_id>``."""
-    return Path(results) / "runs" / platform / run_id
-
-
-def report_path(results: PathLike, platform: str, run_id: str) -> Path:
-    """The HTML report of a run: ``<results>/reports/<platform>/<run_id>.html``."""
-    return Path(results) / "reports" / platform / f"{run_id}.html"
-
-
-def is_run_file(name: str) -> bool:
-    """Whether ``name`` is a file of a finished run that may travel between machines (:data:`RUN_FILES`)."""
-    return name in RUN_FILES
-
-
-def is_local_file(name: str) -> bool:
-    """Whether an entry of a run directory stays on its machine (:data:`LOCAL_FILES`, hidden and temporary
-    files): left out of an export, ignored on import."""
-    return name in LOCAL_FILES or name.startswith(".") or name.endswith(_LOCAL_SUFFIXES)
-
-
-def check_file_size(name: str, size: int, shown: str) -> None:
-    """Refuse a run file ``name`` of ``size`` bytes over its :data:`FILE_LIMITS` (or any file not in
-    :data:`RUN_FILES`), before it is written or read.
-
-    Raises:
-        RunFolderError: naming ``shown`` (the file or archive member), its size and the limit.
-    """
-    if name not in FILE_LIMITS:
-        raise RunFolderError(f"{shown}: not a run-folder file (a run folder holds {', '.join(RUN_FILES)})")
-    if size > FILE_LIMITS[name]:
-        raise RunFolderError(f"{shown}: {human_bytes(size)}, over the limit of {human_bytes(FILE_LIMITS[name])} "
-                             f"for a run's {name}")
-
-
-def is_finished(run_dir: PathLike) -> bool:
-    """A finished run: its ``metrics.json`` (written last) is there."""
-    return (Path(run_dir) / METRICS).is_file()
-
-
-def is_started(run_dir: PathLike) -> bool:
-    """A run that finished an epoch (``checkpoint.pt``) or the whole run: one whose config must not be replaced."""
-    return is_finished(run_dir) or (Path(run_dir) / CHECKPOINT).is_file()
-
-
-def as_float(value: Any) -> float:
-    """A metric value as float; null, missing, a bool or a non-number is NaN."""
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-@contextlib.contextmanager
-def lock_run_dir(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run directory ``out`` (its ``.lock`` file) for the block.
-
-    Raises:
-        RunDirError: another process holds it; the message names the directory and that process.
-    """
-    import fcntl  # POSIX only: the rest of this module reads run folders anywhere
-
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirError(f"{out} is in use by another process (pid {holder}, lock {path}): wait for it to "
-                              "finish, or give this run another out_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+__all__ = ["read_record", "metric_section", "check_metrics", "check_consistency", "check_config_record", "validate_run", "read_confusion", "read_predictions", "read_checked_metrics", "RunFiles", "read_run", "readable_runs"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,7 +93,7 @@ def _check_section(section: Any, where: str) -> None:
                 raise RunFolderError(f"{where}.iou: expected a list, got {type(value).__name__}")
             for i, v in enumerate(value):
                 _check_score(v, f"{where}.iou[{i}]", undefined_ok=True)
-        elif key in _SCALAR_SCORES or key.startswith(("macro_", "micro_")):
+        elif key in SCALAR_SCORES or key.startswith(("macro_", "micro_")):
             _check_score(value, f"{where}.{key}")
     for key in ("oa", "miou"):
         if key not in section:
@@ -584,31 +378,6 @@ def read_run(run_dir: PathLike) -> RunFiles:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# A tree of runs
-# --------------------------------------------------------------------------------------------------
-
-
-def _subdirs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def finished_run_dirs(root: PathLike = "results/runs", include_unfinished: bool = False
-                      ) -> Iterator[tuple[str, str, Path]]:
-    """Yield ``(platform, run_id, run_dir)`` for every run directory ``<root>/<platform>/<run_id>``
-    holding ``metrics.json`` (every run directory with ``include_unfinished``), sorted by platform then run id.
-    A missing root yields nothing."""
-    base = Path(root)
-    if not base.exists():
-        return
-    if not base.is_dir():
-        raise ValueError(f"{base}: the runs root must be a directory (<root>/<platform>/<run_id>/)")
-    for platform_dir in _subdirs(base):
-        for run_dir in _subdirs(platform_dir):
-            if include_unfinished or is_finished(run_dir):
-                yield platform_dir.name, run_dir.name, run_dir
-
-
 def readable_runs(root: PathLike = "results/runs") -> Iterator[tuple[str, str, Path, dict, dict, dict]]:
     """``(platform, run_id, run_dir, config, platform_json, metrics)`` of every finished run under ``root``
     whose files read (:func:`read_record`); a broken run is skipped with a :class:`SkippedRunWarning` that names
@@ -621,72 +390,4 @@ def readable_runs(root: PathLike = "results/runs") -> Iterator[tuple[str, str, P
             continue
         yield platform, run_id, run_dir, config, plat, metrics
 
-
-# --------------------------------------------------------------------------------------------------
-# The same-run rule
-# --------------------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively (config.json holds lists; a RunConfig tuples)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def normal_config(config: Mapping[str, Any] | RunConfig) -> dict[str, Any]:
-    """A config (a config.json dict or a RunConfig) as the same-run rule compares it: RunConfig's defaults for
-    absent fields, lists for tuples, ``init_weights`` reduced to whether it is set, and without the
-    :data:`utae.config.run_config.HARMLESS_FIELDS`. Nothing is checked against this machine."""
-    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    full = {**run_config_fields(), **values}
-    out = {k: _plain(v) for k, v in full.items() if k not in HARMLESS_FIELDS}
-    out["init_weights"] = None if full.get("init_weights") is None else "set"
-    return out
-
-
-def config_differences(stored: Mapping[str, Any] | RunConfig, new: Mapping[str, Any] | RunConfig) -> list[str]:
-    """The same-run rule (see the module docstring): the fields that make ``stored`` and ``new`` two runs, one
-    ``"<field>: stored <value> != new <value>"`` each; empty for the same run."""
-    a, b = normal_config(stored), normal_config(new)
-    return [f"{k}: stored {a.get(k, _ABSENT)!r} != new {b.get(k, _ABSENT)!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
-
-
-def _result_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics.json without what measures speed (``timing``), names a path (``init_weights.path``) or describes
-    the model that config.json names (``model``: its name, options and parameter count; older runs lack it)."""
-    out = {k: v for k, v in metrics.items() if k not in ("timing", "model")}
-    if isinstance(out.get("init_weights"), Mapping):
-        out["init_weights"] = {k: v for k, v in out["init_weights"].items() if k != "path"}
-    return out
-
-
-def _same_history(a: Path, b: Path) -> bool:
-    frames = [pd.read_csv(p) for p in (a, b)]
-    frames = [f.drop(columns=[c for c in TIMING_COLUMNS if c in f.columns]) for f in frames]
-    return frames[0].columns.tolist() == frames[1].columns.tolist() and frames[0].equals(frames[1])
-
-
-def result_differences(a: Path, b: Path) -> list[str]:
-    """The :data:`IDENTITY_FILES` in which two finished run directories differ, under the same-run rule:
-    config.json by :func:`config_differences`, metrics.json and history.csv apart from timings, confusion.npy
-    byte for byte. A missing or unreadable file differs. Empty: the same run with the same results."""
-    differ = []
-    for name in IDENTITY_FILES:
-        fa, fb = a / name, b / name
-        try:
-            if name == CONFIG:
-                same = not config_differences(read_json(fa), read_json(fb))
-            elif name == METRICS:
-                same = _result_metrics(read_json(fa)) == _result_metrics(read_json(fb))
-            elif name == HISTORY:
-                same = _same_history(fa, fb)
-            else:
-                same = sha256_file(fa) == sha256_file(fb)
-        except (OSError, ValueError, AttributeError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            same = False
-        if not same:
-            differ.append(name)
-    return differ
 
