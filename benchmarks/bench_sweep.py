@@ -31,7 +31,7 @@ import yaml
 
 from benchmarks.common import print_table
 from utae.config.sweepfile import load_sweep
-from utae.sweep.executor import SlurmOptions
+from utae.sweep.slurm import SlurmOptions
 from utae.sweep.orchestrate import run_all
 from utae.pastis.synthetic import make_synthetic_pastis
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from utae.exchange.export import export_runs
 from utae.config.sweepfile import DEFAULT_TIMEOUT, load_sweep
 from utae.util.console import configure_logging
-from utae.sweep.executor import SlurmOptions
+from utae.sweep.slurm import SlurmOptions
 from utae.exchange.import_runs import import_runs
 from utae.sweep.point import run_point
 from utae.report.pages import ReportWriteError, write_index

@@ -18,10 +18,11 @@ import pytest
 import yaml
 
 from utae.config import sweepfile
-from utae.sweep import executor as ex
+from utae.sweep import slurm as ex
 from utae.sweep import point as pt
 from utae.sweep import orchestrate as sw
-from utae.sweep.executor import LocalExecutor, PointResult, PointTask
+from utae.sweep.local import LocalExecutor
+from utae.sweep.executor import PointResult, PointTask
 from utae.machine.record import OtherMachineError
 from utae.rundir.paths import report_path, run_path
 

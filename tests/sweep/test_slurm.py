@@ -23,7 +23,8 @@ import yaml
 from utae.config import sweepfile
 from utae.sweep import point as pt
 from utae.sweep import orchestrate as sw
-from utae.sweep.executor import PointTask, SlurmExecutor, SlurmOptions
+from utae.sweep.executor import PointTask
+from utae.sweep.slurm import SlurmExecutor, SlurmOptions
 from utae.rundir.paths import report_path, run_path
 
 from helpers import tiny_sweep_fixed

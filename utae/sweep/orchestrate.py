@@ -28,7 +28,9 @@ from utae.util.checks import safe_path_name
 from utae.config.run_config import RunConfig
 
 from utae.config.sweepfile import COMPARE_NOTEBOOK, DEFAULT_TIMEOUT, REPO_ROOT, Sweep, SweepError, SweepPoint
-from utae.sweep.executor import LocalExecutor, PointResult, PointTask, SlurmExecutor, SlurmOptions
+from utae.sweep.local import LocalExecutor
+from utae.sweep.executor import PointResult, PointTask
+from utae.sweep.slurm import SlurmExecutor, SlurmOptions
 from utae.sweep.point import (
     check_platform_folder,
     detect_platform,
@@ -231,8 +233,8 @@ def run_all(
        nodes' platform is unknown here: with ``platform`` the config check and the skipping use that folder,
        without it every point is submitted; either way each job checks and skips in its own node's folder.
     3. The other points run through :func:`utae.sweep.point.run_point`: ``"local"``, a pool of ``jobs`` worker processes
-       (:class:`utae.sweep.executor.LocalExecutor`); ``"slurm"``, one Slurm job array
-       (:class:`utae.sweep.executor.SlurmExecutor`, options in ``slurm``, a :class:`utae.sweep.executor.SlurmOptions`).
+       (:class:`utae.sweep.local.LocalExecutor`); ``"slurm"``, one Slurm job array
+       (:class:`utae.sweep.slurm.SlurmExecutor`, options in ``slurm``, a :class:`utae.sweep.slurm.SlurmOptions`).
        A failing point is reported while the others go on.
     4. compare.html and the index are rendered (``report``), unless ``no_wait`` (Slurm: submit and return).
 
@@ -241,7 +243,7 @@ def run_all(
         platform: the platform folder of every point (default: detected, per device).
         gpus: GPU indices to spread the points over (local executor).
         threads: torch threads of every point (default: the CPU cores shared out, see
-            :class:`utae.sweep.executor.LocalExecutor`; on Slurm the job's CPUs).
+            :class:`utae.sweep.local.LocalExecutor`; on Slurm the job's CPUs).
 
     Raises:
         SweepError, utae.machine.record.OtherMachineError: before anything runs (see 1 and 2), or a cluster that
