@@ -15,6 +15,8 @@ import pytest
 from scipy import stats
 
 from utae import compare, corruption_examples, corruption_scores as cs, plots, results, study
+from utae.corruption_spec import SEVERITY_TABLE
+from utae.runfolder import SkippedRunWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The committed runs of the default study (today's format: no corruption keys in config.json or metrics.json).
@@ -220,14 +222,19 @@ def test_severity_table_lists_every_kind_and_severity():
 # --------------------------------------------------------------------------------------------------
 
 
-def _entries(clean: float, kinds: dict[str, float], gain: float) -> list[dict]:
-    """test_corruptions entries: mIoU falls linearly with severity, by ``slope * (1 - gain)`` per level."""
+def _entries(clean: float, kinds: dict[str, float], gain: float, test_noise: list[dict]) -> list[dict]:
+    """test_corruptions entries: mIoU falls linearly with severity, by ``slope * (1 - gain)`` per level; a gaussian
+    severity whose std is a level of ``test_noise`` is that entry's scores, as a run writes it (the same evaluation)."""
+    noise = {e["std"]: e for e in test_noise}
     out = []
     for kind, slope in kinds.items():
         for s in range(1, 6):
             m = max(clean - slope * (1.0 - gain) * s, 0.0)
-            out.append({"kind": kind, "severity": s, "oa": min(m + 0.2, 1.0), "miou": m,
-                        "iou": [m] * 19 + [None]})
+            entry = {"kind": kind, "severity": s, "oa": min(m + 0.2, 1.0), "miou": m, "iou": [m] * 19 + [None]}
+            std = SEVERITY_TABLE["gaussian"][s]["std"] if kind == "gaussian" else None
+            if std in noise:
+                entry.update({k: noise[std][k] for k in ("oa", "miou", "iou")})
+            out.append(entry)
     return out
 
 
@@ -257,7 +264,8 @@ def make_corruption_results(tmp: Path, dataset: Path | None = None) -> Path:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         gain = 0.6 if "train_corruption" in config else 0.3 if config["noise_std"] > 0 else 0.0
         config["test_corruptions"] = [f"{k}:{s}" for k in kinds for s in range(1, 6)]
-        metrics.update(eval_mode="pad_free", test_corruptions=_entries(metrics["test"]["miou"], kinds, gain))
+        metrics.update(eval_mode="pad_free",
+                       test_corruptions=_entries(metrics["test"]["miou"], kinds, gain, metrics["test_noise"]))
         (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if dataset is not None:  # every run names it (one dataset, one configuration)
@@ -295,7 +303,7 @@ def test_committed_runs_of_todays_format_load_without_corruptions(tmp_path):
 
 def test_load_test_corruptions_reads_the_new_keys_and_rejects_bad_entries(tmp_path):
     root = make_corruption_results(tmp_path)
-    frame = results.load_test_corruptions(root / "runs")
+    frame = frame_before = results.load_test_corruptions(root / "runs")
     assert list(frame.columns) == list(results.TEST_CORRUPTION_COLUMNS)
     assert set(frame["kind"]) == {"gaussian", "clouds", "missing_dates"}
     assert frame.groupby("run_id").size().eq(15).all() and "noise0.5-seed2" not in set(frame["run_id"])
@@ -303,14 +311,36 @@ def test_load_test_corruptions_reads_the_new_keys_and_rejects_bad_entries(tmp_pa
     assert math.isnan(frame["iou"].iloc[0][19])
     run = next((root / "runs").iterdir()) / "noise0-seed1"
     metrics = json.loads((run / "metrics.json").read_text())
-    for bad in ({"kind": "clouds", "severity": 6, "miou": 0.1}, {"severity": 2}):
-        (run / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": [bad]}))
-        with pytest.raises(ValueError, match="metrics.json.*severity"):
-            results.load_test_corruptions(root / "runs")
-    twice = metrics["test_corruptions"][:1] * 2
-    (run / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": twice}))
-    with pytest.raises(ValueError, match="more than once"):
-        results.load_test_corruptions(root / "runs")
+    entries = metrics["test_corruptions"]
+    forged = {  # entries that are not those of the run's config: the run is left out, named with the field
+        "test_corruptions[0]: expected a string 'kind' and an integer 'severity'": [{"severity": 2}, *entries[1:]],
+        "test_corruptions[0]: clouds:6, which the config's": [{**entries[0], "kind": "clouds", "severity": 6}],
+        "test_corruptions[1]: lists gaussian:1 a second time": [entries[0], *entries[:-1]],
+        "test_corruptions[6].miou: expected a finite fraction in [0, 1], got 5.0": [
+            *entries[:6], {**entries[6], "miou": 5.0}, *entries[7:]],
+    }
+    for reason, bad in forged.items():
+        (run / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": bad}))
+        with pytest.warns(SkippedRunWarning) as caught:
+            frame = results.load_test_corruptions(root / "runs")
+        assert "noise0-seed1" not in set(frame["run_id"]) and len(frame) == len(frame_before) - 15
+        message = " ".join(str(w.message) for w in caught)
+        assert f"noise0-seed1/metrics.json: {reason}" in message, message
+
+
+def test_a_run_with_forged_corruption_scores_is_left_out_of_the_study_by_name(tmp_path):
+    """The red team's case: a clouds mIoU of 5.0 showed as an mPC of 500 points; now the run is left out and listed."""
+    root = make_corruption_results(tmp_path)
+    run = next((root / "runs").iterdir()) / "clouds-seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    clouds = next(i for i, e in enumerate(metrics["test_corruptions"]) if e["kind"] == "clouds")
+    metrics["test_corruptions"][clouds]["miou"] = 5.0
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    data = compare.load_study(root)
+    assert any("clouds-seed0" in n and f"test_corruptions[{clouds}].miou" in n for n in data.left_out), data.left_out
+    assert "clouds-seed0" not in set(data.runs["run_id"]) and "clouds-seed0" not in set(data.corruptions["run_id"])
+    table = pd.read_csv(root / compare.ROBUSTNESS_CSV)
+    assert table[["mpc_mean", "diff_mpc"]].abs().max().max() <= 100  # percentage points of mIoU: at most 100
 
 
 def test_load_study_writes_robustness_csv(tmp_path):
