@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from utae import compare, corruption_examples, corruption_scores as cs, plots, results, study
-from utae.corruption_spec import SEVERITY_TABLE
+from utae.corruption_spec import KINDS, SEVERITY_TABLE
 from utae.runfolder import SkippedRunWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,10 +201,15 @@ def test_severity_curves_and_their_figure(hand_made):
 def test_corruption_gallery_figure():
     rng = np.random.default_rng(0)
     clean, target = rng.random((8, 8, 3)), rng.integers(0, 20, (8, 8))
-    corrupted = {k: {s: rng.random((8, 8, 3)) for s in (1, 3, 5)} for k in ("clouds", "haze", "date_shift")}
-    fig = plots.corruption_gallery(clean, corrupted, target, target)
-    assert len([ax for ax in fig.axes if ax.images]) == 3 + 3 * 3
-    assert fig.axes[3].get_title() == "clouds, severity 1"
+    corrupted = {k: {s: rng.random((8, 8, 3)) for s in (1, 3, 5)} for k in ("clouds", "haze", "missing_dates")}
+    corrupted["missing_dates"][5] = None  # a date that missing_dates removed: an empty panel
+    fig = plots.corruption_gallery(clean, corrupted, target, target, titles={"haze": {3: "3: opacity 0.3"}})
+    # the label and prediction, then per kind a row: the clean frame and one panel per severity
+    assert len([ax for ax in fig.axes if ax.images]) == 2 + 3 * (1 + 3) - 1
+    rows = [[ax.get_title() for ax in fig.axes[2 + 4 * r:6 + 4 * r]] for r in range(3)]
+    assert rows[0] == ["clean", "severity 1", "severity 3", "severity 5"] and rows[1][2] == "3: opacity 0.3"
+    assert [fig.axes[2 + 4 * r].get_ylabel() for r in range(3)] == ["clouds", "haze", "missing dates"]
+    assert not fig.axes[-1].images and fig.axes[-1].texts[0].get_text() == "date removed"
     with pytest.raises(ValueError, match="same severities"):
         plots.corruption_gallery(clean, {**corrupted, "haze": {1: clean}}, target)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
@@ -362,20 +367,55 @@ def test_load_study_writes_robustness_csv(tmp_path):
 
 
 def test_gallery_frames_from_the_dataset(tmp_path, tiny_dataset):
+    from utae.data import BANDS, FOLD_ROTATIONS, PastisDataset
+
     root = make_corruption_results(tmp_path, dataset=tiny_dataset)
     run_dir = next((root / "runs").iterdir()) / "noise0-seed0"
-    frames, caption = corruption_examples.gallery_or_reason(run_dir, kinds=("clouds", "missing_dates", "date_shift"))
+    frames, caption = corruption_examples.gallery_or_reason(run_dir)
     assert frames is not None and "date_shift moves the acquisition dates only" in caption
-    assert frames["clean"].shape == (32, 32, 3) and 0.0 <= frames["clean"].min() and frames["clean"].max() <= 1.0
-    np.testing.assert_array_equal(frames["corrupted"]["date_shift"][5], frames["clean"])  # dates move, not images
+    assert "clearest date" in caption and "one fixed scale" in caption
+    clean, shown = frames["clean"], frames["corrupted"]
+    assert clean.shape == (32, 32, 3) and list(shown) == list(KINDS)
+    assert all(list(by_sev) == [1, 2, 3, 4, 5] for by_sev in shown.values())
+    # the date: the lowest mean blue reflectance of the clean series (the patch's test item, read independently)
+    train = PastisDataset(tiny_dataset, folds=FOLD_ROTATIONS[0][0])
+    test = PastisDataset(tiny_dataset, folds=FOLD_ROTATIONS[0][2], norm_stats=(train.mean, train.std))
+    item = test[test.ids.index(frames["patch_id"])]
+    blue = item["image"][:, 0].double().mean((1, 2)) * float(test.std[0]) + float(test.mean[0])
+    assert frames["date_index"] == int(blue.argmin()) and frames["date"] == int(item["dates"][frames["date_index"]])
+    # one scale: black is reflectance 0, white twice the clean date's 98th percentile, so the clean date's 98th
+    # percentile sits at one half (up to float64 rounding of one division)
+    lo, hi = frames["scale"]
+    assert lo == 0.0 and np.percentile(clean, 98) == pytest.approx(0.5, abs=1e-12)
+    for s in range(1, 6):
+        np.testing.assert_array_equal(shown["date_shift"][s], clean)  # dates move, not images
+        for kind in ("gaussian", "haze", "misregistration"):  # every severity hits the date shown
+            assert not np.array_equal(shown[kind][s], clean), (kind, s)
+        assert shown["haze"][s].mean() > clean.mean()  # a layer brighter than the ground (3,000 x its spectrum)
+        # clouds: exactly round(cover x 32 x 32) pixels of the date are cloud, at 7,000 x a flat spectrum, far above
+        # white, so white in all three channels; the clean date has no white pixel, a shadow only darkens
+        assert not (clean >= 1.0).all(-1).any()
+        cover = SEVERITY_TABLE["clouds"][s]["cover"]
+        assert (shown["clouds"][s] >= 1.0).all(-1).sum() == round(cover * 32 * 32)
+        # band dropout: the title names the bands lost; a lost band among B4, B3, B2 is black (0) in its channel
+        title = frames["titles"]["band_dropout"][s]
+        lost = title.split(": ")[1].split(" lost")[0].split()
+        assert len(lost) == SEVERITY_TABLE["band_dropout"][s]["n_bands"] and set(lost) <= set(BANDS)
+        # 0 up to the float32 rounding of the normalised dead value (about 1e-7 x std, std ~ 1,500: 1e-4 of
+        # reflectance x 10,000, i.e. < 1e-6 of the scale), far below any pixel of the clean date (hundreds of units)
+        black = {BANDS[b] for b, ch in zip(corruption_examples.RGB_BANDS, range(3))
+                 if (shown["band_dropout"][s][..., ch] <= 1e-3).all()}
+        assert black == set(lost) & {"B2", "B3", "B4"}
+        # missing dates: the date is shown while the draw keeps it, an empty panel once it removes it
+        left = frames["n_dates"]["missing_dates"][s]
+        assert f"{left}/{frames['n_dates_clean']} left" in frames["titles"]["missing_dates"][s]
+        panel = shown["missing_dates"][s]
+        assert panel is None or np.array_equal(panel, clean)
     assert frames["n_dates"]["missing_dates"][5] < frames["n_dates_clean"]
-    # the date shown is one the clouds covered: at severity 5 exactly round(0.7 * 32 * 32) pixels of a cloudy date
-    # are cloud, at a reflectance (7,000 x a flat spectrum) far above the clean frame's 98th percentile, so
-    # white in all three channels after the clean frame's stretch
-    cloudy = frames["corrupted"]["clouds"][5]
-    assert (cloudy >= 1.0).all(-1).sum() >= round(0.7 * 32 * 32)
-    fig = plots.corruption_gallery(frames["clean"], frames["corrupted"], frames["target"], frames["pred"])
-    assert len([ax for ax in fig.axes if ax.images]) == 3 + 3 * 3
+    fig = plots.corruption_gallery(clean, shown, frames["target"], frames["pred"], titles=frames["titles"])
+    n_removed = sum(p is None for p in shown["missing_dates"].values())
+    assert len([ax for ax in fig.axes if ax.images]) == 2 + 7 * 6 - n_removed
+    fig.savefig(tmp_path / "gallery.png")  # renders
     other = next((root / "runs").iterdir()) / "noise0-seed1"
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "dataset_root": str(tmp_path / "absent")}))
