@@ -293,6 +293,104 @@ def test_metrics_that_disagree_with_the_confusion_matrix_or_the_std0_noise_are_r
     assert f"{PLAT}/{RUN}" in merge.import_runs(source, tmp_path / "d", reports=False).imported
 
 
+TESTED = ["gaussian:4", "clouds:1", "clouds:5"]  # gaussian severity 4 is std 1.0, a test-noise level of make_run
+
+
+def with_test_corruptions(run_dir: Path) -> list[dict]:
+    """Give a run of make_run the config's TESTED corruptions and their entries as a run writes them: in the config's
+    order, the gaussian entry the test-noise evaluation of the same std (1.0), the others worse than clean."""
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "test_corruptions": TESTED}))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    noisy = next(e for e in metrics["test_noise"] if e["std"] == 1.0)
+    entries = [{"kind": "gaussian", "severity": 4, **{k: noisy[k] for k in ("oa", "miou", "iou")}}]
+    entries += [{"kind": "clouds", "severity": s, "oa": 0.5 / s, "miou": 0.25 / s, "iou": [0.25 / s] * 19 + [None]}
+                for s in (1, 5)]
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": entries}))
+    return entries
+
+
+def _forge(entries: list, case: str) -> list:
+    """The forgeries a red team tried on metrics.json's test_corruptions (the config lists TESTED)."""
+    out = [dict(e) for e in entries]
+    if case == "score 5.0":
+        out[1]["miou"] = 5.0
+    elif case == "untested kind":
+        out.append({"kind": "haze", "severity": 5, "oa": 0.5, "miou": 0.25})
+    elif case == "nan":
+        out[2]["miou"] = math.nan
+    elif case == "missing entry":
+        out.pop()
+    elif case == "severity 9":
+        out[2]["severity"] = 9
+    elif case == "duplicate":
+        out[2] = dict(out[1])
+    elif case == "plain string":
+        out[1] = "clouds:1"
+    elif case == "reordered":
+        out[1], out[2] = out[2], out[1]
+    elif case == "gaussian not its test noise":
+        out[0]["miou"] = out[0]["miou"] / 2
+    return out
+
+
+FORGED = {
+    "score 5.0": r"metrics.json: test_corruptions\[1\].miou: expected a finite fraction in \[0, 1\], got 5.0",
+    "untested kind": r"metrics.json: test_corruptions\[3\]: haze:5, which the config's test_corruptions does not list",
+    "nan": r"metrics.json: test_corruptions\[2\].miou: expected a finite fraction in \[0, 1\], got nan",
+    "missing entry": r"metrics.json: test_corruptions lacks clouds:5 \(2 entries, the config's test_corruptions "
+                     r"lists 3\)",
+    "severity 9": r"metrics.json: test_corruptions\[2\]: clouds:9, which the config's test_corruptions does not",
+    "duplicate": r"metrics.json: test_corruptions\[2\]: lists clouds:1 a second time",
+    "plain string": r"metrics.json: test_corruptions\[1\]: expected a JSON object .* got str 'clouds:1'",
+    "reordered": r"metrics.json: test_corruptions\[1\]: clouds:5 where the config's test_corruptions\[1\] is "
+                 r"clouds:1",
+    "gaussian not its test noise": r"metrics.json: test_corruptions\[0\] \(gaussian:4\).miou = .* disagrees with "
+                                   r"test_noise\[1\] \(std 1, the same evaluation\)",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_forged_test_corruptions_are_refused_naming_the_run_and_the_field(source, tmp_path, case):
+    run_dir = run_path(source, PLAT, RUN)
+    entries = with_test_corruptions(run_dir)
+    assert merge.import_runs(source, tmp_path / "as_run", reports=False).refused == []  # what a run writes: imported
+    rewrite_metrics(run_dir, test_corruptions=_forge(entries, case))  # json.dumps writes NaN literals
+    dest = tmp_path / "dest"
+    report = merge.import_runs(source, dest, reports=False)
+    reason = dict(report.refused)[f"{PLAT}/{RUN}"]
+    assert "\n" not in reason and f"runs/{PLAT}/{RUN}/metrics.json" in reason
+    assert __import__("re").search(FORGED[case], reason), reason
+    assert report.exit_status == 1 and report.imported == [f"{PLAT}/noise0-seed1"]
+    assert not run_path(dest, PLAT, RUN).exists()
+
+
+def test_a_forged_corruption_score_in_an_archive_is_refused(source, tmp_path):
+    """The red team's case: an exported archive whose clouds mIoU was rewritten to 5.0 (the manifest too)."""
+    with_test_corruptions(run_path(source, PLAT, RUN))
+    archive = export_runs(source, tmp_path / "out" / "study.tar.gz")
+    files = tar_members(archive)
+    name = member(RUN, "metrics.json")
+    metrics = json.loads(files[name])
+    metrics["test_corruptions"][1]["miou"] = 5.0
+    forged = json.dumps(metrics).encode()
+    files.update({name: forged, "results/MANIFEST.json": manifest_with(archive, {name: forged})})
+    report = merge.import_runs(write_tar(tmp_path / "forged.tar.gz", files), tmp_path / "dest", reports=False)
+    reason = dict(report.refused)[f"{PLAT}/{RUN}"]
+    assert "test_corruptions[1].miou: expected a finite fraction in [0, 1], got 5.0" in reason
+    assert report.exit_status == 1 and not run_path(tmp_path / "dest", PLAT, RUN).exists()
+
+
+def test_a_run_without_test_corruptions_may_omit_them_but_not_hold_some(source, tmp_path):
+    run_dir = run_path(source, PLAT, RUN)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test_corruptions" not in metrics  # an older run: nothing tested, nothing recorded
+    assert merge.import_runs(source, tmp_path / "a", reports=False).refused == []
+    rewrite_metrics(run_dir, test_corruptions=[{"kind": "haze", "severity": 5, "oa": 0.5, "miou": 0.25}])
+    reason = dict(merge.import_runs(source, tmp_path / "b", reports=False).refused)[f"{PLAT}/{RUN}"]
+    assert "test_corruptions[0]: haze:5, which the config's test_corruptions does not list (0 entries)" in reason
+
+
 # --------------------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------------------

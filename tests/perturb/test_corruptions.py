@@ -348,8 +348,11 @@ def test_corrupt_errors() -> None:
     with pytest.raises(ValueError, match="norm: mean and std must each hold 10 values"):
         corrupt(x, d, "haze", 1, seed=0, patch_id=0, norm=(MEAN[:3], STD[:3]))
     all_pad = torch.ones(x.shape[0], dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"missing_dates:3 needs a series with at least 1 real date"):
-        corrupt(x, d, "missing_dates", 3, seed=0, patch_id=0, pad_mask=all_pad)
+    for kind in KINDS:  # an all-padded series: refused naming the kind asked for, not another
+        with pytest.raises(ValueError, match=rf"^{kind}:3 needs a series with at least 1 real date to corrupt; got "
+                                             r"n_dates=0 \(every frame is padding") as err:
+            corrupt(x, d, kind, 3, seed=0, patch_id=0, norm=NORM, pad_mask=all_pad)
+        assert kind == "missing_dates" or "missing_dates" not in str(err.value)
     with pytest.raises(ValueError, match=r"pad_mask must be a bool tensor"):
         corrupt(x, d, "clouds", 1, seed=0, patch_id=0, norm=NORM, pad_mask=all_pad.long())
     assert check_severity("none") == 0 and check_severity("3") == 3

@@ -172,6 +172,15 @@ def test_exact_fraction_of_noisy_samples(n: int, fraction: float) -> None:
     assert changed == chosen
 
 
+def test_a_noise_fraction_that_would_noise_no_sample_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^noise_fraction=0.01 selects no sample of the 24 training samples "
+                                         r"\(round\(0.01 x 24\) = 0\); the smallest fraction that selects one is "
+                                         r"0.0417 \(1/24\)$"):
+        NoisyDataset(FakeDataset(n=24), NoiseSpec(std=0.5, fraction=0.01, seed=2))
+    assert NoisyDataset(FakeDataset(n=24), NoiseSpec(std=0.0, fraction=0.01)).noisy_indices == []  # no noise asked
+    assert select_noisy(0, 0.5, 1) == []  # nothing to select from
+
+
 def test_selection_depends_on_seed_only() -> None:
     assert select_noisy(100, 0.3, 5) == select_noisy(100, 0.3, 5)
     assert select_noisy(100, 0.3, 5) != select_noisy(100, 0.3, 6)

@@ -72,6 +72,28 @@ def test_the_training_corruption_hits_exactly_its_seeded_share(n: int, fraction:
     assert chosen == select_corrupted(n, fraction, 0, "clouds")
 
 
+def test_a_training_corruption_that_would_corrupt_no_sample_is_refused(tiny_root: str) -> None:
+    """fraction 0.01 of 24 samples: round(0.24) = 0, a run named for its augmentation that corrupts nothing."""
+    spec = {"kind": "clouds", "severity": [1, 5], "fraction": 0.01}
+    with pytest.raises(ValueError, match=r"^train_corruption.fraction=0.01 selects no sample of the 24 training "
+                                         r"samples \(round\(0.01 x 24\) = 0\); the smallest fraction that selects "
+                                         r"one is 0.0417 \(1/24\)$"):
+        CorruptedDataset(_Series(24), spec, seed=0, norm=NORM)
+    # the fraction the message gives selects one sample; round(0.5) = 0, so 0.5 / n is not enough
+    assert len(CorruptedDataset(_Series(24), {**spec, "fraction": 0.0417}, seed=0, norm=NORM).corrupted_indices) == 1
+    with pytest.raises(ValueError, match="selects no sample"):
+        select_corrupted(24, 0.5 / 24, 0, "clouds")
+    # through a run's datasets: the 9 training patches of the tiny dataset, limited to 4
+    cfg = RunConfig(dataset_root=tiny_root, train_limit=4, train_corruption={**spec, "fraction": 0.1}, **TINY)
+    with pytest.raises(ValueError, match=r"^train_corruption.fraction=0.1 selects no sample of the 4 training"):
+        make_datasets(cfg)
+    cfg = cfg.replace(train_corruption=None, noise_std=1.0, noise_fraction=0.1)
+    with pytest.raises(ValueError, match=r"^noise_fraction=0.1 selects no sample of the 4 training samples .* "
+                                         r"is 0.25 \(1/4\)$"):
+        make_datasets(cfg)
+    assert len(make_datasets(cfg.replace(noise_fraction=0.25)).train.noisy_indices) == 1
+
+
 def test_the_mix_gives_each_sample_one_realistic_kind() -> None:
     from scipy.stats import chisquare
 

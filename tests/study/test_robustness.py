@@ -15,6 +15,8 @@ import pytest
 from scipy import stats
 
 from utae.study import loading as compare
+from utae.perturb.kinds import KINDS, SEVERITY_TABLE
+from utae.rundir.paths import SkippedRunWarning
 
 from utae.report import gallery as corruption_examples
 
@@ -209,10 +211,15 @@ def test_severity_curves_and_their_figure(hand_made):
 def test_corruption_gallery_figure():
     rng = np.random.default_rng(0)
     clean, target = rng.random((8, 8, 3)), rng.integers(0, 20, (8, 8))
-    corrupted = {k: {s: rng.random((8, 8, 3)) for s in (1, 3, 5)} for k in ("clouds", "haze", "date_shift")}
-    fig = plots.corruption_gallery(clean, corrupted, target, target)
-    assert len([ax for ax in fig.axes if ax.images]) == 3 + 3 * 3
-    assert fig.axes[3].get_title() == "clouds, severity 1"
+    corrupted = {k: {s: rng.random((8, 8, 3)) for s in (1, 3, 5)} for k in ("clouds", "haze", "missing_dates")}
+    corrupted["missing_dates"][5] = None  # a date that missing_dates removed: an empty panel
+    fig = plots.corruption_gallery(clean, corrupted, target, target, titles={"haze": {3: "3: opacity 0.3"}})
+    # the label and prediction, then per kind a row: the clean frame and one panel per severity
+    assert len([ax for ax in fig.axes if ax.images]) == 2 + 3 * (1 + 3) - 1
+    rows = [[ax.get_title() for ax in fig.axes[2 + 4 * r:6 + 4 * r]] for r in range(3)]
+    assert rows[0] == ["clean", "severity 1", "severity 3", "severity 5"] and rows[1][2] == "3: opacity 0.3"
+    assert [fig.axes[2 + 4 * r].get_ylabel() for r in range(3)] == ["clouds", "haze", "missing dates"]
+    assert not fig.axes[-1].images and fig.axes[-1].texts[0].get_text() == "date removed"
     with pytest.raises(ValueError, match="same severities"):
         plots.corruption_gallery(clean, {**corrupted, "haze": {1: clean}}, target)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
@@ -230,14 +237,19 @@ def test_severity_table_lists_every_kind_and_severity():
 # --------------------------------------------------------------------------------------------------
 
 
-def _entries(clean: float, kinds: dict[str, float], gain: float) -> list[dict]:
-    """test_corruptions entries: mIoU falls linearly with severity, by ``slope * (1 - gain)`` per level."""
+def _entries(clean: float, kinds: dict[str, float], gain: float, test_noise: list[dict]) -> list[dict]:
+    """test_corruptions entries: mIoU falls linearly with severity, by ``slope * (1 - gain)`` per level; a gaussian
+    severity whose std is a level of ``test_noise`` is that entry's scores, as a run writes it (the same evaluation)."""
+    noise = {e["std"]: e for e in test_noise}
     out = []
     for kind, slope in kinds.items():
         for s in range(1, 6):
             m = max(clean - slope * (1.0 - gain) * s, 0.0)
-            out.append({"kind": kind, "severity": s, "oa": min(m + 0.2, 1.0), "miou": m,
-                        "iou": [m] * 19 + [None]})
+            entry = {"kind": kind, "severity": s, "oa": min(m + 0.2, 1.0), "miou": m, "iou": [m] * 19 + [None]}
+            std = SEVERITY_TABLE["gaussian"][s]["std"] if kind == "gaussian" else None
+            if std in noise:
+                entry.update({k: noise[std][k] for k in ("oa", "miou", "iou")})
+            out.append(entry)
     return out
 
 
@@ -267,7 +279,8 @@ def make_corruption_results(tmp: Path, dataset: Path | None = None) -> Path:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         gain = 0.6 if "train_corruption" in config else 0.3 if config["noise_std"] > 0 else 0.0
         config["test_corruptions"] = [f"{k}:{s}" for k in kinds for s in range(1, 6)]
-        metrics.update(eval_mode="pad_free", test_corruptions=_entries(metrics["test"]["miou"], kinds, gain))
+        metrics.update(eval_mode="pad_free",
+                       test_corruptions=_entries(metrics["test"]["miou"], kinds, gain, metrics["test_noise"]))
         (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if dataset is not None:  # every run names it (one dataset, one configuration)
@@ -306,7 +319,7 @@ def test_committed_runs_of_todays_format_load_without_corruptions(tmp_path):
 
 def test_load_test_corruptions_reads_the_new_keys_and_rejects_bad_entries(tmp_path):
     root = make_corruption_results(tmp_path)
-    frame = results.load_test_corruptions(root / "runs")
+    frame = frame_before = results.load_test_corruptions(root / "runs")
     assert list(frame.columns) == list(results.TEST_CORRUPTION_COLUMNS)
     assert set(frame["kind"]) == {"gaussian", "clouds", "missing_dates"}
     assert frame.groupby("run_id").size().eq(15).all() and "noise0.5-seed2" not in set(frame["run_id"])
@@ -314,14 +327,36 @@ def test_load_test_corruptions_reads_the_new_keys_and_rejects_bad_entries(tmp_pa
     assert math.isnan(frame["iou"].iloc[0][19])
     run = next((root / "runs").iterdir()) / "noise0-seed1"
     metrics = json.loads((run / "metrics.json").read_text())
-    for bad in ({"kind": "clouds", "severity": 6, "miou": 0.1}, {"severity": 2}):
-        (run / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": [bad]}))
-        with pytest.raises(ValueError, match="metrics.json.*severity"):
-            results.load_test_corruptions(root / "runs")
-    twice = metrics["test_corruptions"][:1] * 2
-    (run / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": twice}))
-    with pytest.raises(ValueError, match="more than once"):
-        results.load_test_corruptions(root / "runs")
+    entries = metrics["test_corruptions"]
+    forged = {  # entries that are not those of the run's config: the run is left out, named with the field
+        "test_corruptions[0]: expected a string 'kind' and an integer 'severity'": [{"severity": 2}, *entries[1:]],
+        "test_corruptions[0]: clouds:6, which the config's": [{**entries[0], "kind": "clouds", "severity": 6}],
+        "test_corruptions[1]: lists gaussian:1 a second time": [entries[0], *entries[:-1]],
+        "test_corruptions[6].miou: expected a finite fraction in [0, 1], got 5.0": [
+            *entries[:6], {**entries[6], "miou": 5.0}, *entries[7:]],
+    }
+    for reason, bad in forged.items():
+        (run / "metrics.json").write_text(json.dumps({**metrics, "test_corruptions": bad}))
+        with pytest.warns(SkippedRunWarning) as caught:
+            frame = results.load_test_corruptions(root / "runs")
+        assert "noise0-seed1" not in set(frame["run_id"]) and len(frame) == len(frame_before) - 15
+        message = " ".join(str(w.message) for w in caught)
+        assert f"noise0-seed1/metrics.json: {reason}" in message, message
+
+
+def test_a_run_with_forged_corruption_scores_is_left_out_of_the_study_by_name(tmp_path):
+    """The red team's case: a clouds mIoU of 5.0 showed as an mPC of 500 points; now the run is left out and listed."""
+    root = make_corruption_results(tmp_path)
+    run = next((root / "runs").iterdir()) / "clouds-seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    clouds = next(i for i, e in enumerate(metrics["test_corruptions"]) if e["kind"] == "clouds")
+    metrics["test_corruptions"][clouds]["miou"] = 5.0
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    data = compare.load_study(root)
+    assert any("clouds-seed0" in n and f"test_corruptions[{clouds}].miou" in n for n in data.left_out), data.left_out
+    assert "clouds-seed0" not in set(data.runs["run_id"]) and "clouds-seed0" not in set(data.corruptions["run_id"])
+    table = pd.read_csv(root / compare.ROBUSTNESS_CSV)
+    assert table[["mpc_mean", "diff_mpc"]].abs().max().max() <= 100  # percentage points of mIoU: at most 100
 
 
 def test_load_study_writes_robustness_csv(tmp_path):
@@ -343,20 +378,56 @@ def test_load_study_writes_robustness_csv(tmp_path):
 
 
 def test_gallery_frames_from_the_dataset(tmp_path, tiny_dataset):
+    from utae.pastis.dataset import PastisDataset
+    from utae.pastis.metadata import BANDS, FOLD_ROTATIONS
+
     root = make_corruption_results(tmp_path, dataset=tiny_dataset)
     run_dir = next((root / "runs").iterdir()) / "noise0-seed0"
-    frames, caption = corruption_examples.gallery_or_reason(run_dir, kinds=("clouds", "missing_dates", "date_shift"))
+    frames, caption = corruption_examples.gallery_or_reason(run_dir)
     assert frames is not None and "date_shift moves the acquisition dates only" in caption
-    assert frames["clean"].shape == (32, 32, 3) and 0.0 <= frames["clean"].min() and frames["clean"].max() <= 1.0
-    np.testing.assert_array_equal(frames["corrupted"]["date_shift"][5], frames["clean"])  # dates move, not images
+    assert "clearest date" in caption and "one fixed scale" in caption
+    clean, shown = frames["clean"], frames["corrupted"]
+    assert clean.shape == (32, 32, 3) and list(shown) == list(KINDS)
+    assert all(list(by_sev) == [1, 2, 3, 4, 5] for by_sev in shown.values())
+    # the date: the lowest mean blue reflectance of the clean series (the patch's test item, read independently)
+    train = PastisDataset(tiny_dataset, folds=FOLD_ROTATIONS[0][0])
+    test = PastisDataset(tiny_dataset, folds=FOLD_ROTATIONS[0][2], norm_stats=(train.mean, train.std))
+    item = test[test.ids.index(frames["patch_id"])]
+    blue = item["image"][:, 0].double().mean((1, 2)) * float(test.std[0]) + float(test.mean[0])
+    assert frames["date_index"] == int(blue.argmin()) and frames["date"] == int(item["dates"][frames["date_index"]])
+    # one scale: black is reflectance 0, white twice the clean date's 98th percentile, so the clean date's 98th
+    # percentile sits at one half (up to float64 rounding of one division)
+    lo, hi = frames["scale"]
+    assert lo == 0.0 and np.percentile(clean, 98) == pytest.approx(0.5, abs=1e-12)
+    for s in range(1, 6):
+        np.testing.assert_array_equal(shown["date_shift"][s], clean)  # dates move, not images
+        for kind in ("gaussian", "haze", "misregistration"):  # every severity hits the date shown
+            assert not np.array_equal(shown[kind][s], clean), (kind, s)
+        assert shown["haze"][s].mean() > clean.mean()  # a layer brighter than the ground (3,000 x its spectrum)
+        # clouds: exactly round(cover x 32 x 32) pixels of the date are cloud, at 7,000 x a flat spectrum, far above
+        # white, so white in all three channels; the clean date has no white pixel, a shadow only darkens
+        assert not (clean >= 1.0).all(-1).any()
+        cover = SEVERITY_TABLE["clouds"][s]["cover"]
+        assert (shown["clouds"][s] >= 1.0).all(-1).sum() == round(cover * 32 * 32)
+        # band dropout: the title names the bands lost; a lost band among B4, B3, B2 is black (0) in its channel
+        title = frames["titles"]["band_dropout"][s]
+        lost = title.split(": ")[1].split(" lost")[0].split()
+        assert len(lost) == SEVERITY_TABLE["band_dropout"][s]["n_bands"] and set(lost) <= set(BANDS)
+        # 0 up to the float32 rounding of the normalised dead value (about 1e-7 x std, std ~ 1,500: 1e-4 of
+        # reflectance x 10,000, i.e. < 1e-6 of the scale), far below any pixel of the clean date (hundreds of units)
+        black = {BANDS[b] for b, ch in zip(corruption_examples.RGB_BANDS, range(3))
+                 if (shown["band_dropout"][s][..., ch] <= 1e-3).all()}
+        assert black == set(lost) & {"B2", "B3", "B4"}
+        # missing dates: the date is shown while the draw keeps it, an empty panel once it removes it
+        left = frames["n_dates"]["missing_dates"][s]
+        assert f"{left}/{frames['n_dates_clean']} left" in frames["titles"]["missing_dates"][s]
+        panel = shown["missing_dates"][s]
+        assert panel is None or np.array_equal(panel, clean)
     assert frames["n_dates"]["missing_dates"][5] < frames["n_dates_clean"]
-    # the date shown is one the clouds covered: at severity 5 exactly round(0.7 * 32 * 32) pixels of a cloudy date
-    # are cloud, at a reflectance (7,000 x a flat spectrum) far above the clean frame's 98th percentile, so
-    # white in all three channels after the clean frame's stretch
-    cloudy = frames["corrupted"]["clouds"][5]
-    assert (cloudy >= 1.0).all(-1).sum() >= round(0.7 * 32 * 32)
-    fig = plots.corruption_gallery(frames["clean"], frames["corrupted"], frames["target"], frames["pred"])
-    assert len([ax for ax in fig.axes if ax.images]) == 3 + 3 * 3
+    fig = plots.corruption_gallery(clean, shown, frames["target"], frames["pred"], titles=frames["titles"])
+    n_removed = sum(p is None for p in shown["missing_dates"].values())
+    assert len([ax for ax in fig.axes if ax.images]) == 2 + 7 * 6 - n_removed
+    fig.savefig(tmp_path / "gallery.png")  # renders
     other = next((root / "runs").iterdir()) / "noise0-seed1"
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "dataset_root": str(tmp_path / "absent")}))

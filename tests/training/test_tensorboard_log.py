@@ -3,6 +3,7 @@ reader (EventAccumulator)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -75,6 +76,28 @@ def test_a_resume_continues_without_duplicate_steps(tmp_path: Path) -> None:
             assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4], (tag, scalars[tag])
             np.testing.assert_array_equal([v for _, v in scalars[tag]], np.float32([r[col] for r in expected]))
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # the earlier file stays: a live reader reads it
+
+
+def test_reading_a_resumed_run_does_not_print_tensorboards_purge_warning(tmp_path: Path, capfd, caplog) -> None:
+    first = [row(1), row(2), row(3)]
+    with EpochScalars(tmp_path) as log:
+        for r in first:
+            log.add(r)
+    with EpochScalars(tmp_path, history=first[:2]) as log:  # resumed from epoch 2: purges epoch 3 of the first file
+        log.add(row(3, shift=0.5))
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        scalars = read_scalars(tmp_path)
+    out, err = capfd.readouterr()
+    assert "Removing" not in out + err and "out of order" not in out + err and caplog.records == []
+    # the purge still happened: each epoch once, epoch 3 with the resumed run's value
+    assert [s for s, _ in scalars["loss/val"]] == [1, 2, 3]
+    assert scalars["loss/val"][-1][1] == float(np.float32(row(3, shift=0.5)["val_loss"]))
+    # only during that read: TensorBoard's own reader still warns afterwards, as before
+    with caplog.at_level(logging.WARNING):
+        EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    assert any("Removing" in r.getMessage() and r.name == "tensorboard" for r in caplog.records)
+    assert logging.getLogger("tensorboard").filters == []
 
 
 def test_rows_out_of_order_nan_and_non_numbers(tmp_path: Path) -> None:

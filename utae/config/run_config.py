@@ -83,7 +83,7 @@ class RunConfig:
 
     Attributes:
         dataset_root: PASTIS-format dataset folder (required; ``$VAR`` / ``${VAR}`` are expanded).
-        fold: fold rotation 1 to 5 (``utae.pastis.dataset.FOLD_ROTATIONS[fold - 1]`` = train, val, test folds).
+        fold: fold rotation 1 to 5 (``utae.pastis.metadata.FOLD_ROTATIONS[fold - 1]`` = train, val, test folds).
         epochs, batch_size, lr, seed: training length, batch size, Adam learning rate, seed of everything
             (weights, shuffling, subsets, noise). ``epochs`` 0 (only with ``init_weights``) evaluates the
             given weights without training.

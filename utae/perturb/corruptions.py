@@ -118,11 +118,11 @@ _NONE = ("none", 0)
 
 
 def check_series_length(kind: str, severity: int, n_dates: int) -> None:
-    """Raise a one-line ValueError when ``kind`` at ``severity`` cannot apply to a series of ``n_dates`` real dates
-    (``missing_dates`` on a series with no date left: it must keep at least one)."""
+    """Raise a one-line ValueError, naming ``kind`` and ``severity``, when the series has no real date to corrupt
+    (``n_dates < 1``: every frame padded): every kind needs at least one real date."""
     if n_dates < 1:
-        raise ValueError(f"{kind}:{severity} needs a series with at least 1 real date (missing_dates always keeps "
-                         f"one); got n_dates={n_dates}")
+        raise ValueError(f"{kind}:{severity} needs a series with at least 1 real date to corrupt; got "
+                         f"n_dates={n_dates} (every frame is padding: pad_mask is True on all of them)")
 
 
 # --------------------------------------------------------------------------------------------------

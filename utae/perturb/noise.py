@@ -253,19 +253,29 @@ class NoiseSpec:
         return asdict(self)
 
 
-def select_items(n_items: int, fraction: float, key: Sequence[int]) -> list[int]:
+def select_items(n_items: int, fraction: float, key: Sequence[int], field: str = "fraction") -> list[int]:
     """The sorted indices of ``round(fraction * n_items)`` distinct samples among ``n_items`` (Python's ``round``),
-    drawn without replacement by a generator seeded from the integer tuple ``key`` (through SeedSequence)."""
+    drawn without replacement by a generator seeded from the integer tuple ``key`` (through SeedSequence).
+
+    Raises:
+        ValueError: a ``fraction > 0`` that selects no sample of ``n_items > 0`` (``round(fraction * n_items)`` is
+            0, a run that would silently train without it), naming ``field``, ``n_items`` and the smallest
+            fraction that selects one sample (``1 / n_items``, to 3 significant digits).
+    """
     if n_items < 0:
         raise ValueError(f"n_items must be >= 0, got {n_items}")
     k = int(round(fraction * n_items))
+    if k == 0 and fraction > 0 and n_items > 0:
+        raise ValueError(f"{field}={fraction:g} selects no sample of the {n_items} training samples "
+                         f"(round({fraction:g} x {n_items}) = 0); the smallest fraction that selects one is "
+                         f"{1 / n_items:.3g} (1/{n_items})")
     rng = np.random.default_rng(np.random.SeedSequence(list(key)))
     return sorted(int(i) for i in rng.choice(n_items, size=k, replace=False))
 
 
 def select_noisy(n_items: int, fraction: float, seed: int) -> list[int]:
     """The sorted indices of the ``round(fraction * n_items)`` noisy samples among ``n_items``, chosen by ``seed``."""
-    return select_items(n_items, fraction, (seed, _SELECT_STREAM))
+    return select_items(n_items, fraction, (seed, _SELECT_STREAM), field="noise_fraction")
 
 
 def seeded_generator(*key: int) -> torch.Generator:

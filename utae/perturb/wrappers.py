@@ -42,7 +42,8 @@ _TRAIN_STREAM = 22   # the training seed of the corruption draws
 def select_corrupted(n_items: int, fraction: float, seed: int, kind: str) -> list[int]:
     """The sorted indices of the ``round(fraction * n_items)`` corrupted samples among ``n_items``, chosen by
     ``(seed, kind)``."""
-    return select_items(n_items, fraction, (int(seed), _SELECT_STREAM, kind_seed(kind)))
+    return select_items(n_items, fraction, (int(seed), _SELECT_STREAM, kind_seed(kind)),
+                        field="train_corruption.fraction")
 
 
 def training_seed(seed: int) -> int:

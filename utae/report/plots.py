@@ -682,23 +682,27 @@ def corruption_curves(curves: pd.DataFrame, kinds: Sequence[str] | None = None, 
 
 def corruption_gallery(
     clean: np.ndarray,
-    corrupted: Mapping[str, Mapping[int, np.ndarray]],
+    corrupted: Mapping[str, Mapping[int, np.ndarray | None]],
     target: np.ndarray,
     pred: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     colors: Sequence[Any] | None = None,
     dpi: float = DEFAULT_DPI,
+    titles: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Figure:
-    """What each corruption looks like on one test patch.
+    """What each corruption does at each severity to one date of one test patch.
 
-    The top row holds the clean RGB frame, the label and (when given) the clean-trained model's prediction;
-    below, one row per kind with the corrupted RGB frame at each severity.
+    The top row holds the label and (when given) the clean-trained model's prediction; below, one row per kind:
+    the clean frame, then the corrupted frame at each severity (an empty panel for a frame that is None, e.g. a
+    date that ``missing_dates`` removed).
 
     Args:
-        clean: ``(H, W, 3)`` RGB in [0, 1] (shown as is: stretch every frame with the same limits beforehand so
-            that the frames compare).
-        corrupted: kind -> severity -> ``(H', W', 3)`` RGB in [0, 1]; every kind must have the same severities.
+        clean: ``(H, W, 3)`` RGB in [0, 1] (shown as is: put every frame on the same scale beforehand so that the
+            frames compare, see :func:`utae.report.gallery.gallery_frames`).
+        corrupted: kind -> severity -> ``(H, W, 3)`` RGB in [0, 1] or None; every kind must have the same
+            severities.
         target, pred: ``(H, W)`` integer class maps.
+        titles: kind -> severity -> the panel's title (default ``"severity <s>"``).
     """
     names, crgb = _classes(class_names, colors)
     clean, target = np.asarray(clean), np.asarray(target)
@@ -711,27 +715,31 @@ def corruption_gallery(
     severities = [sorted(v) for v in corrupted.values()]
     if any(s != severities[0] for s in severities):
         raise ValueError(f"corruption_gallery: every kind needs the same severities, got {severities}")
-    sevs = severities[0]
-    ncols = max(3, len(sevs))
+    ncols = 1 + len(severities[0])
     cmap = ListedColormap(crgb)
-    fig = Figure(figsize=(2.0 * ncols + 0.8, 2.0 * (len(corrupted) + 1) + 0.6), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(1.9 * ncols + 0.6, 1.9 * (len(corrupted) + 1) + 0.8), dpi=dpi, layout="constrained")
     grid = fig.subplots(len(corrupted) + 1, ncols, squeeze=False)
-    top = [(clean, None, "clean"), (target, cmap, "label")]
-    if pred is not None:
-        top.append((np.asarray(pred), cmap, "clean-trained prediction"))
-    panels = [top, *[[(img, None, f"{kind.replace('_', ' ')}, severity {s}") for s, img in sorted(frames.items())]
-                     for kind, frames in corrupted.items()]]
-    for row, items in zip(grid, panels):
+    top = [(target, cmap, "label")] + ([(np.asarray(pred), cmap, "clean-trained prediction")] if pred is not None
+                                       else [])
+    panels = [top, *[[(clean, None, "clean"),
+                      *[(img, None, (titles or {}).get(kind, {}).get(s, f"severity {s}"))
+                        for s, img in sorted(frames.items())]] for kind, frames in corrupted.items()]]
+    for r, (row, items) in enumerate(zip(grid, panels)):
         for col, ax in enumerate(row):
             if col >= len(items):
                 fig.delaxes(ax)
                 continue
             img, cm, title = items[col]
-            if cm is None:
-                ax.imshow(np.clip(np.asarray(img, dtype=float), 0.0, 1.0), interpolation="nearest")
-            else:
+            if cm is not None:
                 ax.imshow(img, cmap=cm, vmin=0, vmax=len(names) - 1, interpolation="nearest")
-            ax.set_title(title, fontsize=8)
+            elif img is None:
+                ax.set_facecolor("0.85")
+                ax.text(0.5, 0.5, "date removed", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            else:
+                ax.imshow(np.clip(np.asarray(img, dtype=float), 0.0, 1.0), interpolation="nearest")
+            ax.set_title(title, fontsize=6.5)
+            if r > 0 and col == 0:
+                ax.set_ylabel(list(corrupted)[r - 1].replace("_", " "), fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
     maps = [target] + ([np.asarray(pred)] if pred is not None else [])

@@ -1,5 +1,15 @@
 """The run folder's validating readers.
 
+:func:`read_record` is the one validating reader of ``config.json``, ``metrics.json`` and ``platform.json`` (a
+non-empty JSON object; metrics sections checked); :func:`read_confusion` and :func:`read_predictions` read the
+arrays with bounded memory (:mod:`utae.util.arrays`: headers, shapes and sizes checked before any data);
+:func:`validate_run` checks every file of a finished run (import uses it): only the run files, each within its
+size limit, every score finite, the test scores equal to those of the confusion matrix and of the std-0 test
+noise (:func:`check_consistency`; verify uses it through :func:`read_checked_metrics`), the ``test_corruptions``
+those of the config (:func:`check_test_corruptions`); :func:`read_run` loads them all; :func:`readable_runs` walks
+a runs tree (leaving out, by name, a run whose records do not read or whose ``test_corruptions`` are not its
+config's). The files themselves (the layout below) are :mod:`utae.rundir.paths`'s::
+
     config.json      RunConfig.to_dict()
     platform.json    utae.machine.record.platform_info(...): software, hardware, the machine's fingerprint
     history.csv      one row an epoch (utae.training.run.HISTORY_COLUMNS)
@@ -26,9 +36,10 @@ from utae.util.atomic import read_json
 from utae.util.checks import is_int, is_number
 from utae.pastis.classes import N_CLASSES
 from utae.config.run_config import RunConfig, run_config_fields
+from utae.perturb.kinds import SEVERITY_TABLE, parse_test_corruptions
 from utae.rundir.paths import CONFIG, CONFUSION, HISTORY, METRICS, PLATFORM, PREDICTIONS, FILE_LIMITS, MAX_PATCH_SIDE, PREDICTION_SHAPES, PathLike, REQUIRED_FILES, RunFolderError, SCORE_TOLERANCE, SkippedRunWarning, SCALAR_SCORES, check_file_size, finished_run_dirs, is_local_file
 
-__all__ = ["read_record", "metric_section", "check_metrics", "check_consistency", "check_config_record", "validate_run", "read_confusion", "read_predictions", "read_checked_metrics", "RunFiles", "read_run", "readable_runs"]
+__all__ = ["read_record", "metric_section", "check_metrics", "check_consistency", "check_test_corruptions", "check_config_record", "validate_run", "read_confusion", "read_predictions", "read_checked_metrics", "RunFiles", "read_run", "readable_runs"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +112,8 @@ def _check_section(section: Any, where: str) -> None:
 
 
 def check_metrics(metrics: Any, config: Mapping[str, Any], run_id: str, shown: str) -> None:
-    """The values of a finished run's ``metrics.json``: its run id, epochs, score ranges, test-noise curve.
+    """The values of a finished run's ``metrics.json``: its run id, epochs, score ranges, test-noise curve, and
+    its ``test_corruptions`` against the config's (:func:`check_test_corruptions`).
 
     Raises:
         RunFolderError: naming ``shown`` and the key.
@@ -134,6 +146,69 @@ def check_metrics(metrics: Any, config: Mapping[str, Any], run_id: str, shown: s
         if not is_number(std) or not math.isfinite(std) or std < 0:
             raise RunFolderError(f"{where}.std: expected a number >= 0, got {std!r}")
         _check_section(entry, where)
+    check_test_corruptions(metrics, config, shown)
+
+
+def _test_corruption_label(entry: Any, where: str) -> str:
+    """``"kind:severity"`` of a ``test_corruptions`` entry: an object with a string kind and an int severity."""
+    if not isinstance(entry, dict):
+        raise RunFolderError(f"{where}: expected a JSON object with kind, severity and scores, got "
+                             f"{type(entry).__name__} {entry!r}")
+    kind, severity = entry.get("kind"), entry.get("severity")
+    if not isinstance(kind, str) or not is_int(severity):
+        raise RunFolderError(f"{where}: expected a string 'kind' and an integer 'severity', got kind {kind!r}, "
+                             f"severity {severity!r}")
+    return f"{kind}:{severity}"
+
+
+def check_test_corruptions(metrics: Mapping[str, Any], config: Mapping[str, Any], shown: str) -> None:
+    """``metrics.json``'s ``test_corruptions`` is what the run's config asked for (:func:`utae.training.run.run` writes one
+    entry per ``"kind:severity"`` of ``config.test_corruptions``, in its order): the same kinds and severities in
+    the same order, each entry's ``oa`` and ``miou`` finite fractions in [0, 1] (per-class ``iou`` in [0, 1] or
+    null), and, in ``"normalized"`` noise units, every ``gaussian`` entry whose std is a test-noise level equal to
+    that ``test_noise`` entry (the run reuses that evaluation; to :data:`SCORE_TOLERANCE`). An absent or null
+    ``test_corruptions`` (older runs) is an empty list.
+
+    Raises:
+        RunFolderError: naming ``shown`` and the entry (``test_corruptions[i]``) or the config's field.
+    """
+    try:
+        wanted = parse_test_corruptions(config.get("test_corruptions"))
+    except ValueError as exc:
+        raise RunFolderError(f"{shown}: the run's config.json is not valid: {exc}") from None
+    entries = metrics.get("test_corruptions")
+    entries = [] if entries is None else entries
+    if not isinstance(entries, list):
+        raise RunFolderError(f"{shown}: test_corruptions: expected a list, got {type(entries).__name__}")
+    labels: list[str] = []
+    for i, entry in enumerate(entries):
+        where = f"{shown}: test_corruptions[{i}]"
+        label = _test_corruption_label(entry, where)
+        if label in labels:
+            raise RunFolderError(f"{where}: lists {label} a second time (the config's test_corruptions: each once)")
+        if label not in wanted:
+            raise RunFolderError(f"{where}: {label}, which the config's test_corruptions does not list "
+                                 f"({len(wanted)} entries{': ' + ', '.join(wanted[:6]) if wanted else ''}"
+                                 f"{', ...' if len(wanted) > 6 else ''})")
+        if label != wanted[i]:
+            raise RunFolderError(f"{where}: {label} where the config's test_corruptions[{i}] is {wanted[i]} (one "
+                                 "entry per config entry, in its order)")
+        _check_section(entry, where)
+        labels.append(label)
+    if len(labels) < len(wanted):
+        raise RunFolderError(f"{shown}: test_corruptions lacks {wanted[len(labels)]} ({len(labels)} entries, the "
+                             f"config's test_corruptions lists {len(wanted)})")
+    if config.get("noise_space", run_config_fields()["noise_space"]) != "normalized":
+        return  # test noise in raw units: not the gaussian corruption's draws
+    noise = {float(e["std"]): (j, e) for j, e in enumerate(metrics.get("test_noise") or [])
+             if isinstance(e, Mapping) and is_number(e.get("std"))}
+    for i, (label, entry) in enumerate(zip(labels, entries)):
+        kind, severity = label.split(":")
+        std = float(SEVERITY_TABLE[kind][int(severity)]["std"]) if kind == "gaussian" else None
+        if std in noise:
+            j, same = noise[std]
+            _compare_scores(entry, same, ("oa", "miou", "iou"), f"{shown}: test_corruptions[{i}] ({label})",
+                            f"test_noise[{j}] (std {std:g}, the same evaluation)")
 
 
 def _score_differs(a: Any, b: Any) -> bool:
@@ -215,7 +290,8 @@ def validate_run(run_dir: Path, run_id: str, shown: str) -> dict[str, Any]:
         RunFolderError: naming the file (``shown/<file>``): a missing required file, unreadable JSON, a config
             that is not a valid RunConfig, metrics out of range, a bad fingerprint, an unreadable history, a
             confusion matrix that is not ``(20, 20)`` non-negative integers, test scores that disagree with it
-            or with the test-noise entry at std 0 (:func:`check_consistency`), a predictions file whose arrays
+            or with the test-noise entry at std 0 (:func:`check_consistency`), test-corruption scores that are
+            not those of the config's ``test_corruptions`` (:func:`check_test_corruptions`), a predictions file whose arrays
             are not those of the run (:func:`read_predictions`), a file that is not a run file or is over its
             :data:`FILE_LIMITS` (files that stay on their machine, :func:`is_local_file`, are ignored).
     """
@@ -380,11 +456,13 @@ def read_run(run_dir: PathLike) -> RunFiles:
 
 def readable_runs(root: PathLike = "results/runs") -> Iterator[tuple[str, str, Path, dict, dict, dict]]:
     """``(platform, run_id, run_dir, config, platform_json, metrics)`` of every finished run under ``root``
-    whose files read (:func:`read_record`); a broken run is skipped with a :class:`SkippedRunWarning` that names
-    it and why."""
+    whose files read (:func:`read_record`) and whose ``test_corruptions`` are those of its config
+    (:func:`check_test_corruptions`); a broken run is skipped with a :class:`SkippedRunWarning` that names it and
+    why."""
     for platform, run_id, run_dir in finished_run_dirs(root):
         try:
             config, plat, metrics = (read_record(run_dir, name) for name in (CONFIG, PLATFORM, METRICS))
+            check_test_corruptions(metrics, config, str(run_dir / METRICS))
         except (ValueError, OSError) as exc:
             warnings.warn(SkippedRunWarning(f"{run_dir}: left out of the report: {exc}"), stacklevel=2)
             continue

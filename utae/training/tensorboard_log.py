@@ -17,6 +17,7 @@ naming).
 
 from __future__ import annotations
 
+import logging
 import numbers
 import time
 from collections.abc import Iterable, Mapping
@@ -132,9 +133,28 @@ class EpochScalars:
         self.close()
 
 
+#: The start of TensorBoard's warning when it purges the steps of earlier event files (``EventAccumulator._Purge``).
+_PURGE_WARNING = "Detected out of order event.step"
+
+
+class _PurgeWarningFilter(logging.Filter):
+    """Drops TensorBoard's purge warning ("... Removing N scalars ..."): a resumed run's event file purges the
+    earlier files' steps on purpose (see the module docstring), so the warning reports the design, not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_PURGE_WARNING)
+
+
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the event files of ``log_dir``, as TensorBoard shows them (after its purges):
-    ``{tag: [(step, value), ...]}`` in file order."""
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every event
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    ``{tag: [(step, value), ...]}`` in file order. TensorBoard's purge warning is silenced during this read only
+    (a filter on its ``tensorboard`` logger, removed afterwards); its other messages pass."""
+    logger = logging.getLogger("tensorboard")  # tensorboard.util.tb_logging's logger
+    quiet = _PurgeWarningFilter()
+    logger.addFilter(quiet)
+    try:
+        acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every event
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    finally:
+        logger.removeFilter(quiet)
