@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from utae.exchange.export import export_runs
 from utae.config.sweepfile import DEFAULT_TIMEOUT, load_sweep
@@ -156,11 +159,32 @@ def _platform_list(values: Sequence[str] | None) -> list[str] | None:
 INTERRUPTED = 130
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """The SIGINT handler of a command: the first Ctrl-C raises KeyboardInterrupt (the command stops its points
+    and says what will resume); every later one is ignored (``SIG_IGN``, which the interpreter keeps until the
+    process ends), so that a second Ctrl-C neither cuts that short (workers and kernels left running, a traceback)
+    nor, arriving while the interpreter exits, kills the process by the signal (status -2, not 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _catch_first_interrupt() -> Any:
+    """Install :func:`_interrupt_once` (in the main thread only: elsewhere signals cannot be handled); returns the
+    handler it replaced, or None when it installed none."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _interrupt_once)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring). Returns the exit status."""
+    """Command-line entry point (see the module docstring). Returns the exit status.
+
+    Ctrl-C: the first stops the command (status 130); later ones are ignored until the process ends
+    (:func:`_interrupt_once`). Without a Ctrl-C the SIGINT handler in place before is restored on return."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     configure_logging()
+    previous = _catch_first_interrupt()
     try:
         return _run(args)
     except (ValueError, OSError) as exc:  # SweepError, ExchangeError, RunDirError, OtherMachineError included
@@ -174,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"interrupted; nothing written is lost. To continue: {again}", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:  # no Ctrl-C came
+            signal.signal(signal.SIGINT, previous)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -178,7 +178,9 @@ def test_errors_the_user_can_fix_are_one_line(tmp_path, data_root, capsys, monke
     """A missing Slurm, a bad sweep value: `error: ...` on one line, exit status 2, no traceback."""
     good = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"seed": [0]}})
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    before = signal.getsignal(signal.SIGINT)
     assert cli.main(["run-all", str(good), "--executor", "slurm", "--results", str(tmp_path / "r")]) == 2
+    assert signal.getsignal(signal.SIGINT) is before  # no Ctrl-C came: the handler in place before is back
     bad = write_sweep(tmp_path, {"dataset_root": str(data_root), "grid": {"fold": [9]}}, name="bad.yaml")
     assert cli.main(["run-all", str(bad), "--results", str(tmp_path / "r")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -228,3 +230,71 @@ def test_ctrl_c_during_a_sweep_ends_with_a_summary_and_no_traceback(tmp_path, sy
     for rid in ("seed0", "seed1"):
         assert pt.resume_epoch(next(results.glob(f"runs/*/{rid}"))) >= 1
         assert text.count(f"/{rid}: running") == 1, text  # one line a point event, from the sweep process
+
+
+_SLOW_POINT = '''
+import pathlib, time
+
+def worker(task):
+    """A point that says it started (a file), then trains for two minutes."""
+    pathlib.Path(task.results, task.run_id + ".started").write_text("")
+    time.sleep(120)
+'''
+_HELD_DRIVER = '''
+import sys
+sys.path.insert(0, {here!r})
+from utae import cli
+from utae.executor import LocalExecutor, PointTask
+import slow_point
+
+def run_all_slowly(args):
+    tasks = [PointTask(sweep=None, run_id=f"p{{i}}", results={here!r}) for i in range(2)]
+    LocalExecutor(jobs=2, worker=slow_point.worker, threads=1).run(tasks)
+    return 0
+
+if __name__ == "__main__":
+    cli._run_all = run_all_slowly  # run-all's points: two slow fakes in the sweep's worker processes
+    sys.exit(cli.main(["run-all", "unused.yaml"]))
+'''
+
+
+@pytest.mark.slow
+def test_ctrl_c_held_down_exits_with_130_and_leaves_no_process(tmp_path):
+    """Ctrl-C pressed again (here: held down, SIGINT to the process group every 10 ms until it ends) while the
+    first one stops the sweep's workers and the interpreter exits: the later ones are ignored, so the status is 130
+    (not -2, killed by the signal), with no traceback and no worker left running. The points are fakes (two
+    minutes of sleep each) run by the sweep's LocalExecutor through `cli.main`."""
+    (tmp_path / "slow_point.py").write_text(_SLOW_POINT)
+    (tmp_path / "driver.py").write_text(_HELD_DRIVER.format(here=str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    log = (tmp_path / "out.txt").open("w")  # a file, not a pipe: a worker left running would hold a pipe open
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(tmp_path.glob("*.started"))) < 2:  # both workers started and ignore SIGINT themselves
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.txt").read_text()
+            time.sleep(0.2)
+        sent = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            os.killpg(proc.pid, signal.SIGINT)
+            sent += 1
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+        left, until = True, time.monotonic() + 30
+        while left and time.monotonic() < until:  # the group empties as the resource tracker ends
+            try:
+                os.killpg(proc.pid, 0)
+                time.sleep(0.2)
+            except ProcessLookupError:
+                left = False
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    text = (tmp_path / "out.txt").read_text()
+    assert sent > 1 and proc.returncode == 130, (sent, proc.returncode, text)
+    assert "Traceback" not in text and "interrupted; nothing written is lost" in text, text
+    assert not left  # the workers were stopped, not orphaned
