@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from utae.report import notebook
 
 from utae.report import plots
+from utae.report import study_figures
 
 from utae.report import pages as report
 from utae.pastis.classes import CLASS_COLORS, CLASS_NAMES
@@ -140,7 +141,7 @@ def test_noise_matrix_and_per_class_heatmap_one_panel_per_platform():
     test_noise = pd.DataFrame([{"platform": p, "run_id": f"r{s}", "cfg_noise_std": tr, "cfg_seed": s,
                                 "test_noise_std": te, "oa": 0.9, "miou": 0.5 + 0.1 * s - 0.1 * te + 0.05 * tr}
                                for p in ("a", "b") for tr in (0.0, 1.0) for te in (0.0, 0.5, 2.0) for s in (0, 1)])
-    fig = plots.noise_matrix(test_noise)
+    fig = study_figures.noise_matrix(test_noise)
     panels = heat_axes(fig)
     assert len(panels) == 2
     values = panels[0].images[0].get_array()
@@ -149,7 +150,7 @@ def test_noise_matrix_and_per_class_heatmap_one_panel_per_platform():
     per_class = pd.DataFrame([{"platform": p, "run_id": "r", "cfg_noise_std": tr, "cfg_seed": 0, "class_id": c,
                                "class_name": CLASS_NAMES[c], "iou": np.nan if c in (7, 19) else 0.5}
                               for p in ("a", "b") for tr in (0.0, 1.0) for c in range(20)])
-    fig = plots.per_class_heatmap(per_class)
+    fig = study_figures.per_class_heatmap(per_class)
     panels = heat_axes(fig)
     assert len(panels) == 2
     data = panels[0].images[0].get_array()

@@ -1,5 +1,5 @@
 """Tests of the scores under corruptions (utae.study.corruption_scores), their reader (utae.study.runs.load_test_corruptions),
-their figures (utae.report.plots.corruption_curves, corruption_gallery), the gallery's frames (utae.report.gallery)
+their figures (utae.report.study_figures.corruption_curves, corruption_gallery), the gallery's frames (utae.report.gallery)
 and robustness.csv (utae.study.loading), on hand-made frames and hand-made run folders (no training)."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from utae.report import gallery as corruption_examples
 from utae.study import corruption_scores as cs
 
 from utae.report import plots
+from utae.report import study_figures
 
 from utae.study import runs as results
 
@@ -195,17 +196,17 @@ def test_severity_curves_and_their_figure(hand_made):
     assert clean.loc[0, "miou_mean"] == pytest.approx(0.55) and clean.loc[0, "miou_std"] == pytest.approx(
         np.std([0.6, 0.5], ddof=1))
     assert clean.loc[3, "miou_mean"] == pytest.approx(0.25) and clean.loc[3, "n"] == 2
-    fig = plots.corruption_curves(curves)
+    fig = study_figures.corruption_curves(curves)
     assert len(fig.axes) == 2  # one panel per kind
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert labels == ["none", "clouds 1-5"]  # the clean-trained model first; no haze-trained run was tested on clouds
     assert len(fig.axes[1].get_lines()) == 3
     np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), clean["miou_mean"])
     assert len(fig.axes[0].collections) == 2  # a seed band per line of two seeds
-    fig = plots.corruption_curves(curves, kinds=["haze", "clouds", "gaussian"], ncols=2)
+    fig = study_figures.corruption_curves(curves, kinds=["haze", "clouds", "gaussian"], ncols=2)
     assert len(fig.axes) == 3 and fig.axes[0].get_title() == "haze"
     with pytest.raises(ValueError, match="empty"):
-        plots.corruption_curves(curves.iloc[:0])
+        study_figures.corruption_curves(curves.iloc[:0])
 
 
 def test_corruption_gallery_figure():
@@ -213,7 +214,7 @@ def test_corruption_gallery_figure():
     clean, target = rng.random((8, 8, 3)), rng.integers(0, 20, (8, 8))
     corrupted = {k: {s: rng.random((8, 8, 3)) for s in (1, 3, 5)} for k in ("clouds", "haze", "missing_dates")}
     corrupted["missing_dates"][5] = None  # a date that missing_dates removed: an empty panel
-    fig = plots.corruption_gallery(clean, corrupted, target, target, titles={"haze": {3: "3: opacity 0.3"}})
+    fig = study_figures.corruption_gallery(clean, corrupted, target, target, titles={"haze": {3: "3: opacity 0.3"}})
     # the label and prediction, then per kind a row: the clean frame and one panel per severity
     assert len([ax for ax in fig.axes if ax.images]) == 2 + 3 * (1 + 3) - 1
     rows = [[ax.get_title() for ax in fig.axes[2 + 4 * r:6 + 4 * r]] for r in range(3)]
@@ -221,9 +222,9 @@ def test_corruption_gallery_figure():
     assert [fig.axes[2 + 4 * r].get_ylabel() for r in range(3)] == ["clouds", "haze", "missing dates"]
     assert not fig.axes[-1].images and fig.axes[-1].texts[0].get_text() == "date removed"
     with pytest.raises(ValueError, match="same severities"):
-        plots.corruption_gallery(clean, {**corrupted, "haze": {1: clean}}, target)
+        study_figures.corruption_gallery(clean, {**corrupted, "haze": {1: clean}}, target)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
-        plots.corruption_gallery(clean, corrupted, target[:4])
+        study_figures.corruption_gallery(clean, corrupted, target[:4])
 
 
 def test_severity_table_lists_every_kind_and_severity():
@@ -424,7 +425,7 @@ def test_gallery_frames_from_the_dataset(tmp_path, tiny_dataset):
         panel = shown["missing_dates"][s]
         assert panel is None or np.array_equal(panel, clean)
     assert frames["n_dates"]["missing_dates"][5] < frames["n_dates_clean"]
-    fig = plots.corruption_gallery(clean, shown, frames["target"], frames["pred"], titles=frames["titles"])
+    fig = study_figures.corruption_gallery(clean, shown, frames["target"], frames["pred"], titles=frames["titles"])
     n_removed = sum(p is None for p in shown["missing_dates"].values())
     assert len([ax for ax in fig.axes if ax.images]) == 2 + 7 * 6 - n_removed
     fig.savefig(tmp_path / "gallery.png")  # renders

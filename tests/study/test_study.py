@@ -13,6 +13,7 @@ from scipy import stats
 from utae.study import platform_effect
 
 from utae.report import plots
+from utae.report import study_figures
 
 from utae.study import tables as study
 from utae.pastis.metrics import scores
@@ -30,26 +31,26 @@ MACHINE_LABELS = ("CPU arch", "instruction set", "torch CPU kernels", "CPU featu
 
 def test_metric_vs_noise_means_per_platform():
     runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.05})
-    fig = plots.metric_vs_noise(runs)
+    fig = study_figures.metric_vs_noise(runs)
     assert len(fig.axes) == 2
     lines = fig.axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["cpu-a", "cuda-b"]
     expected = runs[runs.platform == "cuda-b"].groupby("cfg_noise_std")["test_miou"].mean().to_numpy()
     np.testing.assert_allclose(lines[1].get_ydata(), expected)
     with pytest.raises(ValueError, match="empty"):
-        plots.metric_vs_noise(runs.iloc[:0])
+        study_figures.metric_vs_noise(runs.iloc[:0])
 
 
 def test_timing_bars_and_seed_spread():
     runs = make_runs({"cpu-a": 0.0, "cuda-b": 0.0})
-    fig = plots.timing_bars(runs)
+    fig = study_figures.timing_bars(runs)
     assert len(fig.axes) == 3
     widths = [p.get_width() for p in fig.axes[0].patches]
     assert widths == [2.0, 0.2]
-    fig = plots.seed_spread(runs)
+    fig = study_figures.seed_spread(runs)
     assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == len(runs)
     with pytest.raises(ValueError, match="timing"):
-        plots.timing_bars(runs[["platform", "test_miou"]])
+        study_figures.timing_bars(runs[["platform", "test_miou"]])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,14 +305,14 @@ def test_paired_differences_figure():
     runs = paired_runs(0.02, 0.003)
     pairs = platform_effect.paired_differences(runs, "test_miou", "cpu-a", "cpu-b")
     row = platform_effect.platform_effect(runs).iloc[0]
-    fig = plots.paired_differences(pairs, row, metric="test_miou")
+    fig = study_figures.paired_differences(pairs, row, metric="test_miou")
     ax = fig.axes[0]
     dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if len(c.get_offsets())])
     np.testing.assert_allclose(np.sort(dots), np.sort(100 * pairs["diff"]))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["noise 0", "noise 0.5", "noise 1", "noise 2", "noise 3"]
     assert any(np.allclose(line.get_ydata(), row["effect"]) for line in ax.get_lines())
     with pytest.raises(ValueError, match="diff"):
-        plots.paired_differences(pairs.drop(columns="diff"))
+        study_figures.paired_differences(pairs.drop(columns="diff"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,7 +459,7 @@ def test_validation_curves_draw_one_line_per_run_and_panel_per_platform():
     histories = pd.concat([_histories(curves, "cpu-a"), _histories(curves, "cpu-b")])
     runs = pd.DataFrame([{"platform": p, "run_id": r, "cfg_noise_std": 0.0 if r.startswith("noise0") else 1.0}
                          for p in ("cpu-a", "cpu-b") for r in curves])
-    fig = plots.validation_curves(histories, runs)
+    fig = study_figures.validation_curves(histories, runs)
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == ["cpu-a", "cpu-b"]
     for ax in axes:

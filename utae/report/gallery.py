@@ -1,5 +1,5 @@
 """What each corruption does at each severity: one clear date of one test patch, clean and corrupted, as RGB frames
-for :func:`utae.report.plots.corruption_gallery` (rows: kinds; columns: clean, then severities 1 to 5).
+for :func:`utae.report.study_figures.corruption_gallery` (rows: kinds; columns: clean, then severities 1 to 5).
 
 The corrupted frames are not stored by the runs: :func:`gallery_frames` draws them again from the run's dataset
 (``config.json``: ``dataset_root``, the test folds of ``fold``'s rotation, its ``norm_stats`` normalisation) with

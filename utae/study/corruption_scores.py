@@ -27,7 +27,7 @@ t-based 95% CI and p-value (``scipy.stats.ttest_1samp`` over the seed pairs), th
 the table (the corruption study's confirmatory family, :mod:`utae.study.inference`), and the power of the comparison:
 the standard deviation of the paired differences, the CI half-width the seeds give and the seeds needed to detect
 3 points. :func:`robustness_answer_text` says it in words, by the adjusted p-values; :func:`severity_curves` gives
-the mean and band over seeds of mIoU against severity (0 is the clean test) for :func:`utae.report.plots.corruption_curves`.
+the mean and band over seeds of mIoU against severity (0 is the clean test) for :func:`utae.report.study_figures.corruption_curves`.
 """
 
 from __future__ import annotations
