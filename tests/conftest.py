@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,12 @@ BASELINES_DIR = REPO_ROOT.parent / "shared" / "reference" / "baselines"
 #: seconds to tens of seconds (`make test-quick` runs ``-m "not slow"``); ``pytest.mark.long`` for the checks of a
 #: minute or more each (`make test` runs ``-m "not long"``; `make test-all`, what CI runs, includes them). A long
 #: test is slow too (see :func:`pytest_collection_modifyitems`).
-_MODULE_MARK = re.compile(r"^pytestmark\s*=(.*)$", re.MULTILINE)
+
+
+def _mark_names(node: ast.AST) -> set[str]:
+    """The ``pytest.mark.<name>`` names that an expression mentions (a mark, a list or tuple of marks)."""
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "mark" and isinstance(n.value.value, ast.Name) and n.value.value.id == "pytest"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,10 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-def _file_tiers(path: Path) -> set[str]:
-    """The tiers that a test file's module-level ``pytestmark`` line gives all its tests, read from its text."""
-    match = _MODULE_MARK.search(path.read_text(encoding="utf-8"))
-    tiers = set(re.findall(r"pytest\.mark\.(slow|long)\b", match.group(1))) if match else set()
+def file_tiers(path: Path) -> set[str]:
+    """The tiers (``slow``, ``long``) that a test file's module-level ``pytestmark`` gives all its tests, read from
+    the file's syntax tree (so that no formatting of the assignment, over several lines or as a list, changes
+    them); ``long`` implies ``slow``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tiers: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets) and node.value is not None:
+            tiers |= _mark_names(node.value) & {"slow", "long"}
     return tiers | {"slow"} if "long" in tiers else tiers
 
 
@@ -49,7 +60,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
     expression = (config.getoption("markexpr", "") or "").strip()
-    if expression in ("not slow", "not long") and expression[4:] in _file_tiers(collection_path):
+    if expression in ("not slow", "not long") and expression[4:] in file_tiers(collection_path):
         return True
     return None
 
