@@ -6,14 +6,27 @@ and functions, imported as ``from helpers import ...`` (pytest puts ``tests/`` o
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
+import io
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 from torch import nn
+
+from utae.config.run_config import run_config_fields
+from utae.pastis.metrics import scores
+from utae.rundir.paths import report_path, run_path
+from utae.util.atomic import to_jsonable
 
 
 def tiny_model(levels: int = 4, d_model: int = 16, lists: bool = False) -> dict[str, Any]:
@@ -107,3 +120,134 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max |a - b|`` as a float (the shapes must match)."""
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders written by hand (the files a finished run holds, with made-up numbers), snapshots, archives:
+# the exchange tests (export, import, its bounds, verify)
+# --------------------------------------------------------------------------------------------------
+
+FP_A = "a1a1a1a1a1a1"
+FP_B = "b2b2b2b2b2b2"
+PLAT = "cpu-test"
+RUN_FILES = ("config.json", "platform.json", "metrics.json", "history.csv", "confusion.npy", "predictions.npz")
+LOCAL_FILES = ("checkpoint.pt", "run.ipynb", ".lock", ".metrics.json.x1.tmp", "tensorboard/events.out.tfevents.1")
+HISTORY = ("epoch,train_loss,val_loss,train_oa,val_oa,train_miou,val_miou,sec_epoch\n"
+           "1,2.0,2.1,0.3,0.25,0.1,0.1,1.5\n2,1.5,1.6,0.5,0.45,0.2,0.15,1.25\n")
+
+
+def machine(fingerprint: str | None = FP_A, name: str = "Test CPU A") -> dict[str, Any]:
+    """A platform.json dict (legacy when ``fingerprint`` is None: no fingerprint key at all)."""
+    record = {"device": "cpu", "device_kind": "cpu", "device_name": name, "cpu_model": name, "cpu_arch": "x86_64",
+              "torch_version": "2.13.0+cpu", "platform_id": "cpu-test-a", "torch_threads": 1}
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
+    return record
+
+
+def make_run(results: Path, platform: str, run_id: str, *, seed: int = 0, record: dict[str, Any] | None = None,
+             report: bool = True, local_files: bool = True) -> Path:
+    """Write a finished run directory (and its report) with numbers drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    d = run_path(results, platform, run_id)
+    d.mkdir(parents=True)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in run_config_fields().items()}
+    config.update(dataset_root="data/synthetic_pastis", epochs=2, seed=seed, run_id=run_id, device="cpu",
+                  out_dir=f"results/runs/{platform}/{run_id}", progress=False)
+    cm = rng.integers(0, 50, size=(20, 20)).astype(np.int64)
+    clean = {k: v for k, v in to_jsonable(scores(cm)).items()}  # what a run writes: the scores of its matrix
+    noisy = to_jsonable(scores(cm + np.diag(-np.diag(cm) // 2)))  # fewer pixels right under noise
+    test = {**clean, "loss": 1.25}
+    metrics = {"run_id": run_id, "best_epoch": 2, "epochs_completed": 2, "n_train": 8, "n_val": 4, "n_test": 4,
+               "train": {"oa": 0.7, "miou": 0.4, "loss": 1.0}, "val": {**clean, "miou": float(rng.uniform())},
+               "test": test,
+               "test_noise": [{"std": 0.0, "oa": clean["oa"], "miou": clean["miou"], "iou": clean["iou"]},
+                              {"std": 1.0, "oa": noisy["oa"], "miou": noisy["miou"], "iou": noisy["iou"]}],
+               "timing": {"sec_per_epoch": 1.0}}
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    (d / "platform.json").write_text(json.dumps(record or machine(), indent=2))
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (d / "history.csv").write_text(HISTORY)
+    np.save(d / "confusion.npy", cm)
+    np.savez_compressed(d / "predictions.npz", rgb=rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
+                        target=rng.integers(0, 20, size=(2, 4, 4)), pred=rng.integers(0, 20, size=(2, 4, 4)),
+                        patch_id=np.arange(2))
+    if local_files:
+        for name in LOCAL_FILES:
+            (d / name).parent.mkdir(exist_ok=True)
+            (d / name).write_bytes(b"stays on this machine")
+    if report:
+        page = report_path(results, platform, run_id)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(f"<html>{platform}/{run_id} seed {seed}</html>")
+    return d
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with the SHA-256 of its bytes ("dir" for folders): what "unchanged" means."""
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*"))}
+
+
+def no_staging_left(results: Path) -> bool:
+    return not list(results.parent.glob(f".{results.name}.import-*"))
+
+
+def tar_members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def write_tar(archive: Path, files: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> Path:
+    """A .tar.gz of ``files`` (name -> bytes) plus special members (links, devices...)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info)
+    return archive
+
+
+# --------------------------------------------------------------------------------------------------
+# The tiny study, built once per session through make (the notebook and browser tests)
+# --------------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POINTS = ("noise0-seed0", "noise0.5-seed0")
+TINY_SWEEP = {
+    "name": "tiny",
+    "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
+    "fixed": tiny_sweep_fixed(),
+}
+RUN_FIGURES = 5  # training curves, per-class IoU, confusion matrix, patch grid, test-noise curve
+COMPARE_FIGURES = 6  # scores vs noise, validation curves, train x test noise, per-class heatmap, timing, seed spread
+
+
+def make(study: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `make <args>` in the repository on the study's tiny sweep, results and dataset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    cmd = ["make", "--no-print-directory", *args, f"SWEEP={study / 'tiny.yaml'}", f"RESULTS={study / 'results'}",
+           f"SYNTH_ROOT={study / 'data'}", f"PY={sys.executable}", "VENV_DEP="]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def build_study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
+    """Build the tiny study once per session (a marker file makes later calls return at once)."""
+    study = tmp_path_factory.getbasetemp() / "tiny study ü"  # make's paths are quoted
+    marker = study / "built.txt"
+    if marker.is_file():
+        return study
+    study.mkdir(exist_ok=True)
+    data = study / "data"
+    if not data.is_dir():
+        synthetic_pastis(copy_to=data, n_patches=10, size=32, t_range=(4, 6), seed=0)
+    (study / "tiny.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "dataset_root": str(data)}, sort_keys=False))
+    proc = make(study, "reproduce")  # points in parallel by default (one a core, one torch thread each)
+    marker.write_text(proc.stdout)
+    return study

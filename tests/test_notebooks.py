@@ -9,9 +9,7 @@ finished points and resumes an interrupted one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -19,47 +17,12 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-import yaml
 
-from helpers import tiny_sweep_fixed
+from helpers import COMPARE_FIGURES, POINTS, RUN_FIGURES, build_study, make
 
 pytestmark = pytest.mark.slow  # executes both notebooks through make
 REPO_ROOT = Path(__file__).resolve().parents[1]
-POINTS = ("noise0-seed0", "noise0.5-seed0")
-TINY_SWEEP = {
-    "name": "tiny",
-    "grid": {"noise_std": [0.0, 0.5], "seed": [0]},
-    "fixed": tiny_sweep_fixed(),
-}
-RUN_FIGURES = 5  # training curves, per-class IoU, confusion matrix, patch grid, test-noise curve
-COMPARE_FIGURES = 6  # scores vs noise, validation curves, train x test noise, per-class heatmap, timing, seed spread
 PNG = re.compile(r'<img[^>]+src="data:image/png;base64,')
-
-
-def make(study: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run `make <args>` in the repository on the study's tiny sweep, results and dataset."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    cmd = ["make", "--no-print-directory", *args, f"SWEEP={study / 'tiny.yaml'}", f"RESULTS={study / 'results'}",
-           f"SYNTH_ROOT={study / 'data'}", f"PY={sys.executable}", "VENV_DEP="]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def build_study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> Path:
-    """Build the tiny study once per session (a marker file makes later calls return at once)."""
-    study = tmp_path_factory.getbasetemp() / "tiny study ü"  # make's paths are quoted
-    marker = study / "built.txt"
-    if marker.is_file():
-        return study
-    study.mkdir(exist_ok=True)
-    data = study / "data"
-    if not data.is_dir():
-        synthetic_pastis(copy_to=data, n_patches=10, size=32, t_range=(4, 6), seed=0)
-    (study / "tiny.yaml").write_text(yaml.safe_dump({**TINY_SWEEP, "dataset_root": str(data)}, sort_keys=False))
-    proc = make(study, "reproduce")  # points in parallel by default (one a core, one torch thread each)
-    marker.write_text(proc.stdout)
-    return study
 
 
 @pytest.fixture(scope="session")

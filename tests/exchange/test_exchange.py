@@ -8,7 +8,6 @@ train notebook on a tiny sweep of one point and one epoch.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -26,24 +25,15 @@ from utae.exchange import export as archive_mod
 from utae.exchange import import_runs as merge
 from utae import cli as command_line
 from utae.exchange.export import ARCHIVE_ROOT, ExchangeError, export_runs
-from utae.util.atomic import to_jsonable
-from utae.config.run_config import run_config_fields
-from utae.pastis.metrics import scores
 from utae.config.sweepfile import REPO_ROOT
 from utae.exchange.import_runs import records_conflict
 from utae.exchange.verify import metric_values, verify, verify_failures
 from utae.rundir.paths import report_path, run_path
 
-from helpers import tiny_sweep_fixed
+from helpers import tiny_sweep_fixed, FP_A, FP_B, PLAT, RUN_FILES, HISTORY, machine, make_run, snapshot, no_staging_left, tar_members, write_tar
 
 pytestmark = pytest.mark.slow  # verify reruns a point in a notebook kernel
-FP_A = "a1a1a1a1a1a1"
-FP_B = "b2b2b2b2b2b2"
-PLAT = "cpu-test"
-RUN_FILES = ("config.json", "platform.json", "metrics.json", "history.csv", "confusion.npy", "predictions.npz")
-LOCAL_FILES = ("checkpoint.pt", "run.ipynb", ".lock", ".metrics.json.x1.tmp", "tensorboard/events.out.tfevents.1")
-HISTORY = ("epoch,train_loss,val_loss,train_oa,val_oa,train_miou,val_miou,sec_epoch\n"
-           "1,2.0,2.1,0.3,0.25,0.1,0.1,1.5\n2,1.5,1.6,0.5,0.45,0.2,0.15,1.25\n")
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,82 +46,6 @@ def import_runs(*args: Any, **kwargs: Any) -> merge.ImportReport:
     for them with ``reports=True``."""
     kwargs.setdefault("reports", False)
     return merge.import_runs(*args, **kwargs)
-
-
-def machine(fingerprint: str | None = FP_A, name: str = "Test CPU A") -> dict[str, Any]:
-    """A platform.json dict (legacy when ``fingerprint`` is None: no fingerprint key at all)."""
-    record = {"device": "cpu", "device_kind": "cpu", "device_name": name, "cpu_model": name, "cpu_arch": "x86_64",
-              "torch_version": "2.13.0+cpu", "platform_id": "cpu-test-a", "torch_threads": 1}
-    if fingerprint is not None:
-        record["fingerprint"] = fingerprint
-    return record
-
-
-def make_run(results: Path, platform: str, run_id: str, *, seed: int = 0, record: dict[str, Any] | None = None,
-             report: bool = True, local_files: bool = True) -> Path:
-    """Write a finished run directory (and its report) with numbers drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    d = run_path(results, platform, run_id)
-    d.mkdir(parents=True)
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in run_config_fields().items()}
-    config.update(dataset_root="data/synthetic_pastis", epochs=2, seed=seed, run_id=run_id, device="cpu",
-                  out_dir=f"results/runs/{platform}/{run_id}", progress=False)
-    cm = rng.integers(0, 50, size=(20, 20)).astype(np.int64)
-    clean = {k: v for k, v in to_jsonable(scores(cm)).items()}  # what a run writes: the scores of its matrix
-    noisy = to_jsonable(scores(cm + np.diag(-np.diag(cm) // 2)))  # fewer pixels right under noise
-    test = {**clean, "loss": 1.25}
-    metrics = {"run_id": run_id, "best_epoch": 2, "epochs_completed": 2, "n_train": 8, "n_val": 4, "n_test": 4,
-               "train": {"oa": 0.7, "miou": 0.4, "loss": 1.0}, "val": {**clean, "miou": float(rng.uniform())},
-               "test": test,
-               "test_noise": [{"std": 0.0, "oa": clean["oa"], "miou": clean["miou"], "iou": clean["iou"]},
-                              {"std": 1.0, "oa": noisy["oa"], "miou": noisy["miou"], "iou": noisy["iou"]}],
-               "timing": {"sec_per_epoch": 1.0}}
-    (d / "config.json").write_text(json.dumps(config, indent=2))
-    (d / "platform.json").write_text(json.dumps(record or machine(), indent=2))
-    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (d / "history.csv").write_text(HISTORY)
-    np.save(d / "confusion.npy", cm)
-    np.savez_compressed(d / "predictions.npz", rgb=rng.uniform(size=(2, 4, 4, 3)).astype(np.float32),
-                        target=rng.integers(0, 20, size=(2, 4, 4)), pred=rng.integers(0, 20, size=(2, 4, 4)),
-                        patch_id=np.arange(2))
-    if local_files:
-        for name in LOCAL_FILES:
-            (d / name).parent.mkdir(exist_ok=True)
-            (d / name).write_bytes(b"stays on this machine")
-    if report:
-        page = report_path(results, platform, run_id)
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(f"<html>{platform}/{run_id} seed {seed}</html>")
-    return d
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with the SHA-256 of its bytes ("dir" for folders): what "unchanged" means."""
-    if not root.exists():
-        return {}
-    return {p.relative_to(root).as_posix(): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*"))}
-
-
-def no_staging_left(results: Path) -> bool:
-    return not list(results.parent.glob(f".{results.name}.import-*"))
-
-
-def tar_members(archive: Path) -> dict[str, bytes]:
-    with tarfile.open(archive) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-
-
-def write_tar(archive: Path, files: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> Path:
-    """A .tar.gz of ``files`` (name -> bytes) plus special members (links, devices...)."""
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra:
-            tar.addfile(info)
-    return archive
 
 
 @pytest.fixture

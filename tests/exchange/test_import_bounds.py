@@ -26,7 +26,7 @@ from utae.sweep.orchestrate import run_all
 from utae.config.sweepfile import load_sweep
 from utae.exchange.verify import verify
 
-from test_exchange import PLAT, make_run, no_staging_left, snapshot, tar_members, write_tar
+from helpers import PLAT, make_run, no_staging_left, snapshot, tar_members, write_tar
 
 RUN = "noise0-seed0"
 

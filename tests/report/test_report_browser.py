@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
-from test_notebooks import COMPARE_FIGURES, RUN_FIGURES, build_study
+from helpers import COMPARE_FIGURES, RUN_FIGURES, build_study
 
 pytestmark = pytest.mark.slow  # builds the tiny study and loads its reports in headless Chromium
 CHROMIUM = Path("/usr/bin/chromium")

@@ -22,7 +22,6 @@ from utae.report import gallery as corruption_examples
 
 from utae.study import corruption_scores as cs
 
-from utae.report import plots
 from utae.report import study_figures
 
 from utae.study import runs as results

@@ -12,7 +12,6 @@ from scipy import stats
 
 from utae.study import platform_effect
 
-from utae.report import plots
 from utae.report import study_figures
 
 from utae.study import tables as study
