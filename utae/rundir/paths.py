@@ -79,11 +79,13 @@ ABSENT = "<absent>"
 
 
 class RunFolderError(ValueError):
-    """A run folder file that is missing, unreadable or malformed; the message names the file."""
+    """The one error of a run folder: a file that is missing, unreadable or malformed (the message names the file),
+    or, as :class:`RunDirError`, a folder that a run cannot use."""
 
 
-class RunDirError(ValueError):
-    """A run directory that this run cannot use: in use by another process, or holding another run."""
+class RunDirError(RunFolderError):
+    """A run folder that this run cannot use: in use by another process (:func:`lock_run_dir`), or holding another
+    run's config or checkpoint (:func:`utae.training.run.run`)."""
 
 
 class SkippedRunWarning(UserWarning):
