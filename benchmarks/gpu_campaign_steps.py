@@ -159,7 +159,8 @@ def smoke_steps(device: torch.device, widths: dict, shape: Shape) -> dict[str, s
 def env_check(json_path: Path, tiny: bool) -> int:
     """Write the environment record to ``json_path`` and print it; 1 when an import or a step failed."""
     device = resolve_device("auto")
-    modules = [f"utae.{m.name}" for m in pkgutil.iter_modules(utae.__path__) if not m.name.startswith("_")]
+    modules = [m.name for m in pkgutil.walk_packages(utae.__path__, "utae.")  # every module of every subpackage
+               if not m.name.rpartition(".")[2].startswith("_")]
     record: dict = {
         "python": sys.version.split()[0], "python_executable": sys.executable, "machine": _pyplatform.machine(),
         "torch": torch.__version__, "cuda": torch.version.cuda,

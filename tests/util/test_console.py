@@ -244,7 +244,8 @@ _HELD_DRIVER = '''
 import sys
 sys.path.insert(0, {here!r})
 from utae import cli
-from utae.executor import LocalExecutor, PointTask
+from utae.sweep.executor import PointTask
+from utae.sweep.local import LocalExecutor
 import slow_point
 
 def run_all_slowly(args):
