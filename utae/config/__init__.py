@@ -2,6 +2,7 @@
 field per notebook parameter (torch-free), and the one reader of the sweep files ``params/*.yaml`` and of
 ``--set`` values (:mod:`~utae.config.sweepfile`).
 
-Layer 4: may import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb.kinds` and
+May import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb.kinds` and
 :mod:`utae.models.registry` (torch-free modules).
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -2,5 +2,6 @@
 import that never overwrites (:mod:`~utae.exchange.import_runs`), and verify, a rerun here compared number by
 number (:mod:`~utae.exchange.verify`).
 
-Layer 9: may import every layer below.
+May import every subpackage but :mod:`utae.training`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

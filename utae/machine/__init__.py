@@ -2,5 +2,6 @@
 ``nvidia-smi`` (:mod:`~utae.machine.probe`), and the run's platform record, its name and fingerprint, the device a
 run resolves to and its peak memory (:mod:`~utae.machine.record`, ``platform.json``).
 
-Layer 3: may import :mod:`utae.util` only.
+May import :mod:`utae.util` only.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -5,5 +5,6 @@ parts as the official code names them: hand-written autograd ops (:mod:`~utae.mo
 (:mod:`~utae.models.blocks`), the L-TAE (:mod:`~utae.models.ltae`) and the U-Net around it
 (:mod:`~utae.models.utae`).
 
-Layer 3: may import :mod:`utae.util` only. The registry itself is torch-free.
+May import :mod:`utae.util` only. The registry itself is torch-free.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

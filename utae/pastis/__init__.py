@@ -4,5 +4,6 @@ its collate function (:mod:`~utae.pastis.dataset`), the format checks (:mod:`~ut
 synthetic PASTIS in exactly that format (:mod:`~utae.pastis.synthetic`) and the segmentation metrics of its
 protocol, void ignored (:mod:`~utae.pastis.metrics`).
 
-Layer 2: may import :mod:`utae.util` only.
+May import :mod:`utae.util` only.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

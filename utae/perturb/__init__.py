@@ -3,5 +3,6 @@ vocabulary, kinds, severities and config values (:mod:`~utae.perturb.kinds`, tor
 (:mod:`~utae.perturb.corruptions`) and the training-time dataset wrappers that apply them to a fraction of the
 samples (:mod:`~utae.perturb.wrappers`).
 
-Layer 3: may import :mod:`utae.util` and :mod:`utae.pastis`.
+May import :mod:`utae.util` and :mod:`utae.pastis`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -2,5 +2,7 @@
 (:mod:`~utae.report.pages`), an imported run's page (:mod:`~utae.report.run_page`), the notebooks' one-call set-up
 (:mod:`~utae.report.notebook`) and the corruption gallery (:mod:`~utae.report.gallery`).
 
-Layer 7: may import every layer below but :mod:`utae.training`'s loop.
+May import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb`, :mod:`utae.config`, :mod:`utae.rundir` and
+:mod:`utae.study`; never :mod:`utae.training`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -2,5 +2,6 @@
 finished run has (:mod:`~utae.rundir.paths`), the validating readers and consistency checks
 (:mod:`~utae.rundir.readers`) and the same-run rule (:mod:`~utae.rundir.same_run`).
 
-Layer 5: may import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.config` and :mod:`utae.machine`.
+May import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb`, :mod:`utae.machine` and :mod:`utae.config`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -3,6 +3,7 @@ comparison's tables (:mod:`~utae.study.tables`), the corruption scores (:mod:`~u
 the platform effect (:mod:`~utae.study.platform_effect`) and the one loader the compare notebook calls
 (:mod:`~utae.study.loading`). Statistics come from scipy and statsmodels.
 
-Layer 6: may import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb.kinds`, :mod:`utae.config` and
+May import :mod:`utae.util`, :mod:`utae.pastis`, :mod:`utae.perturb.kinds`, :mod:`utae.config` and
 :mod:`utae.rundir`; never :mod:`utae.training`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -5,5 +5,7 @@ official and initial weights (:mod:`~utae.training.weights`), several processes
 (:mod:`~utae.training.distributed`), live curves (:mod:`~utae.training.tensorboard_log`) and
 :func:`~utae.training.run.run` itself.
 
-Layer 6: may import every layer below (util, pastis, perturb, models, machine, config, rundir).
+May import :mod:`utae.util`, :mod:`utae.models`, :mod:`utae.machine`, :mod:`utae.pastis`, :mod:`utae.perturb`,
+:mod:`utae.config` and :mod:`utae.rundir`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """

@@ -3,5 +3,6 @@ files read with bounded memory (:mod:`~utae.util.arrays`), type checks and the o
 (:mod:`~utae.util.checks`), number formatting for reports (:mod:`~utae.util.format`) and the logging set-up of the
 command lines (:mod:`~utae.util.console`).
 
-Layer 1 of the package: imports nothing of :mod:`utae`.
+The bottom layer: imports nothing of :mod:`utae`.
+The table of layers: docs/package.md (checked by tests/test_layers.py).
 """
