@@ -117,7 +117,19 @@ def resolve_builder(name: str) -> Callable[..., Any]:
 
 
 def _parameters(builder: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(builder).parameters)
+    """The keyword parameters of a builder. A class whose ``__init__`` passes ``**kwargs`` on to its base gets the
+    base's parameters too (its own first), so that a subclass that only changes defaults keeps its options."""
+    params = dict(inspect.signature(builder).parameters)
+    if isinstance(builder, type):
+        for base in builder.__mro__[1:]:
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or base is object:
+                break
+            if "__init__" in vars(base):
+                own = {k: v for k, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}
+                base_params = dict(inspect.signature(base.__init__).parameters)
+                base_params.pop("self", None)
+                params = {**base_params, **own}
+    return params
 
 
 def check_model_options(name: str, options: Mapping[str, Any]) -> None:
