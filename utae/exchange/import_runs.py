@@ -349,8 +349,6 @@ def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | 
     """Check, compare and move one staged run; records the outcome in ``report``. ``known`` caches the
     machine records of each destination platform folder, the runs accepted so far included. With ``reports``
     the run's HTML report is rendered from its files (:func:`utae.report.run_page.render_run_page`) where none is."""
-    from utae.machine.record import describe_record  # imports torch: only when runs are imported
-
     label = f"{dest_plat}/{run_id}"
     shown = f"runs/{plat}/{run_id}"
     try:
@@ -371,27 +369,11 @@ def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | 
                                             title=f"U-TAE run {dest_plat}/{run_id}")
         if dest_plat not in known:
             known[dest_plat] = _existing_records(dest_root / "runs" / dest_plat)
-        for existing, other_run in known[dest_plat].values():
-            if records_conflict(record, existing):
-                raise _Refused(
-                    f"{dest_root / 'runs' / dest_plat} holds runs of {describe_record(existing)} (e.g. {other_run}), "
-                    f"but {shown} was made on {describe_record(record)}: another machine. Import it under its own "
-                    f"platform name: --as {_suggest_name(dest_root, dest_plat, record)}")
+        _check_same_machine(record, known[dest_plat], dest_root, dest_plat, shown)
         dest = run_path(dest_root, dest_plat, run_id)
         dest_report = report_path(dest_root, dest_plat, run_id)
         if dest.exists() or dest.is_symlink():
-            differ = result_differences(staged, dest)
-            if differ:
-                raise _Refused(f"{dest} already holds another run of that id ({', '.join(differ)} differ); it is never "
-                               "overwritten. Remove it first, or import under another platform name with --as NAME")
-            report.skipped.append(label)
-            added = ""
-            if staged_report is not None and not dest_report.exists():
-                _make_dirs(dest_report.parent)
-                _place_file(staged_report, dest_report)
-                report.reports.append(str(dest_report.relative_to(dest_root)))
-                added = "; its missing report added"
-            log.info(f"[import] skipped {label}: identical to the run already in {dest_root}{added}")
+            _skip_identical(report, label, staged, dest, staged_report, dest_report, dest_root)
             return
         if not dry_run:
             if _move_run(staged, dest, staged_report, dest_report):
@@ -407,3 +389,33 @@ def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | 
         log.info(f"[import] REFUSED {label}: {exc}")
 
 
+def _check_same_machine(record: Mapping[str, Any], existing: Mapping[str, tuple[dict[str, Any], str]],
+                        dest_root: Path, dest_plat: str, shown: str) -> None:
+    """Refuse a run whose machine (``record``) conflicts with one of the ``existing`` records of the destination
+    platform folder (:func:`records_conflict`), suggesting a ``--as`` name."""
+    from utae.machine.record import describe_record  # imports torch: only when runs are imported
+
+    for other, other_run in existing.values():
+        if records_conflict(record, other):
+            raise _Refused(
+                f"{dest_root / 'runs' / dest_plat} holds runs of {describe_record(other)} (e.g. {other_run}), "
+                f"but {shown} was made on {describe_record(record)}: another machine. Import it under its own "
+                f"platform name: --as {_suggest_name(dest_root, dest_plat, record)}")
+
+
+def _skip_identical(report: ImportReport, label: str, staged: Path, dest: Path, staged_report: Path | None,
+                    dest_report: Path, dest_root: Path) -> None:
+    """A run whose id is taken at ``dest``: skipped when its results are the same (its report added when the
+    destination lacks one), refused otherwise."""
+    differ = result_differences(staged, dest)
+    if differ:
+        raise _Refused(f"{dest} already holds another run of that id ({', '.join(differ)} differ); it is never "
+                       "overwritten. Remove it first, or import under another platform name with --as NAME")
+    report.skipped.append(label)
+    added = ""
+    if staged_report is not None and not dest_report.exists():
+        _make_dirs(dest_report.parent)
+        _place_file(staged_report, dest_report)
+        report.reports.append(str(dest_report.relative_to(dest_root)))
+        added = "; its missing report added"
+    log.info(f"[import] skipped {label}: identical to the run already in {dest_root}{added}")
