@@ -422,6 +422,46 @@ def _notes(left_out: Mapping[str, int], source: PathLike) -> list[str]:
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 
+def _archive_headers(tar: tarfile.TarFile, archive: Path, max_bytes: int) -> list[tarfile.TarInfo]:
+    """Every member of ``tar``, read header by header (an oversized member is never read): each safe
+    (:func:`_check_member`), at most :data:`MAX_MEMBERS`, each file at most :data:`MAX_MEMBER_BYTES` and all at
+    most ``max_bytes``."""
+    members: list[tarfile.TarInfo] = []
+    declared = 0
+    try:
+        while (member := tar.next()) is not None:  # header by header: an oversized member is never read
+            _check_member(archive, member)
+            if len(members) >= MAX_MEMBERS:
+                raise ExchangeError(f"{archive}: more than {MAX_MEMBERS} members; refused (nothing was "
+                                    "extracted)")
+            if member.isfile():
+                declared += member.size
+                if member.size > MAX_MEMBER_BYTES:
+                    raise ExchangeError(f"{archive}: member {member.name!r} declares {human_bytes(member.size)}"
+                                        f", over the limit of {human_bytes(MAX_MEMBER_BYTES)} a member; refused "
+                                        "(nothing was extracted)")
+                if declared > max_bytes:
+                    raise ExchangeError(f"{archive}: its members hold more than {human_bytes(max_bytes)} in all "
+                                        f"(at {member.name!r}), the limit of an import; refused (nothing was "
+                                        "extracted)")
+            members.append(member)
+    except _TAR_ERRORS as exc:
+        raise ExchangeError(f"{archive}: corrupt tar archive ({exc})") from exc
+    return members
+
+
+def _archive_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None, archive: Path) -> dict[str, Any] | None:
+    """The archive's manifest (:func:`parse_manifest`) from its ``member``; None without one."""
+    if member is None:
+        return None
+    try:
+        handle = tar.extractfile(member)
+        data = handle.read(MAX_MANIFEST_BYTES + 1) if handle is not None else b""
+    except _TAR_ERRORS as exc:
+        raise ExchangeError(f"{archive}: cannot read {MANIFEST_NAME} ({exc})") from exc
+    return parse_manifest(data, f"{archive}: {MANIFEST_NAME}")
+
+
 def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES) -> Staged:
     """Check every member of ``archive`` from its header, then extract the run files of the runs that pass under
     ``stage``.
@@ -440,39 +480,12 @@ def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES)
     except _TAR_ERRORS as exc:
         raise ExchangeError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tar:
-        members: list[tarfile.TarInfo] = []
-        declared = 0
-        try:
-            while (member := tar.next()) is not None:  # header by header: an oversized member is never read
-                _check_member(archive, member)
-                if len(members) >= MAX_MEMBERS:
-                    raise ExchangeError(f"{archive}: more than {MAX_MEMBERS} members; refused (nothing was "
-                                        "extracted)")
-                if member.isfile():
-                    declared += member.size
-                    if member.size > MAX_MEMBER_BYTES:
-                        raise ExchangeError(f"{archive}: member {member.name!r} declares {human_bytes(member.size)}"
-                                            f", over the limit of {human_bytes(MAX_MEMBER_BYTES)} a member; refused "
-                                            "(nothing was extracted)")
-                    if declared > max_bytes:
-                        raise ExchangeError(f"{archive}: its members hold more than {human_bytes(max_bytes)} in all "
-                                            f"(at {member.name!r}), the limit of an import; refused (nothing was "
-                                            "extracted)")
-                members.append(member)
-        except _TAR_ERRORS as exc:
-            raise ExchangeError(f"{archive}: corrupt tar archive ({exc})") from exc
+        members = _archive_headers(tar, archive, max_bytes)
         files = [m for m in members if m.isfile()]
         parts = [PurePosixPath(m.name).parts for m in files]
         root, staged, unknown, left_out = _plan([(p, m.size) for p, m in zip(parts, files)], archive, max_bytes)
         by_rel = {p[len(root):]: m for p, m in zip(parts, files) if p[:len(root)] == root}
-        manifest = None
-        if (MANIFEST_NAME,) in by_rel:
-            try:
-                handle = tar.extractfile(by_rel[(MANIFEST_NAME,)])
-                data = handle.read(MAX_MANIFEST_BYTES + 1) if handle is not None else b""
-            except _TAR_ERRORS as exc:
-                raise ExchangeError(f"{archive}: cannot read {MANIFEST_NAME} ({exc})") from exc
-            manifest = parse_manifest(data, f"{archive}: {MANIFEST_NAME}")
+        manifest = _archive_manifest(tar, by_rel.get((MANIFEST_NAME,)), archive)
         refused = _refusals(staged, unknown, manifest)
         selected = [by_rel[rel] for rel in staged if rel[0] != "runs" or (rel[1], rel[2]) not in refused]
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4+ / 3.10.12+
