@@ -331,20 +331,11 @@ def load_sweep(
     """
     path = Path(path)
     env = os.environ if env is None else env
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SweepError(f"sweep file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from None
-    doc = read_yaml(text, source=path)
-    if not isinstance(doc, dict):
-        raise SweepError(f"{path}: a sweep file must be a YAML mapping (fixed:, grid:), got {type(doc).__name__}")
+    doc = _read_sweep_doc(path)
     nb_path = Path(notebook) if notebook is not None else Path(doc.get("notebook") or TRAIN_NOTEBOOK)
     if not nb_path.is_absolute() and not nb_path.is_file():
         nb_path = REPO_ROOT / nb_path
-    nb_params = notebook_parameters(nb_path)
-    valid = set(nb_params)
+    valid = set(notebook_parameters(nb_path))
     if check_run_config:
         valid &= set(run_config_fields())
 
@@ -354,33 +345,8 @@ def load_sweep(
         raise SweepError(f"{path}: 'fixed' must be a mapping of parameter: value, got {type(fixed_raw).__name__}")
     if not isinstance(grid_raw, dict):
         raise SweepError(f"{path}: 'grid' must be a mapping of parameter: [values], got {type(grid_raw).__name__}")
-    fixed: dict[str, Any] = {}
-    for key, value in doc.items():  # top-level RunConfig fields are fixed values
-        if key in _META_KEYS:
-            continue
-        if key not in valid:
-            raise _unknown_key_error(path, "the top level", str(key), sorted(valid | _META_KEYS), nb_path)
-        fixed[key] = value
-    for key, value in fixed_raw.items():
-        if key not in valid:
-            raise _unknown_key_error(path, "fixed", str(key), sorted(valid), nb_path)
-        if key in fixed:
-            raise SweepError(f"{path}: {key!r} is given both at the top level and in fixed")
-        fixed[key] = value
-    grid: dict[str, list[Any]] = {}
-    cases: dict[str, dict[str, dict[str, Any]]] = {}
-    for key, values in grid_raw.items():
-        if key not in valid and isinstance(values, dict):
-            cases[str(key)] = _read_cases(path, str(key), values, valid, nb_path)
-            grid[str(key)] = list(cases[str(key)])
-            continue
-        if key not in valid:
-            raise _unknown_key_error(path, "grid", str(key), sorted(valid), nb_path)
-        if key in fixed:
-            raise SweepError(f"{path}: {key!r} is both fixed and in the grid; keep one")
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
-        grid[key] = values
+    fixed = _read_fixed(path, doc, fixed_raw, valid, nb_path)
+    grid, cases = _read_grid(path, grid_raw, fixed, valid, nb_path)
     single_run = "fixed" not in doc and "grid" not in doc  # a file of one run may name its out_dir and run_id
     case_fields = _check_case_fields(path, cases, grid)
     for key in () if single_run else _SET_BY_SWEEP:
@@ -393,18 +359,87 @@ def load_sweep(
     timeout = doc.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
-    synthetic = doc.get("synthetic")
-    if synthetic is not None:
-        if not isinstance(synthetic, dict):
-            raise SweepError(f"{path}: 'synthetic' must be a mapping of generator options (e.g. t_range: [10, 14]), "
-                             f"got {type(synthetic).__name__}")
-        try:
-            synthetic = generator_options(synthetic, source=f"{path}: synthetic")
-        except ValueError as exc:
-            raise SweepError(str(exc)) from None
-        if "dataset_root" in grid or "dataset_root" in case_fields:
-            raise SweepError(f"{path}: 'synthetic' describes one dataset_root; it cannot be combined with "
-                             "dataset_root in the grid")
+    synthetic = _read_synthetic(path, doc.get("synthetic"), grid, case_fields)
+    points = _grid_points(path, fixed, grid, cases)
+    return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
+                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points),
+                 synthetic=synthetic, cases=cases)
+
+
+def _read_sweep_doc(path: Path) -> dict[Any, Any]:
+    """The sweep file's YAML mapping; a SweepError names the file when it is missing, unreadable or no mapping."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SweepError(f"sweep file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SweepError(f"{path}: cannot read the sweep file: {exc}") from None
+    doc = read_yaml(text, source=path)
+    if not isinstance(doc, dict):
+        raise SweepError(f"{path}: a sweep file must be a YAML mapping (fixed:, grid:), got {type(doc).__name__}")
+    return doc
+
+
+def _read_fixed(path: Path, doc: Mapping[Any, Any], fixed_raw: Mapping[Any, Any], valid: set[str],
+                notebook: Path) -> dict[str, Any]:
+    """The fixed values: the top-level fields, then those of ``fixed:`` (a field may be in one place only)."""
+    fixed: dict[str, Any] = {}
+    for key, value in doc.items():  # top-level RunConfig fields are fixed values
+        if key in _META_KEYS:
+            continue
+        if key not in valid:
+            raise _unknown_key_error(path, "the top level", str(key), sorted(valid | _META_KEYS), notebook)
+        fixed[key] = value
+    for key, value in fixed_raw.items():
+        if key not in valid:
+            raise _unknown_key_error(path, "fixed", str(key), sorted(valid), notebook)
+        if key in fixed:
+            raise SweepError(f"{path}: {key!r} is given both at the top level and in fixed")
+        fixed[key] = value
+    return fixed
+
+
+def _read_grid(path: Path, grid_raw: Mapping[Any, Any], fixed: Mapping[str, Any], valid: set[str],
+               notebook: Path) -> tuple[dict[str, list[Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """The grid (key -> its values; a case key -> its labels) and the cases (case key -> label -> fields)."""
+    grid: dict[str, list[Any]] = {}
+    cases: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, values in grid_raw.items():
+        if key not in valid and isinstance(values, dict):
+            cases[str(key)] = _read_cases(path, str(key), values, valid, notebook)
+            grid[str(key)] = list(cases[str(key)])
+            continue
+        if key not in valid:
+            raise _unknown_key_error(path, "grid", str(key), sorted(valid), notebook)
+        if key in fixed:
+            raise SweepError(f"{path}: {key!r} is both fixed and in the grid; keep one")
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
+        grid[key] = values
+    return grid, cases
+
+
+def _read_synthetic(path: Path, synthetic: Any, grid: Mapping[str, list[Any]],
+                    case_fields: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ``synthetic:`` key as full generator options (None when absent); it excludes a grid of dataset_root."""
+    if synthetic is None:
+        return None
+    if not isinstance(synthetic, dict):
+        raise SweepError(f"{path}: 'synthetic' must be a mapping of generator options (e.g. t_range: [10, 14]), "
+                         f"got {type(synthetic).__name__}")
+    try:
+        synthetic = generator_options(synthetic, source=f"{path}: synthetic")
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
+    if "dataset_root" in grid or "dataset_root" in case_fields:
+        raise SweepError(f"{path}: 'synthetic' describes one dataset_root; it cannot be combined with "
+                         "dataset_root in the grid")
+    return synthetic
+
+
+def _grid_points(path: Path, fixed: Mapping[str, Any], grid: Mapping[str, list[Any]],
+                 cases: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[SweepPoint]:
+    """The points of the grid's Cartesian product, in grid order; two points with one run id are an error."""
     points = []
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*grid.values()):
@@ -417,9 +452,7 @@ def load_sweep(
         for key, value in values.items():
             params.update(cases[key][value] if key in cases else {key: value})
         points.append(SweepPoint(run_id=run_id, params=params, grid_values=values))
-    return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
-                 notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points),
-                 synthetic=synthetic, cases=cases)
+    return points
 
 
 def _read_cases(path: Path, key: str, values: dict, valid: set[str], notebook: Path) -> dict[str, dict[str, Any]]:

@@ -179,14 +179,7 @@ def export_runs(
     """
     root = Path(results)
     runs_root = root / "runs"
-    if not runs_root.is_dir():
-        raise ExchangeError(f"{runs_root}: no such folder, nothing to export")
-    available = [p.name for p in subdirs(runs_root)]
-    chosen = available if platforms is None else list(dict.fromkeys(platforms))
-    unknown = [p for p in chosen if p not in available]
-    if unknown:
-        raise ExchangeError(f"{runs_root}: no platform folder {', '.join(map(repr, unknown))}; "
-                            f"platforms: {', '.join(available) or 'none'}")
+    chosen = _chosen_platforms(runs_root, platforms)
     out = Path(output)
     if not out.name.endswith((".tar.gz", ".tgz")):
         out = out.with_name(out.name + ".tar.gz")
@@ -195,35 +188,9 @@ def export_runs(
     members: list[tuple[str, bytes, float]] = []  # (member name, bytes, mtime)
     meta_platforms: dict[str, Any] = {}
     for plat in chosen:
-        run_ids: list[str] = []
-        machines: dict[str, dict[str, Any]] = {}
-        for run_dir in subdirs(runs_root / plat):
-            if not is_finished(run_dir):
-                log.info(f"[export] {plat}/{run_dir.name}: unfinished (no metrics.json), left out")
-                continue
-            for file in sorted(run_dir.iterdir()):
-                if is_excluded(file.name):
-                    continue
-                if file.is_symlink():
-                    raise ExchangeError(f"{file}: a link in a run directory; results hold plain files only")
-                if not file.is_file():
-                    log.info(f"[export] {file}: not a plain file, left out")
-                    continue
-                members.append((f"{ARCHIVE_ROOT}/runs/{plat}/{run_dir.name}/{file.name}", file.read_bytes(),
-                                file.stat().st_mtime))
-            report = report_path(root, plat, run_dir.name)
-            if report.is_file() and not report.is_symlink():
-                members.append((f"{ARCHIVE_ROOT}/reports/{plat}/{report.name}", report.read_bytes(),
-                                report.stat().st_mtime))
-            run_ids.append(run_dir.name)
-            record_file = run_dir / "platform.json"
-            record = read_json(record_file) if record_file.is_file() else {}
-            fingerprint, machine = _identity(record if isinstance(record, Mapping) else {})
-            entry = machines.setdefault(f"{fingerprint}|{machine}",
-                                        {"fingerprint": fingerprint, "machine": machine, "runs": []})
-            entry["runs"].append(run_dir.name)
-        if run_ids:
-            meta_platforms[plat] = {"runs": run_ids, "machines": list(machines.values())}
+        meta = _export_platform(root, plat, members)
+        if meta is not None:
+            meta_platforms[plat] = meta
     if not meta_platforms:
         raise ExchangeError(f"{runs_root}: no finished run (with metrics.json) to export in "
                             f"{', '.join(chosen) or 'no platform'}")
@@ -237,6 +204,67 @@ def export_runs(
         "platforms": meta_platforms,
         "files": {name: _sha256_bytes(data) for name, data, _ in members},
     }
+    atomic_write_bytes(out, _tar_gz(manifest, members))
+    n_runs = sum(len(p["runs"]) for p in meta_platforms.values())
+    log.info(f"[export] {n_runs} run(s) of {', '.join(meta_platforms)} ({len(members)} files) -> {out}")
+    return out
+
+
+def _chosen_platforms(runs_root: Path, platforms: Sequence[str] | None) -> list[str]:
+    """The platforms to export (all folders of ``runs_root``, or ``platforms`` without repeats), each checked."""
+    if not runs_root.is_dir():
+        raise ExchangeError(f"{runs_root}: no such folder, nothing to export")
+    available = [p.name for p in subdirs(runs_root)]
+    chosen = available if platforms is None else list(dict.fromkeys(platforms))
+    unknown = [p for p in chosen if p not in available]
+    if unknown:
+        raise ExchangeError(f"{runs_root}: no platform folder {', '.join(map(repr, unknown))}; "
+                            f"platforms: {', '.join(available) or 'none'}")
+    return chosen
+
+
+def _export_platform(root: Path, plat: str, members: list[tuple[str, bytes, float]]) -> dict[str, Any] | None:
+    """Append the members of the finished runs of platform ``plat`` to ``members``; return its manifest entry
+    (``{"runs", "machines"}``), or None when it has no finished run."""
+    run_ids: list[str] = []
+    machines: dict[str, dict[str, Any]] = {}
+    for run_dir in subdirs(root / "runs" / plat):
+        if not is_finished(run_dir):
+            log.info(f"[export] {plat}/{run_dir.name}: unfinished (no metrics.json), left out")
+            continue
+        members.extend(_run_members(root, plat, run_dir))
+        run_ids.append(run_dir.name)
+        record_file = run_dir / "platform.json"
+        record = read_json(record_file) if record_file.is_file() else {}
+        fingerprint, machine = _identity(record if isinstance(record, Mapping) else {})
+        entry = machines.setdefault(f"{fingerprint}|{machine}",
+                                    {"fingerprint": fingerprint, "machine": machine, "runs": []})
+        entry["runs"].append(run_dir.name)
+    return {"runs": run_ids, "machines": list(machines.values())} if run_ids else None
+
+
+def _run_members(root: Path, plat: str, run_dir: Path) -> list[tuple[str, bytes, float]]:
+    """The ``(member name, bytes, mtime)`` of a finished run: its run files, then its report where present."""
+    members = []
+    for file in sorted(run_dir.iterdir()):
+        if is_excluded(file.name):
+            continue
+        if file.is_symlink():
+            raise ExchangeError(f"{file}: a link in a run directory; results hold plain files only")
+        if not file.is_file():
+            log.info(f"[export] {file}: not a plain file, left out")
+            continue
+        members.append((f"{ARCHIVE_ROOT}/runs/{plat}/{run_dir.name}/{file.name}", file.read_bytes(),
+                        file.stat().st_mtime))
+    report = report_path(root, plat, run_dir.name)
+    if report.is_file() and not report.is_symlink():
+        members.append((f"{ARCHIVE_ROOT}/reports/{plat}/{report.name}", report.read_bytes(),
+                        report.stat().st_mtime))
+    return members
+
+
+def _tar_gz(manifest: Mapping[str, Any], members: Sequence[tuple[str, bytes, float]]) -> bytes:
+    """The archive's bytes: the manifest first, then ``members``; owners anonymous, mode 0644."""
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
@@ -247,10 +275,7 @@ def export_runs(
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    atomic_write_bytes(out, buffer.getvalue())
-    n_runs = sum(len(p["runs"]) for p in meta_platforms.values())
-    log.info(f"[export] {n_runs} run(s) of {', '.join(meta_platforms)} ({len(members)} files) -> {out}")
-    return out
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -397,6 +422,46 @@ def _notes(left_out: Mapping[str, int], source: PathLike) -> list[str]:
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 
+def _archive_headers(tar: tarfile.TarFile, archive: Path, max_bytes: int) -> list[tarfile.TarInfo]:
+    """Every member of ``tar``, read header by header (an oversized member is never read): each safe
+    (:func:`_check_member`), at most :data:`MAX_MEMBERS`, each file at most :data:`MAX_MEMBER_BYTES` and all at
+    most ``max_bytes``."""
+    members: list[tarfile.TarInfo] = []
+    declared = 0
+    try:
+        while (member := tar.next()) is not None:  # header by header: an oversized member is never read
+            _check_member(archive, member)
+            if len(members) >= MAX_MEMBERS:
+                raise ExchangeError(f"{archive}: more than {MAX_MEMBERS} members; refused (nothing was "
+                                    "extracted)")
+            if member.isfile():
+                declared += member.size
+                if member.size > MAX_MEMBER_BYTES:
+                    raise ExchangeError(f"{archive}: member {member.name!r} declares {human_bytes(member.size)}"
+                                        f", over the limit of {human_bytes(MAX_MEMBER_BYTES)} a member; refused "
+                                        "(nothing was extracted)")
+                if declared > max_bytes:
+                    raise ExchangeError(f"{archive}: its members hold more than {human_bytes(max_bytes)} in all "
+                                        f"(at {member.name!r}), the limit of an import; refused (nothing was "
+                                        "extracted)")
+            members.append(member)
+    except _TAR_ERRORS as exc:
+        raise ExchangeError(f"{archive}: corrupt tar archive ({exc})") from exc
+    return members
+
+
+def _archive_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None, archive: Path) -> dict[str, Any] | None:
+    """The archive's manifest (:func:`parse_manifest`) from its ``member``; None without one."""
+    if member is None:
+        return None
+    try:
+        handle = tar.extractfile(member)
+        data = handle.read(MAX_MANIFEST_BYTES + 1) if handle is not None else b""
+    except _TAR_ERRORS as exc:
+        raise ExchangeError(f"{archive}: cannot read {MANIFEST_NAME} ({exc})") from exc
+    return parse_manifest(data, f"{archive}: {MANIFEST_NAME}")
+
+
 def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES) -> Staged:
     """Check every member of ``archive`` from its header, then extract the run files of the runs that pass under
     ``stage``.
@@ -415,39 +480,12 @@ def stage_archive(archive: Path, stage: Path, max_bytes: int = MAX_IMPORT_BYTES)
     except _TAR_ERRORS as exc:
         raise ExchangeError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tar:
-        members: list[tarfile.TarInfo] = []
-        declared = 0
-        try:
-            while (member := tar.next()) is not None:  # header by header: an oversized member is never read
-                _check_member(archive, member)
-                if len(members) >= MAX_MEMBERS:
-                    raise ExchangeError(f"{archive}: more than {MAX_MEMBERS} members; refused (nothing was "
-                                        "extracted)")
-                if member.isfile():
-                    declared += member.size
-                    if member.size > MAX_MEMBER_BYTES:
-                        raise ExchangeError(f"{archive}: member {member.name!r} declares {human_bytes(member.size)}"
-                                            f", over the limit of {human_bytes(MAX_MEMBER_BYTES)} a member; refused "
-                                            "(nothing was extracted)")
-                    if declared > max_bytes:
-                        raise ExchangeError(f"{archive}: its members hold more than {human_bytes(max_bytes)} in all "
-                                            f"(at {member.name!r}), the limit of an import; refused (nothing was "
-                                            "extracted)")
-                members.append(member)
-        except _TAR_ERRORS as exc:
-            raise ExchangeError(f"{archive}: corrupt tar archive ({exc})") from exc
+        members = _archive_headers(tar, archive, max_bytes)
         files = [m for m in members if m.isfile()]
         parts = [PurePosixPath(m.name).parts for m in files]
         root, staged, unknown, left_out = _plan([(p, m.size) for p, m in zip(parts, files)], archive, max_bytes)
         by_rel = {p[len(root):]: m for p, m in zip(parts, files) if p[:len(root)] == root}
-        manifest = None
-        if (MANIFEST_NAME,) in by_rel:
-            try:
-                handle = tar.extractfile(by_rel[(MANIFEST_NAME,)])
-                data = handle.read(MAX_MANIFEST_BYTES + 1) if handle is not None else b""
-            except _TAR_ERRORS as exc:
-                raise ExchangeError(f"{archive}: cannot read {MANIFEST_NAME} ({exc})") from exc
-            manifest = parse_manifest(data, f"{archive}: {MANIFEST_NAME}")
+        manifest = _archive_manifest(tar, by_rel.get((MANIFEST_NAME,)), archive)
         refused = _refusals(staged, unknown, manifest)
         selected = [by_rel[rel] for rel in staged if rel[0] != "runs" or (rel[1], rel[2]) not in refused]
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4+ / 3.10.12+

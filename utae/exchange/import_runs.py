@@ -266,26 +266,12 @@ def import_runs(
     """
     source = Path(src)
     dest_root = Path(results)
-    if not source.exists():
-        raise ExchangeError(f"{source}: no such archive or folder")
-    if as_platform is not None:
-        try:
-            safe_path_name(as_platform, "--as")
-        except ValueError as exc:
-            raise ExchangeError(str(exc)) from None
-    if dest_root.exists() and not dest_root.is_dir():
-        raise ExchangeError(f"{dest_root}: not a folder")
+    _check_import_args(source, dest_root, as_platform)
     report = ImportReport(source=str(source), results=str(dest_root), dry_run=dry_run)
     dest_root.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=dest_root.parent, prefix=f".{dest_root.name}.import-"))
     try:
-        staged: Staged
-        if source.is_dir():
-            staged = stage_folder(source, stage, max_bytes)
-        elif source.name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(source):
-            staged = stage_archive(source, stage, max_bytes)
-        else:
-            raise ExchangeError(f"{source}: neither a folder nor a .tar.gz/.tgz/.tar archive")
+        staged = _stage_source(source, stage, max_bytes)
         root, manifest = staged.root, staged.manifest
         report.notes.extend(staged.notes)
         if manifest is None:
@@ -295,21 +281,7 @@ def import_runs(
         if as_platform is not None and len(platforms) > 1:
             raise ExchangeError(f"--as {as_platform}: {source} holds several platforms ({', '.join(platforms)}); "
                                 "--as renames one")
-        for (plat, run_id), reason in sorted(staged.refused.items()):
-            label = f"{as_platform or plat}/{run_id}"
-            report.refused.append((label, reason))
-            log.info(f"[import] REFUSED {label}: {reason}")
-        seen_runs = {(p, r) for p, r, _ in runs} | set(staged.refused)
-        if manifest is not None:
-            top = str(manifest.get("root") or ARCHIVE_ROOT)
-            listed = {tuple(k.split("/")[2:4]) for k in manifest["files"] if k.startswith(f"{top}/runs/")}
-            absent = sorted("/".join(k) for k in listed - seen_runs if len(k) == 2)
-            if absent:
-                report.notes.append(f"{MANIFEST_NAME} lists run(s) absent from {source}: {', '.join(absent)}")
-                for label in absent:
-                    plat, run_id = label.split("/")
-                    report.refused.append((f"{as_platform or plat}/{run_id}",
-                                           f"runs/{label}: listed in {MANIFEST_NAME} but missing from {source}"))
+        _refuse_unstaged_runs(report, staged, runs, source, as_platform)
         known: dict[str, dict[str, tuple[dict[str, Any], str]]] = {}
         for plat, run_id, staged_dir in runs:
             _import_one(report, root, manifest, plat, run_id, staged_dir, dest_root, as_platform or plat, dry_run,
@@ -325,14 +297,58 @@ def import_runs(
     return report
 
 
+def _check_import_args(source: Path, dest_root: Path, as_platform: str | None) -> None:
+    """An ExchangeError for a missing source, a bad ``--as`` name or a results path that is not a folder."""
+    if not source.exists():
+        raise ExchangeError(f"{source}: no such archive or folder")
+    if as_platform is not None:
+        try:
+            safe_path_name(as_platform, "--as")
+        except ValueError as exc:
+            raise ExchangeError(str(exc)) from None
+    if dest_root.exists() and not dest_root.is_dir():
+        raise ExchangeError(f"{dest_root}: not a folder")
+
+
+def _stage_source(source: Path, stage: Path, max_bytes: int) -> Staged:
+    """Stage a folder (:func:`utae.exchange.export.stage_folder`) or an archive
+    (:func:`utae.exchange.export.stage_archive`) under ``stage``."""
+    if source.is_dir():
+        return stage_folder(source, stage, max_bytes)
+    if source.name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(source):
+        return stage_archive(source, stage, max_bytes)
+    raise ExchangeError(f"{source}: neither a folder nor a .tar.gz/.tgz/.tar archive")
+
+
+def _refuse_unstaged_runs(report: ImportReport, staged: Staged, runs: Sequence[tuple[str, str, Path]],
+                           source: Path, as_platform: str | None) -> None:
+    """Record in ``report`` the runs refused before staging (:attr:`Staged.refused`), and those the manifest
+    lists but the source lacks."""
+    for (plat, run_id), reason in sorted(staged.refused.items()):
+        label = f"{as_platform or plat}/{run_id}"
+        report.refused.append((label, reason))
+        log.info(f"[import] REFUSED {label}: {reason}")
+    manifest = staged.manifest
+    if manifest is None:
+        return
+    seen_runs = {(p, r) for p, r, _ in runs} | set(staged.refused)
+    top = str(manifest.get("root") or ARCHIVE_ROOT)
+    listed = {tuple(k.split("/")[2:4]) for k in manifest["files"] if k.startswith(f"{top}/runs/")}
+    absent = sorted("/".join(k) for k in listed - seen_runs if len(k) == 2)
+    if absent:
+        report.notes.append(f"{MANIFEST_NAME} lists run(s) absent from {source}: {', '.join(absent)}")
+        for label in absent:
+            plat, run_id = label.split("/")
+            report.refused.append((f"{as_platform or plat}/{run_id}",
+                                   f"runs/{label}: listed in {MANIFEST_NAME} but missing from {source}"))
+
+
 def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | None, plat: str, run_id: str,
                 staged: Path, dest_root: Path, dest_plat: str, dry_run: bool,
                 known: dict[str, dict[str, tuple[dict[str, Any], str]]], reports: bool = True) -> None:
     """Check, compare and move one staged run; records the outcome in ``report``. ``known`` caches the
     machine records of each destination platform folder, the runs accepted so far included. With ``reports``
     the run's HTML report is rendered from its files (:func:`utae.report.run_page.render_run_page`) where none is."""
-    from utae.machine.record import describe_record  # imports torch: only when runs are imported
-
     label = f"{dest_plat}/{run_id}"
     shown = f"runs/{plat}/{run_id}"
     try:
@@ -353,27 +369,11 @@ def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | 
                                             title=f"U-TAE run {dest_plat}/{run_id}")
         if dest_plat not in known:
             known[dest_plat] = _existing_records(dest_root / "runs" / dest_plat)
-        for existing, other_run in known[dest_plat].values():
-            if records_conflict(record, existing):
-                raise _Refused(
-                    f"{dest_root / 'runs' / dest_plat} holds runs of {describe_record(existing)} (e.g. {other_run}), "
-                    f"but {shown} was made on {describe_record(record)}: another machine. Import it under its own "
-                    f"platform name: --as {_suggest_name(dest_root, dest_plat, record)}")
+        _check_same_machine(record, known[dest_plat], dest_root, dest_plat, shown)
         dest = run_path(dest_root, dest_plat, run_id)
         dest_report = report_path(dest_root, dest_plat, run_id)
         if dest.exists() or dest.is_symlink():
-            differ = result_differences(staged, dest)
-            if differ:
-                raise _Refused(f"{dest} already holds another run of that id ({', '.join(differ)} differ); it is never "
-                               "overwritten. Remove it first, or import under another platform name with --as NAME")
-            report.skipped.append(label)
-            added = ""
-            if staged_report is not None and not dest_report.exists():
-                _make_dirs(dest_report.parent)
-                _place_file(staged_report, dest_report)
-                report.reports.append(str(dest_report.relative_to(dest_root)))
-                added = "; its missing report added"
-            log.info(f"[import] skipped {label}: identical to the run already in {dest_root}{added}")
+            _skip_identical(report, label, staged, dest, staged_report, dest_report, dest_root)
             return
         if not dry_run:
             if _move_run(staged, dest, staged_report, dest_report):
@@ -389,3 +389,33 @@ def _import_one(report: ImportReport, root: Path, manifest: Mapping[str, Any] | 
         log.info(f"[import] REFUSED {label}: {exc}")
 
 
+def _check_same_machine(record: Mapping[str, Any], existing: Mapping[str, tuple[dict[str, Any], str]],
+                        dest_root: Path, dest_plat: str, shown: str) -> None:
+    """Refuse a run whose machine (``record``) conflicts with one of the ``existing`` records of the destination
+    platform folder (:func:`records_conflict`), suggesting a ``--as`` name."""
+    from utae.machine.record import describe_record  # imports torch: only when runs are imported
+
+    for other, other_run in existing.values():
+        if records_conflict(record, other):
+            raise _Refused(
+                f"{dest_root / 'runs' / dest_plat} holds runs of {describe_record(other)} (e.g. {other_run}), "
+                f"but {shown} was made on {describe_record(record)}: another machine. Import it under its own "
+                f"platform name: --as {_suggest_name(dest_root, dest_plat, record)}")
+
+
+def _skip_identical(report: ImportReport, label: str, staged: Path, dest: Path, staged_report: Path | None,
+                    dest_report: Path, dest_root: Path) -> None:
+    """A run whose id is taken at ``dest``: skipped when its results are the same (its report added when the
+    destination lacks one), refused otherwise."""
+    differ = result_differences(staged, dest)
+    if differ:
+        raise _Refused(f"{dest} already holds another run of that id ({', '.join(differ)} differ); it is never "
+                       "overwritten. Remove it first, or import under another platform name with --as NAME")
+    report.skipped.append(label)
+    added = ""
+    if staged_report is not None and not dest_report.exists():
+        _make_dirs(dest_report.parent)
+        _place_file(staged_report, dest_report)
+        report.reports.append(str(dest_report.relative_to(dest_root)))
+        added = "; its missing report added"
+    log.info(f"[import] skipped {label}: identical to the run already in {dest_root}{added}")

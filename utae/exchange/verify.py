@@ -123,8 +123,6 @@ def verify(
         utae.rundir.paths.RunFolderError: a committed run (or the rerun) whose metrics.json is not finite or does
             not agree with its confusion matrix (:func:`utae.rundir.readers.read_checked_metrics`), before any rerun.
     """
-    from utae.machine.record import current_fingerprint, record_fingerprint, resolve_device  # torch: only when rerunning
-
     if platform is not None:
         safe_path_name(platform, "platform")
     if scratch is not None and Path(scratch).resolve() == Path(results).resolve():
@@ -139,50 +137,78 @@ def verify(
     rows: list[dict[str, Any]] = []
     try:
         for point in chosen:
-            rid = point.run_id
-            pairs = [(p, run_path(results, p, rid)) for p in committed_platforms
-                     if is_finished(run_path(results, p, rid))]
-            if not pairs:
-                log.info(f"[verify] {rid}: no committed run in {committed_root}; not rerun")
-                continue
-            committed_metrics = {p: read_checked_metrics(d, str(d)) for p, d in pairs}  # finite, consistent
-            device = str(point.params.get("device", "auto"))
-            try:
-                fingerprint_here = current_fingerprint(resolve_device(device))
-            except ValueError as exc:
-                raise SweepError(f"{sweep.path}: point {rid}: device {device!r}: {exc}") from None
-            records = {p: (read_record(d, "platform.json") if (d / "platform.json").is_file() else {}) for p, d in pairs}
-            same_records = [r for r in records.values()
-                            if isinstance(r, Mapping) and r.get("fingerprint") == fingerprint_here]
-            run_threads = threads if threads is not None else _committed_threads(same_records)
-            here_platform = platform or detect_platform(device)
-            run_point(sweep, rid, results=scratch_dir, platform=here_platform, threads=run_threads)
-            here_dir = run_path(scratch_dir, here_platform, rid)
-            here_metrics = metric_values(read_checked_metrics(here_dir, str(here_dir)))
-            here_record = read_record(here_dir, "platform.json")
-            fingerprint_ran = record_fingerprint(here_record) or fingerprint_here
-            here_config = read_record(here_dir, "config.json")
-            for plat, committed_dir in pairs:
-                changed = [d.split(":")[0] for d in config_differences(read_record(committed_dir, "config.json"),
-                                                                       here_config)]
-                if changed:
-                    log.info(f"[verify] {plat}/{rid}: committed with another config ({', '.join(changed)} differ); "
-                        "not compared")
-                    continue
-                record = records[plat]
-                same = isinstance(record, Mapping) and record_fingerprint(record) == fingerprint_ran
-                committed = metric_values(committed_metrics[plat])
-                for metric in list(committed) + [m for m in here_metrics if m not in committed]:
-                    a, b = committed.get(metric, math.nan), here_metrics.get(metric, math.nan)
-                    identical = (math.isnan(a) and math.isnan(b)) or a == b
-                    rows.append({"platform": plat, "run_id": rid, "metric": metric, "committed": a, "here": b,
-                                 "diff": b - a, "same_machine": bool(same), "identical": bool(identical)})
+            rows.extend(_verify_point(sweep, point, results, committed_platforms, scratch_dir, platform, threads))
     finally:
         if own_scratch:
             shutil.rmtree(scratch_dir, ignore_errors=True)
     frame = pd.DataFrame(rows, columns=list(VERIFY_COLUMNS))
     _log_verify(frame)
     return frame
+
+
+def _verify_point(sweep: Sweep, point: SweepPoint, results: PathLike, committed_platforms: Sequence[str],
+                  scratch_dir: Path, platform: str | None, threads: int | None) -> list[dict[str, Any]]:
+    """The :data:`VERIFY_COLUMNS` rows of one point: rerun it and compare it with each committed run of the same
+    config; no rows (and no rerun) when no platform has it."""
+    from utae.machine.record import record_fingerprint  # imports torch: only when rerunning
+
+    rid = point.run_id
+    pairs = [(p, run_path(results, p, rid)) for p in committed_platforms if is_finished(run_path(results, p, rid))]
+    if not pairs:
+        log.info(f"[verify] {rid}: no committed run in {Path(results) / 'runs'}; not rerun")
+        return []
+    committed_metrics = {p: read_checked_metrics(d, str(d)) for p, d in pairs}  # finite, consistent
+    records, here_dir, fingerprint_here = _rerun(sweep, point, pairs, scratch_dir, platform, threads)
+    here_metrics = metric_values(read_checked_metrics(here_dir, str(here_dir)))
+    here_record = read_record(here_dir, "platform.json")
+    fingerprint_ran = record_fingerprint(here_record) or fingerprint_here
+    here_config = read_record(here_dir, "config.json")
+    rows: list[dict[str, Any]] = []
+    for plat, committed_dir in pairs:
+        changed = [d.split(":")[0] for d in config_differences(read_record(committed_dir, "config.json"),
+                                                               here_config)]
+        if changed:
+            log.info(f"[verify] {plat}/{rid}: committed with another config ({', '.join(changed)} differ); "
+                "not compared")
+            continue
+        record = records[plat]
+        same = isinstance(record, Mapping) and record_fingerprint(record) == fingerprint_ran
+        rows.extend(_metric_rows(plat, rid, metric_values(committed_metrics[plat]), here_metrics, bool(same)))
+    return rows
+
+
+def _rerun(sweep: Sweep, point: SweepPoint, pairs: Sequence[tuple[str, Path]], scratch_dir: Path,
+           platform: str | None, threads: int | None) -> tuple[dict[str, Any], Path, str | None]:
+    """Run ``point`` on this machine into ``scratch_dir`` (with the committed threads of this machine unless
+    ``threads``); return the committed runs' ``platform.json`` records, the rerun's folder and this machine's
+    fingerprint."""
+    from utae.machine.record import current_fingerprint, resolve_device  # imports torch: only when rerunning
+
+    rid = point.run_id
+    device = str(point.params.get("device", "auto"))
+    try:
+        fingerprint_here = current_fingerprint(resolve_device(device))
+    except ValueError as exc:
+        raise SweepError(f"{sweep.path}: point {rid}: device {device!r}: {exc}") from None
+    records = {p: (read_record(d, "platform.json") if (d / "platform.json").is_file() else {}) for p, d in pairs}
+    same_records = [r for r in records.values()
+                    if isinstance(r, Mapping) and r.get("fingerprint") == fingerprint_here]
+    run_threads = threads if threads is not None else _committed_threads(same_records)
+    here_platform = platform or detect_platform(device)
+    run_point(sweep, rid, results=scratch_dir, platform=here_platform, threads=run_threads)
+    return records, run_path(scratch_dir, here_platform, rid), fingerprint_here
+
+
+def _metric_rows(plat: str, rid: str, committed: Mapping[str, float], here: Mapping[str, float],
+                 same: bool) -> list[dict[str, Any]]:
+    """One row per metric of either run (the committed run's order first; a metric one run lacks is NaN there)."""
+    rows = []
+    for metric in list(committed) + [m for m in here if m not in committed]:
+        a, b = committed.get(metric, math.nan), here.get(metric, math.nan)
+        identical = (math.isnan(a) and math.isnan(b)) or a == b
+        rows.append({"platform": plat, "run_id": rid, "metric": metric, "committed": a, "here": b,
+                     "diff": b - a, "same_machine": same, "identical": bool(identical)})
+    return rows
 
 
 def verify_failures(frame: pd.DataFrame) -> pd.DataFrame:

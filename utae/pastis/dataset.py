@@ -233,19 +233,9 @@ class PastisDataset(Dataset):
 _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
-def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> dict[str, torch.Tensor]:
-    """Stack items of different lengths ``T`` by padding the time axis to the longest one.
-
-    Returns ``"image"`` ``(B, Tmax, C, H, W)`` (padded frames hold ``pad_value``), ``"dates"``
-    ``(B, Tmax)`` int64 (0 on padding), ``"pad_mask"`` ``(B, Tmax)`` bool (True on padding),
-    ``"mask"`` ``(B, H, W)`` and ``"patch_id"`` ``(B,)`` int64.
-    """
-    if len(batch) == 0:
-        raise ValueError("pad_collate: the batch is empty; expected at least one item")
-    for key in ("image", "dates", "mask", "patch_id"):
-        if key not in batch[0]:
-            raise ValueError(f"pad_collate: items must have an {key!r} key, got keys {sorted(batch[0])}")
-    images = [torch.as_tensor(b["image"]) for b in batch]
+def _series_lengths(batch: Sequence[Mapping[str, Any]], images: Sequence[torch.Tensor]) -> list[int]:
+    """Each item's ``T``, once every image is checked to be ``(T, C, H, W)`` with the first item's ``C, H, W``
+    and every ``dates`` to be ``(T,)``."""
     first = images[0]
     if first.ndim != 4:
         raise ValueError(f"pad_collate: 'image' must be (T, C, H, W), got shape {tuple(first.shape)}")
@@ -263,12 +253,14 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> d
                 f"expected ({img.shape[0]},) to match its image"
             )
         lengths.append(img.shape[0])
-    bsz, tmax = len(batch), max(lengths)
-    dates = torch.zeros((bsz, tmax), dtype=torch.int64)
-    pad_mask = torch.ones((bsz, tmax), dtype=torch.bool)
-    for i, (b, t) in enumerate(zip(batch, lengths)):
-        dates[i, :t] = torch.as_tensor(b["dates"], dtype=torch.int64)
-        pad_mask[i, :t] = False
+    return lengths
+
+
+def _padded_images(images: Sequence[torch.Tensor], lengths: Sequence[int], pad_value: float) -> torch.Tensor:
+    """The images ``(T_i, C, H, W)`` stacked into ``(B, Tmax, C, H, W)``, the frames after ``T_i`` holding
+    ``pad_value``."""
+    first = images[0]
+    bsz, tmax, chw = len(images), max(lengths), tuple(first.shape[1:])
     np_dtype = _NUMPY_FLOATS.get(first.dtype)
     if np_dtype is not None and all(
         img.device.type == "cpu" and img.dtype == first.dtype and not img.requires_grad for img in images
@@ -279,11 +271,34 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> d
         for i, (img, t) in enumerate(zip(images, lengths)):
             buf[i, :t] = img.numpy()
             buf[i, t:] = pad_value
-        image = torch.from_numpy(buf)
-    else:
-        image = torch.full((bsz, tmax, *chw), float(pad_value), dtype=first.dtype, device=first.device)
-        for i, (img, t) in enumerate(zip(images, lengths)):
-            image[i, :t] = img
+        return torch.from_numpy(buf)
+    image = torch.full((bsz, tmax, *chw), float(pad_value), dtype=first.dtype, device=first.device)
+    for i, (img, t) in enumerate(zip(images, lengths)):
+        image[i, :t] = img
+    return image
+
+
+def pad_collate(batch: Sequence[Mapping[str, Any]], pad_value: float = 0.0) -> dict[str, torch.Tensor]:
+    """Stack items of different lengths ``T`` by padding the time axis to the longest one.
+
+    Returns ``"image"`` ``(B, Tmax, C, H, W)`` (padded frames hold ``pad_value``), ``"dates"``
+    ``(B, Tmax)`` int64 (0 on padding), ``"pad_mask"`` ``(B, Tmax)`` bool (True on padding),
+    ``"mask"`` ``(B, H, W)`` and ``"patch_id"`` ``(B,)`` int64.
+    """
+    if len(batch) == 0:
+        raise ValueError("pad_collate: the batch is empty; expected at least one item")
+    for key in ("image", "dates", "mask", "patch_id"):
+        if key not in batch[0]:
+            raise ValueError(f"pad_collate: items must have an {key!r} key, got keys {sorted(batch[0])}")
+    images = [torch.as_tensor(b["image"]) for b in batch]
+    lengths = _series_lengths(batch, images)
+    bsz, tmax = len(batch), max(lengths)
+    dates = torch.zeros((bsz, tmax), dtype=torch.int64)
+    pad_mask = torch.ones((bsz, tmax), dtype=torch.bool)
+    for i, (b, t) in enumerate(zip(batch, lengths)):
+        dates[i, :t] = torch.as_tensor(b["dates"], dtype=torch.int64)
+        pad_mask[i, :t] = False
+    image = _padded_images(images, lengths, pad_value)
     masks = [torch.as_tensor(b["mask"]) for b in batch]
     if any(m.shape != masks[0].shape for m in masks):
         raise ValueError(f"pad_collate: 'mask' shapes differ: {[tuple(m.shape) for m in masks]}")

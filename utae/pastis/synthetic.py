@@ -373,6 +373,34 @@ def make_synthetic_pastis(
     ``root/SYNTHETIC.json`` (see :func:`read_generator_options`).
     """
     root = Path(root)
+    t_min, t_max = _check_arguments(root, n_patches, size, t_range, cloud_prob, noise, background_share,
+                                    void_prob, overwrite)
+    n_patches, size = int(n_patches), int(size)
+    draws = _dataset_draws(np.random.default_rng(seed), n_patches)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        (tmp / DATA_DIR).mkdir()
+        (tmp / TARGET_DIR).mkdir()
+        features, stats = _write_patches(tmp, draws, seed, size, (t_min, t_max), cloud_prob, noise,
+                                         background_share, void_prob)
+        options = dict(n_patches=n_patches, size=size, seed=int(seed), t_range=[t_min, t_max],
+                       cloud_prob=float(cloud_prob), noise=float(noise),
+                       background_share=float(background_share), void_prob=float(void_prob))
+        _write_json_files(tmp, features, stats, options)
+        _move_into_place(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _check_arguments(root: Path, n_patches: int, size: int, t_range: Sequence[int], cloud_prob: float,
+                     noise: float, background_share: float, void_prob: float,
+                     overwrite: bool) -> tuple[int, int]:
+    """Validate :func:`make_synthetic_pastis`'s arguments (one-line ValueError / FileExistsError); return
+    ``t_range`` as ``(t_min, t_max)``."""
     n_grid = len(range(_FIRST_DAY + _REVISIT - 1, _LAST_DAY + 1, _REVISIT))
     if int(n_patches) != n_patches or n_patches < 5:
         raise ValueError(f"n_patches must be an integer >= 5 (one patch per fold at least), got {n_patches}")
@@ -390,78 +418,91 @@ def make_synthetic_pastis(
         raise ValueError(f"noise must be >= 0, got {noise}")
     if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
         raise FileExistsError(f"{root} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    n_patches, size = int(n_patches), int(size)
+    return t_min, t_max
 
-    rng = np.random.default_rng(seed)
+
+def _dataset_draws(rng: np.random.Generator, n_patches: int) -> dict[str, np.ndarray]:
+    """The dataset-level random choices, in their fixed draw order: patch ``ids``, ``folds`` (1..5) and
+    ``tiles`` (indices into ``_TILES``), each ``(n_patches,)``, and ``tile_shifts`` ``(n_tiles,)`` in days."""
     ids = 10_000 + np.cumsum(rng.integers(1, 9, size=n_patches))  # non-contiguous, as in PASTIS
     folds = rng.permutation(np.arange(n_patches) % 5) + 1
+    tiles = rng.integers(0, len(_TILES), size=n_patches)
+    tile_shifts = rng.normal(0.0, 4.0, size=len(_TILES))
+    return {"ids": ids, "folds": folds, "tiles": tiles, "tile_shifts": tile_shifts}
+
+
+def _write_patches(tmp: Path, draws: dict[str, np.ndarray], seed: int, size: int, t_range: tuple[int, int],
+                   cloud_prob: float, noise: float, background_share: float,
+                   void_prob: float) -> tuple[list[dict[str, Any]], dict[int, list[tuple[np.ndarray, np.ndarray]]]]:
+    """Make and write every patch's image and target under ``tmp`` (patch ``i`` from its own generator
+    ``[seed, i + 1]``); return the metadata features and, per fold, each patch's per-band
+    ``(mean (10,), std (10,))``."""
+    ids, folds, tiles, tile_shifts = draws["ids"], draws["folds"], draws["tiles"], draws["tile_shifts"]
     tile_names = list(_TILES)
-    tiles = rng.integers(0, len(tile_names), size=n_patches)
-    tile_shifts = rng.normal(0.0, 4.0, size=len(tile_names))
     crop_labels = np.array(sorted(CROP_PROFILES))
     crop_w = np.array([CROP_PROFILES[c]["weight"] for c in crop_labels])
     crop_w = crop_w / crop_w.sum()
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        (tmp / DATA_DIR).mkdir()
-        (tmp / TARGET_DIR).mkdir()
-        features, stats = [], {f: [] for f in range(1, 6)}
-        slots = {name: 0 for name in tile_names}
-        extent = size * _PIXEL_M
-        for i in range(n_patches):
-            prng = np.random.default_rng([seed, i + 1])
-            tile = tile_names[tiles[i]]
-            patch = _make_patch(prng, size, (t_min, t_max), cloud_prob, noise, float(tile_shifts[tiles[i]]),
-                                background_share, void_prob, crop_labels, crop_w)
-            pid = int(ids[i])
-            np.save(image_path(tmp, pid), patch["image"])
-            np.save(target_path(tmp, pid), patch["target"])
-            img = patch["image"]
-            stats[int(folds[i])].append((img.mean(axis=(0, 2, 3), dtype=np.float64),
-                                         img.std(axis=(0, 2, 3), dtype=np.float64)))
-            x0, y0 = _TILES[tile]
-            slot = slots[tile]
-            slots[tile] += 1
-            x0, y0 = x0 + (slot % 40) * 1.5 * extent, y0 + (slot // 40) * 1.5 * extent
-            ring = [[x0, y0], [x0 + extent, y0], [x0 + extent, y0 + extent], [x0, y0 + extent], [x0, y0]]
-            features.append({
-                "type": "Feature",
-                "id": str(pid),
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "ID_PATCH": pid,
-                    "N_Parcel": patch["n_parcel"],
-                    "Parcel_Cover": round(patch["cover"], 4),
-                    "TILE": tile.lower(),
-                    "dates-S2": {str(j): _yyyymmdd(d) for j, d in enumerate(patch["days"])},
-                    "Fold": int(folds[i]),
-                },
-            })
-        metadata = {
-            "type": "FeatureCollection",
-            "name": "metadata",
-            "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::2154"}},
-            "features": features,
-        }
-        norm = {norm_key(f): {"mean": np.mean([m for m, _ in stats[f]], axis=0).tolist(),
-                              "std": np.mean([s for _, s in stats[f]], axis=0).tolist()}
-                for f in range(1, 6)}
-        with open(tmp / NORM_FILE, "w", encoding="utf-8") as fh:
-            json.dump(norm, fh, indent=1)
-        with open(tmp / METADATA_FILE, "w", encoding="utf-8") as fh:
-            json.dump(metadata, fh)
-        options = generator_options(dict(n_patches=n_patches, size=size, seed=int(seed), t_range=[t_min, t_max],
-                                         cloud_prob=float(cloud_prob), noise=float(noise),
-                                         background_share=float(background_share), void_prob=float(void_prob)))
-        with open(tmp / OPTIONS_FILE, "w", encoding="utf-8") as fh:
-            json.dump(options, fh, indent=1)
-        _move_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    features: list[dict[str, Any]] = []
+    stats: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in range(1, 6)}
+    slots = {name: 0 for name in tile_names}
+    for i in range(len(ids)):
+        prng = np.random.default_rng([seed, i + 1])
+        tile = tile_names[tiles[i]]
+        patch = _make_patch(prng, size, t_range, cloud_prob, noise, float(tile_shifts[tiles[i]]),
+                            background_share, void_prob, crop_labels, crop_w)
+        pid = int(ids[i])
+        np.save(image_path(tmp, pid), patch["image"])
+        np.save(target_path(tmp, pid), patch["target"])
+        img = patch["image"]
+        stats[int(folds[i])].append((img.mean(axis=(0, 2, 3), dtype=np.float64),
+                                     img.std(axis=(0, 2, 3), dtype=np.float64)))
+        features.append(_patch_feature(pid, patch, tile, slots[tile], int(folds[i]), size))
+        slots[tile] += 1
+    return features, stats
+
+
+def _patch_feature(pid: int, patch: dict[str, Any], tile: str, slot: int, fold: int, size: int) -> dict[str, Any]:
+    """The ``metadata.geojson`` feature of one patch: its square footprint, the ``slot``-th on its tile's
+    40-wide grid, and its PASTIS properties."""
+    extent = size * _PIXEL_M
+    x0, y0 = _TILES[tile]
+    x0, y0 = x0 + (slot % 40) * 1.5 * extent, y0 + (slot // 40) * 1.5 * extent
+    ring = [[x0, y0], [x0 + extent, y0], [x0 + extent, y0 + extent], [x0, y0 + extent], [x0, y0]]
+    return {
+        "type": "Feature",
+        "id": str(pid),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "ID_PATCH": pid,
+            "N_Parcel": patch["n_parcel"],
+            "Parcel_Cover": round(patch["cover"], 4),
+            "TILE": tile.lower(),
+            "dates-S2": {str(j): _yyyymmdd(d) for j, d in enumerate(patch["days"])},
+            "Fold": fold,
+        },
+    }
+
+
+def _write_json_files(tmp: Path, features: list[dict[str, Any]],
+                      stats: dict[int, list[tuple[np.ndarray, np.ndarray]]], options: dict[str, Any]) -> None:
+    """Write ``NORM_S2_patch.json`` (per-fold mean of the patches' band means and stds), ``metadata.geojson``
+    and ``SYNTHETIC.json`` under ``tmp``."""
+    metadata = {
+        "type": "FeatureCollection",
+        "name": "metadata",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::2154"}},
+        "features": features,
+    }
+    norm = {norm_key(f): {"mean": np.mean([m for m, _ in stats[f]], axis=0).tolist(),
+                          "std": np.mean([s for _, s in stats[f]], axis=0).tolist()}
+            for f in range(1, 6)}
+    with open(tmp / NORM_FILE, "w", encoding="utf-8") as fh:
+        json.dump(norm, fh, indent=1)
+    with open(tmp / METADATA_FILE, "w", encoding="utf-8") as fh:
+        json.dump(metadata, fh)
+    with open(tmp / OPTIONS_FILE, "w", encoding="utf-8") as fh:
+        json.dump(generator_options(options), fh, indent=1)
 
 
 def _move_into_place(tmp: Path, root: Path) -> None:

@@ -379,71 +379,86 @@ def _effect_words(row: pd.Series) -> str:
 
 
 def _group_text(table: pd.DataFrame, alpha: float) -> list[str]:
-    parts = []
+    """The paragraphs of one platform and configuration of :func:`robustness_answer_text`: which corruption hurts
+    most, each augmentation's verdicts, whether Gaussian-noise training protects, and the power."""
     kinds = [k for k in dict.fromkeys(table["kind"]) if k != ALL_KINDS]
-    clean = table[(table["augmentation"] == CLEAN) & (table["kind"] != ALL_KINDS)]
-    if clean.empty:
-        parts.append("No clean-trained model (no augmentation) was tested on corruptions, so neither which "
-                     "corruption hurts most nor the paired differences can be given.")
-    else:
-        drop = clean.assign(loss=clean["clean_mean"] - clean["mpc_mean"]).sort_values("rpc_mean")
-        worst = drop.iloc[0]
-        ranking = "; ".join(f"{r.kind} {_pm(r.rpc_mean, r.rpc_std, 2)} (mPC {_pts(r.loss)} points below clean)"
-                            for r in drop.itertuples())
-        parts.append(f"**Which corruption hurts most?** For the clean-trained model, **{worst['kind']}**: its mean "
-                     f"mIoU over severities 1-5 (mPC) is {_pm(worst['mpc_mean'], worst['mpc_std'])} points against "
-                     f"{_pm(worst['clean_mean'], worst['clean_std'])} on the clean test set (mean ± std over "
-                     f"{int(worst['n_runs'])} seed(s)). From most to least harmful, the share of the clean mIoU kept "
-                     f"(rPC): {ranking}.")
+    parts = [_worst_corruption_text(table)]
     augmentations = [a for a in dict.fromkeys(table["augmentation"]) if a != CLEAN]
     for aug in augmentations:
         sub = table[(table["augmentation"] == aug) & (table["kind"] != ALL_KINDS)]
-        if sub.empty:
-            continue
-        by_verdict: dict[str, list[str]] = {}
-        for _, row in sub.iterrows():
-            by_verdict.setdefault(_verdict(row, alpha), []).append(f"{row['kind']} {_effect_words(row)}")
-        words = []
-        for verdict, label in (("helps", "It helps against"), ("hurts", "It hurts against"),
-                               ("unresolved", f"Unresolved by these seeds (Holm-adjusted p >= {alpha:g}: the effect "
-                                              "lies somewhere in its interval) against"),
-                               ("too few pairs", "Too few paired seeds to judge")):
-            if verdict in by_verdict:
-                words.append(f"{label}: " + "; ".join(by_verdict[verdict]) + ".")
-        overall = table[(table["augmentation"] == aug) & (table["kind"] == ALL_KINDS)]
-        mce = (f" Its mCE is {_pm(float(overall['ce_mean'].iloc[0]), float(overall['ce_std'].iloc[0]), 2)} "
-               "(1 is the clean-trained model's)." if len(overall) and math.isfinite(float(overall["ce_mean"].iloc[0]))
-               else "")
-        parts.append(f"**Training with {aug}**, against the clean-trained model of the same seed (paired difference "
-                     f"in mPC): " + " ".join(words) + mce)
+        if not sub.empty:
+            parts.append(_augmentation_text(table, aug, sub, alpha))
     gaussian = [a for a in augmentations if a.startswith("gaussian") and "+" not in a]
     realistic = [k for k in kinds if k != "gaussian"]
     for aug in gaussian:
         sub = table[(table["augmentation"] == aug) & table["kind"].isin(realistic)]
-        if sub.empty:
-            continue
-        verdicts = [_verdict(r, alpha) for _, r in sub.iterrows()]
-        helped = [k for k, v in zip(sub["kind"], verdicts) if v == "helps"]
-        hurt = [k for k, v in zip(sub["kind"], verdicts) if v == "hurts"]
-        own = table[(table["augmentation"] == aug) & (table["kind"] == "gaussian")]
-        own_text = (f" Against Gaussian noise itself: {_verdict(own.iloc[0], alpha)}, {_effect_words(own.iloc[0])}."
-                    if len(own) else "")
-        if helped:
-            answer = (f"it helps against {len(helped)} of the {len(sub)} realistic corruptions tested "
-                      f"({', '.join(helped)})" + (f" and hurts against {', '.join(hurt)}" if hurt else ""))
-        elif hurt:
-            answer = (f"it helps against none of the {len(sub)} realistic corruptions, and hurts against "
-                      f"{', '.join(hurt)}")
-        else:
-            answer = (f"it helps detectably against none of the {len(sub)} realistic corruptions tested (no "
-                      "Holm-adjusted p-value of the paired difference is below "
-                      f"{alpha:g}, or there are too few seeds)")
-        parts.append(f"**Does Gaussian-noise training ({aug}) protect against realistic corruptions?** "
-                     f"{answer[0].upper() + answer[1:]}.{own_text}")
+        if not sub.empty:
+            parts.append(_gaussian_transfer_text(table, aug, sub, alpha))
     power = inference.power_words(table[table["n_pairs"] >= 2], "the paired differences in mPC", alpha)
     if power:
         parts.append(power)
     return parts
+
+
+def _worst_corruption_text(table: pd.DataFrame) -> str:
+    """Which corruption hurts the clean-trained model most, and every kind's rPC from most to least harmful."""
+    clean = table[(table["augmentation"] == CLEAN) & (table["kind"] != ALL_KINDS)]
+    if clean.empty:
+        return ("No clean-trained model (no augmentation) was tested on corruptions, so neither which "
+                "corruption hurts most nor the paired differences can be given.")
+    drop = clean.assign(loss=clean["clean_mean"] - clean["mpc_mean"]).sort_values("rpc_mean")
+    worst = drop.iloc[0]
+    ranking = "; ".join(f"{r.kind} {_pm(r.rpc_mean, r.rpc_std, 2)} (mPC {_pts(r.loss)} points below clean)"
+                        for r in drop.itertuples())
+    return (f"**Which corruption hurts most?** For the clean-trained model, **{worst['kind']}**: its mean "
+            f"mIoU over severities 1-5 (mPC) is {_pm(worst['mpc_mean'], worst['mpc_std'])} points against "
+            f"{_pm(worst['clean_mean'], worst['clean_std'])} on the clean test set (mean ± std over "
+            f"{int(worst['n_runs'])} seed(s)). From most to least harmful, the share of the clean mIoU kept "
+            f"(rPC): {ranking}.")
+
+
+def _augmentation_text(table: pd.DataFrame, aug: str, sub: pd.DataFrame, alpha: float) -> str:
+    """Training augmentation ``aug`` against the clean-trained model: its kinds (``sub``, its rows) grouped by
+    verdict, then its mCE."""
+    by_verdict: dict[str, list[str]] = {}
+    for _, row in sub.iterrows():
+        by_verdict.setdefault(_verdict(row, alpha), []).append(f"{row['kind']} {_effect_words(row)}")
+    words = []
+    for verdict, label in (("helps", "It helps against"), ("hurts", "It hurts against"),
+                           ("unresolved", f"Unresolved by these seeds (Holm-adjusted p >= {alpha:g}: the effect "
+                                          "lies somewhere in its interval) against"),
+                           ("too few pairs", "Too few paired seeds to judge")):
+        if verdict in by_verdict:
+            words.append(f"{label}: " + "; ".join(by_verdict[verdict]) + ".")
+    overall = table[(table["augmentation"] == aug) & (table["kind"] == ALL_KINDS)]
+    mce = (f" Its mCE is {_pm(float(overall['ce_mean'].iloc[0]), float(overall['ce_std'].iloc[0]), 2)} "
+           "(1 is the clean-trained model's)." if len(overall) and math.isfinite(float(overall["ce_mean"].iloc[0]))
+           else "")
+    return (f"**Training with {aug}**, against the clean-trained model of the same seed (paired difference "
+            f"in mPC): " + " ".join(words) + mce)
+
+
+def _gaussian_transfer_text(table: pd.DataFrame, aug: str, sub: pd.DataFrame, alpha: float) -> str:
+    """Whether Gaussian-noise training ``aug`` protects against the realistic corruptions (``sub``, its rows of
+    every kind but ``gaussian``), and its verdict against Gaussian noise itself."""
+    verdicts = [_verdict(r, alpha) for _, r in sub.iterrows()]
+    helped = [k for k, v in zip(sub["kind"], verdicts) if v == "helps"]
+    hurt = [k for k, v in zip(sub["kind"], verdicts) if v == "hurts"]
+    own = table[(table["augmentation"] == aug) & (table["kind"] == "gaussian")]
+    own_text = (f" Against Gaussian noise itself: {_verdict(own.iloc[0], alpha)}, {_effect_words(own.iloc[0])}."
+                if len(own) else "")
+    if helped:
+        answer = (f"it helps against {len(helped)} of the {len(sub)} realistic corruptions tested "
+                  f"({', '.join(helped)})" + (f" and hurts against {', '.join(hurt)}" if hurt else ""))
+    elif hurt:
+        answer = (f"it helps against none of the {len(sub)} realistic corruptions, and hurts against "
+                  f"{', '.join(hurt)}")
+    else:
+        answer = (f"it helps detectably against none of the {len(sub)} realistic corruptions tested (no "
+                  "Holm-adjusted p-value of the paired difference is below "
+                  f"{alpha:g}, or there are too few seeds)")
+    return (f"**Does Gaussian-noise training ({aug}) protect against realistic corruptions?** "
+            f"{answer[0].upper() + answer[1:]}.{own_text}")
 
 
 def robustness_answer_text(table: pd.DataFrame, alpha: float = 0.05) -> str:

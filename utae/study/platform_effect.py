@@ -464,41 +464,55 @@ def _pair_paragraph(rows: pd.DataFrame, metric: str, alpha: float) -> str:
                "no detectable platform effect" if math.isfinite(p) else "too few pairs to test")
     lead = f"{b} scores the same as {a}" if direction == "the same" else f"{b} scores {size} {a}"
     parts.append(f"Across {_design_words(main)}, {lead}{ci_text}: {verdict}.")
-    for _, other in rows[rows["metric"] != metric].iterrows():
-        if not math.isfinite(float(other["effect"])):
-            continue
-        o_unit = " points" if other["unit"] == "points" else ""
-        parts.append(f"In {_METRIC_WORDS.get(other['metric'], other['metric'])} the difference is "
-                     f"{float(other['effect']):+.1f}{o_unit} (95% CI {_number(other['ci_low'])} to "
-                     f"{_number(other['ci_high'])}, p {_p(float(other['p_value']))}, Holm-adjusted p "
-                     f"{_p(float(other['p_holm']))}).")
+    parts.extend(_other_metric_sentences(rows[rows["metric"] != metric]))
     parts.append(f"The same seed does not reproduce exactly across these platforms (max |difference| "
                  f"{_number(main['max_abs_diff'])}{unit}): a run of one seed follows a different path on each, as "
                  "small differences in the arithmetic grow during training into a different model.")
-    if math.isfinite(seed_sd) and math.isfinite(float(main["ci_low"])):
-        bound = max(abs(float(main["ci_low"])), abs(float(main["ci_high"])))
-        if bound < seed_sd:
-            parts.append(f"The seed spread (std {_number(seed_sd)}{unit} over seeds within a configuration) is larger "
-                         f"than the platform effect, and larger than any effect the CI allows (at most "
-                         f"{_number(bound)}{unit}): which seed a run uses changes {words} more than "
-                         "which of these platforms runs it.")
-        elif significant and abs(effect) > seed_sd:
-            parts.append(f"The platform effect is larger than the seed spread (std {_number(seed_sd)}{unit}): the "
-                         "platform moves the results more than the seed does.")
-        else:
-            parts.append(f"The platform effect ({_number(abs(effect))}{unit}) is "
-                         f"{'smaller' if abs(effect) < seed_sd else 'not smaller'} than the seed spread (std "
-                         f"{_number(seed_sd)}{unit}), but the CI reaches {_number(bound)}{unit}: with these runs a "
-                         "platform effect as large as the seed spread cannot be ruled out.")
-    elif math.isfinite(seed_sd):
-        parts.append(f"The seed spread is {_number(seed_sd)}{unit} (std over seeds within a configuration).")
-    else:
-        parts.append("With one seed per configuration the seed spread cannot be measured, so it cannot be set "
-                     "against the platform effect.")
+    parts.append(_seed_spread_sentence(main, words, unit, significant))
     if unit == " points":
         parts.append(inference.power_sentence(main["diff_sd"], main["ci_half_width"], main["seeds_needed_3pt"],
                                               main["seeds_needed_1pt"], "platform effect", " per configuration"))
     return " ".join(parts)
+
+
+def _other_metric_sentences(others: pd.DataFrame) -> list[str]:
+    """One sentence per other metric of the pair (rows of the effect table) that has an effect: its difference,
+    CI and p-values."""
+    out = []
+    for _, other in others.iterrows():
+        if not math.isfinite(float(other["effect"])):
+            continue
+        o_unit = " points" if other["unit"] == "points" else ""
+        out.append(f"In {_METRIC_WORDS.get(other['metric'], other['metric'])} the difference is "
+                   f"{float(other['effect']):+.1f}{o_unit} (95% CI {_number(other['ci_low'])} to "
+                   f"{_number(other['ci_high'])}, p {_p(float(other['p_value']))}, Holm-adjusted p "
+                   f"{_p(float(other['p_holm']))}).")
+    return out
+
+
+def _seed_spread_sentence(main: pd.Series, words: str, unit: str, significant: bool) -> str:
+    """The seed spread set against the platform effect of ``main`` (the pair's row of the chosen metric) and
+    against the largest effect its CI allows; or why it cannot be."""
+    seed_sd = float(main["seed_sd"])
+    effect = float(main["effect"])
+    if math.isfinite(seed_sd) and math.isfinite(float(main["ci_low"])):
+        bound = max(abs(float(main["ci_low"])), abs(float(main["ci_high"])))
+        if bound < seed_sd:
+            return (f"The seed spread (std {_number(seed_sd)}{unit} over seeds within a configuration) is larger "
+                    f"than the platform effect, and larger than any effect the CI allows (at most "
+                    f"{_number(bound)}{unit}): which seed a run uses changes {words} more than "
+                    "which of these platforms runs it.")
+        if significant and abs(effect) > seed_sd:
+            return (f"The platform effect is larger than the seed spread (std {_number(seed_sd)}{unit}): the "
+                    "platform moves the results more than the seed does.")
+        return (f"The platform effect ({_number(abs(effect))}{unit}) is "
+                f"{'smaller' if abs(effect) < seed_sd else 'not smaller'} than the seed spread (std "
+                f"{_number(seed_sd)}{unit}), but the CI reaches {_number(bound)}{unit}: with these runs a "
+                "platform effect as large as the seed spread cannot be ruled out.")
+    if math.isfinite(seed_sd):
+        return f"The seed spread is {_number(seed_sd)}{unit} (std over seeds within a configuration)."
+    return ("With one seed per configuration the seed spread cannot be measured, so it cannot be set "
+            "against the platform effect.")
 
 
 def platform_answer_text(effect_table: pd.DataFrame, metric: str = "test_miou", alpha: float = 0.05,

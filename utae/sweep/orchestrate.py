@@ -262,8 +262,24 @@ def run_all(
     # Where the points run is known here for the local executor, with --platform, and on a cluster whose only
     # node is this machine; else (a GPU partition seen from a login node, say) each job finds its own.
     here = executor == "local" or (cluster is not None and cluster.nodes_are_this_machine())
+    plans = _plan_points(sweep, results, platform, here, configs)
+    _check_platform_folders(results, plans, here, platform)
+    try:
+        return _run_plans(sweep, results, executor, jobs, gpus, threads, timeout, no_wait, slurm, report, cluster,
+                          platform, plans, configs)
+    except KeyboardInterrupt:
+        summary = interruption_summary(sweep, results, {p.run_id: plat for p, plat, _ in plans},
+                                       {rid: c.epochs for rid, c in configs.items()})
+        raise SweepInterrupted(summary) from None  # the command line shows it, with the command that continues
+
+
+def _plan_points(sweep: Sweep, results: Path, platform: str | None, here: bool,
+                 configs: dict[str, RunConfig]) -> list[tuple[SweepPoint, str | None, str]]:
+    """``(point, platform folder, state)`` of every point: the folder is ``platform``, else the one detected per
+    device when the points run ``here``, else None (unknown: the state is then ``"run"``); the state is
+    :func:`utae.sweep.point.point_state`'s."""
     platforms: dict[str, str] = {}
-    plans: list[tuple[SweepPoint, str | None, str]] = []  # point, platform, state
+    plans: list[tuple[SweepPoint, str | None, str]] = []
     for point in sweep.points:
         device = str(point.params.get("device", "auto"))
         if platform is not None:
@@ -276,6 +292,14 @@ def run_all(
             plat = None
         state = point_state(sweep, point.run_id, results, plat, configs[point.run_id]) if plat is not None else "run"
         plans.append((point, plat, state))
+    return plans
+
+
+def _check_platform_folders(results: Path, plans: list[tuple[SweepPoint, str | None, str]], here: bool,
+                            platform: str | None) -> None:
+    """When the points run ``here``, check each platform folder of ``plans`` for runs of another machine
+    (:func:`utae.sweep.point.check_platform_folder`); on a cluster of unknown nodes, say how finished points are
+    skipped."""
     if here:
         for plat, device in {plat: str(p.params.get("device", "auto")) for p, plat, _ in plans}.items():
             assert plat is not None
@@ -284,13 +308,6 @@ def run_all(
         log.info("[sweep] the cluster's nodes may not be this machine: every point is submitted, and each job skips its "
             "point if it is finished in its node's platform folder (give PLATFORM=<the nodes' platform> to skip "
             "finished points without a job)")
-    try:
-        return _run_plans(sweep, results, executor, jobs, gpus, threads, timeout, no_wait, slurm, report, cluster,
-                          platform, plans, configs)
-    except KeyboardInterrupt:
-        summary = interruption_summary(sweep, results, {p.run_id: plat for p, plat, _ in plans},
-                                       {rid: c.epochs for rid, c in configs.items()})
-        raise SweepInterrupted(summary) from None  # the command line shows it, with the command that continues
 
 
 def _run_plans(sweep: Sweep, results: Path, executor: str, jobs: int | None, gpus: Sequence[str],

@@ -396,26 +396,42 @@ def run_point(
         log.info("[sweep] %s/%s: report rendered (%s)", platform, run_id, report)
         return "rendered"
     _check_not_in_use(run_dir)
-    if threads is None and "OMP_NUM_THREADS" not in os.environ:
-        threads = recorded_threads(run_dir)  # a resumed run keeps the threads it started with
-    env = _thread_env(threads)
-    if gpu is not None and str(gpu) != "":
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    threads, env = _kernel_env(run_dir, threads, gpu)
     shown = ", ".join(f"{k}={v}" for k, v in env.items() if k != "MKL_NUM_THREADS")
     epochs = config.epochs if config is not None else None
     log.info("[sweep] %s/%s: %s%s%s", platform, run_id, point_event(run_dir, epochs), f" ({shown})" if shown else "",
              f", {tasks} training processes" if tasks > 1 else "")
     start = time.perf_counter()
+    _execute_point(sweep, point, run_dir, config, tasks, threads, env, timeout)
+    render_notebook_html(executed, report, index_href="../index.html")
+    log.info("[sweep] %s/%s: done in %.1f s -> %s", platform, run_id, time.perf_counter() - start, report)
+    return "executed"
+
+
+def _kernel_env(run_dir: Path, threads: int | None, gpu: str | int | None) -> tuple[int | None, dict[str, str]]:
+    """The point's threads (a resumed run keeps those it started with, unless ``threads`` or ``OMP_NUM_THREADS``
+    is given) and the kernel's environment: the thread variables (:func:`_thread_env`) and
+    ``CUDA_VISIBLE_DEVICES`` for ``gpu``."""
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = recorded_threads(run_dir)  # a resumed run keeps the threads it started with
+    env = _thread_env(threads)
+    if gpu is not None and str(gpu) != "":
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return threads, env
+
+
+def _execute_point(sweep: Sweep, point: SweepPoint, run_dir: Path, config: RunConfig | None, tasks: int,
+                   threads: int | None, env: dict[str, str], timeout: int | None) -> None:
+    """Train the point (first with ``tasks`` processes when more than one) by executing its notebook into
+    ``run_dir/run.ipynb``; a SweepError when the notebook ends without a finished run."""
+    executed = run_dir / "run.ipynb"
     if tasks > 1 and not is_finished(run_dir):
-        _train_multiprocess(config or point_config(sweep, run_id, run_dir), tasks, threads, env)
+        _train_multiprocess(config or point_config(sweep, point.run_id, run_dir), tasks, threads, env)
     execute_notebook(sweep.notebook, executed, _point_params(point, run_dir), timeout=timeout or sweep.timeout,
                      env=env)
     if not is_finished(run_dir):
         raise SweepError(f"{executed} ran without error but {run_dir / 'metrics.json'} is missing: "
                          "does the notebook call utae.training.run.run with out_dir?")
-    render_notebook_html(executed, report, index_href="../index.html")
-    log.info("[sweep] %s/%s: done in %.1f s -> %s", platform, run_id, time.perf_counter() - start, report)
-    return "executed"
 
 
 def _available_cpus() -> int:

@@ -297,57 +297,10 @@ def load_npz(path: str | os.PathLike[str], members: Mapping[str, Shape | None], 
     allowed = ", ".join(sorted(members)) or "none"
     try:
         with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            names = [info.filename for info in infos]
-            by_name: dict[str, zipfile.ZipInfo] = {}
-            for info in infos:
-                stem = info.filename[:-4] if info.filename.endswith(".npy") else None
-                if stem is None or stem not in members:
-                    raise ArrayFileError(where, f"holds the member {info.filename!r}, which is not allowed; "
-                                                f"expected only the members {allowed} (as <name>.npy)")
-                if stem in by_name:
-                    raise ArrayFileError(where, f"lists the member {info.filename!r} twice")
-                by_name[stem] = info
-            missing = [m for m in members if m not in by_name and m not in optional]
-            if missing:
-                raise ArrayFileError(where, f"lacks the member(s) {', '.join(missing)}; it holds "
-                                            f"{', '.join(names) or 'nothing'}")
-            # 1. the zip directory's declared sizes, before anything is decompressed
-            total = 0
-            for stem, info in by_name.items():
-                if info.file_size > max_bytes + _MAX_HEADER:
-                    raise ArrayFileError(f"{where}: member {stem!r}",
-                                         f"is declared {human_bytes(info.file_size)} uncompressed by the zip "
-                                         f"directory; "
-                                         f"expected at most {human_bytes(max_bytes)}")
-            # 2. each member's .npy header (a few hundred bytes decompressed each)
-            headers: dict[str, ArrayHeader] = {}
-            bound: dict[str, int] = {}
-            for stem, info in by_name.items():
-                mwhere = f"{where}: member {stem!r}"
-                with zf.open(info) as fh:
-                    header = read_npy_header(fh, mwhere, _expected_array(members[stem]))
-                check_header(header, mwhere, shape=members[stem], max_bytes=max_bytes, kinds=kinds, bound=bound,
-                             limits=limits)
-                if info.file_size != header.offset + header.nbytes:
-                    raise ArrayFileError(mwhere, f"is declared {info.file_size} bytes uncompressed by the zip "
-                                                 f"directory but its .npy header declares {header.offset + header.nbytes} "
-                                                 f"({header.describe()} after a {header.offset}-byte header)")
-                total += header.nbytes
-                headers[stem] = header
-            if max_total_bytes is not None and total > max_total_bytes:
-                raise ArrayFileError(where, f"has members that declare {human_bytes(total)} in all; expected at most "
-                                            f"{human_bytes(max_total_bytes)}")
-            # 3. the data, into arrays of the declared sizes
-            out: dict[str, np.ndarray] = {}
-            for stem, info in by_name.items():
-                mwhere = f"{where}: member {stem!r}"
-                with zf.open(info) as fh:
-                    read_npy_header(fh, mwhere)
-                    out[stem] = _read_data(fh, headers[stem], mwhere)
-                    if fh.read(1):
-                        raise ArrayFileError(mwhere, "holds data after its declared array")
-            return out
+            by_name = _npz_entries(zf.infolist(), members, optional, where, allowed)
+            headers = _npz_headers(zf, by_name, members, where, max_bytes=max_bytes, max_total_bytes=max_total_bytes,
+                                   kinds=kinds, limits=limits)
+            return _npz_arrays(zf, by_name, headers, where)
     except ArrayFileError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
@@ -357,3 +310,73 @@ def load_npz(path: str | os.PathLike[str], members: Mapping[str, Shape | None], 
         text = " ".join(str(exc).split())[:200]
         raise ArrayFileError(where, f"is not a readable .npz archive ({type(exc).__name__}: {text}); "
                                     f"expected a zip of the members {allowed}") from None
+
+
+def _npz_entries(infos: Sequence[zipfile.ZipInfo], members: Mapping[str, Shape | None], optional: Collection[str],
+                 where: str, allowed: str) -> dict[str, zipfile.ZipInfo]:
+    """The archive's entries by member name: each an allowed ``<name>.npy`` listed once, every required member
+    present."""
+    names = [info.filename for info in infos]
+    by_name: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        stem = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if stem is None or stem not in members:
+            raise ArrayFileError(where, f"holds the member {info.filename!r}, which is not allowed; "
+                                        f"expected only the members {allowed} (as <name>.npy)")
+        if stem in by_name:
+            raise ArrayFileError(where, f"lists the member {info.filename!r} twice")
+        by_name[stem] = info
+    missing = [m for m in members if m not in by_name and m not in optional]
+    if missing:
+        raise ArrayFileError(where, f"lacks the member(s) {', '.join(missing)}; it holds "
+                                    f"{', '.join(names) or 'nothing'}")
+    return by_name
+
+
+def _npz_headers(zf: zipfile.ZipFile, by_name: Mapping[str, zipfile.ZipInfo], members: Mapping[str, Shape | None],
+                 where: str, *, max_bytes: int, max_total_bytes: int | None, kinds: str,
+                 limits: Mapping[str, int] | None) -> dict[str, ArrayHeader]:
+    """Every member's checked ``.npy`` header, by member name, before any data is decompressed: first the zip
+    directory's declared sizes, then each header (shape, dtype, size, agreement with the directory), then the
+    total."""
+    # 1. the zip directory's declared sizes, before anything is decompressed
+    total = 0
+    for stem, info in by_name.items():
+        if info.file_size > max_bytes + _MAX_HEADER:
+            raise ArrayFileError(f"{where}: member {stem!r}",
+                                 f"is declared {human_bytes(info.file_size)} uncompressed by the zip "
+                                 f"directory; "
+                                 f"expected at most {human_bytes(max_bytes)}")
+    # 2. each member's .npy header (a few hundred bytes decompressed each)
+    headers: dict[str, ArrayHeader] = {}
+    bound: dict[str, int] = {}
+    for stem, info in by_name.items():
+        mwhere = f"{where}: member {stem!r}"
+        with zf.open(info) as fh:
+            header = read_npy_header(fh, mwhere, _expected_array(members[stem]))
+        check_header(header, mwhere, shape=members[stem], max_bytes=max_bytes, kinds=kinds, bound=bound,
+                     limits=limits)
+        if info.file_size != header.offset + header.nbytes:
+            raise ArrayFileError(mwhere, f"is declared {info.file_size} bytes uncompressed by the zip "
+                                         f"directory but its .npy header declares {header.offset + header.nbytes} "
+                                         f"({header.describe()} after a {header.offset}-byte header)")
+        total += header.nbytes
+        headers[stem] = header
+    if max_total_bytes is not None and total > max_total_bytes:
+        raise ArrayFileError(where, f"has members that declare {human_bytes(total)} in all; expected at most "
+                                    f"{human_bytes(max_total_bytes)}")
+    return headers
+
+
+def _npz_arrays(zf: zipfile.ZipFile, by_name: Mapping[str, zipfile.ZipInfo], headers: Mapping[str, ArrayHeader],
+                where: str) -> dict[str, np.ndarray]:
+    """Each member's data, into an array of its checked header's size; a member holding more is refused."""
+    out: dict[str, np.ndarray] = {}
+    for stem, info in by_name.items():
+        mwhere = f"{where}: member {stem!r}"
+        with zf.open(info) as fh:
+            read_npy_header(fh, mwhere)
+            out[stem] = _read_data(fh, headers[stem], mwhere)
+            if fh.read(1):
+                raise ArrayFileError(mwhere, "holds data after its declared array")
+    return out
