@@ -117,7 +117,25 @@ def resolve_builder(name: str) -> Callable[..., Any]:
 
 
 def _parameters(builder: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(builder).parameters)
+    """The keywords ``builder`` takes. A class whose ``__init__`` passes ``**options`` on to its base class's
+    (``BUConvLSTM(temporal=..., **options)`` of ``RecUNet``) takes the base's keywords too: they are followed up
+    the class's MRO until an ``__init__`` without ``**`` (``nn.Module``'s own takes ``**kwargs``: open)."""
+    params = dict(inspect.signature(builder).parameters)
+    bases = builder.__mro__[1:] if inspect.isclass(builder) else ()
+    for base in bases:
+        var = [k for k, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if not var or base is object:
+            break
+        if "__init__" not in vars(base):
+            continue
+        inherited = {k: p for k, p in inspect.signature(base.__init__).parameters.items()
+                     if k != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+        own = {k: p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for k, p in params.items()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        params = {**{k: p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for k, p in inherited.items()
+                     if p.kind is not inspect.Parameter.VAR_KEYWORD}, **own,
+                  **{k: p for k, p in inherited.items() if p.kind is inspect.Parameter.VAR_KEYWORD}}
+    return params
 
 
 def check_model_options(name: str, options: Mapping[str, Any]) -> None:
