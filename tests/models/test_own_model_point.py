@@ -37,4 +37,5 @@ def test_a_sweep_point_trains_a_model_named_by_import_path(synthetic_pastis, tmp
     assert metrics["model"] == {"name": "external_model:build", "options": {"width": 4},
                                 "parameters": (9 * 10 + 1) * 4 + (4 + 1) * 20}
     assert metrics["epochs_completed"] == 1 and 0.0 <= metrics["test"]["miou"] <= 1.0
-    assert report_path(results, "plat", "seed0").is_file()
+    page = report_path(results, "plat", "seed0").read_text()
+    assert "model external_model:build (width=4): 464 trainable parameters" in page  # the notebook's model line
