@@ -14,6 +14,9 @@ Run with ``make bench`` (or ``python -m benchmarks.bench [--quick] [--device cud
 3. The loader's throughput with ``pad_collate`` (patches/s), against the training step of the same batch.
 
 The table is also written to ``results/bench/<platform>.csv``.
+
+``--models [NAME ...]`` prints instead every registered model's training step and eval forward side by side, in
+calibration blocks (:mod:`benchmarks.bench_models`; ``make bench-models``).
 """
 
 from __future__ import annotations
@@ -289,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile modes")
     parser.add_argument("--no-loader", action="store_true", help="skip the loader benchmark")
     parser.add_argument("--out", default="results/bench", help="folder of the per-platform CSV")
+    parser.add_argument("--models", nargs="*", default=None, metavar="NAME",
+                        help="only the models' table: these registered models (none named: all of them)")
+    parser.add_argument("--pastis", action="store_true", help="with --models: also at PASTIS scale (minutes on a CPU)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -296,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.benchmark = True
     platform = platform_id(device)
     print(f"Device: {device} ({platform}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.models is not None:
+        from benchmarks.bench_models import print_models
+
+        with float32_math(False):
+            print_models(args.models, device, calibration_step(device), repeats, pastis=args.pastis)
+        return
 
     with float32_math(False):
         run_calibration(device, repeats)

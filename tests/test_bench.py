@@ -98,3 +98,68 @@ def test_mode_runs_compare_each_mode_with_the_float32_run(tmp_path, synthetic_pa
     assert table.loc[0, "d_miou_points"] == 0 and table.loc[0, "train_speedup"] == 1
     assert table.loc[1, "d_miou_points"] == pytest.approx(100 * (table.loc[1, "test_miou"] - table.loc[0, "test_miou"]))
     assert ((table["test_miou"] >= 0) & (table["test_miou"] <= 1)).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Every model side by side (benchmarks.bench_models), and the study's estimate over several models
+# --------------------------------------------------------------------------------------------------
+
+
+def _stated_counts(path) -> dict[str, int]:
+    """The parameter counts that a sweep file's header states, one ``#   <model>  <count>`` line each."""
+    import re
+
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^#\s+([a-z_0-9]+)\s+(\d{1,3}(?:,\d{3})+)\s", line)
+        if match:
+            found[match.group(1)] = int(match.group(2).replace(",", ""))
+    return found
+
+
+def test_the_architecture_study_s_models_have_about_u_tae_s_parameters():
+    """params/architectures.yaml: every model within 15% of the default study's U-TAE (unet3d's only width,
+    feats, moves its count by 2x a step: feats 2 is 13% over), and its header states each count as built."""
+    from benchmarks.bench_models import STUDY_SIZE_EXTRA, STUDY_SWEEP, UTAE_WIDTH_FIELDS, study_options
+    from benchmarks.common import SMALL_WIDTHS
+    from utae.config.sweepfile import read_yaml
+    from utae.models.registry import count_parameters, create_model
+
+    default = read_yaml((STUDY_SWEEP.parent / "default.yaml").read_text())["fixed"]
+    reference = count_parameters(create_model("utae", **{f: default[f] for f in UTAE_WIDTH_FIELDS}))
+    assert reference == count_parameters(create_model("utae", **SMALL_WIDTHS, d_k=4))
+    options = study_options()
+    assert {"utae", "unet3d", "convlstm", "fpn_convlstm", "uconvlstm", "tsvit"} <= set(options)
+    counts = {name: count_parameters(create_model(name, input_size=32, **opts)) for name, opts in options.items()}
+    assert counts["utae"] == reference
+    assert _stated_counts(STUDY_SWEEP) == counts
+    for name, opts in {**options, **STUDY_SIZE_EXTRA}.items():
+        count = count_parameters(create_model(name, input_size=32, **opts))
+        assert abs(count / reference - 1) <= 0.15, (name, count)
+
+
+def test_model_rows_give_every_model_in_calibration_blocks():
+    from benchmarks.bench_models import model_rows
+
+    calls = []
+    table = model_rows(["utae", "convlstm"], {"utae": TINY_WIDTHS}, (1, 3, 16), CPU, lambda: calls.append(1), 1)
+    assert table["model"].tolist() == ["utae", "convlstm"]
+    assert table["widths"].tolist() == ["study", "official"] and table["uses_dates"].tolist() == [True, False]
+    assert table.loc[1, "parameters"] == 1_008_660  # ConvLSTM at its official widths (hidden 160)
+    # seconds over the calibration block's seconds, with one block per round (an untimed one first)
+    assert (table["train_blocks"] * table["block_ms"]).tolist() == pytest.approx(table["train_ms"].tolist())
+    assert len(calls) == 2 and (table["train_gflop"] > 0).all()
+
+
+def test_a_run_s_cost_counts_its_steps_and_evaluated_patches():
+    from benchmarks.bench_study import point_options, run_cost
+
+    metrics = {"epochs_completed": 2, "n_train": 9, "n_val": 3, "n_test": 4}
+    config = {"batch_size": 4, "test_noise_stds": [0.0, 1.0], "test_corruptions": ["clouds:1", "haze:2", "haze:3"]}
+    steps = {"train": 0.5, "eval": 0.2, "batch": 4}
+    # 2 epochs x ceil(9 / 4) = 6 training steps; 2 x 3 validation patches and (2 + 3) x 4 test patches
+    assert run_cost(steps, metrics, config) == pytest.approx(6 * 0.5 + (6 + 20) * 0.2 / 4)
+    assert point_options({"model": "utae", "n_head": 4, "model_options": {"agg_mode": "mean"}, "seed": 1}) == \
+        ("utae", {"agg_mode": "mean", "n_head": 4})
+    assert point_options({"model": "convlstm", "model_options": {"hidden_dim": 8}, "n_head": 16}) == \
+        ("convlstm", {"hidden_dim": 8})

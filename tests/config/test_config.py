@@ -301,3 +301,39 @@ def test_the_corruption_fields_are_checked_without_torch() -> None:
             "c = RunConfig(dataset_root='.', train_corruption={'kind': 'clouds', 'severity': [1, 5], 'fraction': 0.5}, "
             "test_corruptions='all'); assert len(c.test_corruptions) == 35; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_architecture_presets_compare_the_models_on_one_protocol(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """params/architectures.yaml: six models x {none, mix} x 5 seeds on the corruption study's protocol (all but
+    the dates and epochs, which its header explains), each tested on the 35 corruptions; the -pastis preset: the same
+    models at their official widths on the official five-fold protocol."""
+    from utae.config.sweepfile import load_sweep
+    from utae.perturb.kinds import all_test_corruptions
+
+    monkeypatch.setenv("PASTIS_ROOT", root)
+    models = {"utae", "unet3d", "convlstm", "fpn_convlstm", "uconvlstm", "tsvit"}
+    synthetic = load_sweep(REPO / "params" / "architectures.yaml")
+    corruptions = load_sweep(REPO / "params" / "corruptions.yaml")
+    assert {p.params["model"] for p in synthetic.points} == models and len(synthetic.points) == 6 * 2 * 5
+    assert {p.run_id.split("-aug-")[1] for p in synthetic.points} == {f"{a}-seed{s}" for a in ("none", "mix")
+                                                                       for s in range(5)}
+    different = {"synthetic", "dataset_root", "epochs", "test_noise_stds", "encoder_widths", "decoder_widths",
+                 "out_conv", "n_head", "d_model", "d_k"}
+    for key, value in corruptions.fixed.items():
+        if key not in different:
+            assert synthetic.fixed[key] == value, key
+    assert {k: v for k, v in synthetic.synthetic.items() if k != "t_range"} == \
+        {k: v for k, v in corruptions.synthetic.items() if k != "t_range"}
+    assert synthetic.cases["aug"]["mix"] == corruptions.cases["aug"]["mix"]
+    for point in synthetic.points:
+        cfg = RunConfig.from_dict({**point.params, "dataset_root": root})
+        assert cfg.test_corruptions == all_test_corruptions() and len(cfg.test_corruptions) == 35
+    pastis = load_sweep(REPO / "params" / "architectures-pastis.yaml")
+    official = load_sweep(REPO / "params" / "official.yaml")
+    assert {p.params["model"] for p in pastis.points} == models and len(pastis.points) == 6 * 2 * 5
+    for point in pastis.points:
+        cfg = RunConfig.from_dict(point.params)
+        assert cfg.model_options == {} and cfg.encoder_widths == (64, 64, 64, 128)  # every model's defaults
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.norm_stats) == (100, 4, 1e-3, "own_folds")
+        assert len(cfg.test_corruptions) == 35
+    assert {p.params["fold"] for p in pastis.points} == set(official.grid["fold"]) == {1, 2, 3, 4, 5}

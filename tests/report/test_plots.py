@@ -174,6 +174,12 @@ def test_run_tables():
     assert plat.loc["device name", "value"] == "CPU X" and plat.loc["seconds per epoch", "value"] == "1.5"
     with pytest.raises(TypeError):
         notebook.config_table(3)
+    record = {"name": "convlstm", "options": {"hidden_dim": 43, "kernel_size": [3, 3]}, "parameters": 89976}
+    assert notebook.model_summary({**metrics, "model": record}) == \
+        "model convlstm (hidden_dim=43, kernel_size=(3, 3)): 89,976 trainable parameters"
+    assert notebook.model_summary({"model": {"name": "x:build", "options": {}, "parameters": 12}}) == \
+        "model x:build (its defaults): 12 trainable parameters"
+    assert notebook.model_summary(metrics) is None  # a run older than the model record
 
 
 def test_read_run_names_missing_files(tmp_path):

@@ -419,4 +419,5 @@ def test_a_finished_run_without_its_notebook_gets_its_page_from_its_files(tmp_pa
     miou = json.loads((run_dir / "metrics.json").read_text())["test"]["miou"]
     text = page.read_text()
     assert f"{miou:.4f}" in text and "<script" not in text
+    assert "model utae (" in text  # the model line: a run older than the model record names the config's model
     assert sw.render_reports(tmp_path) == []  # there now: not rendered again

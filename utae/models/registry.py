@@ -117,18 +117,24 @@ def resolve_builder(name: str) -> Callable[..., Any]:
 
 
 def _parameters(builder: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of a builder. A class whose ``__init__`` passes ``**kwargs`` on to its base gets the
-    base's parameters too (its own first), so that a subclass that only changes defaults keeps its options."""
+    """The keywords ``builder`` takes. A class whose ``__init__`` passes ``**options`` on to its base class's
+    (``BUConvLSTM(temporal=..., **options)`` of ``RecUNet``) takes the base's keywords too: they are followed up
+    the class's MRO until an ``__init__`` without ``**`` (``nn.Module``'s own takes ``**kwargs``: open)."""
     params = dict(inspect.signature(builder).parameters)
-    if isinstance(builder, type):
-        for base in builder.__mro__[1:]:
-            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or base is object:
-                break
-            if "__init__" in vars(base):
-                own = {k: v for k, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}
-                base_params = dict(inspect.signature(base.__init__).parameters)
-                base_params.pop("self", None)
-                params = {**base_params, **own}
+    bases = builder.__mro__[1:] if inspect.isclass(builder) else ()
+    for base in bases:
+        var = [k for k, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if not var or base is object:
+            break
+        if "__init__" not in vars(base):
+            continue
+        inherited = {k: p for k, p in inspect.signature(base.__init__).parameters.items()
+                     if k != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+        own = {k: p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for k, p in params.items()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        params = {**{k: p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for k, p in inherited.items()
+                     if p.kind is not inspect.Parameter.VAR_KEYWORD}, **own,
+                  **{k: p for k, p in inherited.items() if p.kind is inspect.Parameter.VAR_KEYWORD}}
     return params
 
 

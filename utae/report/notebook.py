@@ -13,7 +13,7 @@ the package's ranges (``pyproject.toml``): Colab's own torch, numpy and pandas s
 what is missing is installed.
 
 The tables of one run (``notebooks/train_eval.ipynb``): :func:`config_table`, :func:`headline_table` and
-:func:`platform_table`.
+:func:`platform_table`; :func:`model_summary` is the line that names the run's model, its options and its size.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pandas as pd
 from utae.report.pages import use_compact_figures
 from utae.util.format import format_value
 
-__all__ = ["SYNTHETIC_ROOT", "setup", "config_table", "headline_table", "platform_table"]
+__all__ = ["SYNTHETIC_ROOT", "setup", "config_table", "headline_table", "model_summary", "platform_table"]
 
 #: The embedded default dataset of the notebooks and the default sweep, relative to the repository root.
 SYNTHETIC_ROOT = "data/synthetic_pastis"
@@ -96,6 +96,20 @@ def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
                        "loss": part.get("loss")}
     table = pd.DataFrame.from_dict(rows, orient="index").astype(float)
     return table.dropna(axis=1, how="all")
+
+
+def model_summary(metrics: Mapping[str, Any]) -> str | None:
+    """One line on the run's model from ``metrics.json``'s ``model`` record: its name, the options it was built
+    with and its trainable parameters, e.g. ``model convlstm (hidden_dim=43): 89,976 trainable parameters``;
+    None for a run older than the record."""
+    record = metrics.get("model")
+    if not isinstance(record, Mapping) or "name" not in record:
+        return None
+    options = record.get("options") or {}
+    shown = ", ".join(f"{k}={format_value(v)}" for k, v in options.items()) or "its defaults"
+    count = record.get("parameters")
+    size = f"{int(count):,} trainable parameters" if isinstance(count, int) else "parameters not recorded"
+    return f"model {record['name']} ({shown}): {size}"
 
 
 def platform_table(platform: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> pd.DataFrame:

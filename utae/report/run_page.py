@@ -24,7 +24,7 @@ import pandas as pd
 
 from utae.report import plots
 from utae.util.atomic import atomic_write_text
-from utae.report.notebook import config_table, headline_table, platform_table
+from utae.report.notebook import config_table, headline_table, model_summary, platform_table
 from utae.report.pages import figure_png, static_page
 from utae.rundir.readers import read_run
 
@@ -53,6 +53,13 @@ def _table(frame: pd.DataFrame, digits: int | None = None) -> str:
     return shown.to_html(escape=True, border=0)
 
 
+def _model_line(config: dict, metrics: dict) -> str:
+    """The model line of :func:`utae.report.notebook.model_summary`; for a run older than the record, the model
+    its config names (U-TAE when it names none)."""
+    return model_summary(metrics) or (f"model {config.get('model') or 'utae'} (its trainable parameters were not "
+                                      "recorded by this older run)")
+
+
 def run_page_html(run_dir: str | os.PathLike[str], title: str | None = None, index_href: str | None = None) -> str:
     """The HTML page of the finished run in ``run_dir`` (see the module docstring).
 
@@ -70,7 +77,8 @@ def run_page_html(run_dir: str | os.PathLike[str], title: str | None = None, ind
              "history.csv, confusion.npy, predictions.npz, platform.json. Test mIoU "
              f"<b>{float(test['miou']):.4f}</b>, OA <b>{float(test['oa']):.4f}</b> (clean test split; the void "
              "label is not scored).</p>",
-             "<h2>Configuration</h2>", _table(config_table(config)),
+             "<h2>Configuration</h2>", f"<p>{html.escape(_model_line(config, metrics))}.</p>",
+             _table(config_table(config)),
              "<h2>Scores</h2>",
              "<p>Train at the best epoch as seen during training (with its noise), validation at the best epoch, "
              "test of the best epoch's weights on the clean test split.</p>",
