@@ -54,6 +54,9 @@ def test_a_share_is_the_ratio_of_the_variances_with_an_interval_around_it() -> N
     assert table.loc["weights", "p_same"] < table.loc["data", "p_same"]
     # an F interval scales with the ratio: twice the spread is four times the share, bounds included
     assert table.loc["weights", "share_low"] == pytest.approx(4 * table.loc["data", "share_low"])
+    assert table.loc["data", "diff"] == pytest.approx(100 * (0.2 - base.mean()))  # a shifted mean, same spread
+    assert table.loc["data", "diff_low"] < table.loc["data", "diff"] < table.loc["data", "diff_high"] < 0
+    assert table.loc["data", "p_diff"] < 0.05 < table.loc["weights", "p_diff"]  # 0.4 vs a mean of 0.372
     more = _runs({("all", 1.0): np.tile(base, 4).tolist(), ("data", 1.0): np.tile(base, 4).tolist()})
     wide = table.loc["data", "share_high"] - table.loc["data", "share_low"]
     narrow = variance_shares(more).set_index("arm").loc["data"]

@@ -11,7 +11,9 @@ platform, the runs differ by the seeds of that arm's streams alone.
   95% CI of a standard deviation is the chi-square one, that of a ratio of two variances the F one
   (``scipy.stats``; both assume normal scores and independent runs, which the arms are: no run is in two arms),
   with the two-sided F-test p-value of "the same variance". Bartlett's test (``scipy.stats.bartlett``) asks whether
-  all the arms of a configuration have one variance.
+  all the arms of a configuration have one variance. The arm's mean against the reference's (Welch's CI) says what
+  the seeds it pins are worth: in a chaotic training the spread of each arm need not add up, while a pinned draw
+  that helps every run shows as a shift of the mean.
 * :func:`pairing_gain`: configurations (training noise levels) compared in pairs of runs of one ``seed`` that
   share the arm's streams (arm ``"weights"`` at noise 0 and at noise 1: the same initial weights and data stream in
   each pair; arm ``"all"`` of the default study: every stream): the sd of a paired difference against that of two
@@ -99,7 +101,9 @@ def variance_shares(runs: pd.DataFrame, metric: str = "test_miou", reference: st
     """One row per (platform, training noise, arm): ``n`` runs, ``mean`` and ``sd`` of ``metric`` (points) with the
     sd's chi-square CI (``sd_low``, ``sd_high``), the ``share`` of the reference arm's variance
     (``sd**2 / sd_ref**2``) with its F CI (``share_low``, ``share_high``) and the F-test ``p_same`` of a share of 1,
-    and per (platform, noise) Bartlett's p-value that every arm has one variance (``p_bartlett``). Arms of fewer
+    and per (platform, noise) Bartlett's p-value that every arm has one variance (``p_bartlett``); ``diff``, the
+    arm's mean minus the reference arm's, with Welch's CI (``diff_low``, ``diff_high``) and p-value (``p_diff``):
+    what the seeds an arm pins are worth against seeds drawn afresh (a main effect of those draws). Arms of fewer
     than 2 runs have NaN spreads."""
     from scipy import stats
 
@@ -122,8 +126,20 @@ def variance_shares(runs: pd.DataFrame, metric: str = "test_miou", reference: st
                          "mean": float(np.mean(values)), "sd": sd, **dict(zip(("sd_low", "sd_high"),
                                                                              _sd_interval(sd, n, level))),
                          "share": share, "share_low": low, "share_high": high, "p_same": p,
-                         "p_bartlett": bartlett})
+                         "p_bartlett": bartlett, **_mean_difference(values, ref, level)})
     return pd.DataFrame(rows)
+
+
+def _mean_difference(values: np.ndarray, ref: np.ndarray | None, level: float) -> dict[str, float]:
+    """The arm's mean minus the reference arm's, Welch's CI and p-value (``scipy.stats.ttest_ind``)."""
+    from scipy import stats
+
+    if ref is None or len(values) < 2 or len(ref) < 2:
+        return {"diff": math.nan, "diff_low": math.nan, "diff_high": math.nan, "p_diff": math.nan}
+    test = stats.ttest_ind(values, ref, equal_var=False)
+    ci = test.confidence_interval(confidence_level=level)
+    return {"diff": float(np.mean(values) - np.mean(ref)), "diff_low": float(ci.low), "diff_high": float(ci.high),
+            "p_diff": float(test.pvalue)}
 
 
 def _icc(table: np.ndarray, level: float) -> dict[str, float]:
