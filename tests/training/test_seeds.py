@@ -109,7 +109,9 @@ def test_the_initial_weights_follow_weights_seed_alone(tiny_root: str) -> None:
 def test_initial_model_leaves_the_dropout_stream_where_one_initialisation_took_it() -> None:
     """With two seeds, the weights are those of a model built from weights_seed and the global generator is where
     a model built from data_seed leaves it (the dropout masks do not depend on the weights' seed)."""
-    build = lambda: torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Dropout(0.5), torch.nn.Linear(7, 3))  # noqa: E731
+    def build() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Dropout(0.5), torch.nn.Linear(7, 3))
+
     torch.manual_seed(4)
     alone = build()
     after_data = torch.get_rng_state()

@@ -128,9 +128,9 @@ class RunConfig:
         test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
         train_corruption: None (no corruption in training), or a corruption of :mod:`utae.perturb.corruptions` as a
             training augmentation: ``{"kind": one of CORRUPTION_KINDS or "mix", "severity": 1..5 or [low, high],
-            "fraction": f in (0, 1]}``: exactly ``round(f * n_train)`` training samples, chosen by ``seed``, are
-            corrupted, each at its severity (drawn per sample in a range) and, for ``"mix"``, with a kind drawn per
-            sample among the realistic ones (every kind but ``gaussian``), the same every epoch
+            "fraction": f in (0, 1]}``: exactly ``round(f * n_train)`` training samples, chosen by
+            ``augment_seed``, are corrupted, each at its severity (drawn per sample in a range) and, for
+            ``"mix"``, with a kind drawn per sample among the realistic ones (every kind but ``gaussian``), the same every epoch
             (:class:`utae.perturb.wrappers.CorruptedDataset`); the Gaussian noise fields keep their meaning and
             apply on top. Stored as that mapping (``severity`` a list for a range).
         test_corruptions: the ``"kind:severity"`` corruptions (severity 1..5) at which the best model is also

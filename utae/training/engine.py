@@ -497,8 +497,8 @@ def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epo
 
     ``seed`` is the data stream's seed (``RunConfig.stream_seeds()["data_seed"]``): each epoch's batch order and
     worker seeds come from ``(seed, epoch)`` (:func:`utae.training.loaders.set_loader_epoch`); validation is clean
-    and draws nothing. The best epoch is the one with the highest validation mIoU (NaN counts as the lowest; a tie goes to the
-    later epoch); its weights are kept in ``state.best_model``. ``on_epoch_end(state)`` runs after each
+    and draws nothing. The best epoch is the one with the highest validation mIoU (NaN counts as the lowest; a
+    tie goes to the later epoch); its weights are kept in ``state.best_model``. ``on_epoch_end(state)`` runs after each
     epoch (the run writes its checkpoint and history there). ``max_epochs_this_call`` stops after that many
     epochs of this call (a planned interruption). Validation runs in ``eval_mode``, in groups of up to
     ``eval_batch_size`` patches of one length (see :func:`evaluate_epoch`).
