@@ -105,7 +105,8 @@ def test_run_writes_every_file_with_valid_values(finished_run) -> None:
 
     assert metrics == read_json(out / "metrics.json")
     assert set(metrics) == {"run_id", "best_epoch", "epochs_completed", "n_train", "n_val", "n_test", "train",
-                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing", "model"}
+                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing", "model", "seeds"}
+    assert metrics["seeds"] == cfg.stream_seeds()  # every stream field None: each is the run seed (docs/seeds.md)
     from utae.models.registry import count_parameters
     from utae.training.engine import build_model
 

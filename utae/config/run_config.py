@@ -46,14 +46,18 @@ __all__ = [
     "NOISE_SPACES",
     "CORRUPTION_KINDS",
     "ALL_CORRUPTIONS",
+    "STREAM_SEED_FIELDS",
     "run_config_fields",
     "run_id_for",
+    "stream_seeds",
 ]
 
 #: Fields that do not change a run's arithmetic: paths of a machine, worker processes, progress bars. They may
 #: differ between two configs of the same run (the same-run rule, :func:`utae.rundir.same_run.config_differences`;
 #: of ``init_weights`` only whether it is set counts there, the file is identified by its recorded sha256).
 HARMLESS_FIELDS: frozenset[str] = frozenset({"dataset_root", "out_dir", "init_weights", "num_workers", "progress"})
+#: The seeds of the training run's independent streams (docs/seeds.md): None takes the run's ``seed``.
+STREAM_SEED_FIELDS: tuple[str, ...] = ("weights_seed", "data_seed", "augment_seed")
 #: The precision modes of ``RunConfig.amp`` (see :mod:`utae.training.precision`).
 AMP_MODES: tuple[str, ...] = ("off", "tf32", "bf16", "fp16", "auto")
 #: The modes that need a GPU, with what they need: refused at once for device ``"cpu"``.
@@ -68,7 +72,8 @@ NORM_STATS: tuple[str, ...] = ("train_folds", "own_folds")
 FOLD_PLACEHOLDER = "{fold}"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _ID_PREFIX = {"noise_std": "noise", "noise_fraction": "frac", "noise_space": "space", "noise_resample": "resample",
-              "batch_size": "bs", "encoder_widths": "enc", "decoder_widths": "dec"}
+              "batch_size": "bs", "encoder_widths": "enc", "decoder_widths": "dec",
+              "weights_seed": "wseed", "data_seed": "dseed", "augment_seed": "aseed"}
 
 
 
@@ -84,9 +89,15 @@ class RunConfig:
     Attributes:
         dataset_root: PASTIS-format dataset folder (required; ``$VAR`` / ``${VAR}`` are expanded).
         fold: fold rotation 1 to 5 (``utae.pastis.metadata.FOLD_ROTATIONS[fold - 1]`` = train, val, test folds).
-        epochs, batch_size, lr, seed: training length, batch size, Adam learning rate, seed of everything
-            (weights, shuffling, subsets, noise). ``epochs`` 0 (only with ``init_weights``) evaluates the
-            given weights without training.
+        epochs, batch_size, lr, seed: training length, batch size, Adam learning rate, the run seed: of the
+            test-time draws (noise, corruptions) and the validation and test subsets, and of each stream below
+            left None. ``epochs`` 0 (only with ``init_weights``) evaluates the given weights without training.
+        weights_seed, data_seed, augment_seed: the seeds of the three independent streams of a training run
+            (docs/seeds.md, :meth:`stream_seeds`): the initial weights; the data stream (the training subset of
+            ``train_limit``, the order of the batches, the DataLoader workers' seeds and the dropout masks);
+            the augmentation draws (which training samples are noisy or corrupted, the noise values, the
+            corruptions' kinds, severities and draws). None (the default, and what a config.json without the
+            field means) takes ``seed``, which is the run of before the fields existed, bit for bit.
         eval_batch_size: validation and test run each patch on its own dates only (no padded step reaches the
             model), in groups of up to this many patches of the same series length (:func:`utae.training.engine.evaluate`).
             1 (the default, and what a run's config.json without the field means) is one patch per forward; a
@@ -117,9 +128,9 @@ class RunConfig:
         test_noise_stds: noise levels (in ``noise_space`` units) at which the best model is tested.
         train_corruption: None (no corruption in training), or a corruption of :mod:`utae.perturb.corruptions` as a
             training augmentation: ``{"kind": one of CORRUPTION_KINDS or "mix", "severity": 1..5 or [low, high],
-            "fraction": f in (0, 1]}``: exactly ``round(f * n_train)`` training samples, chosen by ``seed``, are
-            corrupted, each at its severity (drawn per sample in a range) and, for ``"mix"``, with a kind drawn per
-            sample among the realistic ones (every kind but ``gaussian``), the same every epoch
+            "fraction": f in (0, 1]}``: exactly ``round(f * n_train)`` training samples, chosen by
+            ``augment_seed``, are corrupted, each at its severity (drawn per sample in a range) and, for
+            ``"mix"``, with a kind drawn per sample among the realistic ones (every kind but ``gaussian``), the same every epoch
             (:class:`utae.perturb.wrappers.CorruptedDataset`); the Gaussian noise fields keep their meaning and
             apply on top. Stored as that mapping (``severity`` a list for a range).
         test_corruptions: the ``"kind:severity"`` corruptions (severity 1..5) at which the best model is also
@@ -150,6 +161,9 @@ class RunConfig:
     lr_schedule: str = "constant"
     lr_warmup: float = 0.0
     seed: int = 0
+    weights_seed: int | None = None
+    data_seed: int | None = None
+    augment_seed: int | None = None
     device: str = "auto"
     model: str = "utae"
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -237,6 +251,12 @@ class RunConfig:
             if value is not None:
                 if not is_int(value) or value < 1:
                     raise ValueError(f"{name} must be None (the whole split) or an int >= 1, got {value!r}")
+                setattr(self, name, int(value))
+        for name in STREAM_SEED_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                if not is_int(value) or value < 0:
+                    raise ValueError(f"{name} must be None (derived from seed) or an int >= 0, got {value!r}")
                 setattr(self, name, int(value))
 
     def _check_floats(self) -> None:
@@ -384,6 +404,11 @@ class RunConfig:
         """A validated copy with some fields changed."""
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
+    def stream_seeds(self) -> dict[str, int]:
+        """The effective seed of each stream (docs/seeds.md): ``{"seed": ..., "weights_seed": ...,
+        "data_seed": ..., "augment_seed": ...}``, a stream field left None taking ``seed`` (:func:`stream_seeds`)."""
+        return stream_seeds(self.to_dict())
+
     def default_run_id(self) -> str:
         """``run_id`` if set, else :func:`run_id_for` of fold, noise_std and seed (``fold1-noise0.5-seed0``)."""
         return self.run_id or run_id_for({"fold": self.fold, "noise_std": self.noise_std, "seed": self.seed})
@@ -426,6 +451,20 @@ def run_config_fields() -> dict[str, Any]:
             out[f.name] = f.default_factory()  # type: ignore[misc]
         else:
             out[f.name] = None
+    return out
+
+
+def stream_seeds(config: Mapping[str, Any]) -> dict[str, int]:
+    """The effective seeds of a config (a ``config.json`` dict, or ``RunConfig.to_dict()``): ``seed`` (0 when
+    absent, its default) and each of :data:`STREAM_SEED_FIELDS`, a field that is absent or None taking ``seed``.
+    The derivation is the identity on purpose: with every stream field None, each stream is seeded exactly as it
+    was before the fields existed, so an old run is the run of its config with the fields set to ``seed``."""
+    seed = config.get("seed")
+    seed = 0 if seed is None else int(seed)
+    out = {"seed": seed}
+    for name in STREAM_SEED_FIELDS:
+        value = config.get(name)
+        out[name] = seed if value is None else int(value)
     return out
 
 

@@ -4,9 +4,10 @@ set and corrupts a seeded fraction of its samples on the fly, as :class:`utae.pe
 Semantics (those of ``NoisyDataset`` with ``resample`` false, the study's setting):
 
 * **Which samples.** Exactly ``round(fraction * len(dataset))`` samples (Python's ``round``), drawn by
-  :func:`utae.perturb.noise.select_items` as :func:`utae.perturb.noise.select_noisy` draws the noisy ones, chosen by the run seed
-  and the kind alone (:func:`select_corrupted`), in a stream of their own: the same seed's noisy and corrupted
-  samples are drawn independently.
+  :func:`utae.perturb.noise.select_items` as :func:`utae.perturb.noise.select_noisy` draws the noisy ones, chosen by
+  the run's augmentation seed (``RunConfig.augment_seed``, by default the run seed; docs/seeds.md) and the kind
+  alone (:func:`select_corrupted`), in a stream of their own: the same seed's noisy and corrupted samples are
+  drawn independently.
 * **How.** Sample ``index`` gets the kind :meth:`utae.perturb.kinds.CorruptionSpec.kind_for` ``(seed, index)``
   (the spec's kind, or for ``"mix"`` one of the realistic kinds drawn per sample) and the severity
   :meth:`~utae.perturb.kinds.CorruptionSpec.severity_for` ``(seed, index)`` (the fixed severity, or one drawn
@@ -62,7 +63,7 @@ class CorruptedDataset(torch.utils.data.Dataset):
         dataset: map-style dataset of such dicts.
         spec: a training :class:`CorruptionSpec` (with a ``fraction``), or a config value of it
             (``RunConfig.train_corruption``).
-        seed: the run seed (>= 0).
+        seed: the run's augmentation seed (>= 0; ``RunConfig.stream_seeds()["augment_seed"]``).
         norm: ``(mean, std)``, each ``(C,)``: the statistics ``dataset`` is normalised with (the corruptions
             defined on raw reflectance need them).
     """

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from utae.util.atomic import read_json, sha256_file
-from utae.config.run_config import HARMLESS_FIELDS, RunConfig, run_config_fields
+from utae.config.run_config import HARMLESS_FIELDS, STREAM_SEED_FIELDS, RunConfig, run_config_fields, stream_seeds
 from utae.rundir.paths import CONFIG, HISTORY, METRICS, IDENTITY_FILES, TIMING_COLUMNS, ABSENT
 
 __all__ = ["normal_config", "config_differences", "result_differences"]
@@ -38,12 +38,18 @@ def _plain(value: Any) -> Any:
 
 def normal_config(config: Mapping[str, Any] | RunConfig) -> dict[str, Any]:
     """A config (a config.json dict or a RunConfig) as the same-run rule compares it: RunConfig's defaults for
-    absent fields, lists for tuples, ``init_weights`` reduced to whether it is set, and without the
+    absent fields, lists for tuples, ``init_weights`` reduced to whether it is set, a stream seed
+    (:data:`utae.config.run_config.STREAM_SEED_FIELDS`) that equals ``seed`` as None (None is derived from
+    ``seed`` as that value: a config with ``weights_seed`` None and ``seed`` 3 is the run with ``weights_seed`` 3,
+    and another ``seed`` differs by ``seed`` alone), and without the
     :data:`utae.config.run_config.HARMLESS_FIELDS`. Nothing is checked against this machine."""
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
     full = {**run_config_fields(), **values}
     out = {k: _plain(v) for k, v in full.items() if k not in HARMLESS_FIELDS}
     out["init_weights"] = None if full.get("init_weights") is None else "set"
+    effective = stream_seeds(full)
+    out.update({name: None if effective[name] == effective["seed"] else effective[name]
+                for name in STREAM_SEED_FIELDS})
     return out
 
 
@@ -57,8 +63,9 @@ def config_differences(stored: Mapping[str, Any] | RunConfig, new: Mapping[str, 
 
 def _result_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """metrics.json without what measures speed (``timing``), names a path (``init_weights.path``) or describes
-    the model that config.json names (``model``: its name, options and parameter count; older runs lack it)."""
-    out = {k: v for k, v in metrics.items() if k not in ("timing", "model")}
+    what config.json names (``model``: its name, options and parameter count; ``seeds``: the effective stream
+    seeds, :func:`utae.config.run_config.stream_seeds`; older runs lack both)."""
+    out = {k: v for k, v in metrics.items() if k not in ("timing", "model", "seeds")}
     if isinstance(out.get("init_weights"), Mapping):
         out["init_weights"] = {k: v for k, v in out["init_weights"].items() if k != "path"}
     return out

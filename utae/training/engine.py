@@ -37,6 +37,7 @@ from utae.perturb.corruptions import corrupt_batch
 from utae.perturb.noise import add_test_noise
 from utae.machine.record import peak_memory_mb, reset_peak_memory
 from utae.training.precision import autocast, float32_math, resolve_amp, tf32_enabled
+from utae.training.seeds import initial_model
 
 __all__ = [
     "NonFiniteLossError",
@@ -139,9 +140,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, *, total_ste
 def build_engine(config: RunConfig, device: torch.device, amp_dtype: torch.dtype | None,
                  ctx: DistContext | None = None, steps_per_epoch: int = 1, input_size: int | None = None) -> Engine:
     """Build the model on ``device`` (channels-last, DDP and compile as configured), Adam, the learning-rate
-    schedule (over ``config.epochs * steps_per_epoch`` batches) and the grad scaler (fp16 only)."""
+    schedule (over ``config.epochs * steps_per_epoch`` batches) and the grad scaler (fp16 only).
+
+    The initial weights come from the config's weights stream (:func:`utae.training.seeds.initial_model`): the
+    global torch generator must hold the data stream's seed (:func:`utae.training.checkpoint.seed_everything` of
+    ``config.stream_seeds()["data_seed"]``), which it keeps for the dropout masks."""
     ctx = ctx or DistContext()
-    raw = build_model(config, input_size).to(device)
+    seeds = config.stream_seeds()  # the initial weights from weights_seed; the global RNG keeps the data stream
+    raw = initial_model(lambda: build_model(config, input_size), weights_seed=seeds["weights_seed"],
+                        data_seed=seeds["data_seed"]).to(device)
     if config.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     model: nn.Module = raw
@@ -488,8 +495,10 @@ def fit(engine: Engine, train_loader: DataLoader, val_loader: DataLoader, *, epo
         ) -> TrainState:
     """Train from ``state.epoch + 1`` to ``epochs``, validating after each epoch.
 
-    The best epoch is the one with the highest validation mIoU (NaN counts as the lowest; a tie goes to the
-    later epoch); its weights are kept in ``state.best_model``. ``on_epoch_end(state)`` runs after each
+    ``seed`` is the data stream's seed (``RunConfig.stream_seeds()["data_seed"]``): each epoch's batch order and
+    worker seeds come from ``(seed, epoch)`` (:func:`utae.training.loaders.set_loader_epoch`); validation is clean
+    and draws nothing. The best epoch is the one with the highest validation mIoU (NaN counts as the lowest; a
+    tie goes to the later epoch); its weights are kept in ``state.best_model``. ``on_epoch_end(state)`` runs after each
     epoch (the run writes its checkpoint and history there). ``max_epochs_this_call`` stops after that many
     epochs of this call (a planned interruption). Validation runs in ``eval_mode``, in groups of up to
     ``eval_batch_size`` patches of one length (see :func:`evaluate_epoch`).

@@ -72,6 +72,10 @@ def make_datasets(config: RunConfig) -> Splits:
     (clouds over the scene) and then noisy, as a sensor would see it. Without a training corruption the training
     set is the one of runs written before the field existed.
 
+    Seeds (docs/seeds.md, ``config.stream_seeds()``): the training subset from ``data_seed``, the training
+    corruption and noise from ``augment_seed``, the validation and test subsets from ``seed`` (they are part of
+    the evaluation, as the test-time draws are).
+
     Normalisation (``config.norm_stats``): ``"train_folds"`` normalises all three splits with the training
     folds' statistics (the mean over those folds of the NORM_S2_patch.json mean and std vectors);
     ``"own_folds"`` normalises each split with its own folds' statistics, as the official
@@ -82,12 +86,14 @@ def make_datasets(config: RunConfig) -> Splits:
     stats = None if config.norm_stats == "own_folds" else (train.mean, train.std)
     val = PastisDataset(config.dataset_root, folds=val_folds, norm_stats=stats)
     test = PastisDataset(config.dataset_root, folds=test_folds, norm_stats=stats)
-    train_sub = _limit(train, config.train_limit, config.seed, "train_limit", 0)
+    seeds = config.stream_seeds()  # docs/seeds.md: the training subset is data, the noise and corruption augment
+    train_sub = _limit(train, config.train_limit, seeds["data_seed"], "train_limit", 0)
     if config.train_corruption is not None:
-        train_sub = CorruptedDataset(train_sub, config.train_corruption, config.seed, norm=(train.mean, train.std))
+        train_sub = CorruptedDataset(train_sub, config.train_corruption, seeds["augment_seed"],
+                                     norm=(train.mean, train.std))
     if config.noise_std > 0 and config.noise_fraction > 0:
         spec = NoiseSpec(std=config.noise_std, fraction=config.noise_fraction, space=config.noise_space,
-                         resample=config.noise_resample, seed=config.seed)
+                         resample=config.noise_resample, seed=seeds["augment_seed"])
         train_sub = NoisyDataset(train_sub, spec, channel_std=train.std)
     return Splits(train=train_sub,
                   val=_limit(val, config.val_limit, config.seed, "val_limit", 1),

@@ -16,7 +16,8 @@ and writes its run directory:
   ``pred`` ``(N, H, W)``, ``patch_id`` ``(N,)``;
 * ``metrics.json``: written last, it marks a finished run; starting a finished run again returns it at once.
   ``eval_mode`` names how the test was evaluated ("pad_free"; a file without it was evaluated in padded batches)
-  and ``test_corruptions`` holds ``{"kind", "severity", "oa", "miou", "iou"}`` per corruption of the config.
+  and ``test_corruptions`` holds ``{"kind", "severity", "oa", "miou", "iou"}`` per corruption of the config;
+  ``seeds`` the effective seed of each stream (:meth:`RunConfig.stream_seeds`, docs/seeds.md; older runs lack it).
 
 Initial weights. With ``init_weights`` (:func:`utae.training.weights.load_init_weights`: official weights or a run
 checkpoint, checked against the config's architecture) the run starts from those weights: ``epochs`` >= 1
@@ -313,13 +314,18 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     if ctx.is_main:
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "platform.json", _platform_record(config, device, amp_dtype, ctx))
-    seed_everything(config.seed)
+    # The seed streams (docs/seeds.md): the global RNGs draw the data stream's dropout masks (the initial weights
+    # are drawn from weights_seed in build_engine); the training loader's order and workers come from data_seed;
+    # the evaluation loaders and the test-time draws keep the run seed.
+    seeds = config.stream_seeds()
+    seed_everything(seeds["data_seed"])
     splits = make_datasets(config)
     loader_kw = dict(batch_size=config.batch_size, seed=config.seed, device=device,
                      num_workers=config.num_workers, ctx=ctx)
     # Fresh training noise each epoch must reach the workers, so they are rebuilt each epoch then.
     persistent_train = not (config.noise_resample and config.noise_std > 0)
-    train_loader = make_loader(splits.train, train=True, persistent=persistent_train, **loader_kw)
+    train_loader = make_loader(splits.train, train=True, persistent=persistent_train,
+                               **{**loader_kw, "seed": seeds["data_seed"]})
     # evaluation passes (validation each epoch, the test at every noise level and corruption) read a small
     # split's files once
     val_loader = ReplayLoader(make_loader(splits.val, train=False, **loader_kw))
@@ -327,7 +333,7 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     input_size = int(splits.train[0]["image"].shape[-1]) if needs_input_size(config.model) else None
     engine = build_engine(config, device, amp_dtype, ctx, steps_per_epoch=len(train_loader), input_size=input_size)
     if ctx.enabled:
-        torch.manual_seed(config.seed + 1000 * ctx.rank)  # different dropout masks in each process
+        torch.manual_seed(seeds["data_seed"] + 1000 * ctx.rank)  # different dropout masks in each process
     state = TrainState()
     init: dict[str, Any] | None = None  # the record of the initial weights (metrics.json "init_weights")
     if ckpt is not None:
@@ -375,7 +381,8 @@ def _train(config: RunConfig, ctx: DistContext, engine: Engine, splits: Splits, 
 
     if ctx.is_main and state.history:
         _write_history(out, state.history)
-    state = fit(engine, train_loader, val_loader, epochs=config.epochs, seed=config.seed, state=state,
+    state = fit(engine, train_loader, val_loader, epochs=config.epochs, seed=config.stream_seeds()["data_seed"],
+                state=state,
                 progress=config.progress, on_epoch_end=save, max_epochs_this_call=max_epochs_this_call,
                 eval_batch_size=config.eval_batch_size)
     if state.epoch < config.epochs:
@@ -494,6 +501,7 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
                   "parameters": count_parameters(engine.raw)},
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epoch,
+        "seeds": config.stream_seeds(),  # the effective seed of each stream (docs/seeds.md)
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
         "train": None if best is None else {"oa": best["train_oa"], "miou": best["train_miou"],
                                             "loss": best["train_loss"]},
