@@ -18,7 +18,7 @@ from utae.config.seedrule import read_seed_rule
 from utae.config.sweepfile import Sweep, SweepError, SweepPoint, load_sweep
 from utae.rundir.paths import run_path
 from utae.study.seed_rule import (MAX_REACHED, TARGET_REACHED, SEED_RECORD, seed_decision, seed_table,
-                                  write_seed_record)
+                                  seed_words, write_seed_record)
 
 CASES = ("none", "clouds")
 #: Paired differences (points) of seeds 0 .. 11: mean 2, a spread that halves after the first two seeds, so the
@@ -139,6 +139,22 @@ def test_the_record_is_written_and_shown_as_a_table(tmp_path: Path) -> None:
     assert table.loc[0, "seeds"] == decision.seeds and table.loc[0, "stopped"] == TARGET_REACHED
     assert table.loc[0, "half_width"] <= 3.0
     assert seed_table(tmp_path / "nowhere") is None
+    assert f"{decision.seeds} seed(s) (target reached)" in seed_words(table)
+
+
+def test_the_compare_notebook_shows_the_record_only_when_there_is_one(tmp_path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / "compare.ipynb", as_version=4)
+    (source,) = [c.source for c in nb.cells if c.get("id") == "seed-rule"]
+    shown: list[object] = []
+    namespace = {"results_dir": str(tmp_path), "display": shown.append, "Markdown": str}
+    exec(compile(source, "compare.ipynb:seed-rule", "exec"), namespace)  # noqa: S102 - the repository's own cell
+    assert shown == []  # no seeds.json: a sweep with a fixed seed list shows nothing
+    write_runs(tmp_path, range(12), DIFFS)
+    write_seed_record(tmp_path, seed_decision(rule_sweep(tmp_path), tmp_path, PLAT))
+    exec(compile(source, "compare.ipynb:seed-rule", "exec"), namespace)  # noqa: S102
+    assert "Seeds chosen by precision" in shown[0] and list(shown[1]["stopped"]) == [TARGET_REACHED]
 
 
 def test_run_rounds_runs_round_after_round_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,3 +221,34 @@ def test_a_sweep_with_seeds_gets_seeds_zero_to_max_in_its_grid(tmp_path: Path, d
     doc["grid"]["seed"] = [0, 1]
     with pytest.raises(SweepError, match="grid.seed and seeds are both given"):
         load_sweep(write_sweep(tmp_path, doc))
+
+
+def test_no_wait_submits_one_round_a_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from utae.sweep import orchestrate
+    from utae.sweep.orchestrate import RunAllOutcome
+    from utae.sweep.rounds import run_rounds
+
+    sweep = rule_sweep(tmp_path)
+    submitted = []
+
+    def fake_submit(sub: Sweep, results: Path, **_: object) -> RunAllOutcome:  # jobs queued, nothing finished yet
+        submitted.append(sorted({p.grid_values["seed"] for p in sub.points}))
+        return RunAllOutcome(job_ids=[f"1_{i}" for i in range(len(sub.points))])
+
+    monkeypatch.setattr(orchestrate, "run_all", fake_submit)
+    outcome = run_rounds(sweep, tmp_path, executor="slurm", platform=PLAT, no_wait=True)
+    assert submitted == [[0, 1, 2]] and len(outcome.job_ids) == 6 and outcome.report is None
+    assert json.loads((tmp_path / SEED_RECORD).read_text())["stopped"] == "running"
+    write_runs(tmp_path, range(3), DIFFS)  # the jobs ran; the next make reproduce submits the next round
+    run_rounds(sweep, tmp_path, executor="slurm", platform=PLAT, no_wait=True)
+    assert submitted[-1] == [0, 1, 2, 3]
+
+
+def test_run_all_hands_a_sweep_with_seeds_to_the_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from utae.sweep import orchestrate, rounds
+
+    seen = {}
+    monkeypatch.setattr(rounds, "run_rounds", lambda sweep, results, **kw: seen.update(results=results, **kw))
+    orchestrate.run_all(rule_sweep(tmp_path), tmp_path / "r", platform=PLAT, jobs=2, report=False)
+    assert seen["results"] == tmp_path / "r" and seen["platform"] == PLAT and seen["jobs"] == 2
+    assert seen["report"] is False and seen["executor"] == "local"

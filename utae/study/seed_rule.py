@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from utae.config.sweepfile import Sweep
 
 __all__ = ["SEED_RECORD", "SeedDecision", "run_metric", "paired_half_width", "seed_decision", "write_seed_record",
-           "seed_table"]
+           "seed_table", "seed_words"]
 
 #: The stopping record, in the results folder.
 SEED_RECORD = "seeds.json"
@@ -192,3 +192,16 @@ def seed_table(results: str | os.PathLike[str]) -> pd.DataFrame | None:
             for c in record["comparisons"]]
     return pd.DataFrame(rows, columns=["comparison", "where", "seeds", "half_width", "target", "reached_target_at",
                                        "stopped", "rounds"])
+
+
+def seed_words(table: pd.DataFrame) -> str:
+    """A caption (Markdown) for :func:`seed_table`'s ``table``: how many seeds and why, and what the rule reads."""
+    if table.empty:
+        return "**Seeds chosen by precision.** No comparison was evaluated yet."
+    stopped = ", ".join(sorted(set(table["stopped"])))
+    seeds = int(table["seeds"].max())
+    target = float(table["target"].iloc[0])
+    return (f"**Seeds chosen by precision** (`seeds.json`): {seeds} seed(s) ({stopped}); the sweep added seeds "
+            f"until every named comparison's paired 95% CI half-width was at most {target:g} points. The rule reads "
+            "only the spread of the paired differences, never the effect, so stopping does not bias the effects "
+            "shown below (docs/sweeps.md).")
