@@ -252,3 +252,17 @@ def test_run_all_hands_a_sweep_with_seeds_to_the_rounds(tmp_path: Path, monkeypa
     orchestrate.run_all(rule_sweep(tmp_path), tmp_path / "r", platform=PLAT, jobs=2, report=False)
     assert seen["results"] == tmp_path / "r" and seen["platform"] == PLAT and seen["jobs"] == 2
     assert seen["report"] is False and seen["executor"] == "local"
+
+
+def test_mpc_is_the_mean_over_kinds_of_the_mean_over_severities(tmp_path: Path) -> None:
+    from utae.study.seed_rule import run_metric
+
+    run_dir = make_run(tmp_path, PLAT, "aug-none-seed0", report=False, local_files=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with pytest.raises(ValueError, match="no test_corruptions, so no mpc"):
+        run_metric(run_dir, "mpc")
+    metrics["test_corruptions"] = [{"kind": "clouds", "severity": s, "miou": 0.1 * s} for s in (1, 2, 3)] + \
+        [{"kind": "haze", "severity": 1, "miou": 0.6}]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert run_metric(run_dir, "mpc") == pytest.approx((0.2 + 0.6) / 2)  # clouds: mean of 0.1, 0.2, 0.3
+    assert run_metric(run_dir, "test_miou") == metrics["test"]["miou"]

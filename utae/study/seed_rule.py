@@ -74,8 +74,10 @@ def run_metric(run_dir: str | os.PathLike[str], metric: str) -> float:
         entries = metrics.get("test_corruptions") or []
         by_kind: dict[str, list[float]] = {}
         for entry in entries:
-            value = entry.get("miou") if isinstance(entry, dict) else None
-            by_kind.setdefault(str(entry.get("kind")), []).append(math.nan if value is None else float(value))
+            if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+                raise ValueError(f"{file}: every test_corruptions entry needs a string 'kind', got {entry!r}")
+            value = entry.get("miou")
+            by_kind.setdefault(entry["kind"], []).append(math.nan if value is None else float(value))
         if not by_kind:
             raise ValueError(f"{file}: no test_corruptions, so no mpc; test the runs on corruptions "
                              "(test_corruptions: all) or compare on test_miou")
