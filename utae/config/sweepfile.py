@@ -17,6 +17,8 @@ file is a YAML mapping::
     timeout: 3600                  # optional: papermill's execution timeout per cell, in seconds
     synthetic:                     # optional: the dataset_root is synthetic data with these generator options
       t_range: [10, 14]            #   (utae.pastis.synthetic.generator_options), written before the first point runs
+    seeds: {min: 3, max: 20, target_halfwidth: 3.0, comparisons: [...]}  # optional, instead of grid.seed:
+                                   #   seeds chosen by precision (utae.config.seedrule, utae.sweep.rounds)
 
 A grid key that is not a field names **cases**: a mapping of labels to the fields each case sets, for fields
 that change together (a training augmentation is the noise or a corruption, never a product of both)::
@@ -62,6 +64,7 @@ from typing import Any
 import yaml
 
 from utae.config.run_config import RunConfig, run_config_fields, run_id_for
+from utae.config.seedrule import SeedRule, read_seed_rule
 from utae.pastis.synthetic import generator_options
 
 __all__ = [
@@ -85,7 +88,7 @@ REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 TRAIN_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "train_eval.ipynb"
 COMPARE_NOTEBOOK: Path = REPO_ROOT / "notebooks" / "compare.ipynb"
 DEFAULT_TIMEOUT = 24 * 3600  # per cell: catches a hung kernel, never a long real-PASTIS training
-_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid", "synthetic"})
+_META_KEYS = frozenset({"name", "description", "notebook", "timeout", "fixed", "grid", "synthetic", "seeds"})
 _SET_BY_SWEEP = frozenset({"out_dir", "run_id"})
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -225,6 +228,8 @@ class Sweep:
     synthetic: dict[str, Any] | None = None
     #: the case keys of the grid: key -> label -> the fields that case sets (``grid[key]`` lists the labels)
     cases: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    #: the ``seeds:`` key (utae.config.seedrule): seeds 0 .. max - 1 in the grid, run in rounds; None without it
+    seed_rule: SeedRule | None = None
 
     def point(self, run_id: str) -> SweepPoint:
         """The point named ``run_id``; a SweepError lists the known ids otherwise."""
@@ -360,10 +365,19 @@ def load_sweep(
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise SweepError(f"{path}: timeout must be a positive number of seconds, got {timeout!r}")
     synthetic = _read_synthetic(path, doc.get("synthetic"), grid, case_fields)
+    seed_rule = None
+    if "seeds" in doc:  # seeds chosen by precision: the grid gets seeds 0 .. max - 1, run_all runs them in rounds
+        if "seed" in fixed:
+            raise SweepError(f"{path}: seed is fixed and seeds is given; remove one")
+        try:
+            seed_rule = read_seed_rule(path, doc["seeds"], grid)
+        except ValueError as exc:
+            raise SweepError(str(exc)) from None
+        grid["seed"] = list(range(seed_rule.max))
     points = _grid_points(path, fixed, grid, cases)
     return Sweep(path=path, name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
                  notebook=nb_path, timeout=timeout, fixed=fixed, grid=grid, points=tuple(points),
-                 synthetic=synthetic, cases=cases)
+                 synthetic=synthetic, cases=cases, seed_rule=seed_rule)
 
 
 def _read_sweep_doc(path: Path) -> dict[Any, Any]:

@@ -238,6 +238,9 @@ def run_all(
        A failing point is reported while the others go on.
     4. compare.html and the index are rendered (``report``), unless ``no_wait`` (Slurm: submit and return).
 
+    A sweep with a ``seeds:`` key runs its seeds in rounds until they are precise enough
+    (:func:`utae.sweep.rounds.run_rounds`, which calls this function for each round).
+
     Args:
         results: the results folder (default :func:`default_results` of the sweep file).
         platform: the platform folder of every point (default: detected, per device).
@@ -251,6 +254,12 @@ def run_all(
     """
     platform = None if platform is None else safe_path_name(platform, "platform")  # one folder of results/runs
     results = Path(default_results(sweep.path) if results is None else results)
+    if sweep.seed_rule is not None:  # seeds chosen by precision: rounds of this function (utae.sweep.rounds)
+        from utae.sweep.rounds import run_rounds
+
+        return run_rounds(sweep, results, executor=executor, platform=platform, no_wait=no_wait, report=report,
+                          timeout=timeout, jobs=jobs, gpus=gpus, threads=threads, synthetic_root=synthetic_root,
+                          slurm=slurm)
     if executor not in ("local", "slurm"):
         raise SweepError(f"executor must be 'local' or 'slurm', got {executor!r}")
     slurm = slurm if slurm is not None else SlurmOptions()
