@@ -234,7 +234,8 @@ def _pam_xml(names: Sequence[str]) -> bytes:
         ET.SubElement(cats, "Category").text = name
     meta = ET.SubElement(band, "Metadata")
     ET.SubElement(meta, "MDI", key="CLASS_NAMES_SOURCE").text = "utae.classes.CLASS_NAMES (PASTIS)"
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"  # GDAL's parser refuses ET's declaration
 
 
 class OutputWriter:
