@@ -164,9 +164,9 @@ def _from_run(run_dir: Path, norm: str | Path | None) -> tuple[nn.Module, RunCon
                                "it); predict where it was trained, or copy the checkpoint into the folder")
     model = build(config)
     _load(model, weights)
-    root = Path(str(recorded.get("dataset_root") or ""))
+    root = Path(str(recorded["dataset_root"])) if recorded.get("dataset_root") else None
     if norm is None:
-        if not (root / NORM_FILE).is_file():
+        if root is None or not (root / NORM_FILE).is_file():
             raise PredictError(f"{run_dir}: the normalisation it trained with is not recorded and its dataset_root "
                                f"{root} has no {NORM_FILE} here; give that dataset's {NORM_FILE} (--norm)")
         norm = root / NORM_FILE
@@ -215,7 +215,7 @@ def load_model_source(model: str | Path, *, norm: str | Path | None = None, fold
             raise PredictError(f"{path}: not a run folder (no config.json); give a run folder or a weights file")
         net, config, record, (norm_src, run_fold, root) = _from_run(path, norm)
         fold = fold or run_fold
-        patch = window or _dataset_patch(root) or PASTIS_PATCH
+        patch = window or (_dataset_patch(root) if root is not None else None) or PASTIS_PATCH
     elif path.is_file():
         if norm is None:
             raise PredictError(f"{path}: official weights need the normalisation they were trained with: give "

@@ -71,10 +71,7 @@ def overlay(rgb: np.ndarray, classes: np.ndarray, alpha: float = 0.6) -> np.ndar
 
 def write_quicklook(series: InputSeries, map_path: Path, out: Path, max_side: int = QUICKLOOK_SIDE) -> Path:
     """Write ``out`` (PNG): the class map of ``map_path`` over the RGB composite of ``series``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave  # no pyplot: the caller's backend (a notebook's inline one) is left alone
 
     rgb = rgb_composite(series, max_side)
     classes = read_decimated(map_path, max_side)
@@ -82,7 +79,7 @@ def write_quicklook(series: InputSeries, map_path: Path, out: Path, max_side: in
         classes = classes[: rgb.shape[0], : rgb.shape[1]]
         rgb = rgb[: classes.shape[0], : classes.shape[1]]
     buffer = io.BytesIO()
-    plt.imsave(buffer, np.clip(overlay(rgb, classes), 0.0, 1.0), format="png")
+    imsave(buffer, np.clip(overlay(rgb, classes), 0.0, 1.0), format="png")
     return atomic_write_bytes(out, buffer.getvalue())
 
 

@@ -37,7 +37,7 @@ from utae.classes import N_CLASSES
 from utae.data import parse_date
 from utae.predict.dates import InputSeries, resolve_inputs, season_reference
 from utae.predict.errors import PredictError
-from utae.predict.geotiff import MAP_NODATA, OutputWriter, RasterSeries
+from utae.predict.geotiff import MAP_NODATA, OutputWriter, RasterSeries, gdal_env
 from utae.predict.model_source import ModelSource, load_model_source, to_device
 from utae.predict.prepare import window_series
 from utae.predict.stress import StressTally, corrupt_window, parse_stress
@@ -182,12 +182,13 @@ def predict(inputs: str | Path | Sequence[str | Path], model: str | Path, out_di
     source = load_model_source(model, norm=norm, fold=fold, window=window)
     spec = parse_stress(stress, draws)
     size = source.window
-    overlap = size // 4 if overlap is None else _checked("overlap", overlap, 0, size // 2)
-    seed = _checked("seed", seed, 0)
     ref = _reference(reference_date, series.dates[0])
-    days = np.array([(d - ref).days for d in series.dates], dtype=np.int64)
     dev = to_device(source, device)
-    batch = _checked("batch_size", batch_size, 1) if batch_size is not None else (4 if dev.type == "cuda" else 1)
+    settings = {"window": size, "overlap": size // 4 if overlap is None else _checked("overlap", overlap, 0, size // 2),
+                "batch_size": (_checked("batch_size", batch_size, 1) if batch_size is not None
+                               else (4 if dev.type == "cuda" else 1)),
+                "device": str(dev), "reference_date": ref.isoformat(), "stress": stress,
+                "draws": draws if spec else None, "seed": _checked("seed", seed, 0) if spec else None}
     keys = {"map"} | ({"confidence"} if confidence else set()) | ({"probabilities"} if probabilities else set())
     keys |= {"stress"} if spec else set()
     out_dir = Path(out_dir)
@@ -195,33 +196,22 @@ def predict(inputs: str | Path | Sequence[str | Path], model: str | Path, out_di
     if threads is not None:
         torch.set_num_threads(_checked("threads", threads, 1))
     try:
-        with RasterSeries(series.files, len(series.dates), series.stack) as rasters:
-            settings = {"window": size, "overlap": overlap, "batch_size": batch, "device": str(dev),
-                        "reference_date": ref.isoformat(), "stress": stress, "draws": draws if spec else None,
-                        "seed": seed if spec else None}
-            tags = {"UTAE_MODEL": str(model), "UTAE_VERSION": __version__, "UTAE_REFERENCE_DATE": ref.isoformat()}
-            writer = OutputWriter(out_dir, {k: OUTPUT_NAMES[k] for k in sorted(keys)}, rasters, tags)
-            try:
-                tally = StressTally(draws) if spec else None
-                emit = _Emitter(writer, keys, tally)
-                n_windows = _predict_windows(rasters, source, dev, days, size, overlap, batch, spec, seed, emit,
-                                             progress)
-                outputs = writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-            table = None
-            if tally is not None:
-                outputs["stress_csv"], outputs["stress_json"] = (out_dir / OUTPUT_NAMES["stress_csv"],
-                                                                 out_dir / OUTPUT_NAMES["stress_json"])
-                kind, severity = spec
-                table = tally.write(outputs["stress_csv"], outputs["stress_json"],
-                                    {"kind": kind, "severity": severity, "draws": draws, "seed": seed})
+        with gdal_env(), RasterSeries(series.files, len(series.dates), series.stack) as rasters:
+            days = np.array([(d - ref).days for d in series.dates], dtype=np.int64)
+            outputs, n_windows, emit = _write_maps(rasters, source, dev, days, settings, spec, keys, out_dir,
+                                                   str(model), progress)
             height, width = rasters.height, rasters.width
+        table = None
+        if emit.tally is not None:
+            outputs["stress_csv"], outputs["stress_json"] = (out_dir / OUTPUT_NAMES["stress_csv"],
+                                                             out_dir / OUTPUT_NAMES["stress_json"])
+            table = emit.tally.write(outputs["stress_csv"], outputs["stress_json"],
+                                     {"kind": spec[0], "severity": spec[1], "draws": draws, "seed": seed})
         if quicklook:
             from utae.predict.quicklook import write_quicklook
 
-            outputs["quicklook"] = write_quicklook(series, outputs["map"], out_dir / OUTPUT_NAMES["quicklook"])
+            with gdal_env():
+                outputs["quicklook"] = write_quicklook(series, outputs["map"], out_dir / OUTPUT_NAMES["quicklook"])
     finally:
         torch.set_num_threads(old_threads)
     seconds = time.perf_counter() - start
@@ -235,6 +225,22 @@ def predict(inputs: str | Path | Sequence[str | Path], model: str | Path, out_di
              n_windows, seconds, out_dir)
     return PredictResult(outputs=outputs, height=height, width=width, series=series, n_windows=n_windows,
                          seconds=seconds, stress_table=table, record=record)
+
+
+def _write_maps(rasters: RasterSeries, source: ModelSource, device: torch.device, days: np.ndarray,
+                settings: dict[str, Any], spec: tuple[str, int] | None, keys: set[str], out_dir: Path, model: str,
+                progress: bool) -> tuple[dict[str, Path], int, _Emitter]:
+    """Predict every window into the output GeoTIFFs ``keys``, renamed into place only when complete."""
+    tags = {"UTAE_MODEL": model, "UTAE_VERSION": __version__, "UTAE_REFERENCE_DATE": settings["reference_date"]}
+    writer = OutputWriter(out_dir, {k: OUTPUT_NAMES[k] for k in sorted(keys)}, rasters, tags)
+    try:
+        emit = _Emitter(writer, keys, StressTally(settings["draws"]) if spec else None)
+        n_windows = _predict_windows(rasters, source, device, days, settings["window"], settings["overlap"],
+                                     settings["batch_size"], spec, settings["seed"], emit, progress)
+        return writer.commit(), n_windows, emit
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _predict_windows(rasters: RasterSeries, source: ModelSource, device: torch.device, days: np.ndarray,
