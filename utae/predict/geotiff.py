@@ -159,18 +159,29 @@ class RasterSeries:
                                    f"{int(offset) + int(count)}); copy or download it again")
 
     # -- reading ----------------------------------------------------------------------------------
-    def read_rows(self, row0: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    def read_rows(self, row0: int, n_rows: int, out: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``row0 .. row0 + n_rows - 1`` of every date: ``(raw (T, 10, n_rows, W), valid (T, n_rows, W) bool)``;
-        ``raw`` in the files' type (the widest when they differ), ``valid`` False on nodata."""
+        ``raw`` in the files' type (the widest when they differ), ``valid`` False on nodata. ``out``: the arrays of
+        a previous call, filled again when their shapes fit (a full tile's strip of 40 dates is 1.1 GB: two of them
+        need not live at once)."""
         window = Window(0, row0, self.width, n_rows)
         dtype = np.result_type(*[np.dtype(d) for s in self._srcs for d in s.dtypes])
-        raw = np.empty((self.n_dates, N_BANDS, n_rows, self.width), dtype=dtype)
-        valid = np.empty((self.n_dates, n_rows, self.width), dtype=bool)
+        shape = (self.n_dates, N_BANDS, n_rows, self.width)
+        if out is not None and out[0].shape == shape and out[0].dtype == dtype:
+            raw, valid = out
+        else:
+            out = None  # let the old arrays go before the new ones are made
+            raw = np.empty(shape, dtype=dtype)
+            valid = np.empty((self.n_dates, n_rows, self.width), dtype=bool)
         for t in range(self.n_dates):
             src, path = (self._srcs[0], self.files[0]) if self.stack else (self._srcs[t], self.files[t])
             bands = list(range(N_BANDS * t + 1, N_BANDS * t + N_BANDS + 1)) if self.stack else list(range(1, 11))
             try:
-                raw[t] = src.read(bands, window=window)
+                if all(np.dtype(src.dtypes[b - 1]) == dtype for b in bands):
+                    src.read(bands, window=window, out=raw[t])
+                else:
+                    raw[t] = src.read(bands, window=window)
                 valid[t] = self._valid(src, bands, window, raw[t])
             except RasterioError as exc:
                 raise PredictError(f"{path}: cannot read rows {row0}..{row0 + n_rows - 1} ({_one_line(exc)}); the "

@@ -8,9 +8,11 @@ blended (:class:`~utae.predict.tiling.RollingBlend`) and the rows that no later 
 With ``stress``, every window is also predicted under ``draws`` corrupted draws (:mod:`utae.predict.stress`).
 
 Memory. What is held at once: one strip of the input, ``T x 10 x window x W`` values in the files' type (int16:
-112 MB for a full tile of 10,980 px and 40 dates), its nodata masks (a byte a pixel and date), the blended sums
-of ``1 + draws`` layers of 20 classes over ``window`` rows (float32: 112 MB a layer at that width), the rows being
-written, and the model's activations for a group of windows. None of it grows with the raster's height.
+1.1 GB for a full tile of 10,980 px and 40 dates; the same arrays are filled again for every strip), its nodata
+masks (a byte a pixel and date), the blended sums of ``1 + draws`` layers of 20 classes over ``window`` rows
+(float32: 112 MB a layer at that width), the rows being written and their softmax, GDAL's block cache (capped,
+:func:`utae.predict.geotiff.gdal_env`) and the model's activations for a group of windows. None of it grows with
+the raster's height.
 
 Dates. ``batch_positions`` are days since ``reference_date``: ``"auto"`` (the default) is 1 September before
 the first acquisition (:func:`utae.predict.dates.season_reference`), PASTIS's 2018-09-01 for a series of the
@@ -53,6 +55,7 @@ OUTPUT_NAMES: dict[str, str] = {"map": "map.tif", "confidence": "confidence.tif"
                                 "stress_json": "stress.json", "quicklook": "quicklook.png",
                                 "record": "prediction.json"}
 _PENDING_GROUPS = 4
+_EMIT_ROWS = 32
 
 
 @dataclass
@@ -117,6 +120,10 @@ class _Emitter:
         self.counts = np.zeros(N_CLASSES, dtype=np.int64)
 
     def __call__(self, top: int, sums: np.ndarray, weight: np.ndarray) -> None:
+        for r in range(0, weight.shape[0], _EMIT_ROWS):  # in chunks: the softmax's temporaries stay small
+            self._rows(top + r, sums[:, :, r:r + _EMIT_ROWS], weight[r:r + _EMIT_ROWS])
+
+    def _rows(self, top: int, sums: np.ndarray, weight: np.ndarray) -> None:
         nodata = weight == 0
         logits = sums / np.where(nodata, np.float32(1.0), weight)  # (L, K, n, W)
         classes = logits[0].argmax(axis=0).astype(np.uint8)
@@ -256,11 +263,13 @@ def _predict_windows(rasters: RasterSeries, source: ModelSource, device: torch.d
     norm = (source.mean, source.std)
     n_windows = sum(len(s) for s in strips)
     bar = tqdm(total=n_windows, desc="predict", unit="window", disable=not progress, dynamic_ncols=True)
+    buffers = None  # the strip's arrays, filled again for each strip
     with torch.inference_mode(), bar:
         for strip in strips:
             for rows in blend.advance(strip[0].row):
                 emit(*rows)
-            raw, valid = rasters.read_rows(strip[0].row, strip[0].h)
+            buffers = rasters.read_rows(strip[0].row, strip[0].h, out=buffers)
+            raw, valid = buffers
             for win in strip:
                 cols = slice(win.col, win.col + win.w)
                 prepared = window_series(raw[..., cols], valid[..., cols], days, source.mean, source.std, size)
