@@ -159,8 +159,10 @@ def smoke_steps(device: torch.device, widths: dict, shape: Shape) -> dict[str, s
 def env_check(json_path: Path, tiny: bool) -> int:
     """Write the environment record to ``json_path`` and print it; 1 when an import or a step failed."""
     device = resolve_device("auto")
-    modules = [m.name for m in pkgutil.walk_packages(utae.__path__, "utae.")  # every module of every subpackage
-               if not m.name.rpartition(".")[2].startswith("_")]
+    # every module of every subpackage but utae.predict (GeoTIFF maps: rasterio, which the campaign neither needs nor
+    # carries to the GPU machine)
+    modules = [m.name for m in pkgutil.walk_packages(utae.__path__, "utae.")
+               if not m.name.rpartition(".")[2].startswith("_") and not m.name.startswith("utae.predict")]
     record: dict = {
         "python": sys.version.split()[0], "python_executable": sys.executable, "machine": _pyplatform.machine(),
         "torch": torch.__version__, "cuda": torch.version.cuda,

@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"util", "pastis", "perturb", "config", "rundir", "study"},
     "sweep": _ABOVE_TRAINING | {"study", "report"},
     "exchange": _ABOVE_TRAINING | {"study", "report", "sweep"},
+    "predict": _ABOVE_TRAINING | {"training"},
 }
 
 

@@ -21,6 +21,8 @@ Commands::
                                     import runs, checked, never overwriting (:mod:`utae.exchange.import_runs`)
     verify SWEEP [--results R] [--points N|ids] [--scratch DIR] [--platform P] [--threads T]
                                     rerun points here and compare with the committed runs (:mod:`utae.exchange.verify`)
+    predict INPUT... --model M --out DIR [--stress KIND:SEVERITY --draws N] [...]
+                                    a crop map from your own Sentinel-2 GeoTIFFs (:mod:`utae.predict`)
 
 Exit statuses: 0 success; 1 a point failed (the others ran), ``import`` refused a run, or ``verify`` found a
 same-machine difference (or compared nothing); 2 an error the user can fix (one line on stderr, ``error: ...``,
@@ -48,6 +50,7 @@ from utae.sweep.point import run_point
 from utae.report.pages import ReportWriteError, write_index
 from utae.sweep.orchestrate import SweepInterrupted, default_results, report_studies, run_all, run_compare
 from utae.exchange.verify import verify, verify_failures
+from utae.predict import command as predict_command
 
 __all__ = ["main"]
 
@@ -119,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="write results/reports/index.html")
     p.add_argument("--results", default="results")
     _exchange_commands(sub)
+    predict_command.add_arguments(sub.add_parser("predict", help=predict_command.HELP))
     return parser
 
 
@@ -246,6 +250,8 @@ def _run(args: argparse.Namespace) -> int:
         frame = verify(args.sweep, args.results, points=points, scratch=args.scratch, platform=args.platform,
                        threads=args.threads)
         return 1 if frame.empty or len(verify_failures(frame)) else 0
+    elif args.command == "predict":
+        return predict_command.run_command(args)
     return 0
 
 
