@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import file_tiers
 from utae.pastis.synthetic import generator_options, make_synthetic_pastis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,30 +27,11 @@ BASELINES_DIR = REPO_ROOT.parent / "shared" / "reference" / "baselines"
 #: test is slow too (see :func:`pytest_collection_modifyitems`).
 
 
-def _mark_names(node: ast.AST) -> set[str]:
-    """The ``pytest.mark.<name>`` names that an expression mentions (a mark, a list or tuple of marks)."""
-    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
-            and n.value.attr == "mark" and isinstance(n.value.value, ast.Name) and n.value.value.id == "pytest"}
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every ``long`` test is also ``slow``: ``-m "not slow"`` leaves out all that ``-m "not long"`` does."""
     for item in items:
         if item.get_closest_marker("long") is not None and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
-
-
-def file_tiers(path: Path) -> set[str]:
-    """The tiers (``slow``, ``long``) that a test file's module-level ``pytestmark`` gives all its tests, read from
-    the file's syntax tree (so that no formatting of the assignment, over several lines or as a list, changes
-    them); ``long`` implies ``slow``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    tiers: set[str] = set()
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets) and node.value is not None:
-            tiers |= _mark_names(node.value) & {"slow", "long"}
-    return tiers | {"slow"} if "long" in tiers else tiers
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -6,6 +6,7 @@ and functions, imported as ``from helpers import ...`` (pytest puts ``tests/`` o
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import subprocess
@@ -251,3 +252,27 @@ def build_study(tmp_path_factory: pytest.TempPathFactory, synthetic_pastis) -> P
     proc = make(study, "reproduce")  # points in parallel by default (one a core, one torch thread each)
     marker.write_text(proc.stdout)
     return study
+
+
+# --------------------------------------------------------------------------------------------------
+# The tiers of a test file (conftest.py leaves out whole files by them; tests/test_tiers.py checks them)
+# --------------------------------------------------------------------------------------------------
+
+
+def _mark_names(node: ast.AST) -> set[str]:
+    """The ``pytest.mark.<name>`` names that an expression mentions (a mark, a list or tuple of marks)."""
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "mark" and isinstance(n.value.value, ast.Name) and n.value.value.id == "pytest"}
+
+
+def file_tiers(path: Path) -> set[str]:
+    """The tiers (``slow``, ``long``) that a test file's module-level ``pytestmark`` gives all its tests, read from
+    the file's syntax tree (so that no formatting of the assignment, over several lines or as a list, changes
+    them); ``long`` implies ``slow``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tiers: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets) and node.value is not None:
+            tiers |= _mark_names(node.value) & {"slow", "long"}
+    return tiers | {"slow"} if "long" in tiers else tiers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import file_tiers
+from helpers import file_tiers
 
 TESTS = Path(__file__).resolve().parent
 
