@@ -10,7 +10,6 @@ import datetime as dt
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import ColorInterp

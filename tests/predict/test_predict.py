@@ -12,7 +12,6 @@ misplaced date or a wrong blending weight moves logits by 1e-2 or more.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 

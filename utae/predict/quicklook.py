@@ -22,7 +22,7 @@ from utae.predict.dates import InputSeries
 from utae.predict.geotiff import MAP_NODATA, RasterSeries, read_decimated
 
 __all__ = ["QUICKLOOK_SIDE", "rgb_composite", "class_colours", "overlay", "write_quicklook", "plot_map",
-           "plot_values"]
+           "plot_values", "read_output"]
 
 #: The longest side of the quick-look pictures, in pixels.
 QUICKLOOK_SIDE = 1024
