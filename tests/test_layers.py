@@ -65,3 +65,52 @@ def test_the_table_has_no_circle() -> None:
 
     for name in ALLOWED:
         visit(name, ())
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (function-level imports included; a subpackage's ``__init__``
+    counts as its own module)."""
+    files = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+
+    def owner(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for target in targets:
+                found = owner(target) if target.startswith("utae") else None
+                if found and found != module and not (files[found].name == "__init__.py" and module.startswith(found + ".")):
+                    graph[module].add(found)
+    return graph
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import circle between modules either (a function-level import counts: it hides a circle, not removes it)."""
+    graph, state, circles = _module_graph(), {}, []
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, circles

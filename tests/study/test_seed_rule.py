@@ -172,10 +172,10 @@ def test_run_rounds_runs_round_after_round_and_stops(tmp_path: Path, monkeypatch
         write_runs(results, seeds, diffs)
         return RunAllOutcome()
 
-    monkeypatch.setattr(orchestrate, "run_all", fake_run_all)
     from utae.sweep.rounds import run_rounds
 
-    run_rounds(sweep, tmp_path, platform=PLAT, report=False)
+    run_rounds(sweep, tmp_path, run_round=fake_run_all, study_report=orchestrate._study_report,
+               outcome=RunAllOutcome(), platform=PLAT, report=False)
     want = expected_stop(diffs, 3, 12, 3.0)
     assert rounds == list(range(3, want + 1))
     assert json.loads((tmp_path / SEED_RECORD).read_text())["seeds"] == want
@@ -235,12 +235,15 @@ def test_no_wait_submits_one_round_a_call(tmp_path: Path, monkeypatch: pytest.Mo
         submitted.append(sorted({p.grid_values["seed"] for p in sub.points}))
         return RunAllOutcome(job_ids=[f"1_{i}" for i in range(len(sub.points))])
 
-    monkeypatch.setattr(orchestrate, "run_all", fake_submit)
-    outcome = run_rounds(sweep, tmp_path, executor="slurm", platform=PLAT, no_wait=True)
+    def rounds_call() -> RunAllOutcome:
+        return run_rounds(sweep, tmp_path, run_round=fake_submit, study_report=orchestrate._study_report,
+                          outcome=RunAllOutcome(), executor="slurm", platform=PLAT, no_wait=True)
+
+    outcome = rounds_call()
     assert submitted == [[0, 1, 2]] and len(outcome.job_ids) == 6 and outcome.report is None
     assert json.loads((tmp_path / SEED_RECORD).read_text())["stopped"] == "running"
     write_runs(tmp_path, range(3), DIFFS)  # the jobs ran; the next make reproduce submits the next round
-    run_rounds(sweep, tmp_path, executor="slurm", platform=PLAT, no_wait=True)
+    rounds_call()
     assert submitted[-1] == [0, 1, 2, 3]
 
 
@@ -252,6 +255,7 @@ def test_run_all_hands_a_sweep_with_seeds_to_the_rounds(tmp_path: Path, monkeypa
     orchestrate.run_all(rule_sweep(tmp_path), tmp_path / "r", platform=PLAT, jobs=2, report=False)
     assert seen["results"] == tmp_path / "r" and seen["platform"] == PLAT and seen["jobs"] == 2
     assert seen["report"] is False and seen["executor"] == "local"
+    assert seen["run_round"] is orchestrate.run_all and isinstance(seen["outcome"], orchestrate.RunAllOutcome)
 
 
 def test_mpc_is_the_mean_over_kinds_of_the_mean_over_severities(tmp_path: Path) -> None:

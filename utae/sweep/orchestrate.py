@@ -257,7 +257,8 @@ def run_all(
     if sweep.seed_rule is not None:  # seeds chosen by precision: rounds of this function (utae.sweep.rounds)
         from utae.sweep.rounds import run_rounds
 
-        return run_rounds(sweep, results, executor=executor, platform=platform, no_wait=no_wait, report=report,
+        return run_rounds(sweep, results, run_round=run_all, study_report=_study_report, outcome=RunAllOutcome(),
+                          executor=executor, platform=platform, no_wait=no_wait, report=report,
                           timeout=timeout, jobs=jobs, gpus=gpus, threads=threads, synthetic_root=synthetic_root,
                           slurm=slurm)
     if executor not in ("local", "slurm"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from utae.config.sweepfile import Sweep, SweepError
@@ -46,18 +47,18 @@ def rule_platform(sweep: Sweep, results: Path, executor: str, platform: str | No
     return next(iter(found), None)
 
 
-def run_rounds(sweep: Sweep, results: Path, executor: str = "local", platform: str | None = None,
-               no_wait: bool = False, report: bool = True, timeout: int | None = None, **run_all_options: Any):
-    """Run ``sweep`` (which has a seed rule) round by round until the rule stops; ``run_all_options`` go to every
-    round's :func:`utae.sweep.orchestrate.run_all`. Returns a :class:`utae.sweep.orchestrate.RunAllOutcome` of all
-    the rounds (its ``report`` rendered once, at the end, unless ``no_wait`` returned after a submission).
+def run_rounds(sweep: Sweep, results: Path, *, run_round: Callable[..., Any], study_report: Callable[..., Any],
+               outcome: Any, executor: str = "local", platform: str | None = None, no_wait: bool = False,
+               report: bool = True, timeout: int | None = None, **run_all_options: Any):
+    """Run ``sweep`` (which has a seed rule) round by round until the rule stops. Each round is ``run_round``
+    (:func:`utae.sweep.orchestrate.run_all`, which calls this function: it passes itself, its study report and an
+    empty :class:`utae.sweep.orchestrate.RunAllOutcome` as ``outcome``, so that this module does not import it back),
+    with ``run_all_options``. Returns ``outcome`` filled with all the rounds (its ``report`` rendered once, at the
+    end, by ``study_report``, unless ``no_wait`` returned after a submission).
 
     A round that has failed points ends the sweep (the rule needs every point of a seed); fix the cause and run
     again."""
-    from utae.sweep.orchestrate import RunAllOutcome, _study_report, run_all
-
     assert sweep.seed_rule is not None
-    outcome = RunAllOutcome()
     skipped: dict[str, None] = {}
     last: tuple[int, int] | None = None
     while True:
@@ -74,7 +75,7 @@ def run_rounds(sweep: Sweep, results: Path, executor: str = "local", platform: s
         last = (decision.seeds, finished)
         points = tuple(p for p in sweep.points if int(p.grid_values["seed"]) < decision.seeds)
         log.info(f"[sweep] seeds: round of {decision.seeds} seed(s) ({len(points)} point(s))")
-        got = run_all(dataclasses.replace(sweep, points=points, seed_rule=None), results, executor=executor,
+        got = run_round(dataclasses.replace(sweep, points=points, seed_rule=None), results, executor=executor,
                       platform=platform, no_wait=no_wait, report=False, timeout=timeout, **run_all_options)
         skipped.update(dict.fromkeys(got.skipped))
         outcome.results.extend(got.results)
@@ -88,7 +89,7 @@ def run_rounds(sweep: Sweep, results: Path, executor: str = "local", platform: s
     ran = {r.run_id for r in outcome.results}
     outcome.skipped = [r for r in skipped if r not in ran]
     if report and not (no_wait and outcome.job_ids):
-        outcome.report = _study_report(results, timeout=timeout)
+        outcome.report = study_report(results, timeout=timeout)
     return outcome
 
 
