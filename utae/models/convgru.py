@@ -29,10 +29,8 @@ from utae.models.rec_blocks import (
     check_input_size,
     check_pad_value,
     check_positive_int,
-    check_real_frames,
-    check_series,
-    resolve_pad_mask,
     scan,
+    series_pad_mask,
 )
 
 __all__ = ["ConvGRUCell", "ConvGRULayer", "ConvGRU"]
@@ -136,8 +134,6 @@ class ConvGRU(nn.Module):
         Returns:
             logits ``(B, num_classes, H, W)``.
         """
-        check_series("convgru", x, batch_positions, pad_mask, self.input_dim, self.input_size)
-        pad = resolve_pad_mask(x, pad_mask, self.pad_value)
-        check_real_frames(pad, "convgru")
+        pad = series_pad_mask("convgru", x, batch_positions, pad_mask, self.input_dim, self.input_size, self.pad_value)
         h = self.convgru_encoder(x, None if self.official_padding else ~pad)
         return self.classification_layer(h)

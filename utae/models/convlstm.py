@@ -34,10 +34,8 @@ from utae.models.rec_blocks import (
     check_input_size,
     check_pad_value,
     check_positive_int,
-    check_real_frames,
-    check_series,
-    resolve_pad_mask,
     scan,
+    series_pad_mask,
 )
 
 __all__ = ["ConvLSTMCell", "ConvLSTMLayer", "BConvLSTMLayer", "ConvLSTM", "check_kernel_size"]
@@ -187,8 +185,6 @@ class ConvLSTM(nn.Module):
         Returns:
             logits ``(B, num_classes, H, W)``.
         """
-        check_series("convlstm", x, batch_positions, pad_mask, self.input_dim, self.input_size)
-        pad = resolve_pad_mask(x, pad_mask, self.pad_value)
-        check_real_frames(pad, "convlstm")
+        pad = series_pad_mask("convlstm", x, batch_positions, pad_mask, self.input_dim, self.input_size, self.pad_value)
         h, c = self.convlstm_encoder(x, None if self.official_padding else ~pad)
         return self.classification_layer(c if self.classify == "cell" else h)

@@ -47,10 +47,9 @@ from utae.models.rec_blocks import (
     check_input_size,
     check_pad_value,
     check_positive_int,
-    check_series,
     check_widths,
     encode_frames,
-    resolve_pad_mask,
+    series_pad_mask,
 )
 
 __all__ = ["Pyramid", "FPNConvLSTM"]
@@ -178,8 +177,8 @@ class FPNConvLSTM(nn.Module):
         Returns:
             logits ``(B, num_classes, H, W)``.
         """
-        check_series("fpn_convlstm", x, batch_positions, pad_mask, self.input_dim, self.input_size)
-        pad = resolve_pad_mask(x, pad_mask, self.pad_value)
+        pad = series_pad_mask("fpn_convlstm", x, batch_positions, pad_mask, self.input_dim, self.input_size,
+                              self.pad_value)
         (features,) = encode_frames(lambda f: [self.encode(f)], x, pad, self.pad_value, "fpn_convlstm")
         h, c = self.convlstm(features, None if self.official_padding else ~pad)
         return self.outconv(c if self.classify == "cell" else h)

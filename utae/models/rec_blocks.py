@@ -32,6 +32,7 @@ __all__ = [
     "check_series",
     "resolve_pad_mask",
     "check_real_frames",
+    "series_pad_mask",
     "encode_frames",
     "scan",
     "masked_time_mean",
@@ -141,6 +142,16 @@ def check_real_frames(pad_mask: Tensor, model: str) -> None:
             f"{model}: sample(s) {empty.nonzero().flatten().tolist()} of the batch have only padded frames; "
             "each needs at least one real frame"
         )
+
+
+def series_pad_mask(model: str, x: Tensor, batch_positions: Tensor | None, pad_mask: Tensor | None,
+                    input_dim: int, input_size: int | None, pad_value: float) -> Tensor:
+    """The checks every recurrent baseline's forward starts with, then its ``(B, T)`` pad mask:
+    :func:`check_series`, :func:`resolve_pad_mask` and :func:`check_real_frames` (every sample has a real frame)."""
+    check_series(model, x, batch_positions, pad_mask, input_dim, input_size)
+    pad = resolve_pad_mask(x, pad_mask, pad_value)
+    check_real_frames(pad, model)
+    return pad
 
 
 def _real_frames(pad_cpu: Tensor, model: str) -> Tensor | None:

@@ -50,11 +50,10 @@ from utae.models.rec_blocks import (
     check_input_size,
     check_pad_value,
     check_positive_int,
-    check_series,
     check_widths,
     encode_frames,
     masked_time_mean,
-    resolve_pad_mask,
+    series_pad_mask,
 )
 
 __all__ = ["level_sizes", "RecUNet", "UConvLSTM", "BUConvLSTM"]
@@ -192,8 +191,7 @@ class RecUNet(nn.Module):
             logits ``(B, num_classes, H, W)``, all >= 0 (``out_conv`` ends with a ReLU).
         """
         name = type(self).__name__
-        check_series(name, x, batch_positions, pad_mask, self.input_dim, self.input_size)
-        pad = resolve_pad_mask(x, pad_mask, self.pad_value)
+        pad = series_pad_mask(name, x, batch_positions, pad_mask, self.input_dim, self.input_size, self.pad_value)
         maps = encode_frames(self.encode, x, pad, self.pad_value, name)
         h, c = self.temporal_encoder(maps[-1], None if self.official_padding else ~pad)
         out = self.out_convlstm(c if self.classify == "cell" else h)
