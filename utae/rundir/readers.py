@@ -8,15 +8,7 @@ size limit, every score finite, the test scores equal to those of the confusion 
 noise (:func:`check_consistency`; verify uses it through :func:`read_checked_metrics`), the ``test_corruptions``
 those of the config (:func:`check_test_corruptions`); :func:`read_run` loads them all; :func:`readable_runs` walks
 a runs tree (leaving out, by name, a run whose records do not read or whose ``test_corruptions`` are not its
-config's). The files themselves (the layout below) are :mod:`utae.rundir.paths`'s::
-
-    config.json      RunConfig.to_dict()
-    platform.json    utae.machine.record.platform_info(...): software, hardware, the machine's fingerprint
-    history.csv      one row an epoch (utae.training.run.HISTORY_COLUMNS)
-    checkpoint.pt    after every epoch (utae.training.checkpoint): an interrupted run resumes from it
-    confusion.npy    the clean test confusion matrix, (20, 20) int64
-    predictions.npz  optional: a few test patches for maps (rgb, target, pred, patch_id)
-    metrics.json     written last: a run with it is finished (:func:`is_finished`)
+config's). The files and their layout are :mod:`utae.rundir.paths`'s.
 """
 
 from __future__ import annotations
