@@ -42,7 +42,6 @@ new config. Global torch settings (deterministic algorithms, the float32 math) h
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -64,6 +63,7 @@ from utae.util.atomic import (
     atomic_write_json,
     read_json,
     remove_stale_temp,
+    to_jsonable,
 )
 from utae.config.run_config import RunConfig
 from utae.perturb.kinds import SEVERITY_TABLE
@@ -477,11 +477,6 @@ def _test_all(engine: Engine, loader: DataLoader, config: RunConfig, splits: Spl
             "corruption_seconds": corruption_seconds}
 
 
-def _plain_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Model options as JSON values (tuples as lists)."""
-    return json.loads(json.dumps(options, default=list))
-
-
 def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits, test_loader: DataLoader,
             out: Path, init: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Test the best model (:func:`_test_all`) and write confusion.npy, predictions.npz and (last) metrics.json.
@@ -497,7 +492,7 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
     metrics = {
         "run_id": config.default_run_id(),
         "eval_mode": EVAL_MODE,  # validation and test patch by patch, unpadded (utae.training.engine.evaluate_epoch)
-        "model": {"name": config.model, "options": _plain_options(model_options(config)),
+        "model": {"name": config.model, "options": to_jsonable(model_options(config)),
                   "parameters": count_parameters(engine.raw)},
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epoch,
