@@ -47,6 +47,7 @@ __all__ = [
     "CORRUPTION_KINDS",
     "ALL_CORRUPTIONS",
     "STREAM_SEED_FIELDS",
+    "plain_value",
     "run_config_fields",
     "run_id_for",
     "stream_seeds",
@@ -313,7 +314,7 @@ class RunConfig:
         options = {} if self.model_options is None else self.model_options
         if not isinstance(options, Mapping) or not all(isinstance(k, str) and k for k in options):
             raise ValueError(f"model_options must be a mapping of option names to values, got {options!r}")
-        self.model_options = {k: _plain(v) for k, v in options.items()}
+        self.model_options = {k: plain_value(v) for k, v in options.items()}
         own = [f for f in _UTAE_FIELDS if f in self.model_options]
         if self.model == "utae" and own:
             raise ValueError(f"model_options: {own} of U-TAE have their own RunConfig fields; set them there")
@@ -387,7 +388,7 @@ class RunConfig:
     # -- conversion --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: plain_value(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
@@ -428,12 +429,12 @@ class RunConfig:
 
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A field's value as JSON types: tuples become lists, mappings new dicts (nothing shared with the config)."""
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_value(v) for k, v in value.items()}
     return value
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from utae.util.atomic import read_json, sha256_file
-from utae.config.run_config import HARMLESS_FIELDS, STREAM_SEED_FIELDS, RunConfig, run_config_fields, stream_seeds
+from utae.config.run_config import plain_value, HARMLESS_FIELDS, STREAM_SEED_FIELDS, RunConfig, run_config_fields, stream_seeds
 from utae.rundir.paths import CONFIG, HISTORY, METRICS, IDENTITY_FILES, TIMING_COLUMNS, ABSENT
 
 __all__ = ["normal_config", "config_differences", "result_differences"]
@@ -27,13 +27,6 @@ __all__ = ["normal_config", "config_differences", "result_differences"]
 # --------------------------------------------------------------------------------------------------
 # The same-run rule
 # --------------------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively (config.json holds lists; a RunConfig tuples)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def normal_config(config: Mapping[str, Any] | RunConfig) -> dict[str, Any]:
@@ -45,7 +38,7 @@ def normal_config(config: Mapping[str, Any] | RunConfig) -> dict[str, Any]:
     :data:`utae.config.run_config.HARMLESS_FIELDS`. Nothing is checked against this machine."""
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
     full = {**run_config_fields(), **values}
-    out = {k: _plain(v) for k, v in full.items() if k not in HARMLESS_FIELDS}
+    out = {k: plain_value(v) for k, v in full.items() if k not in HARMLESS_FIELDS}
     out["init_weights"] = None if full.get("init_weights") is None else "set"
     effective = stream_seeds(full)
     out.update({name: None if effective[name] == effective["seed"] else effective[name]
