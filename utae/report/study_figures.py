@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from utae.study.tables import training_augmentation
 from utae.util.checks import require_columns
 from utae.report.plots import DEFAULT_DPI, LINE_COLORS, annotate_heatmap, class_names_or_default, class_style, level_text, metric_label, platform_colors, require_rows
 
@@ -255,8 +256,13 @@ def validation_curves(
 
 
 def _config_label(columns: Sequence[str], values: Sequence[Any]) -> str:
+    """A configuration as short lines under a tick: a training corruption as its kind and severities (the
+    corruption study's ``mix 1-5``), not its JSON."""
     parts = []
     for col, value in zip(columns, values):
+        if col == "cfg_train_corruption":
+            parts.append(training_augmentation(0.0, value))
+            continue
         name = "noise" if col == "cfg_noise_std" else col.removeprefix("cfg_").replace("_", " ")
         number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
         parts.append(f"{name} {level_text(value) if number else value}")

@@ -5,7 +5,8 @@ notes the run folders it had to leave out and the platform folders named otherwi
 the summary (:func:`utae.study.tables.study_summary`), the platform effect
 (:func:`utae.study.platform_effect.platform_effect`) and, where runs were tested on corruptions, their scores
 (:mod:`utae.study.corruption_scores`), and writes them as ``summary.csv``, ``platform_effect.csv`` and
-``robustness.csv`` (:func:`write_study_tables`). The result is a :class:`Study`; :func:`loading_text` says what was
+``robustness.csv`` (:func:`write_study_tables`); a study of several architectures adds their comparison
+(:mod:`utae.study.architectures`) as ``architectures.csv``. The result is a :class:`Study`; :func:`loading_text` says what was
 read.
 """
 
@@ -22,16 +23,19 @@ import pandas as pd
 from utae.study import runs as results
 from utae.util.atomic import atomic_write_csv
 from utae.rundir.paths import SkippedRunWarning
+from utae.study import architectures as arch
 from utae.study.corruption_scores import augmentation_table, corruption_scores
 from utae.study.platform_effect import platform_effect
 from utae.study.tables import load_bench, study_summary
 
-__all__ = ["Study", "load_study", "write_study_tables", "loading_text", "SUMMARY_CSV", "EFFECT_CSV", "ROBUSTNESS_CSV"]
+__all__ = ["Study", "load_study", "write_study_tables", "loading_text", "SUMMARY_CSV", "EFFECT_CSV", "ROBUSTNESS_CSV",
+           "ARCHITECTURES_CSV"]
 
 #: The study's tables, written in the results folder.
 SUMMARY_CSV = "summary.csv"
 EFFECT_CSV = "platform_effect.csv"
 ROBUSTNESS_CSV = "robustness.csv"
+ARCHITECTURES_CSV = "architectures.csv"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class Study:
             ``attrs["notes"]`` name the runs without a clean-trained partner), empty without corruptions.
         robustness: :func:`utae.study.corruption_scores.augmentation_table` (``robustness.csv``), empty without
             corruptions.
+        architecture_scores: :func:`utae.study.architectures.architecture_scores` (one row a run and kind) where
+            the runs hold several models tested on corruptions; empty otherwise.
+        architectures: :func:`utae.study.architectures.architecture_table` (``architectures.csv``) of those
+            scores; empty otherwise.
     """
 
     results_dir: Path
@@ -75,6 +83,8 @@ class Study:
     corruptions: pd.DataFrame
     corruption_scores: pd.DataFrame
     robustness: pd.DataFrame
+    architecture_scores: pd.DataFrame
+    architectures: pd.DataFrame
 
     @property
     def has_corruptions(self) -> bool:
@@ -115,12 +125,16 @@ def load_study(results_dir: str | os.PathLike[str], *, effect_metrics: Sequence[
     except ValueError as exc:  # an unreadable history.csv: the report says so and goes on
         histories, histories_error = None, str(exc)
     scores = corruption_scores(runs, corruptions) if not corruptions.empty else pd.DataFrame()
+    several = not corruptions.empty and arch.has_architectures(runs)
+    arch_scores = arch.architecture_scores(runs, corruptions) if several else pd.DataFrame()
     study = Study(results_dir=root, runs=runs, test_noise=test_noise, per_class=per_class, histories=histories,
                   histories_error=histories_error, left_out=tuple(left_out),
                   platform_mismatches=results.platform_mismatches(runs), effect_metrics=metrics,
                   effect=platform_effect(runs, metrics=metrics, detect=detect), summary=study_summary(runs),
                   bench=load_bench(root / "bench"), corruptions=corruptions, corruption_scores=scores,
-                  robustness=augmentation_table(scores) if not scores.empty else pd.DataFrame())
+                  robustness=augmentation_table(scores) if not scores.empty else pd.DataFrame(),
+                  architecture_scores=arch_scores,
+                  architectures=arch.architecture_table(arch_scores) if several else pd.DataFrame())
     if write_tables:
         write_study_tables(study)
     return study
@@ -128,11 +142,14 @@ def load_study(results_dir: str | os.PathLike[str], *, effect_metrics: Sequence[
 
 def write_study_tables(study: Study) -> list[Path]:
     """Write ``summary.csv``, ``platform_effect.csv`` and, when some run was tested on corruptions,
-    ``robustness.csv`` into ``study.results_dir`` (atomically); their paths."""
+    ``robustness.csv`` (and ``architectures.csv`` for several models) into ``study.results_dir`` (atomically);
+    their paths."""
     written = [atomic_write_csv(study.results_dir / SUMMARY_CSV, study.summary),
                atomic_write_csv(study.results_dir / EFFECT_CSV, study.effect)]
     if not study.robustness.empty:
         written.append(atomic_write_csv(study.results_dir / ROBUSTNESS_CSV, study.robustness))
+    if not study.architectures.empty:
+        written.append(atomic_write_csv(study.results_dir / ARCHITECTURES_CSV, study.architectures))
     return written
 
 

@@ -128,7 +128,8 @@ def _run_row(platform: str, run_id: str, run_dir: Path, config: dict, plat: dict
         "total_s": as_float(timing.get("total_s")),
         "eval_mode": str(metrics.get("eval_mode") or LEGACY_EVAL_MODE),
     }
-    row.update(_prefixed(config, "cfg_", run_dir / "config.json"))
+    # a config written before the model registry means U-TAE with its own options (utae.config.run_config)
+    row.update(_prefixed({"model": "utae", "model_options": {}, **config}, "cfg_", run_dir / "config.json"))
     row.update(_prefixed(plat, "plat_", run_dir / "platform.json"))
     return row
 

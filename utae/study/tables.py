@@ -60,8 +60,9 @@ __all__ = [
 # Configurations, counts, settings, summary
 # --------------------------------------------------------------------------------------------------
 
-_EXTRA_CONFIG = ("cfg_train_corruption", "cfg_noise_fraction", "cfg_noise_space", "cfg_noise_resample", "cfg_fold",
-                 "cfg_epochs", "cfg_batch_size", "cfg_lr", "cfg_train_limit", "dataset", "eval_mode")
+_EXTRA_CONFIG = ("cfg_model", "cfg_model_options", "cfg_train_corruption", "cfg_noise_fraction", "cfg_noise_space",
+                 "cfg_noise_resample", "cfg_fold", "cfg_epochs", "cfg_batch_size", "cfg_lr", "cfg_train_limit",
+                 "cfg_val_limit", "cfg_test_limit", "dataset", "eval_mode")
 _STUDY_METRICS = ("test_miou", "test_oa", "val_miou", "train_oa", "sec_per_epoch", "train_samples_per_s",
                   "eval_samples_per_s", "peak_mem_mb")
 
@@ -113,8 +114,9 @@ def with_augmentation(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def config_columns(runs: pd.DataFrame) -> list[str]:
-    """The columns that define a configuration of the study: ``cfg_noise_std``, plus any of the
-    training corruption (``train_corruption``) / noise fraction / space / fold / epochs / batch size / lr / train limit / dataset name that vary.
+    """The columns that define a configuration of the study: ``cfg_noise_std``, plus any of the model and its
+    options / training corruption (``train_corruption``) / noise fraction / space / fold / epochs / batch size /
+    lr / train, validation and test limits / dataset name that vary.
 
     Seeds and platforms are not configuration: they are what the study compares within a configuration.
     """

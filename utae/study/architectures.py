@@ -1,0 +1,305 @@
+"""Architectures side by side under the corruption suite: which model is most robust, and what the mix buys each.
+
+A study whose runs differ by their model (``cfg_model``, :mod:`utae.models.registry`), such as
+``params/architectures.yaml``, is read through :func:`utae.study.corruption_scores.corruption_scores` (per run and
+kind: clean mIoU, mPC, rPC) and :func:`utae.study.corruption_scores.corruption_long` (per run, kind and
+severity). On top of those, per run and kind (:func:`architecture_scores`):
+
+- ``ce_ref``: the corruption error relative to the clean-trained reference model (U-TAE), as ImageNet-C's mCE is
+  relative to AlexNet: ``sum_s (1 - m_s) / sum_s (1 - r_s)`` with ``r_s`` the reference's mean mIoU over its
+  seeds at that kind and severity on the same platform; below 1 errs less than clean-trained U-TAE. The
+  ``all kinds`` row of a run holds its mCE (the mean over the kinds), its mean mPC and mean rPC.
+
+And the four answers, every one with its interval (t intervals over seeds, scipy; statsmodels for the
+contrasts, the interaction and the adjusted p-values):
+
+- :func:`most_robust`: per kind, the clean-trained architecture of highest mean rPC, against the runner-up
+  (Welch's t-test: two architectures share no weights, so seeds do not pair them), Holm-adjusted over the kinds;
+- :func:`family_contrasts`: on ``missing_dates``, attention models (U-TAE, TSViT) against recurrent ones and
+  against 3D convolutions, as contrasts of an OLS of rPC on the architecture (HC3 errors), Holm over the two;
+- :func:`rank_agreement`: Spearman's rho between the architectures' clean mIoU and their mPC (and rPC), with a
+  percentile interval from resampling each architecture's seeds;
+- :func:`mix_gain`: per architecture, the mix's paired gain in mean mPC over its clean-trained runs of the same
+  seeds, Holm-adjusted over the architectures, and the F-test of an OLS of those gains on the architecture
+  (does the gain differ between architectures?).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from utae.study.corruption_scores import ALL_KINDS, CLEAN, corruption_long, corruption_scores, kinds_in_order
+from utae.study.inference import adjust_pvalues
+from utae.util.checks import require_columns
+
+__all__ = ["REFERENCE", "FAMILIES", "has_architectures", "architecture_scores", "architecture_table", "most_robust",
+           "family_contrasts", "rank_agreement", "mix_gain", "architecture_answer_text"]
+
+#: The model the CE is relative to (clean-trained), as AlexNet is ImageNet-C's.
+REFERENCE = "utae"
+#: How each registered model treats time (docs/models.md).
+FAMILIES: Mapping[str, str] = {"utae": "attention", "tsvit": "attention", "convlstm": "recurrent",
+                               "convgru": "recurrent", "uconvlstm": "recurrent", "buconvlstm": "recurrent",
+                               "fpn_convlstm": "recurrent", "unet3d": "3D convolution"}
+_ALPHA = 0.05
+
+
+def has_architectures(runs: pd.DataFrame) -> bool:
+    """Whether the runs were trained with more than one model (``cfg_model``, :func:`utae.study.runs.load_runs`)."""
+    return "cfg_model" in runs.columns and runs["cfg_model"].astype(str).nunique() > 1
+
+
+def _t_ci(values: np.ndarray, alpha: float = _ALPHA) -> tuple[float, float, float]:
+    """Mean and the ``1 - alpha`` t interval of ``values`` (NaN bounds with fewer than two)."""
+    from scipy import stats
+
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(1 - alpha / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def architecture_scores(runs: pd.DataFrame, corruptions: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """Per run and kind (then ``all kinds``): ``platform``, ``run_id``, ``architecture`` (``cfg_model``),
+    ``augmentation``, ``cfg_seed``, ``kind``, ``clean``, ``mpc``, ``rpc`` (fractions) and ``ce_ref`` (see the
+    module docstring; NaN without a clean-trained ``reference`` run tested on the kind on that platform)."""
+    require_columns(runs, ["cfg_model"], "architecture_scores(runs)")
+    scores = corruption_scores(runs, corruptions)
+    long = corruption_long(runs, corruptions)
+    model = runs.set_index(["platform", "run_id"])["cfg_model"].astype(str)
+    long = long.assign(architecture=[model[(p, r)] for p, r in zip(long["platform"], long["run_id"])])
+    scores = scores.assign(architecture=[model[(p, r)] for p, r in zip(scores["platform"], scores["run_id"])])
+    sev = long[long["severity"] > 0]
+    ref = (sev[(sev["architecture"] == reference) & (sev["augmentation"] == CLEAN)]
+           .groupby(["platform", "kind", "severity"])["miou"].mean().rename("ref_miou").reset_index())
+    sev = sev.merge(ref, on=["platform", "kind", "severity"], how="left")
+    sev = sev.assign(err=1.0 - sev["miou"], ref_err=1.0 - sev["ref_miou"])
+    ce = sev.groupby(["platform", "run_id", "kind"]).agg(err=("err", "sum"), ref_err=("ref_err", lambda s: s.sum(
+        min_count=len(s)))).reset_index()
+    ce["ce_ref"] = ce["err"] / ce["ref_err"].where(ce["ref_err"] > 0)
+    cols = ["platform", "run_id", "architecture", "augmentation", "cfg_seed", "kind", "clean", "mpc", "rpc"]
+    per_kind = scores[cols].merge(ce[["platform", "run_id", "kind", "ce_ref"]], on=["platform", "run_id", "kind"],
+                                  how="left")
+    grouped = per_kind.groupby(["platform", "run_id"], sort=True)
+    overall = grouped[["architecture", "augmentation", "cfg_seed", "clean"]].first()
+    overall["mpc"] = grouped["mpc"].mean()
+    overall["rpc"] = grouped["rpc"].mean()
+    overall["ce_ref"] = grouped["ce_ref"].mean().where(grouped["ce_ref"].apply(lambda s: bool(s.notna().all())))
+    overall = overall.reset_index().assign(kind=ALL_KINDS)
+    return pd.concat([per_kind, overall[per_kind.columns]], ignore_index=True)
+
+
+def architecture_table(scores: pd.DataFrame, alpha: float = _ALPHA) -> pd.DataFrame:
+    """``architectures.csv``: per platform, architecture, augmentation and kind of :func:`architecture_scores`,
+    ``n_runs`` and for ``clean``, ``mpc`` (points), ``rpc`` and ``ce_ref`` (``mce`` on the ``all kinds`` rows)
+    the mean over seeds and its ``1 - alpha`` t interval (``<name>_mean``, ``_low``, ``_high``)."""
+    rows = []
+    keys = ["platform", "architecture", "augmentation", "kind"]
+    for key, group in scores.groupby(keys, sort=False):
+        row = dict(zip(keys, key), n_runs=len(group))
+        for col, scale in (("clean", 100.0), ("mpc", 100.0), ("rpc", 1.0), ("ce_ref", 1.0)):
+            mean, low, high = _t_ci(group[col].to_numpy(float) * scale, alpha)
+            row.update({f"{col}_mean": mean, f"{col}_low": low, f"{col}_high": high})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    order = {k: i for i, k in enumerate(kinds_in_order(list(table["kind"])))}
+    return table.sort_values(["platform", "augmentation", "kind", "rpc_mean"], ascending=[True, False, True, False],
+                             key=lambda c: c.map(order) if c.name == "kind" else c, ignore_index=True)
+
+
+def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = _ALPHA) -> pd.DataFrame:
+    """Per platform and kind, among the runs trained with ``augmentation``: the ``best`` architecture (highest
+    mean rPC) and the ``runner_up``, their mean rPC, the difference with its Welch t interval, ``p_value``
+    (``scipy.stats.ttest_ind(equal_var=False)``) and ``p_holm`` (Holm over the kinds of the platform)."""
+    from scipy import stats
+
+    rows = []
+    sub = scores[scores["augmentation"] == augmentation]
+    for (platform, kind), group in sub.groupby(["platform", "kind"], sort=False):
+        means = group.groupby("architecture")["rpc"].mean().sort_values(ascending=False)
+        if len(means) < 2:
+            continue
+        best, second = means.index[0], means.index[1]
+        a = group.loc[group["architecture"] == best, "rpc"].to_numpy(float)
+        b = group.loc[group["architecture"] == second, "rpc"].to_numpy(float)
+        low = high = p = math.nan
+        if len(a) > 1 and len(b) > 1:
+            test = stats.ttest_ind(a, b, equal_var=False)
+            ci = test.confidence_interval(confidence_level=1 - alpha)
+            low, high, p = float(ci.low), float(ci.high), float(test.pvalue)
+        rows.append(dict(platform=platform, kind=kind, best=best, best_rpc=float(means.iloc[0]), runner_up=second,
+                         runner_up_rpc=float(means.iloc[1]), diff=float(a.mean() - b.mean()), ci_low=low, ci_high=high,
+                         p_value=p))
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = np.nan
+    for _, idx in out.groupby("platform").groups.items():
+        out.loc[idx, "p_holm"] = adjust_pvalues(out.loc[idx, "p_value"].to_numpy(float), "holm")
+    order = {k: i for i, k in enumerate(kinds_in_order(list(out["kind"])))}
+    return out.sort_values(["platform", "kind"], key=lambda c: c.map(order) if c.name == "kind" else c,
+                           ignore_index=True)
+
+
+def family_contrasts(scores: pd.DataFrame, kind: str = "missing_dates", augmentation: str = CLEAN,
+                     alpha: float = _ALPHA) -> pd.DataFrame:
+    """On ``kind``, per platform: the mean rPC of the attention architectures (the mean of their means) minus that
+    of the recurrent ones, and minus that of the 3D convolutions (:data:`FAMILIES`), each a contrast of an OLS of
+    rPC on the architecture (statsmodels, HC3 errors): ``estimate``, ``ci_low``, ``ci_high``, ``p_value``,
+    ``p_holm`` (Holm over the contrasts of the platform) and the architectures on each side."""
+    import statsmodels.formula.api as smf
+
+    rows = []
+    sub = scores[(scores["augmentation"] == augmentation) & (scores["kind"] == kind)].dropna(subset=["rpc"])
+    for platform, group in sub.groupby("platform", sort=True):
+        archs = sorted(group["architecture"].unique())
+        members = {f: [a for a in archs if FAMILIES.get(a) == f] for f in ("attention", "recurrent", "3D convolution")}
+        if not members["attention"]:
+            continue
+        fit = smf.ols("rpc ~ C(architecture) - 1", data=group).fit(cov_type="HC3")
+        names = list(fit.params.index)
+        for other in ("recurrent", "3D convolution"):
+            if not members[other]:
+                continue
+            weights = np.zeros(len(names))
+            for arch in members["attention"]:
+                weights[names.index(f"C(architecture)[{arch}]")] += 1 / len(members["attention"])
+            for arch in members[other]:
+                weights[names.index(f"C(architecture)[{arch}]")] -= 1 / len(members[other])
+            test = fit.t_test(weights)
+            low, high = (float(v) for v in np.asarray(test.conf_int(alpha=alpha)).ravel())
+            rows.append(dict(platform=platform, kind=kind, contrast=f"attention - {other}",
+                             attention=", ".join(members["attention"]), other=", ".join(members[other]),
+                             estimate=float(np.asarray(test.effect).ravel()[0]), ci_low=low, ci_high=high,
+                             p_value=float(np.asarray(test.pvalue).ravel()[0])))
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["p_holm"] = np.nan
+        for _, idx in out.groupby("platform").groups.items():
+            out.loc[idx, "p_holm"] = adjust_pvalues(out.loc[idx, "p_value"].to_numpy(float), "holm")
+    return out
+
+
+def rank_agreement(scores: pd.DataFrame, augmentation: str = CLEAN, n_resamples: int = 2000, seed: int = 0,
+                   alpha: float = _ALPHA) -> pd.DataFrame:
+    """Per platform, Spearman's rho (``scipy.stats.spearmanr``) between the architectures' mean clean mIoU and
+    their mean mPC over the kinds, and with their mean rPC: ``rho``, its exact-test ``p_value``, and a
+    ``1 - alpha`` percentile interval from ``n_resamples`` resamplings of each architecture's runs with
+    replacement (seeded by ``seed``)."""
+    from scipy import stats
+
+    rows = []
+    sub = scores[(scores["augmentation"] == augmentation) & (scores["kind"] == ALL_KINDS)]
+    rng = np.random.default_rng(seed)
+    for platform, group in sub.groupby("platform", sort=True):
+        by_arch = {a: g[["clean", "mpc", "rpc"]].to_numpy(float) for a, g in group.groupby("architecture")}
+        if len(by_arch) < 3:
+            continue
+        means = np.array([v.mean(axis=0) for v in by_arch.values()])
+        draws = np.array([[v[rng.integers(0, len(v), len(v))].mean(axis=0) for v in by_arch.values()]
+                          for _ in range(n_resamples)])
+        for col, name in ((1, "mpc"), (2, "rpc")):
+            rho = float(stats.spearmanr(means[:, 0], means[:, col]).statistic)
+            p = float(stats.permutation_test((means[:, 0],), lambda x: stats.spearmanr(x, means[:, col]).statistic,
+                                             permutation_type="pairings", n_resamples=math.inf).pvalue)
+            boot = np.array([stats.spearmanr(d[:, 0], d[:, col]).statistic for d in draws])
+            low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2])
+            rows.append(dict(platform=platform, against=name, n_architectures=len(by_arch), rho=rho,
+                             ci_low=float(low), ci_high=float(high), p_value=p))
+    return pd.DataFrame(rows)
+
+
+def mix_gain(scores: pd.DataFrame, metric: str = "mpc", alpha: float = _ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What each training augmentation (the mix, in ``params/architectures.yaml``) buys each architecture: per
+    platform, augmentation other than the clean one and architecture, the paired difference (same seed) of the
+    ``all kinds`` ``metric`` (points for mpc) against its clean-trained runs: ``n_pairs``, ``diff``, ``ci_low``,
+    ``ci_high``, ``p_value`` (``scipy.stats.ttest_1samp``), ``p_holm`` (Holm over the architectures). Second
+    frame, per platform and augmentation: the F-test (statsmodels OLS of the differences on the architecture)
+    that the gain is the same for every architecture: ``f``, ``df_num``, ``df_den``, ``p_value``."""
+    from scipy import stats
+    import statsmodels.formula.api as smf
+
+    scale = 100.0 if metric in ("mpc", "clean") else 1.0
+    sub = scores[scores["kind"] == ALL_KINDS]
+    keys = ["platform", "architecture", "cfg_seed"]
+    clean = sub[sub["augmentation"] == CLEAN].set_index(keys)[metric]
+    frames = []
+    for aug in sorted(set(sub["augmentation"]) - {CLEAN}):
+        diff = (sub[sub["augmentation"] == aug].set_index(keys)[metric] - clean).dropna().rename("diff") * scale
+        frames.append(diff.reset_index().assign(augmentation=aug))
+    if not frames:
+        return pd.DataFrame(), pd.DataFrame()
+    pairs = pd.concat(frames, ignore_index=True)
+    rows, tests = [], []
+    for (platform, aug, arch), group in pairs.groupby(["platform", "augmentation", "architecture"], sort=True):
+        d = group["diff"].to_numpy(float)
+        mean, low, high = _t_ci(d, alpha)
+        p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 else math.nan
+        rows.append(dict(platform=platform, augmentation=aug, architecture=arch, n_pairs=len(d), diff=mean,
+                         ci_low=low, ci_high=high, p_value=p))
+    gains = pd.DataFrame(rows)
+    if gains.empty:
+        return gains, pd.DataFrame()
+    gains["p_holm"] = np.nan
+    for (platform, aug), idx in gains.groupby(["platform", "augmentation"]).groups.items():
+        gains.loc[idx, "p_holm"] = adjust_pvalues(gains.loc[idx, "p_value"].to_numpy(float), "holm")
+        group = pairs[(pairs["platform"] == platform) & (pairs["augmentation"] == aug)]
+        if group["architecture"].nunique() > 1 and len(group) > group["architecture"].nunique():
+            fit = smf.ols("diff ~ C(architecture)", data=group).fit()
+            tests.append(dict(platform=platform, augmentation=aug, f=float(fit.fvalue), df_num=float(fit.df_model),
+                              df_den=float(fit.df_resid), p_value=float(fit.f_pvalue)))
+    return gains, pd.DataFrame(tests)
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def architecture_answer_text(scores: pd.DataFrame, alpha: float = _ALPHA, kinds: Sequence[str] | None = None) -> str:
+    """The four answers in words (Markdown), one paragraph each, with intervals and adjusted p-values."""
+    parts = []
+    robust = most_robust(scores, alpha=alpha)
+    if kinds is not None and not robust.empty:
+        robust = robust[robust["kind"].isin(kinds)]
+    lines = []
+    for _, r in robust.iterrows():
+        verdict = "ahead" if r["p_holm"] < alpha else "not separable from"
+        lines.append(f"- **{r['kind']}**: `{r['best']}` (rPC {r['best_rpc']:.3f}), {verdict} `{r['runner_up']}` "
+                     f"({r['runner_up_rpc']:.3f}): difference {r['diff']:+.3f} ({r['ci_low']:+.3f} to "
+                     f"{r['ci_high']:+.3f}), Holm p {_p(r['p_holm'])}")
+    if lines:
+        parts.append("**Most robust to each failure** (clean-trained; highest mean rPC against the runner-up, "
+                     "Welch 95% interval, Holm over the kinds):\n\n" + "\n".join(lines))
+    fam = family_contrasts(scores, alpha=alpha)
+    if not fam.empty:
+        words = [f"{r['contrast']} ({r['attention']} vs {r['other']}): {r['estimate']:+.3f} rPC "
+                 f"({r['ci_low']:+.3f} to {r['ci_high']:+.3f}), Holm p {_p(r['p_holm'])}" for _, r in fam.iterrows()]
+        parts.append("**Attention against recurrence and 3D convolution on missing dates** (clean-trained, rPC on "
+                     "`missing_dates`, OLS contrasts with HC3 errors): " + "; ".join(words) + ".")
+    ranks = rank_agreement(scores, alpha=alpha)
+    if not ranks.empty:
+        words = [f"with {'mPC' if r['against'] == 'mpc' else 'rPC'} rho {r['rho']:+.2f} ({r['ci_low']:+.2f} to "
+                 f"{r['ci_high']:+.2f}, exact p {_p(r['p_value'])})" for _, r in ranks.iterrows()]
+        parts.append(f"**Does the clean ranking predict the ranking under corruptions?** Spearman's rho between "
+                     f"the {int(ranks['n_architectures'].iloc[0])} architectures' clean mIoU and their mean score "
+                     "over the kinds (clean-trained; interval from resampling seeds): " + "; ".join(words) + ".")
+    gains, tests = mix_gain(scores, alpha=alpha)
+    if not gains.empty:
+        words = [f"`{r['architecture']}` ({r['augmentation']}) {r['diff']:+.1f} ({r['ci_low']:+.1f} to {r['ci_high']:+.1f}, Holm p "
+                 f"{_p(r['p_holm'])})" for _, r in gains.sort_values("diff", ascending=False).iterrows()]
+        same = ""
+        if not tests.empty:
+            t = tests.iloc[0]
+            same = (f" That the gain is the same for every architecture: F({t['df_num']:.0f}, {t['df_den']:.0f}) = "
+                    f"{t['f']:.2f}, p {_p(t['p_value'])}.")
+        parts.append("**What the mix buys each architecture** (mean mPC over the kinds, points, paired by seed, "
+                     "95% interval): " + "; ".join(words) + "." + same)
+    return "\n\n".join(parts) if parts else "The runs hold fewer than two architectures tested on corruptions."
