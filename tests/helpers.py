@@ -41,6 +41,23 @@ def tiny_model(levels: int = 4, d_model: int = 16, lists: bool = False) -> dict[
     return {k: list(v) if lists and isinstance(v, tuple) else v for k, v in model.items()}
 
 
+#: Each registered model's tiny widths (RunConfig fields: U-TAE's own fields, the others' model_options): one epoch
+#: on a synthetic PASTIS of 32 px patches trains in seconds on a CPU.
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "utae": dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16),
+    "unet3d": dict(model_options={"feats": 1}),
+    "convlstm": dict(model_options={"hidden_dim": 8}),
+    "convgru": dict(model_options={"hidden_dim": 8}),
+    "fpn_convlstm": dict(model_options={"inconv": [8, 8], "n_channels": 8, "hidden_size": 8}),
+    "uconvlstm": dict(model_options={"encoder_widths": [8, 8, 16], "decoder_widths": [8, 8, 16],
+                                     "out_conv": [8, 20], "hidden_dim": 8}),
+    "buconvlstm": dict(model_options={"encoder_widths": [8, 8, 16], "decoder_widths": [8, 8, 16],
+                                      "out_conv": [8, 20], "hidden_dim": 4}),
+    "tsvit": dict(model_options={"patch_size": 4, "dim": 16, "temporal_depth": 1, "spatial_depth": 1, "heads": 2,
+                                 "dim_head": 8, "scale_dim": 2}),
+}
+
+
 def tiny_sweep_fixed(**changes: Any) -> dict[str, Any]:
     """A sweep file's ``fixed:`` for a point that trains the tiny model for one epoch on a CPU, deterministically,
     with one test-time noise level; ``changes`` replace or add fields."""

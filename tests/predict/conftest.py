@@ -9,15 +9,18 @@ parcels, phenology, clouds), cropped to 76 x 90 px (neither side a multiple of t
 The model is the tests' tiny U-TAE (``helpers.tiny_model``), seeded, its BatchNorm statistics taken from a batch of
 real inputs and its last BatchNorm set so that its logits are varied and mostly positive (the head ends with a
 ReLU: an untouched one gives many tied zeros and one class everywhere), saved as a
-run folder of this tool (``config.json`` and ``checkpoint.pt``) whose dataset is a synthetic PASTIS of 32 px
-patches: the window is 32 px.
+run folder of this tool (``config.json`` and ``checkpoint.pt``, no ``metrics.json``: a run that does not record
+its normalisation) whose dataset is a synthetic PASTIS of 32 px patches: the window is 32 px.
+
+The other models (``trained_run(name)``) are real runs of :func:`utae.training.run.run`: one epoch with their tiny
+widths (``helpers.TINY_MODELS``) on the same dataset; they record their normalisation and patch size.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +31,7 @@ import rasterio
 import torch
 from rasterio.transform import Affine
 
-from helpers import tiny_model
+from helpers import TINY_MODELS, tiny_model
 from utae.training.checkpoint import TrainState, checkpoint_dict
 from utae.config.run_config import RunConfig
 from utae.pastis.metadata import BANDS, FOLD_ROTATIONS, fold_norm_stats, read_metadata, read_norm
@@ -101,14 +104,40 @@ def run_folder(synthetic_pastis, tmp_path_factory) -> Path:
     return folder
 
 
+def load_run(folder: Path) -> dict[str, Any]:
+    """A run folder's model (eval mode, built for ``WINDOW`` px where it takes its size) and its training
+    normalisation ``(mean, std)`` from its dataset's ``NORM_S2_patch.json`` (not from the run's record)."""
+    config = json.loads((folder / "config.json").read_text())
+    model = build_model(RunConfig.from_dict(config), WINDOW)
+    model.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True)["best_model"])
+    mean, std = fold_norm_stats(read_norm(config["dataset_root"]), FOLD_ROTATIONS[config["fold"] - 1][0])
+    return {"model": model.eval(), "mean": mean, "std": std, "dataset_root": config["dataset_root"]}
+
+
 @pytest.fixture(scope="session")
 def run_model(run_folder) -> dict[str, Any]:
     """The run's model (eval mode) and its training normalisation ``(mean, std)``."""
-    config = json.loads((run_folder / "config.json").read_text())
-    model = build_model(RunConfig.from_dict(config))
-    model.load_state_dict(torch.load(run_folder / "checkpoint.pt", weights_only=True)["best_model"])
-    mean, std = fold_norm_stats(read_norm(config["dataset_root"]), FOLD_ROTATIONS[0][0])
-    return {"model": model.eval(), "mean": mean, "std": std, "dataset_root": config["dataset_root"]}
+    return load_run(run_folder)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_pastis, tmp_path_factory) -> Callable[[str], dict[str, Any]]:
+    """``trained_run(name)``: a run of model ``name`` trained for one epoch (built once per session): ``folder``
+    and :func:`load_run`'s ``model``, ``mean``, ``std`` and ``dataset_root``."""
+    from utae.training.run import run
+
+    runs: dict[str, dict[str, Any]] = {}
+
+    def get(name: str) -> dict[str, Any]:
+        if name not in runs:
+            data = synthetic_pastis(n_patches=10, size=WINDOW, t_range=(4, 6), seed=0)
+            folder = tmp_path_factory.mktemp(f"run-{name}") / "seed0"
+            run(RunConfig(dataset_root=str(data), out_dir=str(folder), model=name, epochs=1, batch_size=2,
+                          device="cpu", deterministic=True, progress=False, n_examples=1, **TINY_MODELS[name]))
+            runs[name] = {"folder": folder, **load_run(folder)}
+        return runs[name]
+
+    return get
 
 
 def dataset_logits(model: torch.nn.Module, patches: Sequence[np.ndarray], dates: Sequence[dt.date],

@@ -1,5 +1,6 @@
-"""utae.predict end to end on real GeoTIFFs: the map against the dataset path, the blending's bound, nodata, the
-input forms, official weights, the command line.
+"""utae.predict end to end on real GeoTIFFs: the map against the dataset path (U-TAE, and trained runs of U-Net3D,
+ConvLSTM and TSViT), the blending's bound, nodata, the input forms, official weights, a run without its dataset,
+the command line.
 
 Tolerance. Each window's logits are compared with those of the same patch read through
 :class:`utae.pastis.dataset.PastisDataset` and predicted alone. The two runs compute the same sums, but predict() may group
@@ -13,6 +14,7 @@ misplaced date or a wrong blending weight moves logits by 1e-2 or more.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,10 @@ from utae.predict.tiling import grid
 
 CRS, SCENE_SHAPE, WINDOW = "EPSG:32631", (76, 90), 32  # as tests/predict/conftest.py writes the scene
 OVERLAP = WINDOW // 4  # predict()'s default
+#: The models whose map is checked against the dataset path: the tuned U-TAE, and one-epoch runs of a date-free
+#: 3D CNN, a recurrent model and a transformer (both built for their 32 px patch size), which train (slow).
+MODELS = ["utae"] + [pytest.param(name, marks=pytest.mark.slow) for name in ("unet3d", "convlstm", "tsvit")]
+UTAE_ONLY = pytest.mark.parametrize("model_run", ["utae"], indirect=True)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -44,19 +50,27 @@ def series(scene, tmp_path_factory, gt) -> Path:
     return gt.write_series(tmp_path_factory.mktemp("series"), scene["raw"], scene["dates"])[0].parent
 
 
-@pytest.fixture(scope="module")
-def predicted(series, run_folder, tmp_path_factory):
-    return predict(series, run_folder, tmp_path_factory.mktemp("out"), probabilities=True, batch_size=3, threads=1,
-                   progress=False)
+@pytest.fixture(scope="module", params=MODELS)
+def model_run(request) -> dict:
+    """A run folder (``folder``) of :data:`MODELS` and its model and normalisation (conftest's ``load_run``)."""
+    if request.param == "utae":
+        return {"folder": request.getfixturevalue("run_folder"), **request.getfixturevalue("run_model")}
+    return request.getfixturevalue("trained_run")(request.param)
 
 
 @pytest.fixture(scope="module")
-def reference(scene, run_model, tmp_path_factory, gt) -> dict:
+def predicted(series, model_run, tmp_path_factory):
+    return predict(series, model_run["folder"], tmp_path_factory.mktemp("out"), probabilities=True, batch_size=3,
+                   threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(scene, model_run, tmp_path_factory, gt) -> dict:
     """Every window's logits through the dataset path, and their blend with the tiling's weights (float64)."""
     windows = [w for strip in grid(*SCENE_SHAPE, WINDOW, OVERLAP) for w in strip]
     patches = [scene["raw"][:, :, w.row:w.row + WINDOW, w.col:w.col + WINDOW] for w in windows]
-    logits = gt.dataset_logits(run_model["model"], patches, scene["dates"], (run_model["mean"], run_model["std"]),
-                            tmp_path_factory.mktemp("pastis"))
+    logits = gt.dataset_logits(model_run["model"], patches, scene["dates"], (model_run["mean"], model_run["std"]),
+                               tmp_path_factory.mktemp("pastis"))
     sums = np.zeros((N_CLASSES, *SCENE_SHAPE))
     weight = np.zeros(SCENE_SHAPE)
     cover = np.zeros(SCENE_SHAPE, dtype=int)
@@ -81,6 +95,7 @@ def _decided(logits: np.ndarray, tol: float) -> np.ndarray:
     return top2[1] - top2[0] > 2 * tol
 
 
+@UTAE_ONLY
 def test_outputs_keep_the_grid_and_hold_a_map(predicted, scene, gt):
     with rasterio.open(predicted.outputs["map"]) as src:
         assert src.crs.to_string() == CRS and src.transform == gt.TRANSFORM and src.shape == SCENE_SHAPE
@@ -98,10 +113,12 @@ def test_outputs_keep_the_grid_and_hold_a_map(predicted, scene, gt):
     record = json.loads(predicted.outputs["record"].read_text())
     assert record["window"] == WINDOW and record["overlap"] == OVERLAP and record["n_windows"] == 12
     assert record["reference_date"] == "2018-09-01" and len(record["dates"]) == len(scene["dates"])
+    # the run records no normalisation: its dataset's NORM_S2_patch.json gives it
+    assert record["model"]["name"] == "utae" and record["model"]["norm_source"] == "dataset"
     assert predicted.outputs["quicklook"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_single_window_pixels_equal_the_dataset_path(predicted, reference):
+def test_single_window_pixels_equal_the_dataset_path(predicted, reference, model_run):
     probs = _read(predicted.outputs["probabilities"])
     classes = _read(predicted.outputs["map"])[0]
     core = reference["cover"] == 1
@@ -115,6 +132,9 @@ def test_single_window_pixels_equal_the_dataset_path(predicted, reference):
     np.testing.assert_allclose(probs[:, core], expected[:, core], rtol=0, atol=reference["tol"] + 1e-6)
     decided = core & _decided(reference["blend"], reference["tol"])
     np.testing.assert_array_equal(classes[decided], reference["blend"].argmax(axis=0)[decided])
+    model = predicted.record["model"]
+    assert model["name"] == json.loads((model_run["folder"] / "config.json").read_text())["model"]
+    assert model["window"] == WINDOW and model["norm_source"] == ("dataset" if model["name"] == "utae" else "run")
 
 
 def test_blended_pixels_are_the_weighted_blend_and_within_its_bound(predicted, reference):
@@ -194,6 +214,7 @@ def test_a_raster_smaller_than_the_window(scene, run_folder, tmp_path, gt):
     assert classes.shape == (20, 27) and classes.max() < N_CLASSES and out.n_windows == 1
 
 
+@UTAE_ONLY
 def test_a_stack_and_a_csv_give_the_same_map(scene, series, predicted, run_folder, tmp_path, gt):
     stack = gt.write_geotiff(tmp_path / "stack.tif", scene["raw"].reshape(-1, *SCENE_SHAPE))
     (tmp_path / "dates.txt").write_text("".join(f"{d:%Y-%m-%d}\n" for d in scene["dates"]))
@@ -208,6 +229,7 @@ def test_a_stack_and_a_csv_give_the_same_map(scene, series, predicted, run_folde
                                       _read(predicted.outputs["probabilities"]))
 
 
+@UTAE_ONLY
 def test_official_weights_give_the_runs_map(series, predicted, run_folder, run_model, tmp_path):
     config = json.loads((run_folder / "config.json").read_text())
     fold_dir = tmp_path / "UTAE_PASTIS" / "Fold_1"
@@ -222,6 +244,21 @@ def test_official_weights_give_the_runs_map(series, predicted, run_folder, run_m
     np.testing.assert_array_equal(_read(out.outputs["probabilities"]), _read(predicted.outputs["probabilities"]))
     with pytest.raises(PredictError, match="NORM_S2_patch.json"):
         predict(series, fold_dir / "model.pth.tar", tmp_path / "out2", window=WINDOW, progress=False)
+
+
+@pytest.mark.slow  # trains a TSViT run
+@pytest.mark.parametrize("model_run", ["tsvit"], indirect=True)
+def test_a_run_predicts_with_its_recorded_normalisation_without_its_dataset(series, predicted, model_run, tmp_path):
+    """A run that records its normalisation and patch size needs neither ``--norm`` nor its dataset: the same map."""
+    moved = Path(shutil.copytree(model_run["folder"], tmp_path / "run"))
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "dataset_root": str(tmp_path / "gone")}))
+    out = predict(series, moved, tmp_path / "out", probabilities=True, batch_size=3, threads=1, progress=False,
+                  quicklook=False)
+    np.testing.assert_array_equal(_read(out.outputs["probabilities"]), _read(predicted.outputs["probabilities"]))
+    record = json.loads(out.outputs["record"].read_text())["model"]
+    assert record["norm_source"] == "run" and record["window"] == WINDOW and record["uses_dates"] is True
+    assert record["mean"] == np.asarray(model_run["mean"], np.float32).tolist()
 
 
 def test_the_command_line(series, run_folder, tmp_path, capsys):

@@ -73,6 +73,18 @@ def test_results_equal_apart_from_timings_and_paths_are_the_same_run(tmp_path: P
     assert result_differences(a, write_run(tmp_path / "d", stored(lr=0.01), sec_epoch=1.5)) == ["config.json"]
 
 
+def test_a_run_recording_its_model_and_normalisation_is_the_same_run_as_one_without(tmp_path: Path) -> None:
+    """An older run lacks ``model``, ``seeds``, ``normalisation`` and ``patch_size``: they describe what the config
+    and the dataset name, so a rerun that records them has the same results."""
+    old = write_run(tmp_path / "old", stored(), sec_epoch=1.5)
+    new = write_run(tmp_path / "new", stored(), sec_epoch=2.5)
+    metrics = json.loads((new / "metrics.json").read_text())
+    metrics.update(model={"name": "utae", "options": {}, "parameters": 10}, seeds={"seed": 0}, patch_size=32,
+                   normalisation={"mean": [1.0] * 10, "std": [2.0] * 10, "folds": [1, 2, 3]})
+    (new / "metrics.json").write_text(json.dumps(metrics))
+    assert result_differences(old, new) == []
+
+
 # --------------------------------------------------------------------------------------------------
 # The files a run folder holds, their limits, and results that agree with themselves
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import TINY_MODELS
 from utae.config.run_config import RunConfig
 from utae.models.registry import BUILTIN, count_parameters, list_models
 from utae.rundir.paths import RunDirError
@@ -20,21 +21,8 @@ from utae.training.run import run
 pytestmark = pytest.mark.slow
 
 SIZE = 32
-#: Each registered model's tiny widths (RunConfig fields: U-TAE's own fields, the others' model_options), and an
-#: option changed to make another run of it. A registered model without an entry runs at its defaults.
-TINY: dict[str, dict[str, Any]] = {
-    "utae": dict(encoder_widths=(8, 8, 16), decoder_widths=(8, 8, 16), out_conv=(8, 20), n_head=4, d_model=16),
-    "unet3d": dict(model_options={"feats": 1}),
-    "convlstm": dict(model_options={"hidden_dim": 8}),
-    "convgru": dict(model_options={"hidden_dim": 8}),
-    "fpn_convlstm": dict(model_options={"inconv": [8, 8], "n_channels": 8, "hidden_size": 8}),
-    "uconvlstm": dict(model_options={"encoder_widths": [8, 8, 16], "decoder_widths": [8, 8, 16],
-                                     "out_conv": [8, 20], "hidden_dim": 8}),
-    "buconvlstm": dict(model_options={"encoder_widths": [8, 8, 16], "decoder_widths": [8, 8, 16],
-                                      "out_conv": [8, 20], "hidden_dim": 4}),
-    "tsvit": dict(model_options={"patch_size": 4, "dim": 16, "temporal_depth": 1, "spatial_depth": 1, "heads": 2,
-                                 "dim_head": 8, "scale_dim": 2}),
-}
+#: Each registered model's tiny widths (tests/helpers.py), and an option changed to make another run of it.
+TINY = TINY_MODELS
 #: For the same-run check: an option of each model set to another valid value.
 OTHER_OPTION: dict[str, dict[str, Any]] = {
     "utae": {"agg_mode": "att_mean"}, "unet3d": {"feats": 2}, "convlstm": {"hidden_dim": 6},

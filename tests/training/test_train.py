@@ -17,6 +17,7 @@ import utae.training.run as run_mod
 import utae.train as train_mod
 from utae.pastis.classes import VOID_LABEL
 from utae.pastis.dataset import PastisDataset, pad_collate
+from utae.pastis.metadata import FOLD_ROTATIONS, fold_norm_stats, read_norm
 from utae.training.distributed import ShardSampler
 from utae.pastis.metrics import SCORE_KEYS
 from utae.perturb.noise import NoisyDataset
@@ -105,8 +106,13 @@ def test_run_writes_every_file_with_valid_values(finished_run) -> None:
 
     assert metrics == read_json(out / "metrics.json")
     assert set(metrics) == {"run_id", "best_epoch", "epochs_completed", "n_train", "n_val", "n_test", "train",
-                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing", "model", "seeds"}
+                            "val", "test", "test_noise", "eval_mode", "test_corruptions", "timing", "model", "seeds",
+                            "normalisation", "patch_size"}
     assert metrics["seeds"] == cfg.stream_seeds()  # every stream field None: each is the run seed (docs/seeds.md)
+    # the normalisation the model trained with (fold rotation 1's training folds) and the patch side, for predict
+    norm = fold_norm_stats(read_norm(cfg.dataset_root), FOLD_ROTATIONS[0][0])
+    assert metrics["normalisation"] == {"mean": norm[0].tolist(), "std": norm[1].tolist(), "folds": [1, 2, 3]}
+    assert metrics["patch_size"] == SIZE
     from utae.models.registry import count_parameters
     from utae.training.engine import build_model
 

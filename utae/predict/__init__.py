@@ -1,6 +1,6 @@
 """Predict a crop map from your own Sentinel-2 series: GeoTIFFs in, a georeferenced PASTIS class map out.
 
-The concept: a trained U-TAE (a run folder of this tool, or the official weights) applied to a user's raster of
+The concept: a trained model of the registry (a run folder of this tool, or the official U-TAE weights) applied to a user's raster of
 any size, window by window in bounded memory, with the windows' logits blended so that no seam shows, and a
 stress map that says how far to trust each pixel under a corruption of the suite. ``python -m utae predict``
 and ``docs/predict.md`` are the user's side; :func:`predict` is the one entry point.
@@ -13,7 +13,8 @@ sees it), :mod:`~utae.predict.stress` (corrupted draws and their tallies), :mod:
 
 What it may import: numpy, pandas, scipy, torch, tqdm, matplotlib, rasterio (in ``geotiff`` only) and, of this
 package, the data layer (``utae.pastis.dataset``, ``utae.pastis.classes``), the model and its loading (``utae.training.engine.build_model``
-in ``model_source.build`` only, ``utae.config``, ``utae.training.checkpoint``, ``utae.training.weights``), the corruption suite
+in ``model_source.build`` only, ``utae.models.registry``, ``utae.config``, ``utae.rundir.paths``,
+``utae.training.checkpoint``, ``utae.training.weights``), the corruption suite
 (``utae.perturb.corruptions``, ``utae.perturb.kinds``) and the utilities (``utae.util.atomic``, ``utae.util.arrays``). Nothing in
 the package imports :mod:`utae.predict` but the command line, which imports it only to run the command.
 """

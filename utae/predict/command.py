@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dates", default=None, help="dates file: one date a line (YYYYMMDD or YYYY-MM-DD) for a stack, "
                    "or one a file (default: from the file names, ..._20190415T...)")
     p.add_argument("--norm", default=None, help="the training normalisation: a NORM_S2_patch.json (needed for "
-                   "official weights) or a JSON {mean: [...], std: [...]}")
+                   "official weights; overrides a run's recorded one) or a JSON {mean: [...], std: [...]}")
     p.add_argument("--fold", type=int, default=None, help="the fold rotation of the weights (default: Fold_k in "
                    "the path, or the run's)")
     p.add_argument("--window", type=int, default=None, help="window size in px (default: the model's patch size)")

@@ -3,23 +3,28 @@
 Two sources (:func:`load_model_source`):
 
 * **a run folder** of this tool (``config.json`` and ``checkpoint.pt``; or the ``checkpoint.pt`` itself): the
-  weights of its best epoch (those it was tested with), the architecture of its ``config.json``. An
-  evaluation-only run (``epochs`` 0) has no checkpoint: its ``init_weights`` file is loaded instead.
+  weights of its best epoch (those it was tested with), the model and options of its ``config.json`` (any model of
+  :mod:`utae.models.registry`). An evaluation-only run (``epochs`` 0) has no checkpoint: its ``init_weights`` file
+  is loaded instead.
 * **official U-TAE weights**: a ``Fold_k/model.pth.tar`` (or a ``.pth``/``.pt``/``.npz`` state dict), with the
   architecture of the ``conf.json`` beside it or above its ``Fold_k`` folder (the official defaults without one).
 
 The normalisation. A run is trained on its fold rotation's training folds normalised with their statistics
 (the mean over those folds of ``NORM_S2_patch.json``'s mean and std vectors, :func:`utae.pastis.dataset.fold_norm_stats`),
-whatever its ``norm_stats``; the official code does the same. A run folder does not record these numbers, so
-they are recovered from the dataset: ``norm`` (a ``NORM_S2_patch.json``, its folder, or a JSON
-``{"mean": [10], "std": [10]}``) when given, else the ``NORM_S2_patch.json`` of the run's ``dataset_root`` when
-that folder is on this machine. Official weights need ``norm`` (PASTIS's ``NORM_S2_patch.json``): their training
-folds are those of fold rotation ``k`` (``Fold_k`` in the path, or ``fold``). The model is built in one place,
-:func:`build`; checkpoints are read with ``torch.load(weights_only=True)`` (:mod:`utae.training.weights`).
+whatever its ``norm_stats``; the official code does the same. In order: ``norm`` (a ``NORM_S2_patch.json``, its
+folder, or a JSON ``{"mean": [10], "std": [10]}``) when given; else the statistics the run recorded
+(``metrics.json``'s ``normalisation``, :mod:`utae.training.run`); else, for a run older than that record, the
+``NORM_S2_patch.json`` of the run's ``dataset_root`` when that folder is on this machine. Official weights need
+``norm`` (PASTIS's ``NORM_S2_patch.json``): their training folds are those of fold rotation ``k`` (``Fold_k`` in
+the path, or ``fold``). ``record["norm_source"]`` says which: ``"norm"``, ``"run"`` or ``"dataset"``. The model
+is built in one place, :func:`build`; checkpoints are read with ``torch.load(weights_only=True)``
+(:mod:`utae.training.weights`).
 
-The window (the model's patch size): ``window`` when given, else the size of the run's training patches (read
-from its dataset's first image header when the dataset is here), else PASTIS's 128. It must be a multiple of
-``2^(levels - 1)``.
+The window (the model's patch size). The run's training patch size is ``metrics.json``'s ``patch_size``, else
+its dataset's first image header when the dataset is here. A model whose input size is fixed at construction
+(:func:`utae.models.registry.needs_input_size`: the recurrent models, TSViT) is built for that size and takes no
+other ``window``. The others take ``window`` when given, else that size, else PASTIS's 128: a multiple of
+``2^(levels - 1)`` for U-TAE, of 4 for U-Net3D.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from utae.models.registry import ModelError, needs_input_size, uses_dates
 from utae.util.arrays import ArrayFileError, npy_header
+from utae.util.atomic import to_jsonable
 from utae.training.checkpoint import CheckpointError
 from utae.config.run_config import RunConfig
 from utae.pastis.metadata import FOLD_ROTATIONS, N_BANDS, PastisFormatError, fold_norm_stats
 from utae.pastis.layout import NORM_FILE, image_path
 from utae.pastis.metadata import read_metadata, read_norm
 from utae.predict.errors import PredictError
+from utae.rundir.paths import METRICS
 from utae.training.weights import (CONFIG_ARCHITECTURE_FIELDS, WeightsError, architecture_differences, check_state_dict,
                           file_sha256, find_conf_json, read_conf_json, read_state_dict)
 
@@ -55,8 +63,10 @@ _FOLD_DIR = re.compile(r"Fold_(\d)")
 class ModelSource:
     """A model ready to predict (eval mode, on the CPU) and its input statistics.
 
-    ``mean`` and ``std``: ``(10,)`` float32, the training normalisation; ``window``: the patch size;
-    ``record``: what was loaded (JSON-able: kind, files, sha256, where the normalisation came from)."""
+    ``mean`` and ``std``: ``(10,)`` float32, the training normalisation; ``window``: the patch size (the side of
+    the ``(B, T, 10, window, window)`` inputs); ``multiple``: what a window's side must be a multiple of (the
+    window itself for a model built for one size); ``record``: what was loaded (JSON-able: kind, files, sha256,
+    the model's name and options, where the normalisation came from)."""
 
     model: nn.Module
     mean: np.ndarray
@@ -66,16 +76,44 @@ class ModelSource:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def build(config: RunConfig) -> nn.Module:
-    """The model of ``config`` (the one place a model is built, through :func:`utae.training.engine.build_model`).
-    Maps are drawn with U-TAE runs: its windows are any multiple of ``2^(levels - 1)`` px; another model of the
-    registry is refused in one line (several take their patch size at construction, and the tiling does not yet
-    ask them for it)."""
+def build(config: RunConfig, input_size: int | None = None) -> nn.Module:
+    """The model of ``config`` (the one place a model is built, through :func:`utae.training.engine.build_model`:
+    ``config.model`` with its options), with ``input_size`` (the window's side, px) for the models that take it at
+    construction. An option or size the model refuses is a one-line :class:`PredictError`."""
     from utae.training.engine import build_model
 
-    if config.model != "utae":
-        raise PredictError(f"model {config.model!r}: predict draws maps with U-TAE runs (model 'utae') only for now")
-    return build_model(config)
+    try:
+        return build_model(config, input_size)
+    except (ModelError, ValueError) as exc:
+        raise PredictError(f"model {config.model!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _multiple(config: RunConfig) -> tuple[int, str]:
+    """The side a window of ``config``'s model must be a multiple of, and why (models with a size fixed at
+    construction are checked against it instead; a model of another package: 1, it checks its input itself)."""
+    if config.model == "utae":
+        return 2 ** (len(config.encoder_widths) - 1), f"the model has {len(config.encoder_widths)} levels"
+    if config.model == "unet3d":
+        return 4, "U-Net3D pools twice by 2"
+    return 1, "any size"
+
+
+def _window(config: RunConfig, window: int | None, trained: int | None) -> tuple[int, int]:
+    """``(window, multiple)``: the window predict uses for ``config``'s model, given the ``window`` asked for and
+    the run's training patch size ``trained`` (None when unknown)."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise PredictError(f"window must be a positive integer, got {window!r}")
+    if needs_input_size(config.model):
+        if window is not None and trained is not None and window != trained:
+            raise PredictError(f"window (--window) must be {trained} px for model {config.model!r}: its input size "
+                               f"is fixed at construction to the run's training patch size, got {window}")
+        size = window or trained or PASTIS_PATCH
+        return size, size
+    size = window or trained or PASTIS_PATCH
+    multiple, why = _multiple(config)
+    if size < multiple or size % multiple:
+        raise PredictError(f"window must be a multiple of {multiple} px ({why}), got {size!r}")
+    return size, multiple
 
 
 def read_norm_file(path: str | Path, fold: int | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -92,11 +130,8 @@ def read_norm_file(path: str | Path, fold: int | None) -> tuple[np.ndarray, np.n
         raise PredictError(f"{path}: not a JSON file ({type(exc).__name__}); expected {NORM_FILE} or "
                            '{"mean": [...], "std": [...]}') from None
     if isinstance(doc, dict) and "mean" in doc and "std" in doc:
-        mean, std = (np.asarray(doc[k], dtype=np.float64) if _numbers(doc[k]) else None for k in ("mean", "std"))
-        if mean is None or std is None or mean.shape != (N_BANDS,) or std.shape != (N_BANDS,) \
-                or not np.isfinite(mean).all() or not (np.isfinite(std).all() and (std > 0).all()):
-            raise PredictError(f"{path}: 'mean' and 'std' must be {N_BANDS} finite numbers each (std > 0)")
-        return mean.astype(np.float32), std.astype(np.float32), f"{path} (mean and std)"
+        mean, std = _mean_std(doc, str(path))
+        return mean, std, f"{path} (mean and std)"
     if fold is None:
         raise PredictError(f"{path}: a per-fold {NORM_FILE} needs the fold rotation of the weights (Fold_k in the "
                            "weights' path, or --fold)")
@@ -110,6 +145,15 @@ def read_norm_file(path: str | Path, fold: int | None) -> tuple[np.ndarray, np.n
     folds = FOLD_ROTATIONS[fold - 1][0]
     mean, std = fold_norm_stats(stats, folds)
     return mean, std, f"{path} (training folds {list(folds)} of fold rotation {fold})"
+
+
+def _mean_std(doc: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``doc["mean"]`` and ``doc["std"]`` as ``(10,)`` float32, checked: 10 finite numbers each, std > 0."""
+    mean, std = (np.asarray(doc[k], dtype=np.float64) if _numbers(doc.get(k)) else None for k in ("mean", "std"))
+    if mean is None or std is None or mean.shape != (N_BANDS,) or std.shape != (N_BANDS,) \
+            or not np.isfinite(mean).all() or not (np.isfinite(std).all() and (std > 0).all()):
+        raise PredictError(f"{where}: 'mean' and 'std' must be {N_BANDS} finite numbers each (std > 0)")
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def _numbers(value: Any) -> bool:
@@ -151,15 +195,47 @@ def _load(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _from_run(run_dir: Path, norm: str | Path | None) -> tuple[nn.Module, RunConfig, dict[str, Any], Any]:
-    config_path = run_dir / "config.json"
+def _json_object(path: Path, what: str) -> dict[str, Any]:
     try:
-        recorded = json.loads(config_path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PredictError(f"{config_path}: cannot read the run's config ({type(exc).__name__})") from None
-    if not isinstance(recorded, dict):
-        raise PredictError(f"{config_path}: expected a JSON object (a RunConfig)")
+        raise PredictError(f"{path}: cannot read the run's {what} ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise PredictError(f"{path}: expected a JSON object ({what})")
+    return doc
+
+
+def _run_norm(metrics: dict[str, Any], where: Path, norm: str | Path | None, fold: int,
+              root: Path | None) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """``(mean (10,), std (10,), description, source)`` of a run: ``norm`` ("norm"), else the run's recorded
+    ``normalisation`` ("run"), else its dataset's ``NORM_S2_patch.json`` ("dataset")."""
+    if norm is not None:
+        return (*read_norm_file(norm, fold), "norm")
+    recorded = metrics.get("normalisation")
+    if recorded is not None:
+        if not isinstance(recorded, dict):
+            raise PredictError(f"{where}: 'normalisation' must be an object with 'mean', 'std' and 'folds'")
+        mean, std = _mean_std(recorded, f"{where}: normalisation")
+        return mean, std, f"{where} (recorded: training folds {recorded.get('folds')})", "run"
+    if root is None or not (root / NORM_FILE).is_file():
+        raise PredictError(f"{where.parent}: the normalisation it trained with is not recorded and its dataset_root "
+                           f"{root} has no {NORM_FILE} here; give that dataset's {NORM_FILE} (--norm)")
+    return (*read_norm_file(root / NORM_FILE, fold), "dataset")
+
+
+def _model_record(config: RunConfig, model: nn.Module) -> dict[str, Any]:
+    """The model's name, the options it was built with (:func:`utae.training.engine.model_options`) and whether
+    it reads dates (:func:`utae.models.registry.uses_dates`; one that does not ignores ``batch_positions``)."""
+    from utae.training.engine import model_options
+
+    return {"name": config.model, "options": to_jsonable(model_options(config)), "uses_dates": uses_dates(model)}
+
+
+def _from_run(run_dir: Path, norm: str | Path | None, fold: int | None, window: int | None) -> ModelSource:
+    recorded = _json_object(run_dir / "config.json", "config (a RunConfig)")
     config = _config(recorded, run_dir)
+    metrics_path = run_dir / METRICS
+    metrics = _json_object(metrics_path, "metrics") if metrics_path.is_file() else {}
     weights = run_dir / "checkpoint.pt"
     if not weights.is_file():
         init = recorded.get("init_weights")
@@ -168,19 +244,28 @@ def _from_run(run_dir: Path, norm: str | Path | None) -> tuple[nn.Module, RunCon
         else:
             raise PredictError(f"{run_dir}: no checkpoint.pt (a run's checkpoint stays on the machine that trained "
                                "it); predict where it was trained, or copy the checkpoint into the folder")
-    model = build(config)
-    _load(model, weights)
     root = Path(str(recorded["dataset_root"])) if recorded.get("dataset_root") else None
-    if norm is None:
-        if root is None or not (root / NORM_FILE).is_file():
-            raise PredictError(f"{run_dir}: the normalisation it trained with is not recorded and its dataset_root "
-                               f"{root} has no {NORM_FILE} here; give that dataset's {NORM_FILE} (--norm)")
-        norm = root / NORM_FILE
-    record = {"kind": "run", "run_dir": str(run_dir), "weights": str(weights), "sha256": file_sha256(weights)}
-    return model, config, record, (norm, config.fold, root)
+    mean, std, described, source = _run_norm(metrics, metrics_path, norm, fold or config.fold, root)
+    trained = metrics.get("patch_size")
+    if trained is not None and (isinstance(trained, bool) or not isinstance(trained, int) or trained < 1):
+        raise PredictError(f"{metrics_path}: patch_size must be a positive integer, got {trained!r}")
+    if trained is None and root is not None:
+        trained = _dataset_patch(root)
+    size, multiple = _window(config, window, trained)
+    model = build(config, size)
+    try:
+        _load(model, weights)
+    except PredictError as exc:
+        if trained is None and window is None and needs_input_size(config.model):
+            raise PredictError(f"{exc} (built for {size} px: the run's patch size is neither recorded nor readable "
+                               "from its dataset here; give it with --window)") from None
+        raise
+    record = {"kind": "run", "run_dir": str(run_dir), "weights": str(weights), "sha256": file_sha256(weights),
+              **_model_record(config, model), "norm": described, "norm_source": source}
+    return ModelSource(model=model, mean=mean, std=std, window=size, multiple=multiple, record=record)
 
 
-def _from_weights(path: Path, fold: int | None) -> tuple[nn.Module, RunConfig, dict[str, Any], int | None]:
+def _from_weights(path: Path, norm: str | Path, fold: int | None, window: int | None) -> ModelSource:
     conf_path = find_conf_json(path)
     values: dict[str, Any] = {}
     if conf_path is not None:
@@ -197,20 +282,25 @@ def _from_weights(path: Path, fold: int | None) -> tuple[nn.Module, RunConfig, d
     found = [int(m.group(1)) for part in path.parts if (m := _FOLD_DIR.fullmatch(part))]
     if fold is None and found:
         fold = found[-1]
-    model = build(config)
+    size, multiple = _window(config, window, None)
+    model = build(config, size)
     _load(model, path)
+    mean, std, described = read_norm_file(norm, fold)
     record = {"kind": "weights", "weights": str(path), "sha256": file_sha256(path),
-              "conf_json": None if conf_path is None else str(conf_path)}
-    return model, config, record, fold
+              "conf_json": None if conf_path is None else str(conf_path), **_model_record(config, model),
+              "norm": described, "norm_source": "norm"}
+    return ModelSource(model=model, mean=mean, std=std, window=size, multiple=multiple, record=record)
 
 
 def load_model_source(model: str | Path, *, norm: str | Path | None = None, fold: int | None = None,
                       window: int | None = None) -> ModelSource:
     """The model and normalisation of ``model`` (a run folder, a run's ``checkpoint.pt`` or official weights; see
-    the module docstring). ``fold`` (1..5) overrides the fold rotation whose training folds give the statistics.
+    the module docstring). ``fold`` (1..5) overrides the fold rotation whose training folds a ``NORM_S2_patch.json``
+    gives the statistics of. The model is in eval mode, on the CPU; ``record`` says what was loaded: the files,
+    the model's name, options and whether it reads dates, the normalisation (``norm_source``) and the window.
 
     Raises :class:`PredictError` naming the file: missing, unreadable, weights of another architecture, no
-    normalisation to be found, a window that is not a multiple of the model's ``2^(levels - 1)``."""
+    normalisation to be found, a window the model cannot take."""
     path = Path(model)
     if fold is not None and not (isinstance(fold, int) and 1 <= fold <= 5):
         raise PredictError(f"fold must be 1..5, got {fold!r}")
@@ -219,26 +309,17 @@ def load_model_source(model: str | Path, *, norm: str | Path | None = None, fold
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PredictError(f"{path}: not a run folder (no config.json); give a run folder or a weights file")
-        net, config, record, (norm_src, run_fold, root) = _from_run(path, norm)
-        fold = fold or run_fold
-        patch = window or (_dataset_patch(root) if root is not None else None) or PASTIS_PATCH
+        source = _from_run(path, norm, fold, window)
     elif path.is_file():
         if norm is None:
             raise PredictError(f"{path}: official weights need the normalisation they were trained with: give "
                                f"PASTIS's {NORM_FILE} (--norm)")
-        net, config, record, fold = _from_weights(path, fold)
-        norm_src, patch = norm, window or PASTIS_PATCH
+        source = _from_weights(path, norm, fold, window)
     else:
         raise PredictError(f"model: no such file or folder {path}")
-    mean, std, described = read_norm_file(norm_src, fold)
-    multiple = 2 ** (len(config.encoder_widths) - 1)
-    if not isinstance(patch, int) or patch < multiple or patch % multiple:
-        raise PredictError(f"window must be a multiple of {multiple} px (the model has {len(config.encoder_widths)} "
-                           f"levels), got {patch!r}")
-    net.eval()
-    record.update(norm=described, mean=mean.tolist(), std=std.tolist(), window=patch,
-                  architecture={k: getattr(config, k) for k in CONFIG_ARCHITECTURE_FIELDS})
-    return ModelSource(model=net, mean=mean, std=std, window=patch, multiple=multiple, record=record)
+    source.model.eval()
+    source.record.update(mean=source.mean.tolist(), std=source.std.tolist(), window=source.window)
+    return source
 
 
 def to_device(source: ModelSource, device: str) -> torch.device:

@@ -3,7 +3,9 @@
 The raster is read one strip of windows at a time (``window`` rows of every date, :mod:`utae.predict.tiling`);
 each window's series is prepared (:mod:`utae.predict.prepare`: nodata dates dropped, gaps filled, normalised)
 and predicted by the model in eval mode, pad-free, in groups of up to ``batch_size`` windows of the same number
-of dates (``model(x (B, T, C, H, W), batch_positions (B, T), pad_mask (B, T))``, no padded step); the logits are
+of dates (:func:`utae.models.registry.forward_logits`, the call training and evaluation make: ``x (B, T, C, H,
+W)``, ``batch_positions (B, T)``, ``pad_mask (B, T)`` all False, no padded step; a model that does not read dates
+ignores ``batch_positions``); the logits are
 blended (:class:`~utae.predict.tiling.RollingBlend`) and the rows that no later window covers are written out.
 With ``stress``, every window is also predicted under ``draws`` corrupted draws (:mod:`utae.predict.stress`).
 
@@ -35,6 +37,7 @@ import torch
 
 from utae import __version__
 from utae.util.atomic import atomic_write_json
+from utae.models.registry import forward_logits
 from utae.pastis.classes import N_CLASSES
 from utae.pastis.metadata import parse_date
 from utae.predict.dates import InputSeries, resolve_inputs, season_reference
@@ -100,8 +103,8 @@ class _Groups:
         self.n -= len(jobs)
         x = torch.stack([j[3] for j in jobs]).to(self.device)
         days = torch.stack([j[4] for j in jobs]).to(self.device)
-        pad = torch.zeros(days.shape, dtype=torch.bool)
-        logits = self.model(x, batch_positions=days, pad_mask=pad).float().cpu().numpy()
+        pad = torch.zeros(days.shape, dtype=torch.bool, device=self.device)
+        logits = forward_logits(self.model, x, days, pad).float().cpu().numpy()
         for (layer, window, weight, _, _), out in zip(jobs, logits):
             self.blend.add(layer, window, out[:, : window.h, : window.w], weight)
 

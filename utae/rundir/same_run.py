@@ -54,11 +54,16 @@ def config_differences(stored: Mapping[str, Any] | RunConfig, new: Mapping[str, 
             for k in sorted(set(a) | set(b)) if a.get(k, ABSENT) != b.get(k, ABSENT)]
 
 
+#: metrics.json keys that describe the run rather than its results (absent from older runs).
+_DERIVED = ("timing", "model", "seeds", "normalisation", "patch_size")
+
+
 def _result_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """metrics.json without what measures speed (``timing``), names a path (``init_weights.path``) or describes
-    what config.json names (``model``: its name, options and parameter count; ``seeds``: the effective stream
-    seeds, :func:`utae.config.run_config.stream_seeds`; older runs lack both)."""
-    out = {k: v for k, v in metrics.items() if k not in ("timing", "model", "seeds")}
+    what config.json and the dataset name (``model``: its name, options and parameter count; ``seeds``: the
+    effective stream seeds, :func:`utae.config.run_config.stream_seeds`; ``normalisation`` and ``patch_size``: the
+    training folds' statistics and the patch side; older runs lack them)."""
+    out = {k: v for k, v in metrics.items() if k not in _DERIVED}
     if isinstance(out.get("init_weights"), Mapping):
         out["init_weights"] = {k: v for k, v in out["init_weights"].items() if k != "path"}
     return out

@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from utae.config.run_config import RunConfig
 from utae.perturb.wrappers import CorruptedDataset
+from utae.pastis.layout import image_path
 from utae.pastis.metadata import FOLD_ROTATIONS
+from utae.util.arrays import npy_header
 from utae.pastis.dataset import PastisDataset, pad_collate
 from utae.training.distributed import DistContext, ShardSampler
 from utae.perturb.noise import NoiseSpec, NoisyDataset
@@ -36,7 +38,8 @@ class Splits:
     ``mean`` and ``std`` are the training folds' statistics (the training noise in raw units uses ``std``).
     ``test_mean`` and ``test_std`` are those the test split is normalised with: the same arrays with
     ``norm_stats="train_folds"``, the test fold's own with ``"own_folds"`` (test-time noise in raw units and the
-    de-normalised example images use them); None means ``mean`` and ``std``.
+    de-normalised example images use them); None means ``mean`` and ``std``. ``train_folds``: the folds ``mean``
+    and ``std`` come from; ``patch_size``: the side of the patches (px), read from the first training image's header.
     """
 
     train: Dataset
@@ -46,6 +49,8 @@ class Splits:
     std: np.ndarray
     test_mean: np.ndarray | None = None
     test_std: np.ndarray | None = None
+    train_folds: tuple[int, ...] = ()
+    patch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.test_mean is None:
@@ -99,7 +104,8 @@ def make_datasets(config: RunConfig) -> Splits:
                   val=_limit(val, config.val_limit, config.seed, "val_limit", 1),
                   test=_limit(test, config.test_limit, config.seed, "test_limit", 2),
                   mean=np.asarray(train.mean), std=np.asarray(train.std),
-                  test_mean=np.asarray(test.mean), test_std=np.asarray(test.std))
+                  test_mean=np.asarray(test.mean), test_std=np.asarray(test.std), train_folds=tuple(train_folds),
+                  patch_size=int(npy_header(image_path(train.root, train.ids[0])).shape[-1]))
 
 
 def _seed_worker(worker_id: int) -> None:

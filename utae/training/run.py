@@ -18,6 +18,9 @@ and writes its run directory:
   ``eval_mode`` names how the test was evaluated ("pad_free"; a file without it was evaluated in padded batches)
   and ``test_corruptions`` holds ``{"kind", "severity", "oa", "miou", "iou"}`` per corruption of the config;
   ``seeds`` the effective seed of each stream (:meth:`RunConfig.stream_seeds`, docs/seeds.md; older runs lack it).
+  ``normalisation`` the statistics the model was trained with, ``{"mean": [10], "std": [10], "folds": [...]}`` (the
+  training folds' mean and std vectors, whatever ``norm_stats``), and ``patch_size`` the training patches' side in
+  px (what ``python -m utae predict`` needs; older runs lack both).
 
 Initial weights. With ``init_weights`` (:func:`utae.training.weights.load_init_weights`: official weights or a run
 checkpoint, checked against the config's architecture) the run starts from those weights: ``epochs`` >= 1
@@ -330,7 +333,7 @@ def _run(config: RunConfig, ctx: DistContext, device: torch.device, amp_dtype: t
     # split's files once
     val_loader = ReplayLoader(make_loader(splits.val, train=False, **loader_kw))
     test_loader = ReplayLoader(make_loader(splits.test, train=False, **loader_kw))
-    input_size = int(splits.train[0]["image"].shape[-1]) if needs_input_size(config.model) else None
+    input_size = splits.patch_size if needs_input_size(config.model) else None
     engine = build_engine(config, device, amp_dtype, ctx, steps_per_epoch=len(train_loader), input_size=input_size)
     if ctx.enabled:
         torch.manual_seed(seeds["data_seed"] + 1000 * ctx.rank)  # different dropout masks in each process
@@ -497,6 +500,10 @@ def _finish(config: RunConfig, engine: Engine, state: TrainState, splits: Splits
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epoch,
         "seeds": config.stream_seeds(),  # the effective seed of each stream (docs/seeds.md)
+        # what the model was trained on, for prediction (utae.predict.model_source)
+        "normalisation": {"mean": np.asarray(splits.mean, np.float32).tolist(),
+                          "std": np.asarray(splits.std, np.float32).tolist(), "folds": list(splits.train_folds)},
+        "patch_size": splits.patch_size,
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
         "train": None if best is None else {"oa": best["train_oa"], "miou": best["train_miou"],
                                             "loss": best["train_loss"]},
