@@ -100,6 +100,24 @@ def test_mode_runs_compare_each_mode_with_the_float32_run(tmp_path, synthetic_pa
     assert ((table["test_miou"] >= 0) & (table["test_miou"] <= 1)).all()
 
 
+def test_same_within_seeds_asks_for_the_interval_inside_one_seed_sd():
+    import pandas as pd
+
+    from benchmarks.bench_runs import same_within_seeds
+
+    base = [0.40, 0.44, 0.36, 0.42, 0.38]  # seed sd 3.16 points
+    rows = [{"seed": s, "amp": "off", "test_miou": m, "train_samples_per_s": 10.0} for s, m in enumerate(base)]
+    close = [m + d for m, d in zip(base, [0.002, -0.001, 0.001, 0.0, -0.002])]
+    rows += [{"seed": s, "amp": "bf16", "test_miou": m, "train_samples_per_s": 15.0} for s, m in enumerate(close)]
+    far = [m + 0.05 + d for m, d in zip(base, [0.01, -0.01, 0.0, 0.005, -0.005])]
+    rows += [{"seed": s, "amp": "fp16", "test_miou": m, "train_samples_per_s": 20.0} for s, m in enumerate(far)]
+    table = same_within_seeds(pd.DataFrame(rows)).set_index("amp")
+    assert table.loc["bf16", "seed_sd_points"] == pytest.approx(100 * pd.Series(base).std())
+    assert table.loc["bf16", "same"] and table.loc["bf16", "train_speedup"] == pytest.approx(1.5)
+    assert table.loc["bf16", "ci_low"] < table.loc["bf16", "d_miou_points"] < table.loc["bf16", "ci_high"]
+    assert not table.loc["fp16", "same"] and table.loc["fp16", "d_miou_points"] == pytest.approx(5.0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Every model side by side (benchmarks.bench_models), and the study's estimate over several models
 # --------------------------------------------------------------------------------------------------

@@ -128,3 +128,21 @@ def test_has_architectures_and_the_figures():
     assert len(architecture_figures.clean_vs_mce(table).axes[0].texts) == 4  # one label a model and training
     gains, _ = arch.mix_gain(scores)
     assert len(architecture_figures.mix_gain_plot(gains).axes[0].get_yticklabels()) == 2
+
+
+def test_a_model_that_did_not_learn_is_set_aside_and_ties_are_named():
+    levels = {("utae", "none"): (0.5, {"clouds": 0.3, "date_shift": 0.45}),
+              ("tsvit", "none"): (0.04, {"clouds": 0.04, "date_shift": 0.04}),  # near chance: rPC 1, meaningless
+              ("convlstm", "none"): (0.5, {"clouds": 0.2, "date_shift": 0.5}),
+              ("unet3d", "none"): (0.4, {"clouds": 0.1, "date_shift": 0.4})}
+    runs, corr = make_frames(levels, seeds=range(4))
+    scores = arch.architecture_scores(runs, corr)
+    kept, aside = arch.learned(scores)
+    assert aside == ["tsvit (clean mIoU 4.0)"] and "tsvit" not in set(kept["architecture"])
+    best = arch.most_robust(scores).set_index("kind")
+    assert best.loc["clouds", "best"] == "utae"  # not tsvit, whose rPC of 1 is a score that was never there
+    assert best.loc["date_shift", "tied"] == "convlstm, unet3d"
+    text = arch.architecture_answer_text(scores)
+    assert "Set aside from the rPC answers" in text and "tsvit (clean mIoU 4.0)" in text
+    assert "tied at rPC 1.000: `convlstm`, `unet3d` (they do not read dates" in text
+    assert "**In absolute terms**" in text

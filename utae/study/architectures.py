@@ -27,6 +27,7 @@ contrasts, the interaction and the adjusted p-values):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ from utae.study.corruption_scores import ALL_KINDS, CLEAN, corruption_long, corr
 from utae.study.inference import adjust_pvalues
 from utae.util.checks import require_columns
 
-__all__ = ["REFERENCE", "FAMILIES", "has_architectures", "architecture_scores", "architecture_table", "most_robust",
+__all__ = ["REFERENCE", "FAMILIES", "MIN_CLEAN", "learned", "has_architectures", "architecture_scores", "architecture_table", "most_robust",
            "family_contrasts", "rank_agreement", "mix_gain", "architecture_answer_text"]
 
 #: The model the CE is relative to (clean-trained), as AlexNet is ImageNet-C's.
@@ -46,11 +47,28 @@ FAMILIES: Mapping[str, str] = {"utae": "attention", "tsvit": "attention", "convl
                                "convgru": "recurrent", "uconvlstm": "recurrent", "buconvlstm": "recurrent",
                                "fpn_convlstm": "recurrent", "unet3d": "3D convolution"}
 _ALPHA = 0.05
+#: The clean test mIoU (fraction) under which an architecture is set aside from the rPC answers: a model that has
+#: barely learned keeps "all" of a score that was hardly above chance, so its rPC says nothing about robustness.
+#: Predicting one class everywhere scores about 0.03 on the synthetic data (the runs' validation mIoU before they
+#: learn); 0.10 is about three times that.
+MIN_CLEAN = 0.10
 
 
 def has_architectures(runs: pd.DataFrame) -> bool:
     """Whether the runs were trained with more than one model (``cfg_model``, :func:`utae.study.runs.load_runs`)."""
     return "cfg_model" in runs.columns and runs["cfg_model"].astype(str).nunique() > 1
+
+
+def learned(scores: pd.DataFrame, augmentation: str = CLEAN, min_clean: float = MIN_CLEAN
+            ) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of ``scores`` trained with ``augmentation`` whose architecture's mean clean mIoU (on its
+    platform) is at least ``min_clean``, and the architectures set aside (``"tsvit (clean mIoU 4.5)"``)."""
+    sub = scores[scores["augmentation"] == augmentation]
+    clean = sub[sub["kind"] == ALL_KINDS].groupby(["platform", "architecture"])["clean"].mean()
+    low = clean[clean < min_clean]
+    keep = ~pd.Series(list(zip(sub["platform"], sub["architecture"])), index=sub.index).isin(set(low.index))
+    aside = [f"{a} (clean mIoU {100 * v:.1f})" for (_, a), v in low.items()]
+    return sub[keep], sorted(set(aside))
 
 
 def _t_ci(values: np.ndarray, alpha: float = _ALPHA) -> tuple[float, float, float]:
@@ -115,14 +133,15 @@ def architecture_table(scores: pd.DataFrame, alpha: float = _ALPHA) -> pd.DataFr
                              key=lambda c: c.map(order) if c.name == "kind" else c, ignore_index=True)
 
 
-def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = _ALPHA) -> pd.DataFrame:
-    """Per platform and kind, among the runs trained with ``augmentation``: the ``best`` architecture (highest
-    mean rPC) and the ``runner_up``, their mean rPC, the difference with its Welch t interval, ``p_value``
+def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = _ALPHA,
+                min_clean: float = MIN_CLEAN) -> pd.DataFrame:
+    """Per platform and kind, among the runs trained with ``augmentation`` of the architectures that learned
+    (:func:`learned`): the ``best`` architecture (highest mean rPC) and the ``runner_up``, their mean rPC, the difference with its Welch t interval, ``p_value``
     (``scipy.stats.ttest_ind(equal_var=False)``) and ``p_holm`` (Holm over the kinds of the platform)."""
     from scipy import stats
 
     rows = []
-    sub = scores[scores["augmentation"] == augmentation]
+    sub, _ = learned(scores, augmentation, min_clean)
     for (platform, kind), group in sub.groupby(["platform", "kind"], sort=False):
         means = group.groupby("architecture")["rpc"].mean().sort_values(ascending=False)
         if len(means) < 2:
@@ -131,13 +150,17 @@ def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = 
         a = group.loc[group["architecture"] == best, "rpc"].to_numpy(float)
         b = group.loc[group["architecture"] == second, "rpc"].to_numpy(float)
         low = high = p = math.nan
-        if len(a) > 1 and len(b) > 1:
+        if len(a) > 1 and len(b) > 1 and max(a.std(), b.std()) == 0:  # no spread to test against
+            low = high = float(a.mean() - b.mean())
+        elif len(a) > 1 and len(b) > 1:
             test = stats.ttest_ind(a, b, equal_var=False)
             ci = test.confidence_interval(confidence_level=1 - alpha)
             low, high, p = float(ci.low), float(ci.high), float(test.pvalue)
-        rows.append(dict(platform=platform, kind=kind, best=best, best_rpc=float(means.iloc[0]), runner_up=second,
-                         runner_up_rpc=float(means.iloc[1]), diff=float(a.mean() - b.mean()), ci_low=low, ci_high=high,
-                         p_value=p))
+        tied = [a for a, v in means.items() if abs(v - means.iloc[0]) <= 1e-9]
+        rows.append(dict(platform=platform, kind=kind, best=best, tied=", ".join(tied), best_rpc=float(means.iloc[0]),
+                         runner_up=second,
+                         runner_up_rpc=float(means.iloc[1]), diff=float(a.mean() - b.mean()), ci_low=low,
+                         ci_high=high, p_value=p))
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -150,15 +173,16 @@ def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = 
 
 
 def family_contrasts(scores: pd.DataFrame, kind: str = "missing_dates", augmentation: str = CLEAN,
-                     alpha: float = _ALPHA) -> pd.DataFrame:
-    """On ``kind``, per platform: the mean rPC of the attention architectures (the mean of their means) minus that
+                     alpha: float = _ALPHA, min_clean: float = MIN_CLEAN) -> pd.DataFrame:
+    """On ``kind``, per platform, among the architectures that learned (:func:`learned`): the mean rPC of the attention architectures (the mean of their means) minus that
     of the recurrent ones, and minus that of the 3D convolutions (:data:`FAMILIES`), each a contrast of an OLS of
     rPC on the architecture (statsmodels, HC3 errors): ``estimate``, ``ci_low``, ``ci_high``, ``p_value``,
     ``p_holm`` (Holm over the contrasts of the platform) and the architectures on each side."""
     import statsmodels.formula.api as smf
 
     rows = []
-    sub = scores[(scores["augmentation"] == augmentation) & (scores["kind"] == kind)].dropna(subset=["rpc"])
+    sub, _ = learned(scores, augmentation, min_clean)
+    sub = sub[sub["kind"] == kind].dropna(subset=["rpc"])
     for platform, group in sub.groupby("platform", sort=True):
         archs = sorted(group["architecture"].unique())
         members = {f: [a for a in archs if FAMILIES.get(a) == f] for f in ("attention", "recurrent", "3D convolution")}
@@ -189,15 +213,16 @@ def family_contrasts(scores: pd.DataFrame, kind: str = "missing_dates", augmenta
 
 
 def rank_agreement(scores: pd.DataFrame, augmentation: str = CLEAN, n_resamples: int = 2000, seed: int = 0,
-                   alpha: float = _ALPHA) -> pd.DataFrame:
-    """Per platform, Spearman's rho (``scipy.stats.spearmanr``) between the architectures' mean clean mIoU and
+                   alpha: float = _ALPHA, min_clean: float = MIN_CLEAN) -> pd.DataFrame:
+    """Per platform, among the architectures that learned (:func:`learned`), Spearman's rho (``scipy.stats.spearmanr``) between the architectures' mean clean mIoU and
     their mean mPC over the kinds, and with their mean rPC: ``rho``, its exact-test ``p_value``, and a
     ``1 - alpha`` percentile interval from ``n_resamples`` resamplings of each architecture's runs with
     replacement (seeded by ``seed``)."""
     from scipy import stats
 
     rows = []
-    sub = scores[(scores["augmentation"] == augmentation) & (scores["kind"] == ALL_KINDS)]
+    sub, _ = learned(scores, augmentation, min_clean)
+    sub = sub[sub["kind"] == ALL_KINDS]
     rng = np.random.default_rng(seed)
     for platform, group in sub.groupby("platform", sort=True):
         by_arch = {a: g[["clean", "mpc", "rpc"]].to_numpy(float) for a, g in group.groupby("architecture")}
@@ -210,7 +235,9 @@ def rank_agreement(scores: pd.DataFrame, augmentation: str = CLEAN, n_resamples:
             rho = float(stats.spearmanr(means[:, 0], means[:, col]).statistic)
             p = float(stats.permutation_test((means[:, 0],), lambda x: stats.spearmanr(x, means[:, col]).statistic,
                                              permutation_type="pairings", n_resamples=math.inf).pvalue)
-            boot = np.array([stats.spearmanr(d[:, 0], d[:, col]).statistic for d in draws])
+            with warnings.catch_warnings():  # a resampling may tie every architecture: rho undefined, left out
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                boot = np.array([stats.spearmanr(d[:, 0], d[:, col]).statistic for d in draws])
             low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2])
             rows.append(dict(platform=platform, against=name, n_architectures=len(by_arch), rho=rho,
                              ci_low=float(low), ci_high=float(high), p_value=p))
@@ -242,7 +269,7 @@ def mix_gain(scores: pd.DataFrame, metric: str = "mpc", alpha: float = _ALPHA) -
     for (platform, aug, arch), group in pairs.groupby(["platform", "augmentation", "architecture"], sort=True):
         d = group["diff"].to_numpy(float)
         mean, low, high = _t_ci(d, alpha)
-        p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 else math.nan
+        p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and d.std() > 0 else math.nan
         rows.append(dict(platform=platform, augmentation=aug, architecture=arch, n_pairs=len(d), diff=mean,
                          ci_low=low, ci_high=high, p_value=p))
     gains = pd.DataFrame(rows)
@@ -263,38 +290,56 @@ def _p(p: float) -> str:
     return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def architecture_answer_text(scores: pd.DataFrame, alpha: float = _ALPHA, kinds: Sequence[str] | None = None) -> str:
+def architecture_answer_text(scores: pd.DataFrame, alpha: float = _ALPHA, min_clean: float = MIN_CLEAN) -> str:
     """The four answers in words (Markdown), one paragraph each, with intervals and adjusted p-values."""
     parts = []
-    robust = most_robust(scores, alpha=alpha)
-    if kinds is not None and not robust.empty:
-        robust = robust[robust["kind"].isin(kinds)]
+    _, aside = learned(scores, CLEAN, min_clean)
+    if aside:
+        parts.append(f"Set aside from the rPC answers, as they did not learn (clean-trained mean clean mIoU under "
+                     f"{100 * min_clean:g} points, about three times the score of predicting one class everywhere): "
+                     + ", ".join(aside) + ". A model near chance keeps most of a score that was hardly there.")
+    robust = most_robust(scores, alpha=alpha, min_clean=min_clean)
     lines = []
     for _, r in robust.iterrows():
-        verdict = "ahead" if r["p_holm"] < alpha else "not separable from"
+        if "," in r["tied"]:
+            lines.append(f"- **{r['kind']}**: tied at rPC {r['best_rpc']:.3f}: " + ", ".join(
+                f"`{a}`" for a in r["tied"].split(", ")) + (" (they do not read dates: a shifted calendar is their "
+                                                              "clean test)" if r["kind"] == "date_shift" else ""))
+            continue
+        verdict = "ahead of" if r["p_holm"] < alpha else "not separable from"
         lines.append(f"- **{r['kind']}**: `{r['best']}` (rPC {r['best_rpc']:.3f}), {verdict} `{r['runner_up']}` "
                      f"({r['runner_up_rpc']:.3f}): difference {r['diff']:+.3f} ({r['ci_low']:+.3f} to "
                      f"{r['ci_high']:+.3f}), Holm p {_p(r['p_holm'])}")
     if lines:
         parts.append("**Most robust to each failure** (clean-trained; highest mean rPC against the runner-up, "
                      "Welch 95% interval, Holm over the kinds):\n\n" + "\n".join(lines))
-    fam = family_contrasts(scores, alpha=alpha)
+    table = architecture_table(scores[scores["kind"] == ALL_KINDS], alpha)
+    overall = table[table["augmentation"] == CLEAN].dropna(subset=["ce_ref_mean"]).sort_values("ce_ref_mean")
+    if len(overall) > 1:
+        words = [f"`{r['architecture']}` {r['ce_ref_mean']:.3f} ({r['ce_ref_low']:.3f} to {r['ce_ref_high']:.3f})"
+                 for _, r in overall.iterrows()]
+        parts.append("**In absolute terms** (mCE relative to clean-trained U-TAE, lower errs less under the "
+                     "corruptions; clean-trained, 95% interval over seeds): " + "; ".join(words) + ".")
+    fam = family_contrasts(scores, alpha=alpha, min_clean=min_clean)
     if not fam.empty:
         words = [f"{r['contrast']} ({r['attention']} vs {r['other']}): {r['estimate']:+.3f} rPC "
                  f"({r['ci_low']:+.3f} to {r['ci_high']:+.3f}), Holm p {_p(r['p_holm'])}" for _, r in fam.iterrows()]
         parts.append("**Attention against recurrence and 3D convolution on missing dates** (clean-trained, rPC on "
                      "`missing_dates`, OLS contrasts with HC3 errors): " + "; ".join(words) + ".")
-    ranks = rank_agreement(scores, alpha=alpha)
+    ranks = rank_agreement(scores, alpha=alpha, min_clean=min_clean)
     if not ranks.empty:
-        words = [f"with {'mPC' if r['against'] == 'mpc' else 'rPC'} rho {r['rho']:+.2f} ({r['ci_low']:+.2f} to "
-                 f"{r['ci_high']:+.2f}, exact p {_p(r['p_value'])})" for _, r in ranks.iterrows()]
+        words = [f"with {'mPC' if r['against'] == 'mpc' else 'rPC'} rho {r['rho']:+.2f} (exact permutation p "
+                 f"{_p(r['p_value'])}; {r['ci_low']:+.2f} to {r['ci_high']:+.2f} over resampled seeds)"
+                 for _, r in ranks.iterrows()]
         parts.append(f"**Does the clean ranking predict the ranking under corruptions?** Spearman's rho between "
                      f"the {int(ranks['n_architectures'].iloc[0])} architectures' clean mIoU and their mean score "
-                     "over the kinds (clean-trained; interval from resampling seeds): " + "; ".join(words) + ".")
+                     "over the kinds (clean-trained): " + "; ".join(words) + ". The p-value asks whether the "
+                     "order could be chance among these architectures; the interval, how firmly the seeds fix it.")
     gains, tests = mix_gain(scores, alpha=alpha)
     if not gains.empty:
-        words = [f"`{r['architecture']}` ({r['augmentation']}) {r['diff']:+.1f} ({r['ci_low']:+.1f} to {r['ci_high']:+.1f}, Holm p "
-                 f"{_p(r['p_holm'])})" for _, r in gains.sort_values("diff", ascending=False).iterrows()]
+        words = [f"`{r['architecture']}` ({r['augmentation']}) {r['diff']:+.1f} ({r['ci_low']:+.1f} to "
+                 f"{r['ci_high']:+.1f}, Holm p {_p(r['p_holm'])})"
+                 for _, r in gains.sort_values("diff", ascending=False).iterrows()]
         same = ""
         if not tests.empty:
             t = tests.iloc[0]
