@@ -115,10 +115,14 @@ def design_labels(table: pd.DataFrame) -> list[str]:
     ``epochs 8, train limit 90``), then the augmentation where several are compared."""
     keys = [c for c in table.columns[:list(table.columns).index("augmentation")] if c != "platform"]
     varying = [k for k in keys if table[k].astype(str).nunique() > 1]
+    if "cfg_model" in varying and "cfg_model_options" in varying and \
+            table.groupby("cfg_model")["cfg_model_options"].nunique().max() == 1:
+        varying.remove("cfg_model_options")  # one set of options a model: its name says which row it is
     several = table["augmentation"].nunique() > 1 or table["platform"].nunique() > 1
     labels = []
     for _, row in table.iterrows():
-        parts = [f"{k.removeprefix('cfg_').replace('_', ' ')} {_value(row[k])}" for k in varying]
+        parts = [str(row[k]) if k == "cfg_model" else f"{k.removeprefix('cfg_').replace('_', ' ')} {_value(row[k])}"
+                 for k in varying]
         if several:
             parts.append(f"{row['augmentation']} ({row['platform']})" if table["platform"].nunique() > 1
                          else str(row["augmentation"]))
