@@ -304,7 +304,8 @@ def test_the_corruption_fields_are_checked_without_torch() -> None:
 
 
 def test_architecture_presets_compare_the_models_on_one_protocol(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """params/architectures.yaml: six models x {none, mix} x 5 seeds on the corruption study's protocol (all but
+    """params/architectures.yaml: six models (TSViT twice, official and corrected output layout) x {none, mix} x 5
+    seeds on the corruption study's protocol (all but
     the dates and epochs, which its header explains), each tested on the 35 corruptions; the -pastis preset: the same
     models at their official widths on the official five-fold protocol."""
     from utae.config.sweepfile import load_sweep
@@ -314,7 +315,9 @@ def test_architecture_presets_compare_the_models_on_one_protocol(root: str, monk
     models = {"utae", "unet3d", "convlstm", "fpn_convlstm", "uconvlstm", "tsvit"}
     synthetic = load_sweep(REPO / "params" / "architectures.yaml")
     corruptions = load_sweep(REPO / "params" / "corruptions.yaml")
-    assert {p.params["model"] for p in synthetic.points} == models and len(synthetic.points) == 6 * 2 * 5
+    assert {p.params["model"] for p in synthetic.points} == models and len(synthetic.points) == 7 * 2 * 5
+    assert {p.params["model_options"].get("unpatchify") for p in synthetic.points if p.params["model"] == "tsvit"} \
+        == {None, "geometric"}
     assert {p.run_id.split("-aug-")[1] for p in synthetic.points} == {f"{a}-seed{s}" for a in ("none", "mix")
                                                                        for s in range(5)}
     different = {"synthetic", "dataset_root", "epochs", "test_noise_stds", "encoder_widths", "decoder_widths",

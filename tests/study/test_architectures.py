@@ -146,3 +146,22 @@ def test_a_model_that_did_not_learn_is_set_aside_and_ties_are_named():
     assert "Set aside from the rPC answers" in text and "tsvit (clean mIoU 4.0)" in text
     assert "tied at rPC 1.000: `convlstm`, `unet3d` (they do not read dates" in text
     assert "**In absolute terms**" in text
+
+
+def test_a_model_run_with_two_sets_of_options_is_two_architectures():
+    levels = {("utae", "none"): (0.5, {"clouds": 0.3}), ("tsvit", "none"): (0.3, {"clouds": 0.2})}
+    runs, corr = make_frames(levels, seeds=range(3))
+    fixed = runs[runs["cfg_model"] == "tsvit"].assign(
+        run_id=lambda f: f["run_id"] + "-geo", cfg_model_options=json.dumps({"dim": 36, "unpatchify": "geometric"}),
+        test_miou=0.45)
+    runs = pd.concat([runs.assign(cfg_model_options=lambda f: f["cfg_model_options"].where(
+        f["cfg_model"] != "tsvit", json.dumps({"dim": 36}))), fixed], ignore_index=True)
+    corr = pd.concat([corr, corr[corr["run_id"].str.contains("tsvit")].assign(
+        run_id=lambda f: f["run_id"] + "-geo", miou=0.4)], ignore_index=True)
+    labels = arch.architecture_labels(runs)
+    assert set(labels) == {"utae", "tsvit", "tsvit (unpatchify=geometric)"}
+    table = arch.architecture_table(arch.architecture_scores(runs, corr))
+    row = table[(table["architecture"] == "tsvit (unpatchify=geometric)") & (table["kind"] == "clouds")].iloc[0]
+    assert row["clean_mean"] == pytest.approx(45.0) and row["mpc_mean"] == pytest.approx(40.0)
+    fam = arch.family_contrasts(arch.architecture_scores(runs, corr), kind="clouds")
+    assert fam.empty  # attention models only: no recurrent or 3D-convolution family to contrast with

@@ -26,6 +26,7 @@ contrasts, the interaction and the adjusted p-values):
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,8 @@ from utae.study.corruption_scores import ALL_KINDS, CLEAN, corruption_long, corr
 from utae.study.inference import adjust_pvalues
 from utae.util.checks import require_columns
 
-__all__ = ["REFERENCE", "FAMILIES", "MIN_CLEAN", "learned", "has_architectures", "architecture_scores", "architecture_table", "most_robust",
+__all__ = ["REFERENCE", "FAMILIES", "MIN_CLEAN", "learned", "has_architectures", "architecture_labels",
+           "architecture_scores", "architecture_table", "most_robust",
            "family_contrasts", "rank_agreement", "mix_gain", "architecture_answer_text"]
 
 #: The model the CE is relative to (clean-trained), as AlexNet is ImageNet-C's.
@@ -85,6 +87,27 @@ def _t_ci(values: np.ndarray, alpha: float = _ALPHA) -> tuple[float, float, floa
     return mean, mean - half, mean + half
 
 
+def architecture_labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's architecture (aligned with ``runs``): its model's name (``cfg_model``), followed, for a model run
+    with several sets of options, by the options in which its set differs from the others (``tsvit
+    (unpatchify=geometric)``); a set that only lacks them is the model's defaults."""
+    names = runs["cfg_model"].astype(str)
+    options = runs["cfg_model_options"].astype(str) if "cfg_model_options" in runs.columns else \
+        pd.Series("{}", index=runs.index)
+    parsed = {text: (json.loads(text) if text.startswith("{") else {}) for text in set(options)}
+    labels = names.copy()
+    for name in set(names):
+        sets = sorted(set(options[names == name]))
+        if len(sets) < 2:
+            continue
+        keys = sorted({k for text in sets for k in parsed[text]})
+        differ = [k for k in keys if len({json.dumps(parsed[t].get(k), sort_keys=True) for t in sets}) > 1]
+        for text in sets:
+            extra = ", ".join(f"{k}={parsed[text][k]}" for k in differ if k in parsed[text])
+            labels[(names == name) & (options == text)] = f"{name} ({extra})" if extra else name
+    return labels
+
+
 def architecture_scores(runs: pd.DataFrame, corruptions: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """Per run and kind (then ``all kinds``): ``platform``, ``run_id``, ``architecture`` (``cfg_model``),
     ``augmentation``, ``cfg_seed``, ``kind``, ``clean``, ``mpc``, ``rpc`` (fractions) and ``ce_ref`` (see the
@@ -92,7 +115,7 @@ def architecture_scores(runs: pd.DataFrame, corruptions: pd.DataFrame, reference
     require_columns(runs, ["cfg_model"], "architecture_scores(runs)")
     scores = corruption_scores(runs, corruptions)
     long = corruption_long(runs, corruptions)
-    model = runs.set_index(["platform", "run_id"])["cfg_model"].astype(str)
+    model = architecture_labels(runs).set_axis(pd.MultiIndex.from_frame(runs[["platform", "run_id"]]))
     long = long.assign(architecture=[model[(p, r)] for p, r in zip(long["platform"], long["run_id"])])
     scores = scores.assign(architecture=[model[(p, r)] for p, r in zip(scores["platform"], scores["run_id"])])
     sev = long[long["severity"] > 0]
@@ -185,7 +208,8 @@ def family_contrasts(scores: pd.DataFrame, kind: str = "missing_dates", augmenta
     sub = sub[sub["kind"] == kind].dropna(subset=["rpc"])
     for platform, group in sub.groupby("platform", sort=True):
         archs = sorted(group["architecture"].unique())
-        members = {f: [a for a in archs if FAMILIES.get(a) == f] for f in ("attention", "recurrent", "3D convolution")}
+        members = {f: [a for a in archs if FAMILIES.get(a.split(" ")[0]) == f]
+                   for f in ("attention", "recurrent", "3D convolution")}
         if not members["attention"]:
             continue
         fit = smf.ols("rpc ~ C(architecture) - 1", data=group).fit(cov_type="HC3")
