@@ -314,7 +314,7 @@ def test_architecture_presets_compare_the_models_on_one_protocol(root: str, monk
     monkeypatch.setenv("PASTIS_ROOT", root)
     models = {"utae", "unet3d", "convlstm", "fpn_convlstm", "uconvlstm", "tsvit"}
     synthetic = load_sweep(REPO / "params" / "architectures.yaml")
-    corruptions = load_sweep(REPO / "params" / "corruptions.yaml")
+    corruptions = load_sweep(REPO / "params" / "corruptions-n150.yaml")  # the protocol the study was sized on
     assert {p.params["model"] for p in synthetic.points} == models and len(synthetic.points) == 7 * 2 * 5
     assert {p.params["model_options"].get("unpatchify") for p in synthetic.points if p.params["model"] == "tsvit"} \
         == {None, "geometric"}

@@ -259,8 +259,27 @@ def test_bad_case_keys_name_the_key(tmp_path: Path, tiny_root: str, grid: dict, 
         load_sweep(_case_sweep(tmp_path, tiny_root, grid))
 
 
-def test_the_corruption_study_preset(tmp_path: Path) -> None:
+def test_the_corruption_study_preset_is_the_design_study_s_measured_design() -> None:
+    """params/corruptions.yaml: the five augmentations on the design study's train180 design (params/design.yaml),
+    the same configuration but the test-time noise levels, with seeds chosen by precision on every augmentation
+    against the clean-trained model."""
     sweep = load_sweep(REPO / "params" / "corruptions.yaml")
+    design = {p.run_id: p.params for p in load_sweep(REPO / "params" / "design.yaml").points}
+    augs = ("none", "gaussian", "clouds", "missing_dates", "mix")
+    assert sorted(p.run_id for p in sweep.points) == sorted(f"aug-{a}-seed{s}" for a in augs for s in range(7))
+    for point in sweep.points:
+        aug, seed = point.run_id.removeprefix("aug-").rsplit("-seed", 1)
+        if aug in ("none", "mix") and int(seed) < 5:  # the design study ran 5 seeds
+            measured = design[f"design-train180-aug-{aug}-seed{seed}"]
+            differ = {k for k in set(point.params) | set(measured) if point.params.get(k) != measured.get(k)}
+            assert differ == {"test_noise_stds"}, point.run_id
+    rule = sweep.seed_rule
+    assert (rule.min, rule.max, rule.step, rule.target_halfwidth) == (3, 7, 2, 3.0)
+    assert {(c.case, c.against, c.metric) for c in rule.comparisons} == {(a, "none", "mpc") for a in augs[1:]}
+
+
+def test_the_first_corruption_study_preset(tmp_path: Path) -> None:
+    sweep = load_sweep(REPO / "params" / "corruptions-n150.yaml")
     default = load_sweep(REPO / "params" / "default.yaml")
     assert [p.run_id for p in sweep.points] == [f"aug-{a}-seed{s}" for a in ("none", "gaussian", "clouds",
                                                                            "missing_dates", "mix") for s in (0, 1, 2)]

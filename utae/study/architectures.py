@@ -58,7 +58,7 @@ MIN_CLEAN = 0.10
 
 def has_architectures(runs: pd.DataFrame) -> bool:
     """Whether the runs were trained with more than one model (``cfg_model``, :func:`utae.study.runs.load_runs`)."""
-    return "cfg_model" in runs.columns and runs["cfg_model"].astype(str).nunique() > 1
+    return "cfg_model" in runs.columns and runs["cfg_model"].astype(object).map(str).nunique() > 1
 
 
 def learned(scores: pd.DataFrame, augmentation: str = CLEAN, min_clean: float = MIN_CLEAN

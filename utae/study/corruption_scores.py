@@ -530,7 +530,7 @@ def augmentation_text_table(table: pd.DataFrame) -> pd.DataFrame:
     its 95% CI), ``p``, ``p (Holm)``, ``sd of differences``, ``CI half-width`` and ``seeds for 3 points``."""
     require_columns(table, ["platform", *ROBUSTNESS_COLUMNS], "augmentation_text_table(table)")
     keys = [c for c in table.columns if c not in ROBUSTNESS_COLUMNS]
-    keys = [c for c in keys if table[c].astype(str).nunique() > 1]
+    keys = [c for c in keys if table[c].astype(object).map(str).nunique() > 1]
 
     def diff(row: pd.Series) -> str:
         if int(row["n_pairs"]) == 0:

@@ -83,7 +83,7 @@ def _pair_cost(row: pd.Series, keys: Sequence[str], runs: pd.DataFrame, seconds:
     mask = pd.Series(True, index=frame.index)
     for key in keys:
         if key in frame.columns:
-            mask &= frame[key].astype(str) == str(row[key])
+            mask &= frame[key].astype(object).map(str) == str(row[key])
     arm = frame[mask & (frame["augmentation"] == row["augmentation"])]["total_s"].mean()
     clean = frame[mask & (frame["augmentation"] == CLEAN)]["total_s"].mean()
     return float(arm + clean)
@@ -107,14 +107,14 @@ def n_designs(table: pd.DataFrame) -> int:
     """How many configurations :func:`design_table` compares (platforms and augmentations apart)."""
     keys = [c for c in table.columns[:list(table.columns).index("augmentation")] if c != "platform"] if len(
         table) else []
-    return len(table[keys].astype(str).drop_duplicates()) if keys else min(len(table), 1)
+    return len(table[keys].astype(object).map(str).drop_duplicates()) if keys else min(len(table), 1)
 
 
 def design_labels(table: pd.DataFrame) -> list[str]:
     """One short label a row of :func:`design_table`: the configuration values that vary between its rows (e.g.
     ``epochs 8, train limit 90``), then the augmentation where several are compared."""
     keys = [c for c in table.columns[:list(table.columns).index("augmentation")] if c != "platform"]
-    varying = [k for k in keys if table[k].astype(str).nunique() > 1]
+    varying = [k for k in keys if table[k].astype(object).map(str).nunique() > 1]
     if "cfg_model" in varying and "cfg_model_options" in varying and \
             table.groupby("cfg_model")["cfg_model_options"].nunique().max() == 1:
         varying.remove("cfg_model_options")  # one set of options a model: its name says which row it is

@@ -46,7 +46,7 @@ def unpaired_reason(runs: pd.DataFrame, platform_a: str, platform_b: str) -> str
     a, b = runs[runs["platform"] == platform_a], runs[runs["platform"] == platform_b]
     apart = []
     for col in config_columns(runs):
-        values_a, values_b = set(a[col].astype(str)), set(b[col].astype(str))
+        values_a, values_b = set(a[col].astype(object).map(str)), set(b[col].astype(object).map(str))
         if values_a and values_b and not values_a & values_b:
             apart.append(f"{col.removeprefix('cfg_')} {', '.join(sorted(values_a))} against "
                          f"{', '.join(sorted(values_b))}")

@@ -125,7 +125,7 @@ def config_columns(runs: pd.DataFrame) -> list[str]:
         raise ValueError(f"runs: missing column cfg_noise_std; got {list(runs.columns)}")
     cols = ["cfg_noise_std"]
     for col in _EXTRA_CONFIG:
-        if col in runs.columns and runs[col].astype(str).nunique() > 1:
+        if col in runs.columns and runs[col].astype(object).map(str).nunique() > 1:
             cols.append(col)
     return cols
 
@@ -577,5 +577,5 @@ def bench_table(tables: Mapping[str, pd.DataFrame], values: Sequence[str] | None
         return data
     if not keys:
         return data.groupby("platform")[values].mean().T
-    data[keys] = data[keys].astype(str)
+    data[keys] = data[keys].astype(object).map(str)
     return data.pivot_table(index=keys, columns="platform", values=values, aggfunc="mean")
