@@ -10,9 +10,9 @@ from utae.models.rec_blocks import (
     check_widths,
     encode_frames,
     masked_time_mean,
-    resolve_pad_mask,
     scan,
 )
+from utae.models.padding import resolve_pad_mask
 
 
 def _sum_step(calls: list[int]):

@@ -164,4 +164,3 @@ def group_weighted_sum_reference(x: Tensor, weights: Tensor) -> Tensor:
     b, t, c, h, w = x.shape
     g = weights.shape[2]
     return (x.reshape(b, t, g, c // g, h, w) * weights[:, :, :, None]).sum(dim=1).reshape(b, c, h, w)
-

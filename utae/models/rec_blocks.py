@@ -1,6 +1,6 @@
 """What the recurrent baselines share: input checks, the pad mask, per-frame blocks, the time scan, masked means.
 
-The baselines of the official U-TAE repository (ConvLSTM, ConvGRU, FPN-ConvLSTM, U-ConvLSTM, BU-ConvLSTM) all
+The pad mask itself is :mod:`utae.models.padding`'s. The baselines of the official U-TAE repository (ConvLSTM, ConvGRU, FPN-ConvLSTM, U-ConvLSTM, BU-ConvLSTM) all
 read a ``(B, T, C, H, W)`` series in which padded frames (right-padded by the collate function) hold
 ``pad_value``. Here a padded frame never changes a prediction:
 
@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from utae.models.padding import check_real_frames, resolve_pad_mask
+
 __all__ = [
     "check_choice",
     "check_bool",
@@ -30,8 +32,6 @@ __all__ = [
     "check_input_size",
     "check_widths",
     "check_series",
-    "resolve_pad_mask",
-    "check_real_frames",
     "series_pad_mask",
     "encode_frames",
     "scan",
@@ -92,14 +92,6 @@ def check_widths(option: str, widths: Any, minimum_length: int = 1, multiple_of:
     return widths
 
 
-def resolve_pad_mask(x: Tensor, pad_mask: Tensor | None, pad_value: float) -> Tensor:
-    """The ``(B, T)`` bool pad mask: ``pad_mask`` itself, or (None) True where every value of the frame
-    ``x[b, t]`` equals ``pad_value``, as the official models infer it."""
-    if pad_mask is not None:
-        return pad_mask.to(x.device)
-    return (x == pad_value).flatten(2).all(dim=2)
-
-
 def check_series(
     model: str,
     x: Tensor,
@@ -132,16 +124,6 @@ def check_series(
             raise ValueError(f"{model}: pad_mask must be (B, T) = {(b, t)}, got {tuple(pad_mask.shape)}")
         if pad_mask.dtype != torch.bool:
             raise ValueError(f"{model}: pad_mask must be a bool tensor (True for padded frames), got {pad_mask.dtype}")
-
-
-def check_real_frames(pad_mask: Tensor, model: str) -> None:
-    """A one-line ValueError when a sample of the ``(B, T)`` pad mask has no real frame (nothing to predict from)."""
-    empty = pad_mask.all(dim=1)
-    if bool(empty.any()):
-        raise ValueError(
-            f"{model}: sample(s) {empty.nonzero().flatten().tolist()} of the batch have only padded frames; "
-            "each needs at least one real frame"
-        )
 
 
 def series_pad_mask(model: str, x: Tensor, batch_positions: Tensor | None, pad_mask: Tensor | None,

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utae.models.padding import check_real_frames, resolve_pad_mask
+
 __all__ = ["TSViT", "day_of_year", "days_to_epoch"]
 
 N_DAYS = 366
@@ -302,13 +304,8 @@ class TSViT(nn.Module):
             logits ``(B, num_classes, H, W)``.
         """
         self._check_inputs(x, batch_positions, pad_mask)
-        if pad_mask is None:
-            pad_mask = (x == self.pad_value).flatten(2).all(dim=2)
-        pad_mask = pad_mask.to(x.device)
-        empty = pad_mask.all(dim=1)
-        if bool(empty.any()):
-            samples = empty.nonzero().flatten().tolist()
-            raise ValueError(f"sample(s) {samples} of the batch have only padded frames; each needs a real frame")
+        pad_mask = resolve_pad_mask(x, pad_mask, self.pad_value)
+        check_real_frames(pad_mask, "tsvit")
         b, t = pad_mask.shape
         k, n = self.num_classes, self.num_patches
         doy = self.days_of_year(batch_positions.to(x.device), pad_mask)

@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utae.models.padding import resolve_pad_mask
+
 __all__ = ["MaskedBatchNorm3d", "UNet3D", "MIN_FRAMES"]
 
 #: Frames the network needs: two 2x poolings of the time axis.
@@ -226,9 +228,7 @@ class UNet3D(nn.Module):
             logits ``(B, num_classes, H, W)``.
         """
         self._check_inputs(x, batch_positions, pad_mask)
-        if pad_mask is None:
-            pad_mask = (x == self.pad_value).flatten(2).all(dim=2)
-        pad_mask = pad_mask.to(x.device)
+        pad_mask = resolve_pad_mask(x, pad_mask, self.pad_value)
         if self.pad_handling == "official":
             return self._forward_official(x, pad_mask)
         x, lengths = self._compact(x, pad_mask)
