@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from utae.study.corruption_scores import ALL_KINDS, CLEAN, corruption_long, corruption_scores, kinds_in_order
+from utae.study.corruption_scores import (ALL_KINDS, CLEAN, corruption_long, corruption_scores, kinds_in_order,
+                                          mean_corruption_error)
 from utae.study.inference import adjust_pvalues
 from utae.util.checks import require_columns
 
@@ -108,12 +109,14 @@ def architecture_labels(runs: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def architecture_scores(runs: pd.DataFrame, corruptions: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+def architecture_scores(runs: pd.DataFrame, corruptions: pd.DataFrame, reference: str = REFERENCE,
+                        scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run and kind (then ``all kinds``): ``platform``, ``run_id``, ``architecture`` (``cfg_model``),
     ``augmentation``, ``cfg_seed``, ``kind``, ``clean``, ``mpc``, ``rpc`` (fractions) and ``ce_ref`` (see the
-    module docstring; NaN without a clean-trained ``reference`` run tested on the kind on that platform)."""
+    module docstring; NaN without a clean-trained ``reference`` run tested on the kind on that platform).
+    ``scores``: :func:`utae.study.corruption_scores.corruption_scores` of the same runs, when already computed."""
     require_columns(runs, ["cfg_model"], "architecture_scores(runs)")
-    scores = corruption_scores(runs, corruptions)
+    scores = corruption_scores(runs, corruptions) if scores is None else scores
     long = corruption_long(runs, corruptions)
     model = architecture_labels(runs).set_axis(pd.MultiIndex.from_frame(runs[["platform", "run_id"]]))
     long = long.assign(architecture=[model[(p, r)] for p, r in zip(long["platform"], long["run_id"])])
@@ -129,12 +132,9 @@ def architecture_scores(runs: pd.DataFrame, corruptions: pd.DataFrame, reference
     cols = ["platform", "run_id", "architecture", "augmentation", "cfg_seed", "kind", "clean", "mpc", "rpc"]
     per_kind = scores[cols].merge(ce[["platform", "run_id", "kind", "ce_ref"]], on=["platform", "run_id", "kind"],
                                   how="left")
-    grouped = per_kind.groupby(["platform", "run_id"], sort=True)
-    overall = grouped[["architecture", "augmentation", "cfg_seed", "clean"]].first()
-    overall["mpc"] = grouped["mpc"].mean()
-    overall["rpc"] = grouped["rpc"].mean()
-    overall["ce_ref"] = grouped["ce_ref"].mean().where(grouped["ce_ref"].apply(lambda s: bool(s.notna().all())))
-    overall = overall.reset_index().assign(kind=ALL_KINDS)
+    # per run over the kinds: the mean mPC and rPC, and the mCE (NaN unless every kind has a CE)
+    overall = mean_corruption_error(per_kind.rename(columns={"ce_ref": "ce"})).rename(columns={"mce": "ce_ref"})
+    overall = overall.assign(kind=ALL_KINDS)
     return pd.concat([per_kind, overall[per_kind.columns]], ignore_index=True)
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from utae.study.corruption_scores import ALL_KINDS, CLEAN
 from utae.study.inference import ci_half_width
+from utae.study.tables import with_augmentation, with_dataset
 from utae.util.checks import require_columns
 
 __all__ = ["seeds_for_halfwidth", "design_table", "halfwidth_curve", "n_designs", "design_labels", "design_text"]
@@ -57,11 +58,11 @@ def design_table(robustness: pd.DataFrame, runs: pd.DataFrame, target: float = 3
     require_columns(runs, ["platform", "run_id", "cfg_seed", "total_s"], "design_table(runs)")
     rows = robustness[(robustness["kind"] == ALL_KINDS) & (robustness["augmentation"] != CLEAN)]
     keys = [c for c in robustness.columns[:list(robustness.columns).index("augmentation")]]
-    seconds = runs.set_index(["platform", "run_id"])["total_s"]
+    frame = with_augmentation(with_dataset(runs))
     out = []
     for _, row in rows.iterrows():
         n, sd = int(row["n_pairs"]), float(row["diff_sd"])
-        cost = _pair_cost(row, keys, runs, seconds)
+        cost = _pair_cost(row, keys, frame)
         low = high = math.nan
         if n > 1 and math.isfinite(sd):
             chi = stats.chi2.ppf([1 - alpha / 2, alpha / 2], n - 1)
@@ -75,11 +76,9 @@ def design_table(robustness: pd.DataFrame, runs: pd.DataFrame, target: float = 3
     return pd.DataFrame(out)
 
 
-def _pair_cost(row: pd.Series, keys: Sequence[str], runs: pd.DataFrame, seconds: pd.Series) -> float:
-    """The mean CPU seconds of a run of ``row``'s configuration and augmentation plus its clean-trained partner."""
-    from utae.study.tables import with_augmentation, with_dataset
-
-    frame = with_augmentation(with_dataset(runs))
+def _pair_cost(row: pd.Series, keys: Sequence[str], frame: pd.DataFrame) -> float:
+    """The mean CPU seconds of a run of ``row``'s configuration and augmentation plus its clean-trained partner
+    (``frame``: the runs with their ``augmentation`` and ``dataset`` columns)."""
     mask = pd.Series(True, index=frame.index)
     for key in keys:
         if key in frame.columns:

@@ -126,7 +126,7 @@ def load_study(results_dir: str | os.PathLike[str], *, effect_metrics: Sequence[
         histories, histories_error = None, str(exc)
     scores = corruption_scores(runs, corruptions) if not corruptions.empty else pd.DataFrame()
     several = not corruptions.empty and arch.has_architectures(runs)
-    arch_scores = arch.architecture_scores(runs, corruptions) if several else pd.DataFrame()
+    arch_scores = arch.architecture_scores(runs, corruptions, scores=scores) if several else pd.DataFrame()
     study = Study(results_dir=root, runs=runs, test_noise=test_noise, per_class=per_class, histories=histories,
                   histories_error=histories_error, left_out=tuple(left_out),
                   platform_mismatches=results.platform_mismatches(runs), effect_metrics=metrics,
