@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from utae.report.plots import DEFAULT_DPI, LINE_COLORS, annotate_heatmap, require_rows
 from utae.study.corruption_scores import ALL_KINDS, CLEAN, kinds_in_order
@@ -57,25 +58,33 @@ def clean_vs_mce(table: pd.DataFrame, dpi: float = DEFAULT_DPI) -> Figure:
                             "ce_ref_low", "ce_ref_high"], "clean_vs_mce(table)")
     rows = table[table["kind"] == ALL_KINDS] if "kind" in table.columns else table
     require_rows(rows, "clean_vs_mce(table)")
-    fig = Figure(figsize=(6.2, 4.2), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(7.6, 4.2), dpi=dpi, layout="constrained")
     ax = fig.subplots()
     augs = sorted(rows["augmentation"].unique(), key=lambda a: (a != CLEAN, a))
-    for i, aug in enumerate(augs):
-        sub = rows[rows["augmentation"] == aug]
-        x, y = sub["clean_mean"].to_numpy(float), sub["ce_ref_mean"].to_numpy(float)
-        xerr = np.abs(np.vstack([x - sub["clean_low"].to_numpy(float), sub["clean_high"].to_numpy(float) - x]))
-        yerr = np.abs(np.vstack([y - sub["ce_ref_low"].to_numpy(float), sub["ce_ref_high"].to_numpy(float) - y]))
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if aug == CLEAN else "s", color=LINE_COLORS[i % len(
-            LINE_COLORS)], capsize=2, lw=1, ms=5, label=f"trained {'clean' if aug == CLEAN else 'with ' + aug}")
-        for name, xi, yi in zip(sub["architecture"], x, y):
-            ax.annotate(name, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    archs = _arch_order(rows.assign(rpc_mean=-rows["ce_ref_mean"]))  # one colour an architecture, lowest mCE first
+    markers = {aug: "os^Dv"[i % 5] for i, aug in enumerate(augs)}
+    for i, arch in enumerate(archs):
+        color = LINE_COLORS[i % len(LINE_COLORS)]
+        for aug in augs:
+            sub = rows[(rows["architecture"] == arch) & (rows["augmentation"] == aug)]
+            if sub.empty:
+                continue
+            x, y = sub["clean_mean"].to_numpy(float), sub["ce_ref_mean"].to_numpy(float)
+            xerr = np.abs(np.vstack([x - sub["clean_low"].to_numpy(float), sub["clean_high"].to_numpy(float) - x]))
+            yerr = np.abs(np.vstack([y - sub["ce_ref_low"].to_numpy(float), sub["ce_ref_high"].to_numpy(float) - y]))
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=markers[aug], color=color, capsize=2, lw=1, ms=5,
+                        mfc=color if aug == CLEAN else "white")
+    handles = [Line2D([], [], color=LINE_COLORS[i % len(LINE_COLORS)], marker="o", ls="", label=a)
+               for i, a in enumerate(archs)]
+    handles += [Line2D([], [], color="0.3", marker=markers[a], ls="", mfc="0.3" if a == CLEAN else "white",
+                       label=f"trained {'clean' if a == CLEAN else 'with ' + a}") for a in augs]
     ax.axhline(1.0, color="0.5", lw=1, ls="--")
     ax.set_xlabel("clean test mIoU (points)")
     ax.set_ylabel("mCE relative to clean-trained U-TAE")
     ax.set_title("Clean score against corruption error (mean and 95% interval over seeds; lower is more robust)",
                  fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return fig
 
 
