@@ -36,7 +36,7 @@ import pandas as pd
 
 from utae.study.corruption_scores import (ALL_KINDS, CLEAN, corruption_long, corruption_scores, kinds_in_order,
                                           mean_corruption_error)
-from utae.study.inference import adjust_pvalues
+from utae.study.inference import adjust_pvalues, ci_half_width
 from utae.util.checks import require_columns
 
 __all__ = ["REFERENCE", "FAMILIES", "MIN_CLEAN", "learned", "has_architectures", "architecture_labels",
@@ -75,16 +75,15 @@ def learned(scores: pd.DataFrame, augmentation: str = CLEAN, min_clean: float = 
 
 
 def _t_ci(values: np.ndarray, alpha: float = _ALPHA) -> tuple[float, float, float]:
-    """Mean and the ``1 - alpha`` t interval of ``values`` (NaN bounds with fewer than two)."""
-    from scipy import stats
-
+    """Mean and the ``1 - alpha`` t interval of ``values`` (:func:`utae.study.inference.ci_half_width`; NaN bounds
+    with fewer than two)."""
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return math.nan, math.nan, math.nan
     mean = float(values.mean())
     if len(values) < 2:
         return mean, math.nan, math.nan
-    half = float(stats.t.ppf(1 - alpha / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    half = ci_half_width(float(values.std(ddof=1)), len(values), alpha)
     return mean, mean - half, mean + half
 
 
