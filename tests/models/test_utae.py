@@ -299,6 +299,68 @@ def test_group_weighted_sum_matches_reference_values_and_gradients():
         group_weighted_sum(xr, wr[:, :, :, :1])
 
 
+def _frames_channels_last(x):
+    """``(B, T, C, H, W)`` with the memory of ``B*T`` channels-last frames, as a channels-last encoder leaves it."""
+    b, t = x.shape[:2]
+    return x.reshape(b * t, *x.shape[2:]).contiguous(memory_format=torch.channels_last).view(x.shape)
+
+
+def test_group_weighted_sum_on_channels_last_frames():
+    """Channels-last frames take their own path: the same values and gradients as the reference (exact on small
+    integers), a channels-last output and gradient (no layout change for the convolutions around it), the same
+    forward without gradients, and gradcheck on random float64."""
+    from utae.models.ops import frames_channels_last
+
+    x = _frames_channels_last(_int_valued((2, 3, 8, 4, 5), 0)).requires_grad_(True)
+    w = _int_valued((2, 3, 4, 4, 5), 1).requires_grad_(True)
+    assert frames_channels_last(x) and not frames_channels_last(x.detach().contiguous())
+    ours, ref = group_weighted_sum(x, w), group_weighted_sum_reference(x, w)
+    assert ours.grad_fn is not None and type(ours.grad_fn).__name__ == "_GroupWeightedSumCLBackward"
+    assert torch.equal(ours, ref) and ours.is_contiguous(memory_format=torch.channels_last)
+    upstream = _int_valued(ref.shape, 2).contiguous(memory_format=torch.channels_last)
+    g_ours = torch.autograd.grad(ours, (x, w), upstream)
+    g_ref = torch.autograd.grad(ref, (x, w), upstream)
+    assert all(torch.equal(a, b) for a, b in zip(g_ours, g_ref))
+    assert g_ours[0].permute(0, 1, 3, 4, 2).is_contiguous()  # the gradient of x is channels-last too
+    with torch.no_grad():
+        assert torch.equal(group_weighted_sum(x, w), ours)
+    g = torch.Generator().manual_seed(3)
+    xr = _frames_channels_last(torch.randn(2, 3, 4, 2, 3, dtype=torch.float64, generator=g)).requires_grad_(True)
+    wr = torch.rand(2, 3, 2, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(group_weighted_sum, (xr, wr))
+
+
+def test_aggregator_on_channels_last_skips_equals_contiguous():
+    """A channels-last skip resizes the attention as channels-last images; the maps are the same. Exact: the
+    bilinear weights of an upsampling by 4 are multiples of 1/8, and the inputs small integers (float64)."""
+    g = torch.Generator().manual_seed(0)
+    n_head, b, t, c = 4, 2, 5, 8
+    x = torch.randint(-8, 9, (b, t, c, 16, 16), generator=g).double()
+    attn = torch.randint(0, 9, (n_head, b, t, 4, 4), generator=g).double()
+    pad = torch.zeros(b, t, dtype=torch.bool)
+    pad[1, 3:] = True
+    for mode in ("att_group", "att_mean"):
+        plain = TemporalAggregator(mode)(x, pad_mask=pad, attn=attn)
+        fast = TemporalAggregator(mode)(_frames_channels_last(x), pad_mask=pad, attn=attn)
+        assert torch.equal(fast, plain), mode
+
+
+def test_padded_frames_keep_a_channels_last_encoder_channels_last():
+    """With padded frames, the encoder's maps are refilled per frame; a channels-last model's stay channels-last
+    (otherwise every skip and its gradient would change layout), and padded frames hold pad_value."""
+    from utae.models.ops import frames_channels_last
+
+    model = UTAE(**TINY).to(memory_format=torch.channels_last)
+    x, _ = _batch(b=2, t=5, seed=5)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[0, 4] = True
+    maps = model._encode(x, pad)
+    assert all(frames_channels_last(m) for m in maps[:-1])
+    assert all(bool((m[0, 4] == model.pad_value).all()) for m in maps)
+    plain = UTAE(**TINY)._encode(x, pad)  # a contiguous model keeps contiguous maps
+    assert all(m.is_contiguous() for m in plain)
+
+
 @pytest.mark.parametrize("mode", ["att_group", "att_mean"])
 def test_aggregator_equals_masking_after_upsampling(mode):
     """The aggregator masks padded steps and moves the heads at low resolution; masking after the upsampling

@@ -137,6 +137,74 @@ class _GroupWeightedSum(torch.autograd.Function):
         return grad_x, grad_w
 
 
+def frames_channels_last(x: Tensor) -> bool:
+    """Whether ``x (B, T, C, H, W)`` holds channels-last frames: memory ordered ``(B, T, H, W, C)``, as the encoder
+    of a ``channels_last`` model leaves its maps (a contiguous ``x`` counts as not)."""
+    return x.dim() == 5 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
+class _GroupWeightedSumCL(torch.autograd.Function):
+    """:func:`group_weighted_sum` on channels-last frames, computed in their own layout.
+
+    In the ``(B, T, H, W, C)`` memory order the channels of a group are adjacent, so a weight shared by the
+    group would broadcast over an innermost dim of size C/G, which no elementwise kernel vectorises. Instead,
+    one frame at a time, the frame's weights are expanded to one per channel (``index_select``, an exact
+    copy of ``(H*W, C)`` that stays in the cache) and every product runs over contiguous rows of C; the
+    per-group sum of the weights' gradient is a product with the 0/1 matrix of the groups. The output and
+    the gradient of ``x`` keep the channels-last layout, so the convolutions around it see no layout change
+    (a mixed layout sends PyTorch's elementwise kernels down their slow strided path).
+    """
+
+    @staticmethod
+    def _operands(x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` as ``(B, T, H*W, C)`` (a view), ``weights`` as ``(B, T, H*W, G)`` and the channel -> group index."""
+        b, t, c, h, w = x.shape
+        g = weights.shape[2]
+        xv = x.permute(0, 1, 3, 4, 2).reshape(b, t, h * w, c)
+        wv = weights.permute(0, 1, 3, 4, 2).contiguous().view(b, t, h * w, g)  # no copy after TemporalAggregator
+        return xv, wv, torch.arange(c, device=x.device) // (c // g)
+
+    @staticmethod
+    def compute(x: Tensor, weights: Tensor) -> Tensor:
+        """The forward: ``x (B, T, C, H, W)`` channels-last frames -> ``(B, C, H, W)`` channels-last."""
+        b, t, c, h, w = x.shape
+        xv, wv, index = _GroupWeightedSumCL._operands(x, weights)
+        out = xv.new_empty(b, h * w, c)
+        for i in range(b):
+            torch.mul(xv[i, 0], wv[i, 0].index_select(1, index), out=out[i])
+            for j in range(1, t):
+                out[i].addcmul_(xv[i, j], wv[i, j].index_select(1, index))
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weights)
+        return _GroupWeightedSumCL.compute(x, weights)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, weights = ctx.saved_tensors
+        b, t, c, h, w = x.shape
+        g = weights.shape[2]
+        xv, wv, index = _GroupWeightedSumCL._operands(x, weights)
+        gv = grad.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when grad is channels-last
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = xv.new_empty(b, t, h * w, c) if need_x else None
+        grad_w = wv.new_empty(b, t, h * w, g) if need_w else None
+        groups = torch.zeros(c, g, dtype=x.dtype, device=x.device)
+        groups[torch.arange(c, device=x.device), index] = 1
+        for i in range(b):
+            for j in range(t):
+                if need_x:
+                    torch.mul(gv[i], wv[i, j].index_select(1, index), out=grad_x[i, j])
+                if need_w:
+                    torch.mm(xv[i, j] * gv[i], groups, out=grad_w[i, j])
+        return (
+            None if grad_x is None else grad_x.view(b, t, h, w, c).permute(0, 1, 4, 2, 3),
+            None if grad_w is None else grad_w.view(b, t, h, w, g).permute(0, 1, 4, 2, 3),
+        )
+
+
 def group_weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     """Sum over time of each channel group weighted by its own weights:
     ``out[b, gi * C/G + j] = sum_t x[b, t, gi * C/G + j] * weights[b, t, gi]`` (per pixel).
@@ -153,6 +221,10 @@ def group_weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
             f"group_weighted_sum: weights must be (B, T, G, H, W) = ({b}, {t}, G, {h}, {w}) with G dividing "
             f"C={c}, got {tuple(weights.shape)}"
         )
+    if frames_channels_last(x):
+        if not (torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)):
+            return _GroupWeightedSumCL.compute(x, weights)  # evaluation: without the Function
+        return _GroupWeightedSumCL.apply(x, weights)
     if not (torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)):
         xv, wv = _GroupWeightedSum.views(x, weights)  # evaluation: the same forward, without the Function
         return (xv * wv).sum(dim=1).view(b, c, h, w)

@@ -188,8 +188,10 @@ class UTAE(nn.Module):
             return [m.view(b, t, *m.shape[1:]) for m in maps]
         filled = []
         for m in maps:
-            full = m.new_full((b * t, *m.shape[1:]), self.pad_value)
-            filled.append(full.index_put_((real_idx,), m).view(b, t, *m.shape[1:]))
+            layout = torch.channels_last if not m.is_contiguous() and m.is_contiguous(memory_format=torch.channels_last) \
+                else torch.contiguous_format  # a channels-last model's maps stay channels-last
+            full = torch.empty((b * t, *m.shape[1:]), dtype=m.dtype, device=m.device, memory_format=layout)
+            filled.append(full.fill_(self.pad_value).index_put_((real_idx,), m).view(b, t, *m.shape[1:]))
         return filled
 
     def forward(

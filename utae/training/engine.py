@@ -35,6 +35,7 @@ from utae.models.registry import create_model, forward_logits
 from utae.pastis.metadata import N_BANDS
 from utae.perturb.corruptions import corrupt_batch
 from utae.perturb.noise import add_test_noise
+from utae.machine.allocator import keep_freed_memory
 from utae.machine.record import peak_memory_mb, reset_peak_memory
 from utae.training.precision import autocast, float32_math, resolve_amp, tf32_enabled
 from utae.training.seeds import initial_model
@@ -147,6 +148,8 @@ def build_engine(config: RunConfig, device: torch.device, amp_dtype: torch.dtype
     ``config.stream_seeds()["data_seed"]``), which it keeps for the dropout masks."""
     ctx = ctx or DistContext()
     seeds = config.stream_seeds()  # the initial weights from weights_seed; the global RNG keeps the data stream
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for the tensors every step reallocates (utae.machine.allocator)
     raw = initial_model(lambda: build_model(config, input_size), weights_seed=seeds["weights_seed"],
                         data_seed=seeds["data_seed"]).to(device)
     if config.channels_last:
