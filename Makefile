@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock lock-tools test test-all test-quick bench bench-quick bench-models bench-runs bench-study
+.PHONY: venv lock lock-tools test test-all test-quick bench bench-quick bench-step bench-models bench-runs bench-study
 
 # The environment (docs/environment.md): requirements.in says what the project asks for; requirements.lock, made
 # from it by `make lock`, pins every distribution the venv holds, with hashes. The venv holds exactly the lock:
@@ -69,6 +69,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.bench --quick $(BENCH_ARGS)
+
+# U-TAE's CPU training step against its convolutions alone, in calibration blocks (docs/benchmarks.md).
+bench-step: $(STAMP)
+	$(PY) -m benchmarks.bench_step $(BENCH_ARGS)
 
 # Every registered model's training step and eval forward side by side, in calibration blocks (docs/models.md).
 bench-models: $(STAMP)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import SMALL_WIDTHS, print_table, time_fn, train_step_fn
+from utae.training.engine import make_optimizer
 from utae.models.utae import UTAE
 from utae.machine.allocator import keep_freed_memory
 from utae.machine.record import peak_memory_mb, platform_id, reset_peak_memory, resolve_device
@@ -170,7 +171,7 @@ def bench_mode(
             # would silently run eager and report eager timings as compiled.
             torch._dynamo.reset()
         forward = torch.compile(model) if mode.compile else model
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = make_optimizer(model.parameters(), 1e-3, device)
         scaler = torch.amp.GradScaler(device.type) if use_scaler else None
 
         evaluate = eval_fn(model, batch, device, forward, amp_dtype)
@@ -264,7 +265,7 @@ def run_calibration(device: torch.device, repeats: int) -> dict[str, float]:
         except ValueError:  # no bf16 on this GPU
             continue
         model = build({}, mode, device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = make_optimizer(model.parameters(), 1e-3, device)
         label = ("channels_last" if mode.channels_last else "contiguous") + ("" if amp_dtype is None else " bf16")
         fns[f"train {label}"] = train_step_fn(model, optimizer, batch, device, amp_dtype=amp_dtype)
         fns[f"eval {label}"] = eval_fn(model, batch, device, amp_dtype=amp_dtype)

@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import time_fn, train_step_fn
+from utae.training.engine import make_optimizer
 from utae.config.sweepfile import read_yaml
 from utae.models.registry import count_parameters, create_model, list_models, uses_dates
 
@@ -101,7 +102,7 @@ def model_rows(names: Sequence[str], options: Mapping[str, Mapping[str, Any]], s
     for name in names:
         torch.manual_seed(0)
         model = create_model(name, input_size=side, **dict(options.get(name, {}))).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = make_optimizer(model.parameters(), 1e-3, device)
         fns[(name, "train")] = train_step_fn(model, optimizer, batch, device)
         fns[(name, "eval")] = _eval_fn(model, batch)
         rows[name] = {"model": name, "widths": "study" if name in options else "official",

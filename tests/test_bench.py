@@ -181,3 +181,33 @@ def test_a_run_s_cost_counts_its_steps_and_evaluated_patches():
         ("utae", {"agg_mode": "mean", "n_head": 4})
     assert point_options({"model": "convlstm", "model_options": {"hidden_dim": 8}, "n_head": 16}) == \
         ("convlstm", {"hidden_dim": 8})
+
+
+def test_bench_step_records_every_convolution_of_a_step_once_each_way():
+    """benchmarks.bench_step replays a step's convolutions alone: one forward and one backward call per
+    convolution module of the model (the tiny U-TAE, channels-last), and a replayed call computes what the
+    step computed."""
+    from benchmarks.bench import build, make_batch
+    from benchmarks.bench_step import _RecordConvolutions
+    from benchmarks.common import train_step_fn
+    from utae.training.engine import make_optimizer
+
+    model = build(TINY_WIDTHS, Mode(channels_last=True), CPU)
+    step = train_step_fn(model, make_optimizer(model.parameters(), 1e-3, CPU), make_batch(TINY_SHAPE, CPU), CPU)
+    recorder = _RecordConvolutions()
+    with recorder:
+        step()
+    n_convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
+    funcs = [func for func, _ in recorder.calls]
+    assert funcs.count(torch.ops.aten.convolution.default) == n_convs
+    assert funcs.count(torch.ops.aten.convolution_backward.default) == n_convs
+    func, args = recorder.calls[0]
+    assert torch.equal(func(*args), func(*args))  # the recorded arguments are copies, replayable
+
+
+def test_bench_step_rejects_zero_threads(capsys):
+    from benchmarks.bench_step import main
+
+    with pytest.raises(SystemExit):
+        main(["--threads", "0"])
+    assert "--threads and --repeats must be at least 1, got 0 and 7" in capsys.readouterr().err

@@ -384,3 +384,33 @@ def test_cli_stops_after_the_epochs_asked_and_resumes(tiny_root: str, tmp_path: 
     assert train_mod.main(["--config", str(path)]) == 0
     assert "best epoch" in capsys.readouterr().out
     assert len(pd.read_csv(out / "history.csv")) == 2
+
+
+def test_cpu_optimizer_is_multi_tensor_adam_with_the_default_numbers() -> None:
+    """The engine's CPU Adam runs its foreach implementation (fewer Python operations a step); on the CPU that
+    loops over the same kernels with the same scalars as the default single-tensor one, so six steps of a model
+    with a learning-rate schedule end at the same parameters and moments bit for bit."""
+    from utae.models.utae import UTAE
+    from utae.training.engine import make_optimizer, make_scheduler
+
+    cpu = torch.device("cpu")
+    assert make_optimizer([torch.zeros(1, requires_grad=True)], 1e-3, cpu).defaults["foreach"] is True
+    ends = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = UTAE(**tiny_model())
+        opt = make_optimizer(model.parameters(), 1e-2, cpu) if foreach else \
+            torch.optim.Adam(model.parameters(), lr=1e-2, foreach=False)
+        sched = make_scheduler(opt, "onecycle", total_steps=6, warmup=0.3)
+        g = torch.Generator().manual_seed(1)
+        x, pos = torch.randn(2, 4, 10, 16, 16, generator=g), torch.tensor([[1, 20, 50, 90]] * 2)
+        target = torch.randint(0, 20, (2, 16, 16), generator=g)
+        for _ in range(6):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x, pos), target).backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+        ends.append([p.detach().clone() for p in model.parameters()]
+                    + [s.clone() for st in opt.state.values() for s in (st["exp_avg"], st["exp_avg_sq"])])
+    assert all(torch.equal(a, b) for a, b in zip(*ends))

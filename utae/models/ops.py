@@ -5,6 +5,8 @@ PyTorch ops with fewer memory passes (they dominate the CPU time of small models
 :func:`group_weighted_sum_reference` are the plain-op versions; ``ReflectConv2d.pad_fn`` and
 ``TemporalAggregator.weighted_sum`` select which one a model instance uses (the tests and
 ``benchmarks/bench_epoch.py`` compare them). Without gradients, the plain forward runs (no autograd Function).
+The skip aggregation has a second path for the frames of a channels-last model (:func:`frames_channels_last`),
+which keeps their layout instead of copying them to the contiguous one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["reflect_pad", "reflect_pad_reference", "ReflectConv2d", "group_weighted_sum", "group_weighted_sum_reference"]
+__all__ = [
+    "reflect_pad", "reflect_pad_reference", "ReflectConv2d", "frames_channels_last", "group_weighted_sum",
+    "group_weighted_sum_reference",
+]
 
 
 def at_least_float32(x: Tensor) -> Tensor:

@@ -107,6 +107,14 @@ class Engine:
     ctx: DistContext = field(default_factory=DistContext)
 
 
+def make_optimizer(params: Any, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam at ``lr``. On the CPU it takes its multi-tensor (``foreach``) implementation, which there loops over
+    the same per-tensor kernels with the same scalars as the default single-tensor one, so the numbers are the
+    same bit for bit (tested), with a few hundred fewer Python-level operations a step. Elsewhere PyTorch's
+    default (``foreach`` on CUDA)."""
+    return torch.optim.Adam(params, lr=lr, foreach=True if device.type == "cpu" else None)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, *, total_steps: int,
                    warmup: float) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The per-batch learning-rate schedule of ``RunConfig.lr_schedule`` over ``total_steps`` batches.
@@ -165,7 +173,7 @@ def build_engine(config: RunConfig, device: torch.device, amp_dtype: torch.dtype
         except Exception as exc:  # noqa: BLE001 - any failure of torch.compile is reported the same way
             raise RuntimeError(f"compile=True: torch.compile failed ({type(exc).__name__}: {exc}); "
                                "set compile=False") from exc
-    optimizer = torch.optim.Adam(raw.parameters(), lr=config.lr)
+    optimizer = make_optimizer(raw.parameters(), config.lr, device)
     scheduler = make_scheduler(optimizer, config.lr_schedule, total_steps=config.epochs * steps_per_epoch,
                                warmup=config.lr_warmup)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
