@@ -61,3 +61,33 @@ def test_keep_freed_memory_removes_the_page_faults_of_a_reallocation():
 def test_keep_freed_memory_rejects_a_non_positive_size():
     with pytest.raises(ValueError, match="keep_bytes must be positive, got 0"):
         keep_freed_memory(0)
+
+
+_RELEASE_CHILD = """
+import json, torch
+from utae.machine.allocator import keep_freed_memory, release_freed_memory
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+keep_freed_memory()
+blocks = [torch.ones(6 << 20) for _ in range(4)]  # 4 x 24 MiB, touched
+del blocks
+kept = rss_mb()
+released = release_freed_memory()
+print(json.dumps({"released": released, "kept_mb": kept, "after_mb": rss_mb()}))
+"""
+
+
+def test_release_freed_memory_hands_kept_memory_back():
+    """What keep_freed_memory keeps counts in the resident set until released (reset_peak_memory releases it, so a
+    peak-memory window starts from the live memory)."""
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _RELEASE_CHILD], capture_output=True, text=True, check=True, env=env)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not GLIBC:
+        assert result["released"] is False
+        return
+    assert result["released"] is True
+    assert result["kept_mb"] - result["after_mb"] > 64  # most of the 96 MiB freed and kept goes back

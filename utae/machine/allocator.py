@@ -10,7 +10,12 @@ memory rises a few percent (fragmentation). glibc caps the mmap threshold (32 Mi
 larger blocks, such as the activations at PASTIS scale, still come from fresh pages. It changes where tensors live, never what is computed, so it is no
 part of a run's arithmetic settings.
 
-Only glibc has these knobs (``mallopt``); elsewhere (macOS, musl) the function does nothing and says so.
+Kept memory counts in the resident set, so a peak-memory window would start from the last step's high-water mark:
+:func:`release_freed_memory` (glibc's ``malloc_trim``) hands it back, and
+:func:`utae.machine.record.reset_peak_memory` calls it before opening a window.
+
+Only glibc has these knobs (``mallopt``, ``malloc_trim``); elsewhere (macOS, musl) the functions do nothing and
+say so.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ from __future__ import annotations
 import ctypes
 import platform
 
-__all__ = ["keep_freed_memory", "KEEP_BYTES"]
+__all__ = ["keep_freed_memory", "release_freed_memory", "KEEP_BYTES"]
 
 #: The thresholds asked for: blocks up to this size from the heap (or glibc's cap), and this much free heap kept.
 KEEP_BYTES = 1 << 30
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _OLD_GLIBC_MMAP_MAX = 32 << 20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux, else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
@@ -35,11 +50,8 @@ def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
     """
     if keep_bytes <= 0:
         raise ValueError(f"keep_freed_memory: keep_bytes must be positive, got {keep_bytes}")
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     value = min(keep_bytes, 2**31 - 1)  # mallopt takes an int
     trim = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(value))
@@ -47,3 +59,12 @@ def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
     mmap = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(value)) or libc.mallopt(
         _M_MMAP_THRESHOLD, ctypes.c_int(min(value, _OLD_GLIBC_MMAP_MAX)))
     return bool(trim) and bool(mmap)
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free memory to the kernel now (glibc's ``malloc_trim(0)``); whether it could be asked."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(ctypes.c_size_t(0))
+    return True

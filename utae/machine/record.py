@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utae.machine.allocator import release_freed_memory
 from utae.machine.probe import (
     MachineSources,
     cpu_features,
@@ -455,7 +456,9 @@ def peak_memory_mb(device: str | torch.device) -> float:
 
 
 def reset_peak_memory(device: str | torch.device) -> None:
-    """Start a new peak-memory window: CUDA peak stats, or the Linux peak RSS (``/proc/self/clear_refs``).
+    """Start a new peak-memory window: CUDA peak stats, or the Linux peak RSS (``/proc/self/clear_refs``), after
+    the heap's free memory is handed back (:func:`utae.machine.allocator.release_freed_memory`: memory kept for
+    the training steps would otherwise count in the next window).
 
     Where the OS does not allow resetting the peak RSS this is a no-op (the peak stays process-wide).
     """
@@ -463,6 +466,7 @@ def reset_peak_memory(device: str | torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         return
+    release_freed_memory()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
