@@ -1,6 +1,6 @@
 """Benchmarks of U-TAE: training and eval throughput, peak memory, accuracy of fast modes, FLOP/s, loader speed.
 
-Run with ``make bench`` (or ``python -m benchmarks.bench [--quick] [--device cuda]``). It prints:
+Run with ``make bench`` (or ``python -m benchmarks.bench [--quick] [--device cuda] [--threads N]``). It prints:
 
 1. A calibration block (two plain 3x3 convolutions, 10->64 with ReLU then 64->64, batch 24, 64x64, forward and
    backward) and the ratio of the U-TAE training step and eval forward to it, at B=2, T=12, 64x64 in float32.

@@ -155,7 +155,7 @@ class _GroupWeightedSumCL(torch.autograd.Function):
     group would broadcast over an innermost dim of size C/G, which no elementwise kernel vectorises. Instead,
     one frame at a time, the frame's weights are expanded to one per channel (``index_select``, an exact
     copy of ``(H*W, C)`` that stays in the cache) and every product runs over contiguous rows of C; the
-    per-group sum of the weights' gradient is a product with the 0/1 matrix of the groups. The output and
+    per-group sum of the weights' gradient is a matrix-vector product with ones. The output and
     the gradient of ``x`` keep the channels-last layout, so the convolutions around it see no layout change
     (a mixed layout sends PyTorch's elementwise kernels down their slow strided path).
     """
@@ -196,14 +196,13 @@ class _GroupWeightedSumCL(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_x = xv.new_empty(b, t, h * w, c) if need_x else None
         grad_w = wv.new_empty(b, t, h * w, g) if need_w else None
-        groups = torch.zeros(c, g, dtype=x.dtype, device=x.device)
-        groups[torch.arange(c, device=x.device), index] = 1
+        ones = torch.ones(c // g, dtype=x.dtype, device=x.device)
         for i in range(b):
             for j in range(t):
                 if need_x:
                     torch.mul(gv[i], wv[i, j].index_select(1, index), out=grad_x[i, j])
-                if need_w:
-                    torch.mm(xv[i, j] * gv[i], groups, out=grad_w[i, j])
+                if need_w:  # each group's products summed: (H*W*G, C/G) @ ones
+                    torch.mv((xv[i, j] * gv[i]).view(-1, c // g), ones, out=grad_w[i, j].view(-1))
         return (
             None if grad_x is None else grad_x.view(b, t, h, w, c).permute(0, 1, 4, 2, 3),
             None if grad_w is None else grad_w.view(b, t, h, w, g).permute(0, 1, 4, 2, 3),
