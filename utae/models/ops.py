@@ -225,11 +225,12 @@ def group_weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
             f"group_weighted_sum: weights must be (B, T, G, H, W) = ({b}, {t}, G, {h}, {w}) with G dividing "
             f"C={c}, got {tuple(weights.shape)}"
         )
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)
     if frames_channels_last(x):
-        if not (torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)):
+        if not needs_grad:
             return _GroupWeightedSumCL.compute(x, weights)  # evaluation: without the Function
         return _GroupWeightedSumCL.apply(x, weights)
-    if not (torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)):
+    if not needs_grad:
         xv, wv = _GroupWeightedSum.views(x, weights)  # evaluation: the same forward, without the Function
         return (xv * wv).sum(dim=1).view(b, c, h, w)
     return _GroupWeightedSum.apply(x, weights)
