@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from utae.models.padding import resolve_pad_mask
+from utae.models.padding import check_real_frames, resolve_pad_mask
 
 __all__ = ["MaskedBatchNorm3d", "UNet3D", "MIN_FRAMES"]
 
@@ -200,10 +200,8 @@ class UNet3D(nn.Module):
         series' real length set to 0, and the real lengths ``(B,)`` int64; ``T0 = max(max_b L_b, 4)``.
         """
         b, t = pad_mask.shape
+        check_real_frames(pad_mask, "unet3d")
         lengths = (~pad_mask).sum(dim=1)
-        if bool((lengths == 0).any()):
-            empty = (lengths == 0).nonzero().flatten().tolist()
-            raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs a real frame")
         if bool(pad_mask.any()):
             order = torch.sort(pad_mask.to(torch.uint8), dim=1, stable=True).indices  # real frames first, in order
             x = x.gather(1, order.view(b, t, 1, 1, 1).expand_as(x))

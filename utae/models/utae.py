@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from utae.models.blocks import ConvBlock, DownConvBlock, UpConvBlock
 from utae.models.ltae import LTAE2d, TemporalAggregator
+from utae.models.padding import check_real_frames
 from torch import Tensor, nn
 
 __all__ = ["UTAE"]
@@ -169,11 +170,8 @@ class UTAE(nn.Module):
         flat = x.reshape(b * t, *x.shape[2:])
         if self.in_conv.conv.conv[0].weight.is_contiguous(memory_format=torch.channels_last):
             flat = flat.contiguous(memory_format=torch.channels_last)
+        check_real_frames(pad_cpu.view(b, t), "utae")
         pad_cpu = pad_cpu.reshape(-1)
-        all_padded = pad_cpu.view(b, t).all(dim=1)
-        if bool(all_padded.any()):
-            empty = all_padded.nonzero().flatten().tolist()
-            raise ValueError(f"sample(s) {empty} of the batch have only padded frames; each needs at least one real frame")
         real_idx = None
         if bool(pad_cpu.any()):
             real_idx = (~pad_cpu).nonzero().flatten().to(x.device, non_blocking=True)
