@@ -7,8 +7,8 @@ U-TAE step of ``make bench`` (official widths, B=2, T=12, 64x64) took about 61,0
 system time a step, 13% of it, measured on the AVX-512 machine. :func:`keep_freed_memory` raises both
 thresholds, so freed blocks stay in the process and are reused: the faults go to zero and the peak resident
 memory rises a few percent (fragmentation). glibc caps the mmap threshold (32 MiB on 64-bit glibc 2.36), so
-larger blocks, such as the activations at PASTIS scale, still come from fresh pages. It changes where tensors live, never what is computed, so it is no
-part of a run's arithmetic settings.
+larger blocks, such as the activations at PASTIS scale, still come from fresh pages. It changes where tensors
+live, never what is computed, so it is no part of a run's arithmetic settings.
 
 Kept memory counts in the resident set, so a peak-memory window would start from the last step's high-water mark:
 :func:`release_freed_memory` (glibc's ``malloc_trim``) hands it back, and

@@ -1,7 +1,7 @@
 """What the recurrent baselines share: input checks, the pad mask, per-frame blocks, the time scan, masked means.
 
-The pad mask itself is :mod:`utae.models.padding`'s. The baselines of the official U-TAE repository (ConvLSTM, ConvGRU, FPN-ConvLSTM, U-ConvLSTM, BU-ConvLSTM) all
-read a ``(B, T, C, H, W)`` series in which padded frames (right-padded by the collate function) hold
+The pad mask itself is :mod:`utae.models.padding`'s. The baselines of the official U-TAE repository (ConvLSTM,
+ConvGRU, FPN-ConvLSTM, U-ConvLSTM, BU-ConvLSTM) all read a ``(B, T, C, H, W)`` series in which padded frames (right-padded by the collate function) hold
 ``pad_value``. Here a padded frame never changes a prediction:
 
 * per-frame blocks (:func:`encode_frames`) run on the real frames only; the padded ones are filled with

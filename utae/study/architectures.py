@@ -158,7 +158,8 @@ def architecture_table(scores: pd.DataFrame, alpha: float = _ALPHA) -> pd.DataFr
 def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = _ALPHA,
                 min_clean: float = MIN_CLEAN) -> pd.DataFrame:
     """Per platform and kind, among the runs trained with ``augmentation`` of the architectures that learned
-    (:func:`learned`): the ``best`` architecture (highest mean rPC) and the ``runner_up``, their mean rPC, the difference with its Welch t interval, ``p_value``
+    (:func:`learned`): the ``best`` architecture (highest mean rPC), those ``tied`` with it, and the ``runner_up``,
+    their mean rPC, the difference with its Welch t interval, ``p_value``
     (``scipy.stats.ttest_ind(equal_var=False)``) and ``p_holm`` (Holm over the kinds of the platform)."""
     from scipy import stats
 
@@ -178,7 +179,7 @@ def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = 
             test = stats.ttest_ind(a, b, equal_var=False)
             ci = test.confidence_interval(confidence_level=1 - alpha)
             low, high, p = float(ci.low), float(ci.high), float(test.pvalue)
-        tied = [a for a, v in means.items() if abs(v - means.iloc[0]) <= 1e-9]
+        tied = [arch for arch, v in means.items() if abs(v - means.iloc[0]) <= 1e-9]
         rows.append(dict(platform=platform, kind=kind, best=best, tied=", ".join(tied), best_rpc=float(means.iloc[0]),
                          runner_up=second,
                          runner_up_rpc=float(means.iloc[1]), diff=float(a.mean() - b.mean()), ci_low=low,
@@ -196,8 +197,8 @@ def most_robust(scores: pd.DataFrame, augmentation: str = CLEAN, alpha: float = 
 
 def family_contrasts(scores: pd.DataFrame, kind: str = "missing_dates", augmentation: str = CLEAN,
                      alpha: float = _ALPHA, min_clean: float = MIN_CLEAN) -> pd.DataFrame:
-    """On ``kind``, per platform, among the architectures that learned (:func:`learned`): the mean rPC of the attention architectures (the mean of their means) minus that
-    of the recurrent ones, and minus that of the 3D convolutions (:data:`FAMILIES`), each a contrast of an OLS of
+    """On ``kind``, per platform, among the architectures that learned (:func:`learned`): the mean rPC of the
+    attention architectures (the mean of their means) minus that of the recurrent ones, and minus that of the 3D convolutions (:data:`FAMILIES`), each a contrast of an OLS of
     rPC on the architecture (statsmodels, HC3 errors): ``estimate``, ``ci_low``, ``ci_high``, ``p_value``,
     ``p_holm`` (Holm over the contrasts of the platform) and the architectures on each side."""
     import statsmodels.formula.api as smf
@@ -237,8 +238,8 @@ def family_contrasts(scores: pd.DataFrame, kind: str = "missing_dates", augmenta
 
 def rank_agreement(scores: pd.DataFrame, augmentation: str = CLEAN, n_resamples: int = 2000, seed: int = 0,
                    alpha: float = _ALPHA, min_clean: float = MIN_CLEAN) -> pd.DataFrame:
-    """Per platform, among the architectures that learned (:func:`learned`), Spearman's rho (``scipy.stats.spearmanr``) between the architectures' mean clean mIoU and
-    their mean mPC over the kinds, and with their mean rPC: ``rho``, its exact-test ``p_value``, and a
+    """Per platform, among the architectures that learned (:func:`learned`), Spearman's rho
+    (``scipy.stats.spearmanr``) between the architectures' mean clean mIoU and their mean mPC over the kinds, and with their mean rPC: ``rho``, its exact-test ``p_value``, and a
     ``1 - alpha`` percentile interval from ``n_resamples`` resamplings of each architecture's runs with
     replacement (seeded by ``seed``)."""
     from scipy import stats
